@@ -1,0 +1,112 @@
+"""The command line: `oci-crane` and `python -m oci_crane_loader`.
+
+Exit 0 on success; otherwise one line on stderr naming the cause and the fix (a traceback only with --debug).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from collections.abc import Sequence
+
+from . import __version__, errors
+from .crane import Crane
+from .progress import Progress, human
+from .pull import Puller
+from .store import Store
+
+EXIT_FAILURE = 1
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+
+
+def _truthy(name: str) -> bool:
+    return os.environ.get(name, "").lower() in ("1", "true", "yes", "on")
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--cache-dir", help="cache root (default: $OCI_CRANE_LOADER_CACHE or ~/.cache/oci-crane-loader)")
+    parser.add_argument("--platform", help="os/arch[/variant] to pick from a multi-platform index (default: host)")
+    parser.add_argument("--offline", action="store_true", default=_truthy("OCI_CRANE_OFFLINE"),
+                        help="use the cache only, never the network (also OCI_CRANE_OFFLINE=1)")
+    parser.add_argument("--insecure", action="store_true",
+                        help="allow plain http and unverified TLS for this registry (crane --insecure)")
+    parser.add_argument("--debug", action="store_true", help="log every step and show tracebacks")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="oci-crane", description="Fetch models from OCI registries with crane.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    fetch = commands.add_parser("fetch", help="download a model into the cache and print its directory")
+    fetch.add_argument("reference", metavar="REF", help="e.g. ghcr.io/acme/llama:v1 or oci://127.0.0.1:5000/m:v1")
+    fetch.add_argument("--jobs", type=int, default=4, help="blobs downloaded at once (default 4)")
+    output = fetch.add_mutually_exclusive_group()
+    output.add_argument("--json", action="store_true", help="print one JSON object instead of the path")
+    output.add_argument("--quiet", "-q", action="store_true", help="no progress on stderr")
+    _common(fetch)
+
+    inspect = commands.add_parser("inspect", help="show digest, format, files and sizes without downloading weights")
+    inspect.add_argument("reference", metavar="REF")
+    inspect.add_argument("--json", action="store_true", help="print one JSON object")
+    _common(inspect)
+
+    demo = commands.add_parser("demo", help="pack a tiny model, push it to a loopback registry, fetch it back")
+    demo.add_argument("--cache-dir", help="cache root (default: $OCI_CRANE_LOADER_CACHE or ~/.cache/oci-crane-loader)")
+    demo.add_argument("--debug", action="store_true")
+    return parser
+
+
+def _puller(args: argparse.Namespace, jobs: int = 4, progress: Progress | None = None) -> Puller:
+    crane = Crane(insecure=args.insecure, platform=args.platform, offline=args.offline)
+    return Puller(Store(args.cache_dir), crane, jobs=jobs, progress=progress)
+
+
+def _run(args: argparse.Namespace) -> int:
+    if args.command == "fetch":
+        if args.jobs < 1:
+            raise errors.OciCraneError(f"--jobs {args.jobs} is not a positive number", "pass --jobs 1 or more")
+        progress = Progress(enabled=not (args.quiet or args.json))
+        result = _puller(args, args.jobs, progress).fetch(args.reference)
+        print(json.dumps(result.to_json(), indent=2) if args.json else result.path)
+    elif args.command == "inspect":
+        info = _puller(args).inspect(args.reference)
+        if args.json:
+            print(json.dumps(info.to_json(), indent=2))
+        else:
+            print(f"reference  {info.reference}\ndigest     {info.digest}\nformat     {info.format}\n"
+                  f"size       {human(info.bytes)}")
+            for entry in info.files:
+                name = entry["path"] or f"(unnamed shard {entry.get('shard')})"
+                print(f"  {human(int(entry['size'])):>10}  {name}")
+    elif args.command == "demo":
+        from .demo import run_demo
+
+        print(run_demo(args.cache_dir))
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.debug else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return _run(args)
+    except errors.OciCraneError as exc:
+        if args.debug:
+            raise
+        print(f"error: {exc.one_line()}", file=sys.stderr)
+        return EXIT_FAILURE
+    except KeyboardInterrupt:
+        print("interrupted; partial downloads were discarded", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except OSError as exc:  # disk full, permissions: still one line
+        if args.debug:
+            raise
+        print(f"error: {exc.strerror or exc} ({exc.filename or 'cache'}) -- fix: check free space and permissions "
+              "of the cache directory", file=sys.stderr)
+        return EXIT_FAILURE

@@ -1,0 +1,122 @@
+"""Typed errors. Every error carries a one-line cause and a fix, because the command line prints exactly that.
+
+Classes also inherit from the matching standard exception (as huggingface_hub does), so callers can catch
+broadly (``except LookupError``) or narrowly (``except ManifestNotFound``).
+"""
+
+from __future__ import annotations
+
+
+class OciCraneError(Exception):
+    """Base class: ``cause`` says what went wrong, ``fix`` what the user can do about it."""
+
+    default_fix = "run again with --debug for details"
+
+    def __init__(self, cause: str, fix: str | None = None) -> None:
+        self.cause = cause
+        self.fix = fix or self.default_fix
+        super().__init__(f"{cause}; {self.fix}" if self.fix else cause)
+
+    def one_line(self) -> str:
+        """The single line shown to users on stderr."""
+        text = f"{self.cause} -- fix: {self.fix}" if self.fix else self.cause
+        return " ".join(text.split())
+
+
+class InvalidReferenceError(OciCraneError, ValueError):
+    default_fix = "write it as [registry[:port]/]repository[:tag][@sha256:<64 hex>], e.g. ghcr.io/acme/llama:v1"
+
+
+class InvalidDocumentError(OciCraneError, ValueError):
+    """A manifest, index or config that does not validate; the message names the field."""
+
+    default_fix = "the artifact is malformed: re-push it with a tool that writes valid OCI documents"
+
+
+class UnsupportedFormatError(OciCraneError, ValueError):
+    default_fix = "push the model as a Docker Model Runner or ModelPack artifact (oci-crane push DIR REF)"
+
+
+class InvalidModelError(OciCraneError, ValueError):
+    """The files themselves are unusable (bad safetensors header, escaping path, no weights)."""
+
+    default_fix = "re-export the model with the safetensors library and push it again"
+
+
+class IntegrityError(OciCraneError, ValueError):
+    default_fix = (
+        "the registry served bytes that do not match the manifest: retry, and if it persists re-push the artifact"
+    )
+
+
+class OfflineError(OciCraneError, LookupError):
+    default_fix = "run once without --offline (and without OCI_CRANE_OFFLINE=1) so the model is cached"
+
+
+class CacheError(OciCraneError, OSError):
+    default_fix = "check that the cache directory is writable and has free space (--cache-dir or OCI_CRANE_LOADER_CACHE)"
+
+
+class CraneError(OciCraneError, RuntimeError):
+    """crane failed. Carries the argv (never holding secrets), exit code and stderr."""
+
+    def __init__(
+        self,
+        cause: str,
+        fix: str | None = None,
+        *,
+        command: list[str] | None = None,
+        returncode: int | None = None,
+        stderr: str = "",
+    ) -> None:
+        self.command = list(command or [])
+        self.returncode = returncode
+        self.stderr = stderr
+        super().__init__(cause, fix)
+
+
+class CraneMissingError(CraneError, FileNotFoundError):
+    default_fix = (
+        "install crane >= 0.21.8: `bash bin/install-crane` in a checkout, `go install "
+        "github.com/google/go-containerregistry/cmd/crane@v0.21.9`, or `brew install crane` on macOS; "
+        "or point OCI_CRANE_BINARY at it"
+    )
+
+
+class CraneTooOldError(CraneMissingError):
+    pass
+
+
+class NotFoundError(CraneError, LookupError):
+    default_fix = "check the repository, tag or digest (crane ls REPO lists the tags)"
+
+
+class UnauthorizedError(CraneError, PermissionError):
+    default_fix = "log in with `docker login REGISTRY` or `crane auth login REGISTRY -u USER --password-stdin`"
+
+
+class RateLimitedError(CraneError):
+    default_fix = "wait and retry, or log in to raise the registry's rate limit"
+
+
+class NetworkError(CraneError, ConnectionError):
+    default_fix = "check that the registry address is right and reachable (proxy settings: HTTPS_PROXY, NO_PROXY)"
+
+
+class CraneTimeoutError(NetworkError, TimeoutError):
+    default_fix = "the registry stopped answering: retry, or raise OCI_CRANE_TIMEOUT / OCI_CRANE_STALL_TIMEOUT"
+
+
+class TLSError(CraneError, ConnectionError):
+    default_fix = (
+        "trust the registry's CA (SSL_CERT_FILE=/path/ca.pem) or, for a registry you control on a trusted "
+        "network, pass --insecure"
+    )
+
+
+class CredentialHelperError(CraneError, PermissionError):
+    default_fix = "fix or remove the credential helper named in ~/.docker/config.json (credHelpers / credsStore)"
+
+
+class CraneIntegrityError(CraneError, IntegrityError):
+    default_fix = IntegrityError.default_fix

@@ -1,0 +1,81 @@
+"""Format recognition: manifest + config in, one Plan out (which layer becomes which file(s)).
+
+Each format module exposes ``recognise(manifest, config) -> Plan | None``; the first that claims an artifact
+wins. Adding a format means adding a module and listing it in ``_RECOGNISERS``.
+"""
+
+from __future__ import annotations
+
+import posixpath
+from dataclasses import dataclass, field
+from enum import Enum
+
+from ..errors import InvalidModelError, UnsupportedFormatError
+from ..oci import Descriptor, Manifest
+
+
+class Action(str, Enum):
+    FILE = "file"  # the blob is the file: hard-linked into place
+    TAR = "tar"  # the blob is a tar archive: regular files and directories extracted into the model root
+    SHARD = "shard"  # an unnamed safetensors shard: named after download (DMR v0.1), see materialize.py
+
+
+@dataclass(frozen=True)
+class LayerPlan:
+    descriptor: Descriptor
+    action: Action
+    path: str | None = None  # relative path for FILE; None for TAR and SHARD
+    weights: bool = False  # large: downloaded in parallel, never needed by `inspect`
+
+
+@dataclass(frozen=True)
+class Plan:
+    format: str
+    layers: list[LayerPlan]
+    skipped: list[Descriptor] = field(default_factory=list)
+
+    @property
+    def weight_layers(self) -> list[LayerPlan]:
+        return [layer for layer in self.layers if layer.weights]
+
+    @property
+    def small_layers(self) -> list[LayerPlan]:
+        return [layer for layer in self.layers if not layer.weights]
+
+
+def safe_relative_path(raw: str, where: str) -> str:
+    """A layer's or tar entry's path, normalised; anything absolute or escaping the model directory is refused."""
+    text = raw
+    if not text or "\x00" in text or text.startswith("/") or "\\" in text or (len(text) > 1 and text[1] == ":"):
+        raise InvalidModelError(f"{where}: unsafe path {raw!r} (absolute, empty or with backslashes)",
+                                "re-push the artifact with relative file paths")
+    normal = posixpath.normpath(text)
+    if normal in (".", "") or normal == ".." or normal.startswith("../"):
+        raise InvalidModelError(f"{where}: path {raw!r} escapes the model directory",
+                                "re-push the artifact with relative file paths")
+    return normal
+
+
+def check_unique_paths(layers: list[LayerPlan]) -> None:
+    seen: dict[str, str] = {}
+    for layer in layers:
+        if layer.path is None:
+            continue
+        if layer.path in seen:
+            raise InvalidModelError(
+                f"two layers ({seen[layer.path][:19]}, {layer.descriptor.digest[:19]}) both write {layer.path!r}",
+                "re-push the artifact with one layer per file")
+        seen[layer.path] = layer.descriptor.digest
+
+
+def recognise(manifest: Manifest, config: bytes) -> Plan:
+    from . import dmr
+
+    for recogniser in (dmr.recognise,):
+        plan = recogniser(manifest, config)
+        if plan is not None:
+            check_unique_paths(plan.layers)
+            return plan
+    found = sorted({manifest.config.media_type, *(layer.media_type for layer in manifest.layers)})
+    raise UnsupportedFormatError(
+        f"unrecognised artifact (artifactType {manifest.artifact_type!r}); media types found: {', '.join(found)}")

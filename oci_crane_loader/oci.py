@@ -1,0 +1,119 @@
+"""pydantic models for OCI / Docker distribution documents, and the media types we act on.
+
+Unknown fields are tolerated (registries and tools add their own); wrong types are refused with the field named.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
+
+from .errors import InvalidDocumentError
+
+# Manifests and indexes
+OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
+OCI_INDEX = "application/vnd.oci.image.index.v1+json"
+DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
+DOCKER_MANIFEST_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
+INDEX_TYPES = {OCI_INDEX, DOCKER_MANIFEST_LIST}
+MANIFEST_TYPES = {OCI_MANIFEST, DOCKER_MANIFEST}
+OCI_EMPTY = "application/vnd.oci.empty.v1+json"
+OCI_LAYOUT_VERSION = "1.0.0"
+
+# Annotations
+TITLE = "org.opencontainers.image.title"
+
+Digest = Annotated[str, StringConstraints(pattern=r"^sha256:[a-f0-9]{64}$")]
+
+
+def sha256_digest(data: bytes) -> str:
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+def digest_hex(digest: str) -> str:
+    if not re.fullmatch(r"sha256:[a-f0-9]{64}", digest):
+        raise InvalidDocumentError(f"unsupported digest {digest!r}: only sha256:<64 hex> is accepted")
+    return digest.split(":", 1)[1]
+
+
+class _Document(BaseModel):
+    model_config = ConfigDict(extra="allow", populate_by_name=True, frozen=True)
+
+
+class Platform(_Document):
+    architecture: str
+    os: str
+    variant: str | None = None
+    os_version: str | None = Field(default=None, alias="os.version")
+
+    def __str__(self) -> str:
+        return "/".join(part for part in (self.os, self.architecture, self.variant) if part)
+
+
+class Descriptor(_Document):
+    media_type: str = Field(alias="mediaType")
+    digest: Digest
+    size: int = Field(ge=0)
+    annotations: dict[str, str] = Field(default_factory=dict)
+    platform: Platform | None = None
+    artifact_type: str | None = Field(default=None, alias="artifactType")
+    urls: list[str] | None = None
+
+
+class Manifest(_Document):
+    schema_version: Literal[2] = Field(alias="schemaVersion")
+    media_type: str | None = Field(default=None, alias="mediaType")
+    artifact_type: str | None = Field(default=None, alias="artifactType")
+    config: Descriptor
+    layers: list[Descriptor]
+    annotations: dict[str, str] = Field(default_factory=dict)
+    subject: Descriptor | None = None
+
+
+class Index(_Document):
+    schema_version: Literal[2] = Field(alias="schemaVersion")
+    media_type: str | None = Field(default=None, alias="mediaType")
+    artifact_type: str | None = Field(default=None, alias="artifactType")
+    manifests: list[Descriptor]
+    annotations: dict[str, str] = Field(default_factory=dict)
+
+
+def describe_validation_error(exc: ValidationError) -> str:
+    """'layers.0.size: Input should be a valid integer' for the first problem, plus a count of the others."""
+    problems = exc.errors()
+    first = problems[0]
+    where = ".".join(str(part) for part in first["loc"]) or "(document)"
+    more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+    return f"{where}: {first['msg']}{more}"
+
+
+def load_json(raw: bytes, what: str) -> Any:
+    try:
+        return json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise InvalidDocumentError(f"{what} is not valid JSON: {exc}") from exc
+
+
+def parse_model(model: type[_Document], data: Any, what: str) -> Any:
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise InvalidDocumentError(f"invalid {what}: {describe_validation_error(exc)}") from exc
+
+
+def parse_manifest_or_index(raw: bytes, what: str = "manifest") -> Manifest | Index:
+    """Decide by mediaType, else by shape (older documents omit mediaType)."""
+    data = load_json(raw, what)
+    if not isinstance(data, dict):
+        raise InvalidDocumentError(f"invalid {what}: expected a JSON object")
+    media_type = data.get("mediaType")
+    if media_type in INDEX_TYPES or (media_type is None and "manifests" in data and "layers" not in data):
+        return parse_model(Index, data, f"{what} (image index)")
+    if media_type not in (None, *MANIFEST_TYPES):
+        if "layers" not in data:
+            raise InvalidDocumentError(f"unsupported {what} media type {media_type!r}")
+    return parse_model(Manifest, data, what)

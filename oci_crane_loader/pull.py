@@ -1,0 +1,248 @@
+"""Resolve a reference, download what the cache lacks (several blobs at once, each verified), materialise.
+
+Data flows one way: reference -> manifest (pinned digest) -> config -> Plan -> blobs -> model directory.
+"""
+
+from __future__ import annotations
+
+import logging
+import platform as host_platform
+import time
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from . import errors
+from .crane import Crane
+from .formats import Action, LayerPlan, Plan, recognise
+from .materialize import extract_tar, list_files, materialize
+from .oci import Descriptor, Index, Manifest, digest_hex, parse_manifest_or_index, sha256_digest
+from .progress import Progress
+from .reference import Reference, parse_reference
+from .store import Store, remove_tree
+
+log = logging.getLogger(__name__)
+
+RETRIES = 3  # crane retries until response headers; a body that drops mid-stream is retried here, from zero
+_ARCHITECTURES = {"x86_64": "amd64", "amd64": "amd64", "aarch64": "arm64", "arm64": "arm64"}
+
+
+def host_platform_name() -> str:
+    machine = host_platform.machine().lower()
+    return f"linux/{_ARCHITECTURES.get(machine, machine)}"  # models run in linux containers, also from macOS
+
+
+@dataclass(frozen=True)
+class Resolved:
+    reference: Reference
+    digest: str  # the manifest's digest (after choosing from an index)
+    manifest: Manifest
+    raw_manifest: bytes
+    index_digest: str | None = None
+
+    @property
+    def pinned(self) -> str:
+        return f"{self.reference.repository_name}@{self.digest}"
+
+
+@dataclass(frozen=True)
+class FetchResult:
+    reference: str
+    digest: str
+    pinned: str
+    path: Path
+    format: str
+    files: list[str]
+    bytes: int
+    index_digest: str | None = None
+
+    def to_json(self) -> dict[str, object]:
+        return {"reference": self.reference, "digest": self.digest, "pinned": self.pinned, "path": str(self.path),
+                "format": self.format, "files": self.files, "bytes": self.bytes, "index_digest": self.index_digest}
+
+
+@dataclass(frozen=True)
+class InspectResult:
+    reference: str
+    digest: str
+    pinned: str
+    format: str
+    media_type: str | None
+    artifact_type: str | None
+    files: list[dict[str, object]]
+    bytes: int
+    skipped: list[dict[str, object]] = field(default_factory=list)
+    index_digest: str | None = None
+
+    def to_json(self) -> dict[str, object]:
+        return dict(self.__dict__)
+
+
+def select_child(index: Index, wanted: str | None) -> Descriptor:
+    """The child for ``wanted`` (os/arch[/variant]) or the host; a lone child, or the only unplatformed one."""
+    if not index.manifests:
+        raise errors.InvalidDocumentError("the image index lists no manifests")
+    target = wanted or host_platform_name()
+    with_platform = [child for child in index.manifests if child.platform is not None]
+    for child in with_platform:
+        if str(child.platform) == target or (
+            child.platform is not None and f"{child.platform.os}/{child.platform.architecture}" == target
+        ):
+            return child
+    without_platform = [child for child in index.manifests if child.platform is None]
+    if len(index.manifests) == 1 or (len(without_platform) == 1 and wanted is None):
+        return (without_platform or index.manifests)[0]
+    available = ", ".join(str(child.platform) for child in with_platform) or "none named"
+    raise errors.NotFoundError(f"the image index has no manifest for platform {target} (available: {available})",
+                               "pass --platform OS/ARCH with one of the available platforms")
+
+
+class Puller:
+    def __init__(self, store: Store, crane: Crane, *, jobs: int = 4, progress: Progress | None = None) -> None:
+        if jobs < 1:
+            raise ValueError("jobs must be at least 1")
+        self.store = store
+        self.crane = crane
+        self.jobs = jobs
+        self.progress = progress or Progress(enabled=False)
+
+    # --- manifests ---------------------------------------------------------------------------------------------
+    def _manifest_by_digest(self, reference: Reference, digest: str) -> bytes:
+        cached = self.store.load_manifest(digest)
+        if cached is not None:
+            return cached
+        raw = self.crane.manifest(f"{reference.repository_name}@{digest}")
+        if sha256_digest(raw) != digest:
+            raise errors.IntegrityError(f"manifest of {reference.repository_name}@{digest} has digest "
+                                        f"{sha256_digest(raw)}")
+        self.store.save_manifest(raw)
+        return raw
+
+    def resolve(self, reference: Reference) -> Resolved:
+        if reference.digest:
+            digest = reference.digest
+            raw = self._manifest_by_digest(reference, digest)
+        elif self.crane.offline:
+            cached = self.store.load_ref(reference)
+            if cached is None:
+                raise errors.OfflineError(f"{reference} is not in the cache at {self.store.root}")
+            digest = cached
+            raw = self._manifest_by_digest(reference, digest)
+        else:
+            raw = self.crane.manifest(reference.name)
+            digest = self.store.save_manifest(raw)
+            self.store.save_ref(reference, digest)
+        document = parse_manifest_or_index(raw, f"manifest of {reference}")
+        if isinstance(document, Manifest):
+            return Resolved(reference, digest, document, raw)
+        child = select_child(document, self.crane.platform)
+        child_raw = self._manifest_by_digest(reference, child.digest)
+        child_document = parse_manifest_or_index(child_raw, f"manifest {child.digest} of {reference}")
+        if not isinstance(child_document, Manifest):
+            raise errors.UnsupportedFormatError(f"{reference}: nested image indexes are not supported")
+        return Resolved(reference, child.digest, child_document, child_raw, index_digest=digest)
+
+    # --- blobs -------------------------------------------------------------------------------------------------
+    def ensure_blob(self, reference: Reference, descriptor: Descriptor) -> Path:
+        """The blob's cache path; downloaded (once, across threads and processes) if missing."""
+        path = self.store.blob_path(descriptor.digest)
+        if self.store.has_blob(descriptor):
+            self.progress.skipped(descriptor.size)
+            return path
+        with self.store.lock(digest_hex(descriptor.digest)):
+            if self.store.has_blob(descriptor):  # another process finished it while we waited
+                self.progress.skipped(descriptor.size)
+                return path
+            pinned = f"{reference.repository_name}@{descriptor.digest}"
+            for attempt in range(1, RETRIES + 1):
+                temp = self.store.temp_path(digest_hex(descriptor.digest))
+                received = 0
+
+                def count(delta: int) -> None:
+                    nonlocal received
+                    received += delta
+                    self.progress.advance(delta)
+
+                try:
+                    self.crane.blob(pinned, temp, count)
+                    self.store.commit_blob(temp, descriptor, f"blob {pinned}")
+                    self.progress.finished(descriptor)
+                    return path
+                except errors.NetworkError as exc:  # includes stalls; auth, TLS and integrity are not retried
+                    self.progress.advance(-received)
+                    if attempt == RETRIES:
+                        raise
+                    log.warning("download of %s failed (%s); retry %d of %d", pinned, exc.cause, attempt,
+                                RETRIES - 1)
+                    time.sleep(attempt)
+                finally:
+                    temp.unlink(missing_ok=True)
+        raise AssertionError("unreachable")
+
+    def ensure_blobs(self, reference: Reference, layers: Iterable[LayerPlan],
+                     on_ready: Callable[[LayerPlan, Path], None] | None = None) -> None:
+        layers = list(layers)
+        self.progress.start(sum(layer.descriptor.size for layer in layers), len(layers))
+        try:
+            with ThreadPoolExecutor(max_workers=self.jobs, thread_name_prefix="oci-crane-blob") as pool:
+                futures = [pool.submit(self.ensure_blob, reference, layer.descriptor) for layer in layers]
+                for layer, future in zip(layers, futures, strict=True):
+                    path = future.result()  # the first failure is raised here; the pool still drains the rest
+                    if on_ready is not None:
+                        on_ready(layer, path)
+        finally:
+            self.progress.close()
+
+    def config(self, resolved: Resolved) -> bytes:
+        descriptor = resolved.manifest.config
+        if descriptor.size <= 2 and descriptor.digest == sha256_digest(b"{}"):
+            return b"{}"  # the OCI empty config: no request needed
+        return self.ensure_blob(resolved.reference, descriptor).read_bytes()
+
+    def plan(self, resolved: Resolved) -> Plan:
+        return recognise(resolved.manifest, self.config(resolved))
+
+    # --- whole operations --------------------------------------------------------------------------------------
+    def fetch(self, text: str) -> FetchResult:
+        reference = parse_reference(text)
+        resolved = self.resolve(reference)
+        plan = self.plan(resolved)
+        path = self.store.model_path(resolved.digest)
+        if not path.is_dir():
+            # Small files first (config, tokenizer): they name the shards and fail fast on a bad artifact.
+            self.ensure_blobs(reference, plan.small_layers)
+            self.ensure_blobs(reference, plan.weight_layers)
+            path = materialize(self.store, plan, resolved.digest)
+        files = list_files(path)
+        return FetchResult(str(reference), resolved.digest, resolved.pinned, path, plan.format, files,
+                           sum((path / name).stat().st_size for name in files), resolved.index_digest)
+
+    def inspect(self, text: str) -> InspectResult:
+        """Digest, format, files and sizes; downloads only the config and small non-weight layers."""
+        reference = parse_reference(text)
+        resolved = self.resolve(reference)
+        plan = self.plan(resolved)
+        self.ensure_blobs(reference, [layer for layer in plan.small_layers if layer.action is Action.TAR])
+        files: list[dict[str, object]] = []
+        shard_number = 0
+        for layer in plan.layers:
+            entry = {"media_type": layer.descriptor.media_type, "digest": layer.descriptor.digest,
+                     "size": layer.descriptor.size}
+            if layer.action is Action.TAR:
+                scratch = self.store.new_model_dir(resolved.digest)
+                try:
+                    extracted = extract_tar(self.store.blob_path(layer.descriptor.digest), scratch, "inspect")
+                    files += [{**entry, "path": name, "size": (scratch / name).stat().st_size, "from_tar": True}
+                              for name in extracted]
+                finally:
+                    remove_tree(scratch)
+            elif layer.action is Action.SHARD:
+                shard_number += 1
+                files.append({**entry, "path": None, "shard": shard_number})
+            else:
+                files.append({**entry, "path": layer.path})
+        skipped = [{"media_type": d.media_type, "digest": d.digest, "size": d.size} for d in plan.skipped]
+        return InspectResult(str(reference), resolved.digest, resolved.pinned, plan.format,
+                             resolved.manifest.media_type, resolved.manifest.artifact_type, files,
+                             sum(layer.descriptor.size for layer in plan.layers), skipped, resolved.index_digest)

@@ -1,0 +1,198 @@
+"""OCI image references, parsed and normalised the way crane does it.
+
+The rules follow go-containerregistry's ``pkg/name`` (v0.21.9, the version crane is pinned to), so a reference we
+accept means the same image to crane: ``ubuntu`` is ``index.docker.io/library/ubuntu:latest``. We are stricter in a
+few places, each a name no registry serves and some a path escape in the cache (which uses registry, repository and
+tag as directory names): empty, ``.`` or ``..`` repository components, a ``.``/``..`` registry, tags that do not start
+with ``[A-Za-z0-9_]`` (the OCI distribution rule), whitespace, and URL schemes other than our own ``oci://``.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+import string
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+
+from .errors import InvalidReferenceError
+
+__all__ = ["DEFAULT_REGISTRY", "DEFAULT_TAG", "Reference", "parse_reference"]
+
+DEFAULT_REGISTRY = "index.docker.io"
+DEFAULT_TAG = "latest"
+_OCI_PREFIX = "oci://"
+
+_REPO_CHARS = frozenset(string.ascii_lowercase + string.digits + "_-./")  # ggcr repositoryChars
+_TAG_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")  # ggcr tagChars, 1..128, plus OCI's first-char rule
+_DIGEST_RE = re.compile(r"sha256:[a-f0-9]{64}")  # ggcr accepts only the canonical algorithm
+# ASCII that Go's url.Parse keeps in a host unchanged; ggcr's checkRegistry is "url.Parse('//'+name).Host == name".
+_HOST_CHARS = frozenset(string.ascii_letters + string.digits + "!\"$&'()*+,-.:;<=>[]_~")
+_PORT_RE = re.compile(r"(:[0-9]*)?")  # Go's validOptionalPort: an empty port after the colon is allowed
+_Fail = Callable[[str], InvalidReferenceError]  # builds the error naming the whole reference
+_PRIVATE_NETS = tuple(ipaddress.ip_network(n) for n in ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16"))
+
+
+def _strip_prefix(text: str) -> str:
+    return text[len(_OCI_PREFIX) :] if text[: len(_OCI_PREFIX)].lower() == _OCI_PREFIX else text
+
+
+@dataclass(frozen=True)
+class Reference:
+    """A parsed reference. ``tag`` is None only for a digest reference typed without a tag."""
+
+    registry: str
+    repository: str
+    tag: str | None
+    digest: str | None
+    original: str
+
+    @property
+    def repository_name(self) -> str:
+        return f"{self.registry}/{self.repository}"
+
+    @property
+    def name(self) -> str:
+        # ggcr parses "repo:tag@digest" as a Digest, whose Name() drops the tag: the digest is what is pulled.
+        if self.digest:
+            return f"{self.repository_name}@{self.digest}"
+        return f"{self.repository_name}:{self.tag}"
+
+    @property
+    def identifier(self) -> str:
+        return self.digest or self.tag or DEFAULT_TAG
+
+    @property
+    def pinned(self) -> str:
+        if not self.digest:
+            raise ValueError(f"reference '{self}' has no digest to pin to")
+        return f"{self.repository_name}@{self.digest}"
+
+    def with_digest(self, digest: str) -> Reference:
+        if not _DIGEST_RE.fullmatch(digest):
+            raise InvalidReferenceError(f"invalid digest {digest!r}: expected sha256: and 64 lowercase hex characters")
+        return replace(self, digest=digest)
+
+    @property
+    def is_loopback_or_private(self) -> bool:
+        """localhost, *.localhost, 127.0.0.0/8, ::1 or an RFC 1918 address, with or without a port."""
+        host = self.registry
+        if host.startswith("["):
+            host = host[1 : host.rfind("]")]
+        elif host.count(":") == 1:  # host:port; more colons is a bare IPv6 address
+            host = host.partition(":")[0]
+        host = host.lower()
+        if host == "localhost" or host.endswith(".localhost"):
+            return True
+        try:
+            ip = ipaddress.ip_address(host)
+        except ValueError:
+            return False
+        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped:
+            ip = ip.ipv4_mapped
+        return ip.is_loopback or any(ip in net for net in _PRIVATE_NETS)
+
+    def __str__(self) -> str:
+        return _strip_prefix(self.original)
+
+
+def parse_reference(text: str) -> Reference:
+    """Parse ``[oci://][registry[:port]/]repository[:tag][@sha256:<hex>]``; raise InvalidReferenceError if invalid."""
+
+    def fail(problem: str) -> InvalidReferenceError:
+        return InvalidReferenceError(f"invalid reference {text!r}: {problem}")
+
+    if not isinstance(text, str) or not text.strip():
+        raise fail("it is empty")
+    body = _strip_prefix(text)
+    if not body:
+        raise fail("nothing follows oci://")
+    if any(c.isspace() for c in body):
+        raise fail("it contains whitespace")
+    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in body):
+        raise fail("it contains a control character")
+    if "://" in body:  # ggcr would read "https:" as a registry with an empty port
+        raise fail("only the oci:// scheme is accepted; drop http:// or https://")
+
+    # ggcr ParseReference: a Tag parse cannot succeed with an '@' in it, so '@' means a Digest reference.
+    digest = None
+    if "@" in body:
+        body, _, digest = body.partition("@")
+        if "@" in digest:
+            raise fail("it contains more than one '@'")
+        if not digest.startswith("sha256:"):
+            raise fail(f"unsupported digest {digest!r}: only sha256 digests are accepted")
+        if not _DIGEST_RE.fullmatch(digest):
+            raise fail(f"digest {digest!r} must be sha256: followed by 64 lowercase hex characters")
+
+    # ggcr NewTag: the tag follows the last ':' unless a '/' comes after it (then the ':' was a registry port).
+    tag = None
+    head, colon, last = body.rpartition(":")
+    if colon and "/" not in last:
+        body, tag = head, last
+        if not tag:
+            raise fail("a tag name must follow the ':'")
+        if not _TAG_RE.fullmatch(tag):
+            raise fail(f"tag {tag!r} must be 1 to 128 characters of A-Z a-z 0-9 _ . - and must not start with . or -")
+
+    # ggcr NewRepository: the first component is a registry only if it looks like a host.
+    registry, slash, repository = body.partition("/")
+    if not (slash and (registry == "localhost" or "." in registry or ":" in registry)):
+        registry, repository = "", body
+    if registry:
+        _check_registry(registry, fail)
+    registry = DEFAULT_REGISTRY if registry in ("", "docker.io") else registry
+    typed = repository
+    if registry == DEFAULT_REGISTRY and "/" not in repository:
+        repository = f"library/{repository}"  # Docker Hub's official images
+    _check_repository(typed, repository, fail)
+
+    if tag is None and digest is None:
+        tag = DEFAULT_TAG
+    return Reference(registry=registry, repository=repository, tag=tag, digest=digest, original=text)
+
+
+def _check_repository(repository: str, full: str, fail: _Fail) -> None:
+    if not repository:
+        raise fail("the repository name is missing")
+    # ggcr: at least 2 characters as typed; at most 255 once library/ is added (its digest path checks that).
+    if len(repository) < 2 or len(full) > 255:
+        raise fail(f"repository {full!r} must be 2 to 255 characters long")
+    if repository.lower() != repository and set(repository.lower()) <= _REPO_CHARS:
+        raise fail(f"repository {repository!r} must be lowercase")
+    bad = sorted(set(repository) - _REPO_CHARS)
+    if bad:
+        raise fail(f"repository {repository!r} may only contain a-z 0-9 _ - . / (found {''.join(bad)!r})")
+    if any(part in ("", ".", "..") for part in repository.split("/")):
+        raise fail(f"repository {repository!r} has an empty, '.' or '..' path component")
+
+
+def _check_registry(registry: str, fail: _Fail) -> None:
+    """ggcr's checkRegistry: Go's url.Parse("//" + registry) must give back the registry as the host, unchanged."""
+    problem = None
+    if any(c in registry for c in "%@?#\\"):  # Go would unescape, or split off userinfo, query or fragment
+        problem = "is not a valid host[:port]"
+    elif any(ord(c) < 0x80 and c not in _HOST_CHARS for c in registry):
+        problem = "contains a character not allowed in a host name"
+    elif "[" in registry:  # an IPv6 literal, e.g. [::1]:5000
+        close = registry.rfind("]")
+        if registry.rfind("[") != 0 or close < 0:
+            problem = "has a malformed [IPv6] literal"
+        elif not _PORT_RE.fullmatch(registry[close + 1 :]):
+            problem = "has an invalid port"
+        elif not _is_ipv6(registry[1:close]):
+            problem = "must hold an IPv6 address inside [ ]"
+    elif ":" in registry and not _PORT_RE.fullmatch(registry[registry.rfind(":") :]):
+        problem = "has an invalid port"
+    elif registry in (".", ".."):
+        problem = "is not a host name"
+    if problem:
+        raise fail(f"registry {registry!r} {problem}")
+
+
+def _is_ipv6(text: str) -> bool:
+    try:
+        ipaddress.IPv6Address(text)
+    except ValueError:
+        return False
+    return True
