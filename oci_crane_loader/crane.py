@@ -92,7 +92,9 @@ def _environment() -> dict[str, str]:
 _SECRET_PATTERNS = [
     (re.compile(r"(?i)(https?://)[^/\s:@]+:[^/\s@]+@"), r"\1***@"),  # user:password@host
     (re.compile(r"(?i)(https?://[^\s?\"']+)\?[^\s\"']*"), r"\1?***"),  # presigned URL query strings
-    (re.compile(r"(?i)\b(authorization|bearer|basic|token|password|secret)([\"'=: ]+)[^\s\"',;]+"), r"\1\2***"),
+    # "Authorization: Bearer <token>": the scheme word is not the secret, the token after it is.
+    (re.compile(r"(?i)\b(authorization|bearer|basic|token|password|secret)([\"'=: ]+)(?:(?:bearer|basic)\s+)?"
+                r"[^\s\"',;]+"), r"\1\2***"),
 ]
 
 

@@ -44,7 +44,9 @@ class LayoutWriter:
         return _descriptor(media_type, digest, path.stat().st_size, annotations)
 
     def add_manifest(self, config: dict[str, object], layers: list[dict[str, object]],
-                     artifact_type: str | None = None, annotations: dict[str, str] | None = None) -> str:
+                     artifact_type: str | None = None, annotations: dict[str, str] | None = None,
+                     platform: dict[str, str] | None = None) -> str:
+        """Add a manifest and list it in index.json (with ``platform``, for multi-platform pushes with --index)."""
         manifest: dict[str, object] = {"schemaVersion": 2, "mediaType": OCI_MANIFEST}
         if artifact_type:
             manifest["artifactType"] = artifact_type
@@ -53,6 +55,8 @@ class LayoutWriter:
         if annotations:
             manifest["annotations"] = annotations
         descriptor = self.add_bytes(OCI_MANIFEST, canonical_json(manifest))
+        if platform:
+            descriptor["platform"] = platform
         self.descriptors.append(descriptor)
         (self.root / "index.json").write_bytes(
             canonical_json({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": self.descriptors}))

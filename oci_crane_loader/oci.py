@@ -111,6 +111,9 @@ def parse_manifest_or_index(raw: bytes, what: str = "manifest") -> Manifest | In
     if not isinstance(data, dict):
         raise InvalidDocumentError(f"invalid {what}: expected a JSON object")
     media_type = data.get("mediaType")
+    if media_type is not None and not isinstance(media_type, str):  # e.g. a list: unhashable, and not a type
+        shape = Index if "manifests" in data and "layers" not in data else Manifest
+        return parse_model(shape, data, what)  # refused, naming mediaType
     if media_type in INDEX_TYPES or (media_type is None and "manifests" in data and "layers" not in data):
         return parse_model(Index, data, f"{what} (image index)")
     if media_type not in (None, *MANIFEST_TYPES):

@@ -60,9 +60,13 @@ def _config_tar(model_dir: Path, names: list[str]) -> bytes:
     return buffer.getvalue()
 
 
-def pack_dmr(model_dir: Path, layout_dir: Path, *, version: str = "v0.2", annotate_shards: bool = True) -> str:
-    """Write the layout and return the manifest digest. ``annotate_shards=False`` mimics older v0.1 artifacts."""
+def pack_dmr(model_dir: Path, layout_dir: Path, *, version: str = "v0.2", annotate_shards: bool = True,
+             platform: dict[str, str] | None = None) -> str:
+    """Write the layout and return the manifest digest. ``annotate_shards=False`` mimics older v0.1 artifacts.
+    Packing into an existing layout adds one more manifest to its index.json (``platform`` tells them apart)."""
     writer = LayoutWriter(layout_dir)
+    if (layout_dir / "index.json").exists():
+        writer.descriptors = json.loads((layout_dir / "index.json").read_text())["manifests"]
     files = model_files(model_dir)
     if not any(name.endswith(".safetensors") for name in files):
         raise ValueError(f"{model_dir} has no .safetensors files")
@@ -90,4 +94,4 @@ def pack_dmr(model_dir: Path, layout_dir: Path, *, version: str = "v0.2", annota
     config_bytes = canonical_json(_config(model_dir, layers))
     config = writer.add_bytes(config_type, config_bytes)
     assert config["digest"] == sha256_digest(config_bytes)
-    return writer.add_manifest(config, layers)
+    return writer.add_manifest(config, layers, platform=platform)

@@ -49,10 +49,9 @@ class Progress:
             self._finished += 1
             if self.interactive:
                 self._draw()
-            elif self.enabled:
-                counter = f" [{self._finished}/{self._blobs}]" if self._blobs else ""
-                print(f"fetched {descriptor.digest[:19]} ({human(descriptor.size)}){counter}", file=self.stream,
-                      flush=True)
+            elif self.enabled and self._blobs:  # the config blob, fetched before planning, is not worth a line
+                print(f"fetched {descriptor.digest[:19]} ({human(descriptor.size)}) [{self._finished}/{self._blobs}]",
+                      file=self.stream, flush=True)
 
     def _draw(self) -> None:
         elapsed = max(time.monotonic() - self._started, 1e-6)

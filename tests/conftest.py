@@ -1,0 +1,88 @@
+"""Shared fixtures: a real crane, a real registry on 127.0.0.1, and models packed and pushed with crane."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from safetensors.numpy import save_file
+
+from oci_crane_loader import errors
+from oci_crane_loader.crane import Crane, LocalRegistry, find_crane, serve_registry
+from oci_crane_loader.pack import pack_dmr
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session")
+def crane_binary() -> str:
+    try:
+        return find_crane()
+    except errors.CraneMissingError as exc:
+        pytest.skip(f"crane is not installed ({exc.cause}): run bin/install-crane")
+
+
+@pytest.fixture
+def registry(crane_binary: str, tmp_path: Path) -> Iterator[LocalRegistry]:
+    """A fresh `crane registry serve` per test (disk-backed, so tests can damage stored blobs)."""
+    disk = tmp_path / "registry-disk"
+    disk.mkdir()
+    with serve_registry(disk=disk) as running:
+        yield running
+
+
+@pytest.fixture
+def cache_dir(tmp_path: Path) -> Path:
+    return tmp_path / "cache"
+
+
+def write_model(directory: Path, shards: int = 2, seed: int = 0) -> Path:
+    """A small model with real safetensors shards (several dtypes), an index, config and tokenizer files."""
+    rng = np.random.default_rng(seed)
+    directory.mkdir(parents=True, exist_ok=True)
+    weight_map = {}
+    for number in range(1, shards + 1):
+        name = f"model-{number:05d}-of-{shards:05d}.safetensors" if shards > 1 else "model.safetensors"
+        tensors = {
+            f"layers.{number}.weight": rng.standard_normal((16, 8)).astype(np.float16),
+            f"layers.{number}.bias": rng.standard_normal(8).astype(np.float32),
+            f"layers.{number}.ids": np.arange(5, dtype=np.int64),
+        }
+        save_file(tensors, str(directory / name), metadata={"format": "pt"})
+        weight_map.update(dict.fromkeys(tensors, name))
+    if shards > 1:
+        (directory / "model.safetensors.index.json").write_text(
+            json.dumps({"metadata": {"total_size": 0}, "weight_map": weight_map}, indent=2))
+    (directory / "config.json").write_text(json.dumps({"architectures": ["TestModel"], "hidden_size": 8}))
+    (directory / "tokenizer_config.json").write_text(json.dumps({"model_max_length": 128}))
+    (directory / "1_Pooling").mkdir(exist_ok=True)
+    (directory / "1_Pooling" / "config.json").write_text(json.dumps({"pooling_mode_mean_tokens": True}))
+    return directory
+
+
+def push_layout(layout: Path, reference: str) -> str:
+    return Crane().push(layout, reference)
+
+
+def push_model(model: Path, reference: str, tmp_path: Path, *, version: str = "v0.2",
+               annotate_shards: bool = True) -> str:
+    layout = tmp_path / f"layout-{abs(hash((reference, version)))}"
+    pack_dmr(model, layout, version=version, annotate_shards=annotate_shards)
+    return push_layout(layout, reference)
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    """The real command line, as a user runs it."""
+    full_env = {**os.environ, **(env or {})}
+    return subprocess.run([sys.executable, "-m", "oci_crane_loader", *args], capture_output=True, text=True,
+                          timeout=timeout, env=full_env, cwd=REPO_ROOT, check=False)
+
+
+def tree_bytes(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}

@@ -1,0 +1,76 @@
+"""A private registry as users run one: Debian's docker-registry (CNCF distribution) with htpasswd and TLS.
+
+Credentials reach crane only through the docker config keychain; they must never show in output or errors.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from conftest import push_model, run_cli, tree_bytes, write_model
+from support.distribution import binary_path, distribution_registry
+
+pytestmark = pytest.mark.skipif(binary_path() is None,
+                                reason="Debian's docker-registry is not installed: run bin/install-test-deps")
+
+
+@pytest.fixture
+def private(tmp_path, crane_binary, monkeypatch):
+    with distribution_registry(tmp_path / "distribution") as running:
+        monkeypatch.setenv("DOCKER_CONFIG", str(running.docker_config))
+        monkeypatch.setenv("SSL_CERT_FILE", str(running.ca_file))
+        yield running
+
+
+def test_fetch_with_keychain_credentials_and_private_ca(private, tmp_path, cache_dir):
+    source = write_model(tmp_path / "src")
+    push_model(source, f"{private.host}/team/model:v1", tmp_path)
+    done = run_cli("fetch", f"{private.host}/team/model:v1", "--cache-dir", str(cache_dir), "--json")
+    assert done.returncode == 0, done.stderr
+    assert tree_bytes(Path(json.loads(done.stdout)["path"])) == tree_bytes(source)
+    assert private.password not in done.stdout + done.stderr
+
+
+def test_missing_credentials_are_unauthorized_and_no_secret_leaks(private, tmp_path, cache_dir):
+    push_model(write_model(tmp_path / "src"), f"{private.host}/team/model:v1", tmp_path)
+    anonymous = tmp_path / "anonymous-docker-config"
+    anonymous.mkdir()
+    (anonymous / "config.json").write_text("{}")
+    done = run_cli("fetch", f"{private.host}/team/model:v1", "--cache-dir", str(cache_dir),
+                   env={"DOCKER_CONFIG": str(anonymous)})
+    assert done.returncode == 1
+    assert "refused our credentials" in done.stderr and "docker login" in done.stderr
+    wrong = tmp_path / "wrong-docker-config"
+    wrong.mkdir()
+    import base64
+
+    token = base64.b64encode(f"{private.username}:not-{private.password}".encode()).decode()
+    (wrong / "config.json").write_text(json.dumps({"auths": {private.host: {"auth": token}}}))
+    done = run_cli("fetch", f"{private.host}/team/model:v1", "--cache-dir", str(cache_dir), "--debug",
+                   env={"DOCKER_CONFIG": str(wrong)})
+    assert done.returncode == 1 and "UNAUTHORIZED" in done.stderr
+    for secret in (private.password, token, f"not-{private.password}"):
+        assert secret not in done.stderr and secret not in done.stdout
+
+
+def test_untrusted_certificate_is_a_tls_error_with_a_fix(private, tmp_path, cache_dir):
+    push_model(write_model(tmp_path / "src"), f"{private.host}/team/model:v1", tmp_path)
+    done = run_cli("fetch", f"{private.host}/team/model:v1", "--cache-dir", str(cache_dir),
+                   env={"SSL_CERT_FILE": str(tmp_path / "no-such-ca.pem")})
+    assert done.returncode == 1
+    assert "TLS" in done.stderr and "SSL_CERT_FILE" in done.stderr and "--insecure" in done.stderr
+    insecure = run_cli("fetch", f"{private.host}/team/model:v1", "--cache-dir", str(cache_dir), "--insecure", "-q",
+                       env={"SSL_CERT_FILE": str(tmp_path / "no-such-ca.pem")})
+    assert insecure.returncode == 0, insecure.stderr
+
+
+def test_failing_credential_helper_is_named(private, tmp_path, cache_dir):
+    helper_config = tmp_path / "helper-docker-config"
+    helper_config.mkdir()
+    (helper_config / "config.json").write_text(json.dumps({"credsStore": "oci-crane-test-missing"}))
+    done = run_cli("fetch", f"{private.host}/team/model:v1", "--cache-dir", str(cache_dir),
+                   env={"DOCKER_CONFIG": str(helper_config)})
+    assert done.returncode == 1
+    assert "credential helper" in done.stderr and "credsStore" in done.stderr
