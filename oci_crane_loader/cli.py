@@ -28,7 +28,8 @@ def _truthy(name: str) -> bool:
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--cache-dir", help="cache root (default: $OCI_CRANE_LOADER_CACHE or ~/.cache/oci-crane-loader)")
+    parser.add_argument("--cache-dir",
+                        help="cache root (default: $OCI_CRANE_LOADER_CACHE or ~/.cache/oci-crane-loader)")
     parser.add_argument("--platform", help="os/arch[/variant] to pick from a multi-platform index (default: host)")
     parser.add_argument("--offline", action="store_true", default=_truthy("OCI_CRANE_OFFLINE"),
                         help="use the cache only, never the network (also OCI_CRANE_OFFLINE=1)")
@@ -82,7 +83,7 @@ def _run(args: argparse.Namespace) -> int:
                   f"size       {human(info.bytes)}")
             for entry in info.files:
                 name = entry["path"] or f"(unnamed shard {entry.get('shard')})"
-                print(f"  {human(int(entry['size'])):>10}  {name}")
+                print(f"  {human(int(str(entry['size']))):>10}  {name}")
     elif args.command == "demo":
         from .demo import run_demo
 

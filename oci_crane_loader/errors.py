@@ -54,7 +54,7 @@ class OfflineError(OciCraneError, LookupError):
 
 
 class CacheError(OciCraneError, OSError):
-    default_fix = "check that the cache directory is writable and has free space (--cache-dir or OCI_CRANE_LOADER_CACHE)"
+    default_fix = "check that the cache directory is writable and has free space (--cache-dir, OCI_CRANE_LOADER_CACHE)"
 
 
 class CraneError(OciCraneError, RuntimeError):

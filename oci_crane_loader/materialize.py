@@ -26,7 +26,8 @@ def link_or_copy(source: Path, target: Path) -> None:
     """Hard link (no second copy on disk); copy only where the filesystem cannot link."""
     target.parent.mkdir(parents=True, exist_ok=True)
     if target.exists():
-        raise InvalidModelError(f"two layers both write {target.name!r}", "re-push the artifact with one layer per file")
+        raise InvalidModelError(f"two layers both write {target.name!r}",
+                                "re-push the artifact with one layer per file")
     try:
         os.link(source, target)
     except OSError as exc:
@@ -68,8 +69,8 @@ def shard_names(shards: list[LayerPlan], store: Store, model_dir: Path) -> list[
         names = []
         for number, shard in enumerate(shards):
             tensors = read_header(store.blob_path(shard.descriptor.digest)).tensors
-            files = {weight_map.get(name) for name in tensors}
-            if len(files) != 1 or None in files:
+            files = {weight_map.get(name, "") for name in tensors}
+            if len(files) != 1 or "" in files:
                 raise InvalidModelError(
                     f"shard {number} ({shard.descriptor.digest[:19]}) does not match one file of {INDEX_NAME}",
                     "re-push the model with the index that belongs to its shards")

@@ -8,7 +8,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
 
@@ -98,7 +98,10 @@ def load_json(raw: bytes, what: str) -> Any:
         raise InvalidDocumentError(f"{what} is not valid JSON: {exc}") from exc
 
 
-def parse_model(model: type[_Document], data: Any, what: str) -> Any:
+_Model = TypeVar("_Model", bound=BaseModel)
+
+
+def parse_model(model: type[_Model], data: Any, what: str) -> _Model:
     try:
         return model.model_validate(data)
     except ValidationError as exc:
@@ -111,12 +114,10 @@ def parse_manifest_or_index(raw: bytes, what: str = "manifest") -> Manifest | In
     if not isinstance(data, dict):
         raise InvalidDocumentError(f"invalid {what}: expected a JSON object")
     media_type = data.get("mediaType")
-    if media_type is not None and not isinstance(media_type, str):  # e.g. a list: unhashable, and not a type
-        shape = Index if "manifests" in data and "layers" not in data else Manifest
-        return parse_model(shape, data, what)  # refused, naming mediaType
+    if media_type is not None and not isinstance(media_type, str):  # e.g. a list: unhashable; refused below
+        media_type = None
     if media_type in INDEX_TYPES or (media_type is None and "manifests" in data and "layers" not in data):
         return parse_model(Index, data, f"{what} (image index)")
-    if media_type not in (None, *MANIFEST_TYPES):
-        if "layers" not in data:
-            raise InvalidDocumentError(f"unsupported {what} media type {media_type!r}")
+    if media_type not in (None, *MANIFEST_TYPES) and "layers" not in data:
+        raise InvalidDocumentError(f"unsupported {what} media type {media_type!r}")
     return parse_model(Manifest, data, what)

@@ -84,8 +84,8 @@ def pack_dmr(model_dir: Path, layout_dir: Path, *, version: str = "v0.2", annota
         others = [name for name in files if not name.endswith(".safetensors")]
         for name in files:
             if name.endswith(".safetensors"):
-                annotations = {dmr.FILEPATH: name} if annotate_shards else None
-                layers.append(writer.add_file(dmr.SAFETENSORS, model_dir / name, annotations))
+                shard_annotations = {dmr.FILEPATH: name} if annotate_shards else None
+                layers.append(writer.add_file(dmr.SAFETENSORS, model_dir / name, shard_annotations))
         if others:
             layers.append(writer.add_bytes(dmr.VLLM_CONFIG_TAR, _config_tar(model_dir, others)))
         config_type = dmr.CONFIG_V01

@@ -23,7 +23,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from pydantic import BaseModel, ConfigDict, StrictInt, StrictStr, ValidationError, field_validator, model_validator
 
@@ -253,7 +253,7 @@ def read_header(path: str | os.PathLike[str], *, name: str | None = None) -> Saf
     except UnicodeDecodeError as exc:
         raise InvalidModelError(f"{name}: header is not valid UTF-8 (bad byte at file offset {8 + exc.start})") from exc
     document = _loads(text, f"{name}: header")
-    if not isinstance(document, dict):
+    if not isinstance(document, _JsonObject):
         raise InvalidModelError(f"{name}: header JSON is {_json_type(document)}, expected an object")
     if document.duplicate is not None:
         what = "key" if document.duplicate == "__metadata__" else "tensor name"
@@ -268,7 +268,7 @@ def read_header(path: str | os.PathLike[str], *, name: str | None = None) -> Saf
     tensors: dict[str, TensorInfo] = {}
     for tensor, entry in entries.items():
         where = f"{name}: tensor {tensor!r}"
-        if not isinstance(entry, dict):
+        if not isinstance(entry, _JsonObject):
             raise InvalidModelError(
                 f"{where}: entry is {_json_type(entry)}, expected an object with dtype, shape and data_offsets"
             )
@@ -306,7 +306,7 @@ def read_index(path: str | os.PathLike[str], *, name: str | None = None) -> Safe
     except UnicodeDecodeError as exc:
         raise InvalidModelError(f"{name}: not valid UTF-8 (bad byte at offset {exc.start})") from exc
     document = _loads(text, name)
-    if not isinstance(document, dict):
+    if not isinstance(document, _JsonObject):
         raise InvalidModelError(f"{name}: JSON is {_json_type(document)}, expected an object")
     if document.duplicate is not None:
         raise InvalidModelError(f"{name}: duplicate key {document.duplicate!r}")
@@ -359,7 +359,7 @@ def check_model_dir(path: str | os.PathLike[str]) -> list[str]:
 # --- helpers ---------------------------------------------------------------------------------------------------
 
 
-class _JsonObject(dict):
+class _JsonObject(dict[str, Any]):
     """A JSON object that remembers its first duplicate key (json.loads would silently keep the last one)."""
 
     duplicate: str | None = None
@@ -398,7 +398,10 @@ def _loads(text: str, where: str) -> Any:
         raise InvalidModelError(f"{where} is not valid JSON: {exc}") from exc
 
 
-def _validate(model: type[Any], data: Any, where: str) -> Any:
+_Model = TypeVar("_Model", bound=BaseModel)
+
+
+def _validate(model: type[_Model], data: Any, where: str) -> _Model:
     """model.model_validate, with a ValidationError turned into InvalidModelError naming the field."""
     try:
         return model.model_validate(data)

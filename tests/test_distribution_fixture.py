@@ -77,7 +77,9 @@ def test_no_credentials_is_unauthorized(registry, crane, tmp_path):
 def test_wrong_password_is_unauthorized(registry, crane, tmp_path):
     config = tmp_path / "wrong-docker-config"
     config.mkdir()
-    (config / "config.json").write_text(json.dumps({"auths": {registry.host: {"username": "tester", "password": "nope"}}}))
+    (config / "config.json").write_text(
+        json.dumps({"auths": {registry.host: {"username": "tester", "password": "nope"}}})
+    )
     result = crane("manifest", f"{registry.host}/x/y:latest", DOCKER_CONFIG=config, SSL_CERT_FILE=registry.ca_file)
     assert result.returncode != 0
     assert "UNAUTHORIZED" in result.stderr, result.stderr
@@ -105,7 +107,7 @@ def test_append_then_manifest(registry, crane, tmp_path):
     fetched = crane("manifest", ref, **trusted(registry))
     assert fetched.returncode == 0, fetched.stderr
     assert len(json.loads(fetched.stdout)["layers"]) == 1
-    assert 'PUT /v2/x/y/manifests/v1' in registry.log()
+    assert "PUT /v2/x/y/manifests/v1" in registry.log()
 
 
 def test_plain_http_without_auth(crane, tmp_path):

