@@ -81,24 +81,30 @@ def shard_names(shards: list[LayerPlan], store: Store, model_dir: Path) -> list[
     return [f"model-{number:05d}-of-{len(shards):05d}.safetensors" for number in range(1, len(shards) + 1)]
 
 
-def materialize(store: Store, plan: Plan, manifest_digest: str) -> Path:
-    final = store.model_path(manifest_digest)
+def materialize(store: Store, plan: Plan, manifest_digest: str, *, weights: bool = True) -> Path:
+    """The model directory (``weights=False``: only config, tokenizer and other small files, under configs/)."""
+    final = store.model_path(manifest_digest) if weights else store.config_path(manifest_digest)
     if final.is_dir():
         return final
     work = store.new_model_dir(manifest_digest)
     try:
         for number, layer in enumerate(plan.layers):
+            if layer.weights and not weights:
+                continue
             blob = store.blob_path(layer.descriptor.digest)
             if layer.action is Action.TAR:
                 extract_tar(blob, work, f"layer {number} ({layer.descriptor.media_type})")
             elif layer.action is Action.FILE:
                 assert layer.path is not None
                 link_or_copy(blob, work / layer.path)
-        shards = [layer for layer in plan.layers if layer.action is Action.SHARD]
-        for shard, name in zip(shards, shard_names(shards, store, work), strict=True):
-            link_or_copy(store.blob_path(shard.descriptor.digest), work / name)
-        check_model_dir(work)
-        return store.publish_model_dir(work, manifest_digest)
+        if weights:
+            shards = [layer for layer in plan.layers if layer.action is Action.SHARD]
+            for shard, name in zip(shards, shard_names(shards, store, work), strict=True):
+                link_or_copy(store.blob_path(shard.descriptor.digest), work / name)
+            check_model_dir(work)
+        elif (work / INDEX_NAME).exists():
+            read_index(work / INDEX_NAME)
+        return store.publish_dir(work, final)
     finally:
         remove_tree(work)  # nothing left behind when validation fails; a no-op after publishing
 

@@ -218,6 +218,16 @@ class Puller:
         return FetchResult(str(reference), resolved.digest, resolved.pinned, path, plan.format, files,
                            sum((path / name).stat().st_size for name in files), resolved.index_digest)
 
+    def prepare(self, text: str) -> tuple[Resolved, Plan, Path]:
+        """Resolve, plan, and materialise only the small files (config, tokenizer): what vLLM needs as `model`
+        before any weight is downloaded. Weights follow through ``ensure_blobs``."""
+        resolved = self.resolve(parse_reference(text))
+        plan = self.plan(resolved)
+        if not plan.weight_layers:
+            raise errors.UnsupportedFormatError(f"{resolved.reference} holds no safetensors weights")
+        self.ensure_blobs(resolved.reference, plan.small_layers)
+        return resolved, plan, materialize(self.store, plan, resolved.digest, weights=False)
+
     def inspect(self, text: str) -> InspectResult:
         """Digest, format, files and sizes; downloads only the config and small non-weight layers."""
         reference = parse_reference(text)

@@ -4,6 +4,7 @@
     manifests/sha256/<hex>        raw manifest bytes
     refs/<registry>/<repo>/<tag>  manifest digest, so --offline works from the cache alone
     models/sha256/<hex>/          materialised model directory (hard links to blobs, extracted tar files)
+    configs/sha256/<hex>/         the same without weights, for vLLM's `model` while weights stream in
     tmp/, locks/
 
 Correctness comes from atomic renames (temp file, fsync, os.replace), not from the locks: locks only stop two
@@ -63,7 +64,7 @@ class Store:
     def __init__(self, root: Path | str | None = None) -> None:
         self.root = Path(root).expanduser().resolve() if root else default_cache_dir().resolve()
         try:
-            for sub in ("blobs/sha256", "manifests/sha256", "refs", "models/sha256", "tmp", "locks"):
+            for sub in ("blobs/sha256", "manifests/sha256", "refs", "models/sha256", "configs/sha256", "tmp", "locks"):
                 (self.root / sub).mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise errors.CacheError(f"cannot create the cache at {self.root}: {exc.strerror}") from exc
@@ -77,6 +78,10 @@ class Store:
 
     def model_path(self, manifest_digest: str) -> Path:
         return self.root / "models" / "sha256" / digest_hex(manifest_digest)
+
+    def config_path(self, manifest_digest: str) -> Path:
+        """Config and tokenizer files only: what vLLM reads as `model` before the weights stream in."""
+        return self.root / "configs" / "sha256" / digest_hex(manifest_digest)
 
     def ref_path(self, reference: Reference) -> Path:
         assert reference.tag is not None
@@ -185,9 +190,8 @@ class Store:
         path.mkdir()
         return path
 
-    def publish_model_dir(self, temp: Path, manifest_digest: str) -> Path:
-        """Rename a finished model directory into place; a concurrent winner's copy is kept and ours dropped."""
-        final = self.model_path(manifest_digest)
+    def publish_dir(self, temp: Path, final: Path) -> Path:
+        """Rename a finished directory into place; a concurrent winner's copy is kept and ours dropped."""
         try:
             os.rename(temp, final)
         except OSError:

@@ -356,7 +356,10 @@ def test_v02_layers_with_filepath_become_files():
         _layer(dmr.MODEL_FILE, 3, "config.json"),
         _layer(dmr.MODEL_FILE, 4, "tokenizer/tokenizer.json"),
         _layer(dmr.LICENSE, 5, "LICENSE.md"),
-        _layer(dmr.MODEL_FILE, 6),  # no filepath: v0.2 names every file it ships, so this one is skipped
+        # No filepath: v0.2 names every file it ships, so these are skipped (no SHARD, no default LICENSE name).
+        _layer(dmr.MODEL_FILE, 6),
+        _layer(dmr.SAFETENSORS, 7),
+        _layer(dmr.LICENSE, 8),
     ])
     plan = formats.recognise(manifest, _config(SPEC_CONFIG))
     assert plan.format == "dmr-v0.2"
@@ -368,7 +371,7 @@ def test_v02_layers_with_filepath_become_files():
         (Action.FILE, "LICENSE.md", False),
     ]
     assert [layer.descriptor.digest for layer in plan.layers] == [_digest(n) for n in range(1, 6)]
-    assert [d.digest for d in plan.skipped] == [_digest(6)]
+    assert [d.digest for d in plan.skipped] == [_digest(6), _digest(7), _digest(8)]
     assert [layer.path for layer in plan.weight_layers] == ["model-00001-of-00002.safetensors",
                                                            "model-00002-of-00002.safetensors"]
     assert [layer.path for layer in plan.small_layers] == ["config.json", "tokenizer/tokenizer.json", "LICENSE.md"]

@@ -1,0 +1,132 @@
+"""The ``oci-crane`` model loader: weights from the content-addressed cache, streamed shard by shard.
+
+Each worker process resolves the pinned reference (from the cache: no request for a digest already seen),
+downloads weight blobs in parallel, and starts reading a shard as soon as that shard is complete and verified,
+while later shards still download. The per-blob cache lock makes several workers download each blob once.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .crane import Crane
+from .formats import LayerPlan, Plan
+from .materialize import INDEX_NAME, materialize
+from .pull import Puller, Resolved
+from .safetensors_check import SafetensorsIndex, read_header, read_index
+from .store import Store
+
+try:  # vLLM is optional: the rest of the package must import without it
+    from vllm.model_executor.model_loader.base_loader import BaseModelLoader
+except ImportError:  # pragma: no cover - exercised only without vLLM
+    BaseModelLoader = object  # type: ignore[misc,assignment]
+
+
+@dataclass(frozen=True)
+class LoaderOptions:
+    """``--model-loader-extra-config`` keys; anything else is refused before work starts."""
+
+    jobs: int = 4
+    platform: str | None = None
+    insecure: bool = False
+    offline: bool = False
+
+    @classmethod
+    def from_extra_config(cls, extra: dict[str, Any] | str | None) -> LoaderOptions:
+        if isinstance(extra, str):
+            import json
+
+            extra = json.loads(extra) if extra.strip() else {}
+        extra = dict(extra or {})
+        allowed = {"jobs": int, "platform": str, "insecure": bool, "offline": bool}
+        unknown = sorted(set(extra) - set(allowed))
+        if unknown:
+            raise ValueError(f"oci-crane: unknown model_loader_extra_config keys {unknown}; allowed: {sorted(allowed)}")
+        for key, value in extra.items():
+            if not isinstance(value, allowed[key]) or (key == "jobs" and value < 1):
+                raise ValueError(f"oci-crane: model_loader_extra_config[{key!r}] must be {allowed[key].__name__}"
+                                 f"{' >= 1' if key == 'jobs' else ''}, got {value!r}")
+        return cls(**extra)
+
+
+def make_puller(download_dir: str | Path | None, options: LoaderOptions) -> Puller:
+    crane = Crane(insecure=options.insecure, platform=options.platform, offline=options.offline)
+    return Puller(Store(download_dir), crane, jobs=options.jobs)
+
+
+_DONE = object()
+
+
+def stream_weights(puller: Puller, resolved: Resolved, plan: Plan, index: SafetensorsIndex | None
+                   ) -> Iterator[tuple[str, Any]]:
+    """(name, tensor) pairs, a shard at a time as soon as its blob is verified; downloads continue meanwhile.
+
+    With an index, only files it names are read (vLLM's rule: a consolidated copy beside the shards is not
+    loaded twice) and each tensor comes from the file the index assigns it to.
+    """
+    from safetensors import safe_open
+
+    ready: queue.Queue[object] = queue.Queue()
+
+    def download() -> None:
+        try:
+            puller.ensure_blobs(resolved.reference, plan.weight_layers, on_ready=lambda layer, path: ready.put(
+                (layer, path)))
+            ready.put(_DONE)
+        except BaseException as exc:  # handed to the consuming thread, which raises it
+            ready.put(exc)
+
+    threading.Thread(target=download, name="oci-crane-weights", daemon=True).start()
+    while (item := ready.get()) is not _DONE:
+        if isinstance(item, BaseException):
+            raise item
+        layer, path = item  # type: ignore[misc]
+        assert isinstance(layer, LayerPlan) and isinstance(path, Path)
+        name = layer.path or layer.descriptor.digest
+        if index is not None and layer.path is not None and Path(layer.path).name not in index.files:
+            continue
+        if not name.endswith(".safetensors") and layer.path is not None:
+            continue  # a weight of another format (dduf) beside the safetensors
+        header = read_header(path, name=name)  # validated before a single tensor is read
+        with safe_open(str(path), framework="pt", device="cpu") as shard:
+            for tensor in header.tensors:
+                owner = index.weight_map.get(tensor) if index is not None else None
+                if index is not None and layer.path is not None and owner != Path(layer.path).name:
+                    continue
+                yield tensor, shard.get_tensor(tensor)
+
+
+class OciCraneModelLoader(BaseModelLoader):  # type: ignore[misc,valid-type]
+    """``--load-format oci-crane``. ``model_config.model_weights`` carries the pinned ``repo@sha256:...``."""
+
+    def __init__(self, load_config: Any) -> None:
+        super().__init__(load_config)
+        self.options = LoaderOptions.from_extra_config(load_config.model_loader_extra_config)
+
+    def _prepare(self, model_config: Any) -> tuple[Puller, Resolved, Plan, Path]:
+        reference = model_config.model_weights or model_config.model
+        puller = make_puller(self.load_config.download_dir, self.options)
+        resolved, plan, config_dir = puller.prepare(reference)
+        return puller, resolved, plan, config_dir
+
+    def download_model(self, model_config: Any) -> None:
+        puller, resolved, plan, _ = self._prepare(model_config)
+        puller.ensure_blobs(resolved.reference, plan.weight_layers)
+        materialize(puller.store, plan, resolved.digest)
+
+    def load_weights(self, model: Any, model_config: Any) -> None:
+        puller, resolved, plan, config_dir = self._prepare(model_config)
+        index = read_index(config_dir / INDEX_NAME) if (config_dir / INDEX_NAME).exists() else None
+        loaded = model.load_weights(stream_weights(puller, resolved, plan, index))
+        materialize(puller.store, plan, resolved.digest)  # every blob is cached now: a full model dir for others
+        if loaded is not None and model_config.quantization is None:
+            expected = {name for name, _ in model.named_parameters()}
+            missing = sorted(expected - set(loaded))
+            if missing:
+                raise ValueError(f"oci-crane: {resolved.reference} did not provide {len(missing)} weight(s) the "
+                                 f"model needs: {', '.join(missing[:20])}{' ...' if len(missing) > 20 else ''}")
