@@ -15,7 +15,7 @@ class OciCraneError(Exception):
     def __init__(self, cause: str, fix: str | None = None) -> None:
         self.cause = cause
         self.fix = fix or self.default_fix
-        super().__init__(f"{cause}; {self.fix}" if self.fix else cause)
+        super().__init__(self.one_line())
 
     def one_line(self) -> str:
         """The single line shown to users on stderr."""

