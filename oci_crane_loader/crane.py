@@ -258,8 +258,9 @@ class LocalRegistry:
     def log(self) -> str:
         return "\n".join(self.lines)
 
-    def blob_requests(self) -> list[str]:
-        return [line for line in self.lines if re.search(r"\b(GET|HEAD) /v2/.+/blobs/sha256:", line)]
+    def blob_downloads(self) -> list[str]:
+        """The digest of every blob GET so far, in order (pushes only HEAD blobs, so they do not count)."""
+        return re.findall(r"\bGET /v2/\S+/blobs/(sha256:[a-f0-9]{64})", "\n".join(self.lines))
 
 
 @contextlib.contextmanager

