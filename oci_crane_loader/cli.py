@@ -12,10 +12,11 @@ import os
 import sys
 from collections.abc import Sequence
 
-from . import __version__, errors
+from . import __version__, cache_admin, errors
 from .crane import Crane
 from .progress import Progress, human
 from .pull import Puller
+from .reference import parse_reference
 from .store import Store
 
 EXIT_FAILURE = 1
@@ -33,6 +34,8 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--platform", help="os/arch[/variant] to pick from a multi-platform index (default: host)")
     parser.add_argument("--offline", action="store_true", default=_truthy("OCI_CRANE_OFFLINE"),
                         help="use the cache only, never the network (also OCI_CRANE_OFFLINE=1)")
+    parser.add_argument("--subpath", metavar="DIR",
+                        help="the model directory inside an image or artifact (default: where config.json is)")
     parser.add_argument("--insecure", action="store_true",
                         help="allow plain http and unverified TLS for this registry (crane --insecure)")
     parser.add_argument("--debug", action="store_true", help="log every step and show tracebacks")
@@ -59,12 +62,35 @@ def build_parser() -> argparse.ArgumentParser:
     demo = commands.add_parser("demo", help="pack a tiny model, push it to a loopback registry, fetch it back")
     demo.add_argument("--cache-dir", help="cache root (default: $OCI_CRANE_LOADER_CACHE or ~/.cache/oci-crane-loader)")
     demo.add_argument("--debug", action="store_true")
+
+    cache = commands.add_parser("cache", help="list, verify and prune the cache")
+    actions = cache.add_subparsers(dest="action", required=True, metavar="ACTION")
+    _local(actions.add_parser("ls", help="cached references and models, with their sizes"))
+    _local(actions.add_parser("verify", help="re-hash every blob and manifest; exit 1 if any is damaged"))
+    prune = _local(actions.add_parser("prune", help="delete what no ref reaches, and stale tmp/ files"))
+    prune.add_argument("--dry-run", action="store_true", help="only show what would be deleted")
+    prune.add_argument("--damaged", action="store_true",
+                       help="instead: delete what `cache verify` reports, and the model directories linking it")
+    remove = _local(actions.add_parser("rm", help="forget a tag (the data goes at the next prune)"))
+    remove.add_argument("reference", metavar="REF", help="registry/repository:tag as `cache ls` shows it")
+    remove.add_argument("--prune", action="store_true", help="then run `cache prune`")
+
+    _local(commands.add_parser("doctor", help="check crane, the cache, credentials and vLLM"))
+    return parser
+
+
+def _local(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Options of the commands that never touch the network."""
+    parser.add_argument("--cache-dir",
+                        help="cache root (default: $OCI_CRANE_LOADER_CACHE or ~/.cache/oci-crane-loader)")
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks")
     return parser
 
 
 def _puller(args: argparse.Namespace, jobs: int = 4, progress: Progress | None = None) -> Puller:
     crane = Crane(insecure=args.insecure, platform=args.platform, offline=args.offline)
-    return Puller(Store(args.cache_dir), crane, jobs=jobs, progress=progress)
+    return Puller(Store(args.cache_dir), crane, jobs=jobs, progress=progress, subpath=args.subpath)
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -88,7 +114,42 @@ def _run(args: argparse.Namespace) -> int:
         from .demo import run_demo
 
         print(run_demo(args.cache_dir))
+    elif args.command == "cache":
+        _cache(args)
+    elif args.command == "doctor":
+        from .doctor import run_doctor
+
+        report = run_doctor(args.cache_dir)
+        print(json.dumps(report.to_json(), indent=2) if args.json else report.text())
+        if not report.ok:
+            raise report.error()
     return 0
+
+
+def _cache(args: argparse.Namespace) -> None:
+    store = Store(args.cache_dir)
+    if args.action == "ls":
+        info = cache_admin.scan_cache(store)
+        print(json.dumps(info.to_json(), indent=2) if args.json else cache_admin.format_info(info))
+    elif args.action == "verify":
+        verified = cache_admin.verify_cache(store)
+        print(json.dumps(verified.to_json(), indent=2) if args.json else cache_admin.format_verify(verified))
+        if not verified.ok:
+            raise verified.error()
+    elif args.action == "prune":
+        report = cache_admin.prune_cache(store, dry_run=args.dry_run, damaged=args.damaged)
+        print(json.dumps(report.to_json(), indent=2) if args.json else cache_admin.format_prune(report))
+    elif args.action == "rm":
+        reference = parse_reference(args.reference)
+        digest = cache_admin.remove_ref(store, reference)
+        pruned = cache_admin.prune_cache(store) if args.prune else None
+        if args.json:
+            print(json.dumps({"removed": reference.name, "digest": digest,
+                              "prune": pruned.to_json() if pruned else None}, indent=2))
+        else:
+            print(f"removed {reference.name} ({digest[:19]})")
+            if pruned:
+                print(cache_admin.format_prune(pruned))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

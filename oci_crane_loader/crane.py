@@ -59,24 +59,35 @@ def parse_version(text: str) -> tuple[int, int, int] | None:
     return (int(match[1]), int(match[2]), int(match[3])) if match else None
 
 
-def find_crane() -> str:
-    """OCI_CRANE_BINARY, then the bundled / bin/-installed copy, then PATH; version checked once per binary."""
+def locate_crane() -> tuple[str, str]:
+    """Where crane is and which lookup step found it (OCI_CRANE_BINARY, bundled or PATH), without running it."""
     override = os.environ.get("OCI_CRANE_BINARY")
     if override:
         if not (os.path.isfile(override) and os.access(override, os.X_OK)):
             raise errors.CraneMissingError(f"OCI_CRANE_BINARY={override} is not an executable file")
-        candidate = override
-    elif BUNDLED_BINARY.is_file() and os.access(BUNDLED_BINARY, os.X_OK):
-        candidate = str(BUNDLED_BINARY)
-    else:
-        found = shutil.which("crane")
-        if not found:
-            raise errors.CraneMissingError("crane was not found (OCI_CRANE_BINARY, the bundled copy, PATH)")
-        candidate = found
-    version = parse_version(_version_of(candidate))
+        return override, "OCI_CRANE_BINARY"
+    if BUNDLED_BINARY.is_file() and os.access(BUNDLED_BINARY, os.X_OK):
+        return str(BUNDLED_BINARY), "bundled"
+    found = shutil.which("crane")
+    if not found:
+        raise errors.CraneMissingError("crane was not found (OCI_CRANE_BINARY, the bundled copy, PATH)")
+    return found, "PATH"
+
+
+def check_version(binary: str) -> str:
+    """``crane version`` of ``binary`` (run once per binary); refused if older than MINIMUM_VERSION."""
+    text = _version_of(binary)
+    version = parse_version(text)
     if version is not None and version < MINIMUM_VERSION:
         shown = ".".join(map(str, version))
-        raise errors.CraneTooOldError(f"crane {shown} at {candidate} is too old (need >= 0.21.8; 0.21.6 hangs)")
+        raise errors.CraneTooOldError(f"crane {shown} at {binary} is too old (need >= 0.21.8; 0.21.6 hangs)")
+    return text
+
+
+def find_crane() -> str:
+    """OCI_CRANE_BINARY, then the bundled / bin/-installed copy, then PATH; version checked once per binary."""
+    candidate, _source = locate_crane()
+    check_version(candidate)
     return candidate
 
 

@@ -6,10 +6,14 @@ so a model directory that exists is always complete.
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import logging
 import os
+import posixpath
 import shutil
 import tarfile
+from collections.abc import Iterator
 from pathlib import Path
 
 from .errors import InvalidModelError
@@ -35,29 +39,103 @@ def link_or_copy(source: Path, target: Path) -> None:
         shutil.copyfile(source, target)
 
 
-def extract_tar(archive: Path, root: Path, where: str) -> list[str]:
-    """Extract regular files and directories only; links, devices and escaping names never reach the disk."""
+ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+WHITEOUT = ".wh."
+OPAQUE = ".wh..wh..opq"
+
+
+@contextlib.contextmanager
+def open_tar(archive: Path) -> Iterator[tarfile.TarFile]:
+    """A tar read as a stream, plain, gzip, bzip2, xz or zstd by its magic bytes: media types can mislead."""
+    with open(archive, "rb") as raw:
+        if raw.read(4) == ZSTD_MAGIC:
+            import zstandard
+
+            raw.seek(0)
+            with zstandard.ZstdDecompressor().stream_reader(raw) as stream, tarfile.open(fileobj=stream,
+                                                                                         mode="r|") as tar:
+                yield tar
+            return
+        raw.seek(0)
+        with tarfile.open(fileobj=raw, mode="r|*") as tar:
+            yield tar
+
+
+def extract_tar(archive: Path, root: Path, where: str, *, into: str | None = None, overlay: bool = False
+                ) -> list[str]:
+    """Extract regular files and directories (and hard links, as copies) under ``root/into``; symlinks, devices
+    and escaping names never reach the disk. ``overlay``: a container image layer over the earlier ones, so
+    files may be replaced and whiteouts delete what earlier layers wrote."""
+    base = root / into if into else root
     written = []
-    with tarfile.open(archive, "r:*") as tar:
-        for member in tar:
-            if member.isdir():
-                (root / safe_relative_path(member.name, where)).mkdir(parents=True, exist_ok=True)
-                continue
-            if not member.isreg():
-                log.warning("%s: skipping %s (not a regular file)", where, member.name)
-                continue
-            relative = safe_relative_path(member.name, where)
-            target = root / relative
-            if target.exists():
-                raise InvalidModelError(f"{where}: {relative!r} is written twice", "re-push the artifact")
-            target.parent.mkdir(parents=True, exist_ok=True)
-            source = tar.extractfile(member)
-            assert source is not None
-            with source, open(target, "wb") as out:
-                shutil.copyfileobj(source, out, 1 << 20)
-            os.chmod(target, 0o755 if member.mode & 0o111 else 0o644)
-            written.append(relative)
+    try:
+        with open_tar(archive) as tar:
+            for member in tar:
+                if posixpath.normpath(member.name) in (".", ""):
+                    continue  # the archive's own root entry
+                relative = safe_relative_path(member.name, where)
+                target = base / relative
+                name = posixpath.basename(relative)
+                if overlay and name.startswith(WHITEOUT):
+                    _apply_whiteout(base, relative, name)
+                    continue
+                if member.isdir():
+                    target.mkdir(parents=True, exist_ok=True)
+                    continue
+                if not (member.isreg() or member.islnk()):
+                    log.warning("%s: skipping %s (%s, not a regular file)", where, member.name,
+                                "symlink" if member.issym() else "special file")
+                    continue
+                if target.exists() or target.is_symlink():
+                    if not overlay:
+                        raise InvalidModelError(f"{where}: {relative!r} is written twice", "re-push the artifact")
+                    remove_path(target)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                if member.islnk():  # a hard link to an earlier entry of this archive: copy it
+                    source_path = base / safe_relative_path(member.linkname, where)
+                    if not source_path.is_file():
+                        raise InvalidModelError(f"{where}: hard link {relative!r} points to a missing file")
+                    shutil.copyfile(source_path, target)
+                else:
+                    source = tar.extractfile(member)
+                    assert source is not None
+                    with source, open(target, "wb") as out:
+                        shutil.copyfileobj(source, out, 1 << 20)
+                os.chmod(target, 0o755 if member.mode & 0o111 else 0o644)
+                written.append(str(Path(into, relative)) if into else relative)
+    except (tarfile.TarError, EOFError, OSError) as exc:
+        if isinstance(exc, OSError) and exc.errno is not None:
+            raise
+        raise InvalidModelError(f"{where}: not a readable tar archive ({exc})",
+                                "re-push the artifact; tar layers must be tar, tar+gzip or tar+zstd") from exc
     return written
+
+
+def _apply_whiteout(base: Path, relative: str, name: str) -> None:
+    parent = base / posixpath.dirname(relative)
+    if name == OPAQUE:  # everything earlier layers put in this directory is hidden
+        if parent.is_dir():
+            for child in parent.iterdir():
+                remove_path(child)
+    else:
+        remove_path(parent / name[len(WHITEOUT):])
+
+
+def remove_path(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    elif path.exists() or path.is_symlink():
+        path.unlink()
+
+
+def find_model_root(tree: Path) -> Path:
+    """The shallowest directory holding config.json (ties: the first by name)."""
+    candidates = sorted(tree.rglob("config.json"), key=lambda p: (len(p.relative_to(tree).parts), str(p)))
+    candidates = [p for p in candidates if p.is_file() and p.parent.name != "1_Pooling"]
+    if not candidates:
+        raise InvalidModelError("no config.json anywhere in the artifact, so the model directory is unknown",
+                                "name it with --subpath DIR (a path inside the image or artifact)")
+    return candidates[0].parent
 
 
 def shard_names(shards: list[LayerPlan], store: Store, model_dir: Path) -> list[str]:
@@ -81,9 +159,18 @@ def shard_names(shards: list[LayerPlan], store: Store, model_dir: Path) -> list[
     return [f"model-{number:05d}-of-{len(shards):05d}.safetensors" for number in range(1, len(shards) + 1)]
 
 
-def materialize(store: Store, plan: Plan, manifest_digest: str, *, weights: bool = True) -> Path:
+def model_key(manifest_digest: str, subpath: str | None) -> str:
+    """The cache key of a model directory: the manifest digest, plus the sub-path the user chose, if any."""
+    if not subpath:
+        return manifest_digest
+    return f"{manifest_digest}-{hashlib.sha256(subpath.encode()).hexdigest()[:12]}"
+
+
+def materialize(store: Store, plan: Plan, manifest_digest: str, *, weights: bool = True,
+                subpath: str | None = None) -> Path:
     """The model directory (``weights=False``: only config, tokenizer and other small files, under configs/)."""
-    final = store.model_path(manifest_digest) if weights else store.config_path(manifest_digest)
+    key = model_key(manifest_digest, subpath)
+    final = store.model_path(key) if weights else store.config_path(key)
     if final.is_dir():
         return final
     work = store.new_model_dir(manifest_digest)
@@ -92,8 +179,11 @@ def materialize(store: Store, plan: Plan, manifest_digest: str, *, weights: bool
             if layer.weights and not weights:
                 continue
             blob = store.blob_path(layer.descriptor.digest)
+            where = f"layer {number} ({layer.descriptor.media_type})"
             if layer.action is Action.TAR:
-                extract_tar(blob, work, f"layer {number} ({layer.descriptor.media_type})")
+                extract_tar(blob, work, where, into=layer.path)
+            elif layer.action is Action.IMAGE:
+                extract_tar(blob, work, where, overlay=True)
             elif layer.action is Action.FILE:
                 assert layer.path is not None
                 link_or_copy(blob, work / layer.path)
@@ -101,12 +191,29 @@ def materialize(store: Store, plan: Plan, manifest_digest: str, *, weights: bool
             shards = [layer for layer in plan.layers if layer.action is Action.SHARD]
             for shard, name in zip(shards, shard_names(shards, store, work), strict=True):
                 link_or_copy(store.blob_path(shard.descriptor.digest), work / name)
-            check_model_dir(work)
-        elif (work / INDEX_NAME).exists():
-            read_index(work / INDEX_NAME)
+        model_root = _model_root(work, plan, subpath)
+        if weights:
+            check_model_dir(model_root)
+        elif (model_root / INDEX_NAME).exists():
+            read_index(model_root / INDEX_NAME)
+        if model_root != work:  # keep only the model directory: move it out of the tree, drop the rest
+            chosen = store.temp_path("model-root")
+            os.rename(model_root, chosen)
+            remove_tree(work)
+            work = chosen
         return store.publish_dir(work, final)
     finally:
         remove_tree(work)  # nothing left behind when validation fails; a no-op after publishing
+
+
+def _model_root(tree: Path, plan: Plan, subpath: str | None) -> Path:
+    if subpath:
+        root = tree / safe_relative_path(subpath.strip("/"), "--subpath")
+        if not root.is_dir():
+            raise InvalidModelError(f"--subpath {subpath!r} is not a directory in the artifact",
+                                    "run `oci-crane inspect REF` to see its files")
+        return root
+    return find_model_root(tree) if plan.find_root else tree
 
 
 def list_files(model_dir: Path) -> list[str]:

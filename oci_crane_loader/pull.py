@@ -16,7 +16,7 @@ from pathlib import Path
 from . import errors
 from .crane import Crane
 from .formats import Action, LayerPlan, Plan, recognise
-from .materialize import extract_tar, list_files, materialize
+from .materialize import extract_tar, list_files, materialize, model_key
 from .oci import Descriptor, Index, Manifest, digest_hex, parse_manifest_or_index, sha256_digest
 from .progress import Progress
 from .reference import Reference, parse_reference
@@ -99,9 +99,11 @@ def select_child(index: Index, wanted: str | None) -> Descriptor:
 
 
 class Puller:
-    def __init__(self, store: Store, crane: Crane, *, jobs: int = 4, progress: Progress | None = None) -> None:
+    def __init__(self, store: Store, crane: Crane, *, jobs: int = 4, progress: Progress | None = None,
+                 subpath: str | None = None) -> None:
         if jobs < 1:
             raise ValueError("jobs must be at least 1")
+        self.subpath = subpath  # the model directory inside an image or artifact, when the user names it
         self.store = store
         self.crane = crane
         self.jobs = jobs
@@ -208,12 +210,12 @@ class Puller:
         reference = parse_reference(text)
         resolved = self.resolve(reference)
         plan = self.plan(resolved)
-        path = self.store.model_path(resolved.digest)
+        path = self.store.model_path(model_key(resolved.digest, self.subpath))
         if not path.is_dir():
             # Small files first (config, tokenizer): they name the shards and fail fast on a bad artifact.
             self.ensure_blobs(reference, plan.small_layers)
             self.ensure_blobs(reference, plan.weight_layers)
-            path = materialize(self.store, plan, resolved.digest)
+            path = materialize(self.store, plan, resolved.digest, subpath=self.subpath)
         files = list_files(path)
         return FetchResult(str(reference), resolved.digest, resolved.pinned, path, plan.format, files,
                            sum((path / name).stat().st_size for name in files), resolved.index_digest)
@@ -226,7 +228,7 @@ class Puller:
         if not plan.weight_layers:
             raise errors.UnsupportedFormatError(f"{resolved.reference} holds no safetensors weights")
         self.ensure_blobs(resolved.reference, plan.small_layers)
-        return resolved, plan, materialize(self.store, plan, resolved.digest, weights=False)
+        return resolved, plan, materialize(self.store, plan, resolved.digest, weights=False, subpath=self.subpath)
 
     def inspect(self, text: str) -> InspectResult:
         """Digest, format, files and sizes; downloads only the config and small non-weight layers."""

@@ -98,3 +98,13 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     if skipped or session.testscollected == 0:
         print(f"\nOCI_CRANE_NO_SKIPS=1: {skipped} skipped, {session.testscollected} collected -> failing the run")
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+def tool(name: str) -> str | None:
+    """An independent client (oras from bin/install-oras, skopeo from bin/install-test-deps), or None."""
+    local = REPO_ROOT / ".tools" / "bin" / name
+    if local.is_file() and os.access(local, os.X_OK):
+        return str(local)
+    import shutil
+
+    return shutil.which(name)

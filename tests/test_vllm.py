@@ -155,3 +155,31 @@ def test_without_the_plugin_vllm_reports_the_unknown_load_format(tmp_path):
     # (HF_HUB_OFFLINE=1 here; online, the hub answers that the repository does not exist).
     assert "Repo id must be in the form" in output or "not supported" in output, output[-4000:]
     assert "oci_crane_loader" not in output
+
+
+def test_stream_weights_reads_each_tensor_once_from_the_file_the_index_names(registry, tmp_path, cache_dir):
+    """No server: the loader's iterator, on an artifact with a consolidated copy the index does not name."""
+    import numpy as np
+    import torch
+    from conftest import write_model
+    from safetensors.numpy import load_file, save_file
+
+    from oci_crane_loader.loader import LoaderOptions, make_puller, stream_weights
+    from oci_crane_loader.safetensors_check import read_index
+
+    source = write_model(tmp_path / "src", shards=2)
+    everything = {}
+    for shard in sorted(source.glob("model-*.safetensors")):
+        everything.update(load_file(str(shard)))
+    save_file({name: np.zeros_like(value) for name, value in everything.items()},
+              str(source / "consolidated.safetensors"))  # zeros: reading it instead would change the values
+    reference = f"{registry.host}/acme/consolidated:v1"
+    push_model(source, reference, tmp_path)
+    puller = make_puller(cache_dir, LoaderOptions(jobs=1))
+    resolved, plan, config_dir = puller.prepare(reference)
+    names = []
+    for name, tensor in stream_weights(puller, resolved, plan, read_index(config_dir / "model.safetensors.index.json")):
+        names.append(name)
+        assert torch.equal(tensor, torch.from_numpy(everything[name])), name
+    assert sorted(names) == sorted(everything)
+    assert len(names) == len(set(names))

@@ -15,8 +15,9 @@ from ..oci import Descriptor, Manifest
 
 
 class Action(str, Enum):
-    FILE = "file"  # the blob is the file: hard-linked into place
-    TAR = "tar"  # the blob is a tar archive: regular files and directories extracted into the model root
+    FILE = "file"  # the blob is the file: hard-linked into place at ``path``
+    TAR = "tar"  # a tar archive (plain, gzip or zstd: sniffed), extracted under ``path`` (None: the root)
+    IMAGE = "image"  # a container image layer: extracted in manifest order over the earlier ones, whiteouts applied
     SHARD = "shard"  # an unnamed safetensors shard: named after download (DMR v0.1), see materialize.py
 
 
@@ -24,7 +25,7 @@ class Action(str, Enum):
 class LayerPlan:
     descriptor: Descriptor
     action: Action
-    path: str | None = None  # relative path for FILE; None for TAR and SHARD
+    path: str | None = None  # FILE: the file's relative path; TAR: the directory to extract into (None: root)
     weights: bool = False  # large: downloaded in parallel, never needed by `inspect`
 
 
@@ -33,6 +34,9 @@ class Plan:
     format: str
     layers: list[LayerPlan]
     skipped: list[Descriptor] = field(default_factory=list)
+    # The model directory is the shallowest directory holding config.json (KitOps, container images), not the
+    # root of what the layers hold; the user may name it instead (--subpath).
+    find_root: bool = False
 
     @property
     def weight_layers(self) -> list[LayerPlan]:
@@ -59,7 +63,7 @@ def safe_relative_path(raw: str, where: str) -> str:
 def check_unique_paths(layers: list[LayerPlan]) -> None:
     seen: dict[str, str] = {}
     for layer in layers:
-        if layer.path is None:
+        if layer.path is None or layer.action is not Action.FILE:
             continue
         if layer.path in seen:
             raise InvalidModelError(
@@ -69,9 +73,12 @@ def check_unique_paths(layers: list[LayerPlan]) -> None:
 
 
 def recognise(manifest: Manifest, config: bytes) -> Plan:
-    from . import dmr
+    from . import dmr, image, kitops, modelpack, ollama, oras
 
-    for recogniser in (dmr.recognise,):
+    # Specific formats first (decided by config media type or artifactType); ORAS claims layers named by a title
+    # annotation; plain images come last.
+    for recogniser in (dmr.recognise, modelpack.recognise, kitops.recognise, ollama.recognise, oras.recognise,
+                       image.recognise):
         plan = recogniser(manifest, config)
         if plan is not None:
             check_unique_paths(plan.layers)

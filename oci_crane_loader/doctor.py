@@ -1,0 +1,164 @@
+"""`oci-crane doctor`: check the setup, one line per check. crane and the cache are required; the rest is advice.
+
+Never prints a credential: of the docker config only file names, registry names and helper names are shown.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import importlib.util
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import errors
+from .crane import MINIMUM_VERSION, check_version, locate_crane
+from .progress import human
+from .store import Store
+
+MIN_FREE_BYTES = 1 << 30  # less than this cannot hold a model worth serving
+PLUGIN_GROUP = "vllm.general_plugins"
+PLUGIN_NAME = "oci_crane"
+_SOURCES = {"OCI_CRANE_BINARY": "OCI_CRANE_BINARY", "bundled": "the bundled copy", "PATH": "PATH"}
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    ok: bool
+    detail: str
+    fix: str | None = None
+    required: bool = False
+
+    def to_json(self) -> dict[str, object]:
+        return {"name": self.name, "ok": self.ok, "required": self.required, "detail": self.detail,
+                "fix": None if self.ok else self.fix}
+
+    def line(self) -> str:
+        text = f"{'OK' if self.ok else 'FAIL':<4}  {self.name}: {self.detail}"
+        return text if self.ok or not self.fix else f"{text} -- fix: {self.fix}"
+
+
+@dataclass(frozen=True)
+class DoctorReport:
+    checks: tuple[Check, ...]
+
+    @property
+    def ok(self) -> bool:
+        return all(check.ok for check in self.checks if check.required)
+
+    def error(self) -> errors.OciCraneError:
+        failed = ", ".join(check.name for check in self.checks if check.required and not check.ok)
+        return errors.OciCraneError(f"required checks failed: {failed}", "see the FAIL lines above")
+
+    def to_json(self) -> dict[str, object]:
+        return {"ok": self.ok, "checks": [check.to_json() for check in self.checks]}
+
+    def text(self) -> str:
+        return "\n".join(check.line() for check in self.checks)
+
+
+def check_crane() -> Check:
+    try:
+        path, source = locate_crane()
+        version = check_version(path)
+    except errors.CraneMissingError as exc:
+        return Check("crane", False, exc.cause, exc.fix, required=True)
+    minimum = ".".join(map(str, MINIMUM_VERSION))
+    return Check("crane", True, f"{path} (version {version}, found via {_SOURCES[source]}; need >= {minimum})",
+                 required=True)
+
+
+def check_cache(cache_dir: str | None) -> Check:
+    try:
+        store = Store(cache_dir)
+        with tempfile.NamedTemporaryFile(dir=store.root / "tmp", prefix="doctor.") as probe:
+            probe.write(b"ok")
+            probe.flush()
+        free = shutil.disk_usage(store.root).free
+    except (errors.OciCraneError, OSError) as exc:
+        cause = exc.cause if isinstance(exc, errors.OciCraneError) else f"{exc.strerror or exc}"
+        return Check("cache", False, f"not writable: {cause}", errors.CacheError.default_fix, required=True)
+    if free < MIN_FREE_BYTES:
+        return Check("cache", False, f"{store.root}: only {human(free)} free (need {human(MIN_FREE_BYTES)})",
+                     "free disk space, or point --cache-dir / OCI_CRANE_LOADER_CACHE at a larger disk", required=True)
+    return Check("cache", True, f"{store.root} writable, {human(free)} free", required=True)
+
+
+def docker_config_path() -> Path:
+    directory = os.environ.get("DOCKER_CONFIG")
+    return Path(directory) / "config.json" if directory else Path.home() / ".docker" / "config.json"
+
+
+def check_docker_config() -> list[Check]:
+    """The file itself, then one check per credential helper it names (credsStore, credHelpers)."""
+    path = docker_config_path()
+    if not path.is_file():
+        return [Check("docker config", True, f"{path} not found: anonymous pulls only (docker login creates it)")]
+    try:
+        data = json.loads(path.read_text())
+        if not isinstance(data, dict):
+            raise ValueError("not a JSON object")
+    except (OSError, ValueError) as exc:  # JSONDecodeError's message holds a position, never the content
+        return [Check("docker config", False, f"{path} cannot be read: {exc}",
+                      "fix the JSON or move the file away; crane cannot authenticate until then")]
+    auths = data.get("auths")
+    registries = len(auths) if isinstance(auths, dict) else 0
+    helpers: dict[str, list[str]] = {}  # helper name -> where it is used
+    store = data.get("credsStore")
+    if isinstance(store, str) and store:
+        helpers.setdefault(store, []).append("credsStore")
+    per_registry = data.get("credHelpers")
+    if isinstance(per_registry, dict):
+        for registry, helper in sorted(per_registry.items()):
+            if isinstance(helper, str) and helper:
+                helpers.setdefault(helper, []).append(f"credHelpers[{registry}]")
+    checks = [Check("docker config", True, f"{path}: {registries} registr{'y' if registries == 1 else 'ies'} "
+                                           f"in auths, {len(helpers)} credential helper(s)")]
+    for helper, uses in helpers.items():
+        binary = f"docker-credential-{helper}"
+        found = shutil.which(binary)
+        where = ", ".join(uses)
+        if found:
+            checks.append(Check(f"credential helper {helper}", True, f"{found} (used by {where})"))
+        else:
+            checks.append(Check(f"credential helper {helper}", False, f"{binary} is not on PATH (used by {where}); "
+                                "crane fails for every registry it applies to",
+                                f"install {binary}, or remove it from {path}"))
+    return checks
+
+
+def check_vllm() -> Check:
+    if importlib.util.find_spec("vllm") is None:
+        return Check("vllm", True, "not installed (optional)")
+    # A separate interpreter: importing vLLM is slow and logs to stdout, which would spoil --json.
+    script = "import vllm, sys; sys.stdout.write('\\nOCI_CRANE_VLLM=' + vllm.__version__ + '\\n')"
+    try:
+        proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
+                              check=False)
+    except subprocess.TimeoutExpired:
+        return Check("vllm", False, "`import vllm` did not finish within 300 s", "check the vLLM installation")
+    marker = [line for line in proc.stdout.splitlines() if line.startswith("OCI_CRANE_VLLM=")]
+    if proc.returncode != 0 or not marker:
+        last = (proc.stderr.strip().splitlines() or [f"exit status {proc.returncode}"])[-1]
+        return Check("vllm", False, f"installed but `import vllm` fails: {last}",
+                     "reinstall vLLM (pip install 'oci-crane-loader[vllm]')")
+    return Check("vllm", True, f"version {marker[-1].split('=', 1)[1]}")
+
+
+def check_plugin() -> Check:
+    found = [ep for ep in importlib.metadata.entry_points(group=PLUGIN_GROUP) if ep.name == PLUGIN_NAME]
+    if not found:
+        return Check("vllm plugin", False, f"entry point {PLUGIN_NAME} in group {PLUGIN_GROUP} is not registered",
+                     "install the package (pip install oci-crane-loader, or pip install -e . in a checkout)")
+    return Check("vllm plugin", True, f"entry point {PLUGIN_NAME} = {found[0].value} ({PLUGIN_GROUP})")
+
+
+def run_doctor(cache_dir: str | None = None) -> DoctorReport:
+    return DoctorReport((check_crane(), check_cache(cache_dir), *check_docker_config(), check_vllm(),
+                         check_plugin()))
