@@ -31,6 +31,7 @@ from .store import Store, file_sha256, fsync_dir
 
 TMP_MAX_AGE = 3600.0  # seconds: older tmp/ entries are leftovers of interrupted runs
 _HEX = re.compile(r"[a-f0-9]{64}")
+_DIR_NAME = re.compile(r"([a-f0-9]{64})(-[a-f0-9]+)?")  # a manifest digest, plus a hash of --subpath if chosen
 _DIGEST = re.compile(r"sha256:[a-f0-9]{64}")
 _EMPTY_CONFIG = sha256_digest(b"{}")
 _DIR_KINDS = (("model", "models"), ("config", "configs"))
@@ -240,9 +241,23 @@ def _referenced_manifests(store: Store, refs: list[_Ref]) -> set[str]:
     return referenced
 
 
-def _dirs(store: Store, sub: str) -> dict[str, Path]:
-    return {f"sha256:{path.name}": path for path in _entries(store.root / sub / "sha256")
-            if path.is_dir() and _HEX.fullmatch(path.name)}
+def _dirs(store: Store, sub: str) -> dict[str, tuple[Path, ...]]:
+    """Manifest digest -> its directories under models/ or configs/ (one per --subpath chosen)."""
+    found: dict[str, tuple[Path, ...]] = {}
+    for path in _entries(store.root / sub / "sha256"):
+        match = _DIR_NAME.fullmatch(path.name)
+        if match and path.is_dir():
+            digest = f"sha256:{match[1]}"
+            found[digest] = (*found.get(digest, ()), path)
+    return found
+
+
+def _all_dirs(store: Store) -> Iterator[tuple[str, str, Path]]:
+    """(kind, manifest digest, directory) for every model and config directory."""
+    for kind, sub in _DIR_KINDS:
+        for digest, directories in _dirs(store, sub).items():
+            for directory in directories:
+                yield kind, digest, directory
 
 
 def _blob_size(store: Store, digests: Iterable[str]) -> int:
@@ -258,12 +273,11 @@ def scan_cache(store: Store) -> CacheInfo:
         behind = _manifests_behind(store, ref.digest) if ref.digest else ()
         used: set[str] = set().union(*(_blobs_of(store, digest) for digest in behind))
         entries.append(CacheEntry(ref.reference or str(ref.path), ref.digest, behind,
-                                  tuple(models[d] for d in behind if d in models),
-                                  tuple(configs[d] for d in behind if d in configs), _blob_size(store, used)))
+                                  tuple(p for d in behind for p in models.get(d, ())),
+                                  tuple(p for d in behind for p in configs.get(d, ())), _blob_size(store, used)))
     referenced = _referenced_manifests(store, refs)
     for digest in sorted((models.keys() | configs.keys()) - referenced):
-        model_dirs = (models[digest],) if digest in models else ()
-        config_dirs = (configs[digest],) if digest in configs else ()
+        model_dirs, config_dirs = models.get(digest, ()), configs.get(digest, ())
         if isinstance(_document(store, digest), Manifest):
             size = _blob_size(store, _blobs_of(store, digest))
         else:  # the manifest is gone: count what the directories hold
@@ -352,10 +366,9 @@ def verify_cache(store: Store) -> VerifyReport:
                  if ref.reference is None or ref.digest is None]
     blob_inodes = _inodes_of(blobs)
     directories = 0
-    for kind, sub in _DIR_KINDS:
-        for digest, directory in _dirs(store, sub).items():
-            directories += 1
-            problems += _directory_problems(store, kind, digest, directory, blob_inodes)
+    for kind, digest, directory in _all_dirs(store):
+        directories += 1
+        problems += _directory_problems(store, kind, digest, directory, blob_inodes)
     return VerifyReport(store.root, len(blobs), len(manifests), len(refs), directories, tuple(problems))
 
 
@@ -381,12 +394,11 @@ def _unreferenced(store: Store, tmp_age: float) -> list[Removal]:
             keep_inodes |= _inodes(entry)
     refs = _refs(store)
     referenced = _referenced_manifests(store, refs)
-    for kind, sub in _DIR_KINDS:
-        for digest, directory in _dirs(store, sub).items():
-            if digest in referenced:
-                keep_inodes |= _inodes(directory)
-            else:
-                removals.append(Removal(kind, directory, _freed_by(directory)))
+    for kind, digest, directory in _all_dirs(store):
+        if digest in referenced:
+            keep_inodes |= _inodes(directory)
+        else:
+            removals.append(Removal(kind, directory, _freed_by(directory)))
     for path in _digest_files(store.root / "manifests" / "sha256"):
         if f"sha256:{path.name}" not in referenced:
             removals.append(Removal("manifest", path, path.stat().st_size))
@@ -403,10 +415,9 @@ def _damaged(store: Store) -> list[Removal]:
     bad_inodes = _inodes_of(p.path for p in report.problems if p.kind == "blob")
     broken_dirs = {p.path for p in report.problems if p.kind in ("model", "config")}
     removals = []
-    for kind, sub in _DIR_KINDS:
-        for directory in _dirs(store, sub).values():
-            if directory in broken_dirs or _inodes(directory) & bad_inodes:
-                removals.append(Removal(kind, directory, _freed_by(directory)))
+    for kind, _digest, directory in _all_dirs(store):
+        if directory in broken_dirs or _inodes(directory) & bad_inodes:
+            removals.append(Removal(kind, directory, _freed_by(directory)))
     for kind in ("ref", "manifest", "blob"):
         removals += [Removal(kind, p.path, p.path.stat().st_size) for p in report.problems if p.kind == kind]
     return removals

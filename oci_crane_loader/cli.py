@@ -76,7 +76,21 @@ def build_parser() -> argparse.ArgumentParser:
     remove.add_argument("--prune", action="store_true", help="then run `cache prune`")
 
     _local(commands.add_parser("doctor", help="check crane, the cache, credentials and vLLM"))
+    _push_parser(commands)
     return parser
+
+
+def _push_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    push = commands.add_parser("push", help="pack a local model directory and push it to a registry")
+    push.add_argument("directory", metavar="DIR", help="the model directory (config.json, *.safetensors, tokenizer)")
+    push.add_argument("reference", metavar="REF", help="a tag to push to, e.g. ghcr.io/acme/llama:v1")
+    push.add_argument("--format", choices=("modelpack", "dmr"), default="modelpack",
+                      help="CNCF ModelPack (default) or Docker Model Runner (config v0.2)")
+    push.add_argument("--insecure", action="store_true",
+                      help="allow plain http and unverified TLS for this registry (crane --insecure)")
+    push.add_argument("--cache-dir", help="where the temporary layout goes (default: the cache's tmp/)")
+    push.add_argument("--json", action="store_true", help="print one JSON object instead of the pinned reference")
+    push.add_argument("--debug", action="store_true", help="log every step and show tracebacks")
 
 
 def _local(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -108,7 +122,8 @@ def _run(args: argparse.Namespace) -> int:
             print(f"reference  {info.reference}\ndigest     {info.digest}\nformat     {info.format}\n"
                   f"size       {human(info.bytes)}")
             for entry in info.files:
-                name = entry["path"] or f"(unnamed shard {entry.get('shard')})"
+                name = entry["path"] or ("(archive, listed once fetched)" if entry.get("archive")
+                                         else f"(unnamed shard {entry.get('shard')})")
                 print(f"  {human(int(str(entry['size']))):>10}  {name}")
     elif args.command == "demo":
         from .demo import run_demo
@@ -123,6 +138,12 @@ def _run(args: argparse.Namespace) -> int:
         print(json.dumps(report.to_json(), indent=2) if args.json else report.text())
         if not report.ok:
             raise report.error()
+    elif args.command == "push":
+        from .push import push
+
+        pushed = push(args.directory, args.reference, format=args.format, insecure=args.insecure,
+                      cache_dir=args.cache_dir)
+        print(json.dumps(pushed.to_json(), indent=2) if args.json else pushed.pinned)
     return 0
 
 

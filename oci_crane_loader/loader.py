@@ -38,6 +38,7 @@ class LoaderOptions:
     platform: str | None = None
     insecure: bool = False
     offline: bool = False
+    subpath: str | None = None  # the model directory inside an image or artifact
 
     @classmethod
     def from_extra_config(cls, extra: dict[str, Any] | str | None) -> LoaderOptions:
@@ -46,7 +47,7 @@ class LoaderOptions:
 
             extra = json.loads(extra) if extra.strip() else {}
         extra = dict(extra or {})
-        allowed: dict[str, type] = {"jobs": int, "platform": str, "insecure": bool, "offline": bool}
+        allowed: dict[str, type] = {"jobs": int, "platform": str, "insecure": bool, "offline": bool, "subpath": str}
         unknown = sorted(set(extra) - set(allowed))
         if unknown:
             raise ValueError(f"oci-crane: unknown model_loader_extra_config keys {unknown}; allowed: {sorted(allowed)}")
@@ -60,7 +61,20 @@ class LoaderOptions:
 
 def make_puller(download_dir: str | Path | None, options: LoaderOptions) -> Puller:
     crane = Crane(insecure=options.insecure, platform=options.platform, offline=options.offline)
-    return Puller(Store(download_dir), crane, jobs=options.jobs)
+    return Puller(Store(download_dir), crane, jobs=options.jobs, subpath=options.subpath)
+
+
+def directory_weights(model_dir: Path, index: SafetensorsIndex | None) -> Iterator[tuple[str, Any]]:
+    """(name, tensor) from a materialised model directory: the index's files (each tensor from the file it
+    names), else every top-level *.safetensors file."""
+    from safetensors import safe_open
+
+    files = index.files if index is not None else sorted(p.name for p in model_dir.glob("*.safetensors"))
+    for file_name in files:
+        with safe_open(str(model_dir / file_name), framework="pt", device="cpu") as shard:
+            for tensor in shard.keys():  # noqa: SIM118 (safe_open is not a mapping)
+                if index is None or index.weight_map.get(tensor) == file_name:
+                    yield tensor, shard.get_tensor(tensor)
 
 
 def stream_weights(puller: Puller, resolved: Resolved, plan: Plan, index: SafetensorsIndex | None
@@ -117,13 +131,16 @@ class OciCraneModelLoader(_LoaderBase):  # type: ignore[misc]
     def download_model(self, model_config: Any) -> None:
         puller, resolved, plan, _ = self._prepare(model_config)
         puller.ensure_blobs(resolved.reference, plan.weight_layers)
-        materialize(puller.store, plan, resolved.digest)
+        materialize(puller.store, plan, resolved.digest, subpath=puller.subpath)
 
     def load_weights(self, model: Any, model_config: Any) -> None:
         puller, resolved, plan, config_dir = self._prepare(model_config)
         index = read_index(config_dir / INDEX_NAME) if (config_dir / INDEX_NAME).exists() else None
-        loaded = model.load_weights(stream_weights(puller, resolved, plan, index))
-        materialize(puller.store, plan, resolved.digest)  # every blob is cached now: a full model dir for others
+        if plan.streamable:
+            loaded = model.load_weights(stream_weights(puller, resolved, plan, index))
+            materialize(puller.store, plan, resolved.digest, subpath=puller.subpath)  # a full model dir for others
+        else:  # prepare() fetched the whole model directory: config_dir is it
+            loaded = model.load_weights(directory_weights(config_dir, index))
         if loaded is not None and model_config.quantization is None:
             expected = {name for name, _ in model.named_parameters()}
             missing = sorted(expected - set(loaded))

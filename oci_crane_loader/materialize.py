@@ -68,6 +68,7 @@ def extract_tar(archive: Path, root: Path, where: str, *, into: str | None = Non
     files may be replaced and whiteouts delete what earlier layers wrote."""
     base = root / into if into else root
     written = []
+    ours: set[str] = set()  # overlay: what this layer wrote (whiteouts hide only what earlier layers wrote)
     try:
         with open_tar(archive) as tar:
             for member in tar:
@@ -77,9 +78,14 @@ def extract_tar(archive: Path, root: Path, where: str, *, into: str | None = Non
                 target = base / relative
                 name = posixpath.basename(relative)
                 if overlay and name.startswith(WHITEOUT):
-                    _apply_whiteout(base, relative, name)
+                    _apply_whiteout(base, relative, name, ours)
                     continue
+                parts = relative.split("/")
+                if overlay and (member.isdir() or member.isreg() or member.islnk()):
+                    ours.update("/".join(parts[:n]) for n in range(1, len(parts) + 1))
                 if member.isdir():
+                    if overlay and (target.is_symlink() or (target.exists() and not target.is_dir())):
+                        remove_path(target)  # a file of an earlier layer replaced by a directory
                     target.mkdir(parents=True, exist_ok=True)
                     continue
                 if not (member.isreg() or member.islnk()):
@@ -111,14 +117,25 @@ def extract_tar(archive: Path, root: Path, where: str, *, into: str | None = Non
     return written
 
 
-def _apply_whiteout(base: Path, relative: str, name: str) -> None:
-    parent = base / posixpath.dirname(relative)
+def _apply_whiteout(base: Path, relative: str, name: str, ours: set[str]) -> None:
+    """Delete what a whiteout hides; ``ours`` (paths this layer wrote, with their parents) stays."""
+    directory = posixpath.dirname(relative)
     if name == OPAQUE:  # everything earlier layers put in this directory is hidden
-        if parent.is_dir():
-            for child in parent.iterdir():
-                remove_path(child)
-    else:
-        remove_path(parent / name[len(WHITEOUT):])
+        _clear(base, directory, ours)
+    elif posixpath.join(directory, name[len(WHITEOUT):]) not in ours:
+        remove_path(base / directory / name[len(WHITEOUT):])
+
+
+def _clear(base: Path, directory: str, ours: set[str]) -> None:
+    folder = base / directory
+    if not folder.is_dir() or folder.is_symlink():
+        return
+    for child in folder.iterdir():
+        relative = posixpath.join(directory, child.name)
+        if relative not in ours:
+            remove_path(child)
+        elif child.is_dir() and not child.is_symlink():
+            _clear(base, relative, ours)  # this layer's directory: its earlier contents are hidden too
 
 
 def remove_path(path: Path) -> None:
@@ -129,13 +146,44 @@ def remove_path(path: Path) -> None:
 
 
 def find_model_root(tree: Path) -> Path:
-    """The shallowest directory holding config.json (ties: the first by name)."""
+    """The shallowest directory holding config.json and safetensors weights; failing that, the shallowest holding
+    config.json (ties: the first by name). Weights first, because a base image's /etc/app/config.json must not
+    beat /models/<name>/config.json."""
     candidates = sorted(tree.rglob("config.json"), key=lambda p: (len(p.relative_to(tree).parts), str(p)))
     candidates = [p for p in candidates if p.is_file() and p.parent.name != "1_Pooling"]
+    candidates.sort(key=lambda p: not any(p.parent.glob("*.safetensors")))  # stable: depth order kept within
     if not candidates:
+        if any(tree.rglob("*.gguf")):
+            raise missing_safetensors(tree, tree, "the artifact (no config.json anywhere)")
         raise InvalidModelError("no config.json anywhere in the artifact, so the model directory is unknown",
                                 "name it with --subpath DIR (a path inside the image or artifact)")
     return candidates[0].parent
+
+
+_OTHER_WEIGHTS = {".gguf": "GGUF", ".bin": "PyTorch pickle", ".pt": "PyTorch pickle", ".pth": "PyTorch pickle",
+                  ".ckpt": "checkpoint", ".onnx": "ONNX", ".h5": "Keras", ".msgpack": "Flax"}
+
+
+def missing_safetensors(tree: Path, root: Path, where: str | None = None) -> InvalidModelError:
+    """The error for a model directory without .safetensors weights, naming what it holds instead."""
+    where = where or f"the model directory {str(root.relative_to(tree)) if root != tree else '.'!r}"
+    others = sorted(str(p.relative_to(tree if root == tree else root)) for p in root.rglob("*")
+                    if p.suffix in _OTHER_WEIGHTS and p.is_file())
+    gguf = [name for name in others if name.endswith(".gguf")]
+    shown = gguf or others
+    names = ", ".join(shown[:3]) + (f" and {len(shown) - 3} more" if len(shown) > 3 else "")
+    if gguf:
+        return InvalidModelError(
+            f"{where} holds no safetensors weights, only GGUF ({names}): a llama.cpp / Ollama model, which vLLM's "
+            "safetensors loader cannot serve",
+            "run it with llama.cpp, Ollama or ramalama, or push a safetensors build of the model (oci-crane push)")
+    if others:
+        kinds = " / ".join(sorted({_OTHER_WEIGHTS[posixpath.splitext(name)[1]] for name in others}))
+        return InvalidModelError(f"{where} holds no safetensors weights, only {kinds} weights ({names})",
+                                 "convert the weights to safetensors and push the model again")
+    return InvalidModelError(f"{where} holds no safetensors weights",
+                             "name the directory that holds them with --subpath DIR, or push the model's "
+                             ".safetensors files")
 
 
 def shard_names(shards: list[LayerPlan], store: Store, model_dir: Path) -> list[str]:
@@ -193,7 +241,8 @@ def materialize(store: Store, plan: Plan, manifest_digest: str, *, weights: bool
                 link_or_copy(store.blob_path(shard.descriptor.digest), work / name)
         model_root = _model_root(work, plan, subpath)
         if weights:
-            check_model_dir(model_root)
+            if not check_model_dir(model_root) and plan.find_root:  # the guessed directory may be the wrong one
+                raise missing_safetensors(work, model_root)
         elif (model_root / INDEX_NAME).exists():
             read_index(model_root / INDEX_NAME)
         if model_root != work:  # keep only the model directory: move it out of the tree, drop the rest

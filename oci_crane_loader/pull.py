@@ -80,22 +80,62 @@ class InspectResult:
 
 
 def select_child(index: Index, wanted: str | None) -> Descriptor:
-    """The child for ``wanted`` (os/arch[/variant]) or the host; a lone child, or the only unplatformed one."""
+    """The child for ``wanted`` (os/arch[/variant]) or the host; a lone child; else, where no child names a
+    platform (an artifact index), the model artifact among the children.
+
+    Attestations (platform unknown/unknown, as buildkit writes them) are never chosen. A model artifact is a child
+    whose artifactType or annotations say so (ModelPack, Docker Model Runner, KitOps); signatures, SBOMs and
+    attestations are set aside; a lone remaining child without an artifactType is taken as the model."""
     if not index.manifests:
         raise errors.InvalidDocumentError("the image index lists no manifests")
+    model_types = ("application/vnd.cncf.model.", "application/vnd.cnai.model.", "application/vnd.docker.ai.",
+                   "application/vnd.kitops.modelkit.")
+    model_annotations = ("org.cncf.model.", "org.cnai.model.")
+    not_models = ("application/vnd.dev.cosign.", "application/vnd.dev.sigstore.", "application/vnd.cncf.notary.",
+                  "application/vnd.in-toto", "application/vnd.dsse.", "application/spdx", "text/spdx",
+                  "application/vnd.cyclonedx", "application/vnd.syft.", "application/vnd.oci.image.signature")
+
+    def attestation(child: Descriptor) -> bool:
+        return (child.platform is not None and (child.platform.os, child.platform.architecture) == ("unknown",
+                                                                                                    "unknown")
+                ) or child.annotations.get("vnd.docker.reference.type") == "attestation-manifest"
+
+    def model(child: Descriptor) -> bool:
+        return (child.artifact_type or "").startswith(model_types) or any(
+            key.startswith(model_annotations) for key in child.annotations)
+
+    def describe(child: Descriptor) -> str:
+        kind = str(child.platform) if child.platform else child.artifact_type or "no artifactType"
+        return f"{child.digest[:19]} ({kind})"
+
+    if len(index.manifests) == 1:
+        return index.manifests[0]
+    children = [child for child in index.manifests if not attestation(child)]
     target = wanted or host_platform_name()
-    with_platform = [child for child in index.manifests if child.platform is not None]
+    with_platform = [child for child in children if child.platform is not None]
     for child in with_platform:
         if str(child.platform) == target or (
             child.platform is not None and f"{child.platform.os}/{child.platform.architecture}" == target
         ):
             return child
-    without_platform = [child for child in index.manifests if child.platform is None]
-    if len(index.manifests) == 1 or (len(without_platform) == 1 and wanted is None):
-        return (without_platform or index.manifests)[0]
-    available = ", ".join(str(child.platform) for child in with_platform) or "none named"
-    raise errors.NotFoundError(f"the image index has no manifest for platform {target} (available: {available})",
-                               "pass --platform OS/ARCH with one of the available platforms")
+    without_platform = [child for child in children if child.platform is None]
+    if with_platform and (wanted is not None or not without_platform):
+        available = ", ".join(str(child.platform) for child in with_platform)
+        raise errors.NotFoundError(f"the image index has no manifest for platform {target} (available: {available})",
+                                   "pass --platform OS/ARCH with one of the available platforms")
+    # No platform matched and the rest name none: an artifact index (a model beside its signatures, SBOMs...).
+    models = [child for child in without_platform if model(child)]
+    unknown = [child for child in without_platform
+               if not model(child) and not (child.artifact_type or "").startswith(not_models)]
+    if len(models) == 1 or (not models and len(unknown) == 1):
+        return (models or unknown)[0]
+    listed = ", ".join(describe(child) for child in index.manifests)
+    fix = "pull the model's manifest by digest (REPOSITORY@sha256:...); `crane manifest REF` lists the children"
+    if models:
+        raise errors.UnsupportedFormatError(
+            f"the image index holds {len(models)} model artifacts and names no platform to choose by: {listed}", fix)
+    where = f"no manifest for platform {target} and " if with_platform else ""
+    raise errors.NotFoundError(f"the image index has {where}no model artifact among its children: {listed}", fix)
 
 
 class Puller:
@@ -222,12 +262,16 @@ class Puller:
 
     def prepare(self, text: str) -> tuple[Resolved, Plan, Path]:
         """Resolve, plan, and materialise only the small files (config, tokenizer): what vLLM needs as `model`
-        before any weight is downloaded. Weights follow through ``ensure_blobs``."""
+        before any weight is downloaded; weights follow through ``ensure_blobs``. Formats whose weights and
+        config share archives (images, KitOps) cannot be split: the whole model directory is fetched here."""
         resolved = self.resolve(parse_reference(text))
         plan = self.plan(resolved)
-        if not plan.weight_layers:
+        if plan.streamable and not plan.weight_layers:
             raise errors.UnsupportedFormatError(f"{resolved.reference} holds no safetensors weights")
         self.ensure_blobs(resolved.reference, plan.small_layers)
+        if not plan.streamable:  # materialize() checks that the directory holds safetensors weights
+            self.ensure_blobs(resolved.reference, plan.weight_layers)
+            return resolved, plan, materialize(self.store, plan, resolved.digest, subpath=self.subpath)
         return resolved, plan, materialize(self.store, plan, resolved.digest, weights=False, subpath=self.subpath)
 
     def inspect(self, text: str) -> InspectResult:
@@ -241,14 +285,17 @@ class Puller:
         for layer in plan.layers:
             entry = {"media_type": layer.descriptor.media_type, "digest": layer.descriptor.digest,
                      "size": layer.descriptor.size}
-            if layer.action is Action.TAR:
+            if layer.action is Action.TAR and not layer.weights:
                 scratch = self.store.new_model_dir(resolved.digest)
                 try:
-                    extracted = extract_tar(self.store.blob_path(layer.descriptor.digest), scratch, "inspect")
+                    extracted = extract_tar(self.store.blob_path(layer.descriptor.digest), scratch, "inspect",
+                                            into=layer.path)
                     files += [{**entry, "path": name, "size": (scratch / name).stat().st_size, "from_tar": True}
                               for name in extracted]
                 finally:
                     remove_tree(scratch)
+            elif layer.action is Action.TAR:  # a weight tar: its file names are known only once downloaded
+                files.append({**entry, "path": layer.path, "archive": True})
             elif layer.action is Action.SHARD:
                 shard_number += 1
                 files.append({**entry, "path": None, "shard": shard_number})

@@ -17,6 +17,7 @@ import contextlib
 import hashlib
 import logging
 import os
+import re
 import shutil
 import stat
 import uuid
@@ -33,6 +34,14 @@ log = logging.getLogger(__name__)
 
 LOCK_TIMEOUT = float(os.environ.get("OCI_CRANE_LOCK_TIMEOUT", "3600"))
 _HASH_CHUNK = 4 << 20
+
+
+def _key_name(key: str) -> str:
+    """A model directory's name: the manifest digest's hex, plus ``-<hex>`` when a --subpath was chosen."""
+    digest, _, suffix = key.partition("-")
+    if suffix and not re.fullmatch(r"[a-f0-9]+", suffix):
+        raise ValueError(f"bad model key {key!r}")
+    return digest_hex(digest) + (f"-{suffix}" if suffix else "")
 
 
 def default_cache_dir() -> Path:
@@ -77,11 +86,12 @@ class Store:
         return self.root / "manifests" / "sha256" / digest_hex(digest)
 
     def model_path(self, manifest_digest: str) -> Path:
-        return self.root / "models" / "sha256" / digest_hex(manifest_digest)
+        """``manifest_digest``: a digest, or a key from materialize.model_key (digest-<hash of --subpath>)."""
+        return self.root / "models" / "sha256" / _key_name(manifest_digest)
 
     def config_path(self, manifest_digest: str) -> Path:
         """Config and tokenizer files only: what vLLM reads as `model` before the weights stream in."""
-        return self.root / "configs" / "sha256" / digest_hex(manifest_digest)
+        return self.root / "configs" / "sha256" / _key_name(manifest_digest)
 
     def ref_path(self, reference: Reference) -> Path:
         assert reference.tag is not None

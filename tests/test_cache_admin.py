@@ -179,6 +179,20 @@ def test_rm_then_prune_frees_the_model_and_its_own_blobs_only(two_models, regist
     assert gone.returncode == 1 and "not in the cache" in gone.stderr
 
 
+def test_directories_for_a_subpath_belong_to_their_manifest(two_models, cache_dir):
+    a, b = two_models.a, two_models.b
+    chosen = a.path.with_name(f"{a.path.name}-0123456789ab")  # models/sha256/<manifest hex>-<subpath hash>
+    subprocess.run(["cp", "-al", str(a.path), str(chosen)], check=True)
+    entries = {e["reference"]: e for e in cache_json(cache_dir, "ls")["entries"]}
+    assert entries[a.reference]["models"] == [str(a.path), str(chosen)]
+    assert cache(cache_dir, "verify").returncode == 0
+    assert cache_json(cache_dir, "prune")["removed"] == []
+    assert cache(cache_dir, "rm", a.reference).returncode == 0
+    removed = {(r["kind"], r["path"]) for r in cache_json(cache_dir, "prune")["removed"]}
+    assert {("model", str(a.path)), ("model", str(chosen))} <= removed
+    assert names(cache_dir / "models" / "sha256") == {b.path.name}
+
+
 def test_rm_with_prune_and_unknown_refs(two_models, cache_dir):
     a, b = two_models.a, two_models.b
     done = cache(cache_dir, "rm", a.reference, "--prune")

@@ -236,7 +236,7 @@ def test_tar_links_are_not_extracted(registry, tmp_path, cache_dir):
         ("missing-tag", "not found"),
         ("down", "cannot reach the registry"),
         ("bad-ref", "invalid reference"),
-        ("plain-image", "unrecognised artifact"),
+        ("plain-image", "no config.json"),  # a container image, but no model in it
         ("gguf", "GGUF"),
     ],
 )
@@ -255,7 +255,7 @@ def test_errors_are_one_clear_line(registry, tmp_path, cache_dir, case, expected
     else:
         reference = {"missing-tag": f"{registry.host}/acme/nothing:v9", "down": "127.0.0.1:1/acme/tiny:v1",
                      "bad-ref": "Acme/UPPER:v1"}[case]
-    done = run_cli("fetch", reference, "--cache-dir", str(cache_dir))
+    done = run_cli("fetch", reference, "--cache-dir", str(cache_dir), "--quiet")  # no progress lines
     assert done.returncode == 1, done.stdout
     assert done.stdout == ""
     lines = done.stderr.strip().splitlines()

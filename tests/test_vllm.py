@@ -6,6 +6,7 @@ so these tests are the slow part of the suite.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import subprocess
@@ -66,7 +67,7 @@ def test_embeddings_of_real_weights_match_transformers(registry, tmp_path):
     reference = f"oci://{registry.host}/sentence-transformers/all-minilm-l6-v2:v1"
     push_model(source, reference.removeprefix("oci://"), tmp_path)
     sentences = ["Models ship through OCI registries.", "A cat sat on the mat."]
-    with vllm_server(reference, "--load-format", "oci-crane", "--runner", "pooling",
+    with vllm_server(reference, "--load-format", "oci-crane", "--runner", "pooling", "--dtype", "float32",
                      "--download-dir", str(tmp_path / "models"), log=tmp_path / "pooling.log") as base:
         served_name = reference.removeprefix("oci://")
         body = post(f"{base}/v1/embeddings", {"model": served_name, "input": sentences})
@@ -183,3 +184,39 @@ def test_stream_weights_reads_each_tensor_once_from_the_file_the_index_names(reg
         assert torch.equal(tensor, torch.from_numpy(everything[name])), name
     assert sorted(names) == sorted(everything)
     assert len(names) == len(set(names))
+
+
+def test_first_shard_is_read_while_later_shards_are_still_downloading(registry, tmp_path, cache_dir):
+    """The last shard's download is held until the loader has yielded a tensor: only a streaming loader passes."""
+    import threading
+
+    from conftest import write_model
+
+    from oci_crane_loader.crane import Crane
+    from oci_crane_loader.loader import stream_weights
+    from oci_crane_loader.pull import Puller
+    from oci_crane_loader.safetensors_check import read_index
+    from oci_crane_loader.store import Store
+
+    source = write_model(tmp_path / "src", shards=3)
+    reference = f"{registry.host}/acme/stream:v1"
+    push_model(source, reference, tmp_path)
+    last_shard = hashlib.sha256((source / "model-00003-of-00003.safetensors").read_bytes()).hexdigest()
+    first_tensor_seen = threading.Event()
+    held_until_first_tensor: list[bool] = []
+
+    class GatedCrane(Crane):
+        def blob(self, pinned, destination, progress=None):  # type: ignore[no-untyped-def]
+            if pinned.endswith(last_shard):
+                held_until_first_tensor.append(first_tensor_seen.wait(timeout=60))
+            super().blob(pinned, destination, progress)
+
+    puller = Puller(Store(cache_dir), GatedCrane(), jobs=2)
+    resolved, plan, config_dir = puller.prepare(reference)
+    names = []
+    index = read_index(config_dir / "model.safetensors.index.json")
+    for name, _tensor in stream_weights(puller, resolved, plan, index):
+        first_tensor_seen.set()
+        names.append(name)
+    assert held_until_first_tensor == [True]
+    assert len(names) == 9

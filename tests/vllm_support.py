@@ -81,11 +81,11 @@ def vllm_server(model: str, *args: str, env: dict[str, str] | None = None, log: 
             while True:
                 if process.poll() is not None:
                     raise AssertionError(f"vllm serve exited with {process.returncode}:\n{log.read_text()[-6000:]}")
-                try:
-                    with urllib.request.urlopen(f"{base}/health", timeout=2) as response:
-                        if response.status == 200:
+                try:  # /health answers before the OpenAI routes exist: wait for /v1/models instead
+                    with urllib.request.urlopen(f"{base}/v1/models", timeout=2) as response:
+                        if response.status == 200 and json.loads(response.read()).get("data"):
                             break
-                except OSError:
+                except (OSError, ValueError):
                     pass
                 if time.monotonic() > deadline:
                     raise AssertionError(f"vllm serve did not come up in {timeout}s:\n{log.read_text()[-6000:]}")

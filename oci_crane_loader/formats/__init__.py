@@ -39,6 +39,12 @@ class Plan:
     find_root: bool = False
 
     @property
+    def streamable(self) -> bool:
+        """Weights that are whole files (one blob each) can be read while later blobs download; weights inside
+        tar or image layers exist only once their archive is extracted, next to the config they may carry."""
+        return not self.find_root and all(layer.action in (Action.FILE, Action.SHARD) for layer in self.weight_layers)
+
+    @property
     def weight_layers(self) -> list[LayerPlan]:
         return [layer for layer in self.layers if layer.weights]
 

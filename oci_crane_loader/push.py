@@ -1,0 +1,120 @@
+"""`oci-crane push DIR REF`: check a local model directory, pack it as an OCI artifact, push it with crane.
+
+The directory is validated before anything is packed or sent (config.json, safetensors weights with sound headers,
+an index that matches its shards), so a push never publishes a model that `fetch` would refuse. The artifact is
+written as an OCI image layout in a scratch directory on the model's filesystem, so weights are hard-linked
+rather than copied, then `crane push LAYOUT REF` sends it byte for byte; the layout is removed afterwards, always.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from . import errors
+from .crane import Crane
+from .pack import collect_files, pack_dmr, pack_modelpack
+from .reference import parse_reference
+from .safetensors_check import check_model_dir
+from .store import Store, remove_tree
+
+log = logging.getLogger(__name__)
+
+FORMATS = ("modelpack", "dmr")
+_FORMAT_NAMES = {"modelpack": "modelpack", "dmr": "dmr-v0.2"}  # as `fetch` reports them
+
+
+@dataclass(frozen=True)
+class PushResult:
+    reference: str  # as typed
+    pinned: str  # registry/repository@sha256:...
+    digest: str  # the manifest digest
+    format: str  # "modelpack" or "dmr-v0.2"
+    files: list[str] = field(default_factory=list)  # relative paths, one layer each
+    bytes: int = 0  # total size of the files
+
+    def to_json(self) -> dict[str, object]:
+        return {"reference": self.reference, "pinned": self.pinned, "digest": self.digest, "format": self.format,
+                "files": self.files, "bytes": self.bytes}
+
+
+def validate_model_dir(model_dir: Path) -> list[str]:
+    """Refuse a directory that vLLM could not load; return the files that will be packed."""
+    fix = "pass the model directory: the one holding config.json and the .safetensors files"
+    if not model_dir.exists():
+        raise errors.InvalidModelError(f"{model_dir} does not exist", fix)
+    if not model_dir.is_dir():
+        raise errors.InvalidModelError(f"{model_dir} is not a directory", fix)
+    files = collect_files(model_dir)
+    if "config.json" not in files:
+        raise errors.InvalidModelError(f"{model_dir} has no config.json (vLLM needs it to load the model)", fix)
+    try:
+        document = json.loads((model_dir / "config.json").read_bytes())
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise errors.InvalidModelError(f"{model_dir}/config.json is not valid JSON ({exc})",
+                                       "fix config.json (python -m json.tool config.json shows where)") from exc
+    if not isinstance(document, dict):
+        raise errors.InvalidModelError(f"{model_dir}/config.json is not a JSON object", "fix config.json")
+    if not any(name.endswith(".safetensors") for name in files):
+        raise errors.InvalidModelError(
+            f"{model_dir} has no .safetensors files (vLLM's loader reads safetensors weights)",
+            "save the model with save_pretrained(DIR, safe_serialization=True) and push that directory")
+    check_model_dir(model_dir)  # every header, and the index against its shards
+    return files
+
+
+def _scratch_dir(model_dir: Path, store: Store) -> Path:
+    """A new empty directory on the model's filesystem, so the layout's blobs can be hard links: the cache's tmp/,
+    else the system temp dir, else beside the model. Elsewhere (copies) only if none of them is."""
+    device = model_dir.stat().st_dev
+    candidates = [(store.root / "tmp", "push-layout."), (Path(tempfile.gettempdir()), "oci-crane-push-layout."),
+                  (model_dir.resolve().parent, ".oci-crane-push-layout.")]
+    for parent, prefix in candidates:
+        try:
+            if parent.stat().st_dev == device:
+                return Path(tempfile.mkdtemp(prefix=prefix, suffix=f".{os.getpid()}.incomplete", dir=parent))
+        except OSError:
+            continue  # not there, or not writable: try the next one
+    log.warning("no writable directory on the filesystem of %s: the push copies its files into %s first",
+                model_dir, store.root / "tmp")
+    return Path(tempfile.mkdtemp(prefix="push-layout.", suffix=f".{os.getpid()}.incomplete", dir=store.root / "tmp"))
+
+
+def push(model_dir: str | os.PathLike[str], reference: str, *, format: str = "modelpack", insecure: bool = False,
+         cache_dir: str | os.PathLike[str] | None = None, crane: Crane | None = None) -> PushResult:
+    """Validate ``model_dir``, pack it (``format``: "modelpack" or "dmr") and push it to ``reference`` (a tag).
+
+    Raises InvalidModelError for a directory that is not a loadable model, InvalidReferenceError for a reference
+    without a tag to push to, and the CraneError subclasses for registry failures. Nothing is pushed unless the
+    directory is valid."""
+    if format not in FORMATS:
+        raise errors.OciCraneError(f"unknown format {format!r}", "use --format modelpack or --format dmr")
+    directory = Path(model_dir)
+    files = validate_model_dir(directory)
+    parsed = parse_reference(reference)
+    if parsed.digest:
+        raise errors.InvalidReferenceError(
+            f"cannot push to {reference!r}: a digest reference names an existing manifest, a push needs a tag",
+            f"push to a tag, e.g. {parsed.repository_name}:v1; the pinned repo@sha256:... is printed afterwards")
+    store = Store(Path(cache_dir) if cache_dir is not None else None)
+    layout = _scratch_dir(directory, store)
+    try:
+        if format == "modelpack":
+            digest = pack_modelpack(directory, layout)
+        else:
+            digest = pack_dmr(directory, layout, version="v0.2")
+        log.debug("packed %s as %s: manifest %s in %s", directory, format, digest, layout)
+        pinned = (crane or Crane(insecure=insecure)).push(layout, parsed.name)
+    finally:
+        remove_tree(layout)
+    pushed = pinned.rpartition("@")[2]
+    if pushed != digest:
+        raise errors.IntegrityError(f"crane reported manifest {pushed} but the packed manifest is {digest}",
+                                    "run again with --debug; check the crane version (oci-crane doctor)")
+    size = sum((directory / name).stat().st_size for name in files)
+    return PushResult(reference=str(parsed), pinned=pinned, digest=digest, format=_FORMAT_NAMES[format],
+                      files=files, bytes=size)
