@@ -70,5 +70,6 @@ def demo(session: nox.Session) -> None:
 def bench(session: nox.Session) -> None:
     """Fetch speed and memory against crane pull, skopeo copy and oras, in one run, printed as ratios."""
     _crane(session)
+    session.run("bash", "bin/install-oras", external=True)
     session.install("-e", ".[test]")
     session.run("python", "bin/bench.py", *session.posargs)

@@ -53,6 +53,8 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3)
     options = parser.parse_args()
     crane = find_crane()
+    local_oras = Path(__file__).resolve().parent.parent / ".tools" / "bin" / "oras"
+    oras = str(local_oras) if local_oras.is_file() else shutil.which("oras")
     with tempfile.TemporaryDirectory(prefix="oci-crane-bench-") as scratch:
         work = Path(scratch)
         make_model(work / "model", options.size_mib, options.shards)
@@ -66,8 +68,7 @@ def main() -> None:
                 "crane pull --format oci": [crane, "pull", "--format", "oci", reference, "{out}"],
                 "skopeo copy": ["skopeo", "copy", "--src-tls-verify=false", f"docker://{reference}", "oci:{out}"]
                 if shutil.which("skopeo") else None,
-                "oras pull": ["oras", "pull", "--plain-http", reference, "-o", "{out}"]
-                if shutil.which("oras") else None,
+                "oras pull": [oras, "pull", "--plain-http", reference, "-o", "{out}"] if oras else None,
             }
             results: dict[str, tuple[float, float]] = {}
             for name, template in tools.items():

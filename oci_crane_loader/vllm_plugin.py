@@ -118,7 +118,9 @@ def resolve_engine_args(args: Any) -> None:
     if args.tokenizer in (None, "", args.model):
         args.tokenizer = str(config_dir)
     if not args.served_model_name:
-        args.served_model_name = [str(resolved.reference)]  # as the user typed it, minus oci://
+        # Exactly as typed (oci:// included): the OpenAI server names the model from the unchanged CLI arguments,
+        # and the engine's name must agree with it.
+        args.served_model_name = [reference]
     args.model = str(config_dir)
     args.model_weights = resolved.pinned
     args.download_dir = str(puller.store.root)

@@ -69,8 +69,8 @@ def test_embeddings_of_real_weights_match_transformers(registry, tmp_path):
     sentences = ["Models ship through OCI registries.", "A cat sat on the mat."]
     with vllm_server(reference, "--load-format", "oci-crane", "--runner", "pooling", "--dtype", "float32",
                      "--download-dir", str(tmp_path / "models"), log=tmp_path / "pooling.log") as base:
-        served_name = reference.removeprefix("oci://")
-        body = post(f"{base}/v1/embeddings", {"model": served_name, "input": sentences})
+        assert [entry["id"] for entry in get(f"{base}/v1/models")["data"]] == [reference]  # type: ignore[index]
+        body = post(f"{base}/v1/embeddings", {"model": reference, "input": sentences})
     served = np.array([item["embedding"] for item in body["data"]])  # type: ignore[index,union-attr]
 
     tokenizer = AutoTokenizer.from_pretrained(str(source))
@@ -106,9 +106,17 @@ print("RESULT " + json.dumps(outputs))
 """
 
 
-def test_offline_llm_api(registry, tmp_path, tiny_llama):
+def test_offline_llm_api_on_a_modelcar_image(registry, tmp_path, tiny_llama):
+    """`LLM(model=REF, load_format="oci-crane")`, with REF a KServe-style modelcar (files under /models, built by
+    `crane append`): the path where weights sit inside image layers, so the loader reads the extracted directory."""
+    import tarfile
+
+    from oci_crane_loader.crane import Crane
+
     reference = f"{registry.host}/acme/tiny:api"
-    push_model(tiny_llama, reference, tmp_path)
+    with tarfile.open(tmp_path / "layer.tar", "w") as tar:
+        tar.add(tiny_llama, arcname="models")
+    Crane().run("append", "--new_layer", str(tmp_path / "layer.tar"), "-t", reference)
     code = OFFLINE_API.format(prompts=PROMPTS, reference=reference, cache=str(tmp_path / "models"),
                               local=str(tiny_llama))
     done = run_python(code, tmp_path)
