@@ -1,0 +1,97 @@
+"""A registry that stops sending mid-blob: crane has no read timeout, so our watchdog must stop and retry it."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+from conftest import run_cli
+
+from oci_crane_loader.formats import dmr
+from oci_crane_loader.oci import OCI_MANIFEST
+
+WEIGHTS = b"\x00" * (1 << 20)
+CONFIG = json.dumps({"config": {"format": "safetensors"}}).encode()
+
+
+def digest(data: bytes) -> str:
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+MANIFEST = json.dumps({
+    "schemaVersion": 2, "mediaType": OCI_MANIFEST,
+    "config": {"mediaType": dmr.CONFIG_V02, "digest": digest(CONFIG), "size": len(CONFIG)},
+    "layers": [{"mediaType": dmr.SAFETENSORS, "digest": digest(WEIGHTS), "size": len(WEIGHTS),
+                "annotations": {dmr.FILEPATH: "model.safetensors"}}],
+}).encode()
+
+
+class StallingRegistry(BaseHTTPRequestHandler):
+    """Serves one artifact; the weight blob sends its headers and 64 KiB, then nothing until the client leaves."""
+
+    blob_starts: list[float] = []
+    stop = threading.Event()
+
+    def log_message(self, *args: object) -> None:  # keep pytest output clean
+        pass
+
+    def _send(self, body: bytes, content_type: str) -> None:
+        self.send_response(200)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Docker-Content-Digest", digest(body))
+        self.end_headers()
+        if self.command == "GET":
+            self.wfile.write(body)
+
+    def do_HEAD(self) -> None:
+        self.do_GET()
+
+    def do_GET(self) -> None:
+        if self.path == "/v2/":
+            self._send(b"{}", "application/json")
+        elif self.path.endswith("/manifests/v1") or self.path.endswith(digest(MANIFEST)):
+            self._send(MANIFEST, OCI_MANIFEST)
+        elif self.path.endswith(digest(CONFIG)):
+            self._send(CONFIG, "application/octet-stream")
+        elif self.path.endswith(digest(WEIGHTS)):
+            type(self).blob_starts.append(time.monotonic())
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(WEIGHTS)))
+            self.end_headers()
+            self.wfile.write(WEIGHTS[: 64 << 10])
+            self.wfile.flush()
+            self.stop.wait(timeout=60)  # the stall: the connection stays open, no more bytes
+        else:
+            self.send_error(404)
+
+
+@pytest.fixture
+def stalling_registry() -> Iterator[str]:
+    StallingRegistry.blob_starts = []
+    StallingRegistry.stop = threading.Event()
+    server = ThreadingHTTPServer(("127.0.0.1", 0), StallingRegistry)
+    server.daemon_threads = True
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"127.0.0.1:{server.server_address[1]}"
+    finally:
+        StallingRegistry.stop.set()
+        server.shutdown()
+        server.server_close()
+
+
+def test_stalled_download_is_stopped_retried_and_reported(stalling_registry, cache_dir, crane_binary):
+    done = run_cli("fetch", f"{stalling_registry}/acme/stall:v1", "--cache-dir", str(cache_dir), "-q",
+                   env={"OCI_CRANE_STALL_TIMEOUT": "2"}, timeout=120)
+    assert done.returncode == 1
+    assert "stalled" in done.stderr and "OCI_CRANE_STALL_TIMEOUT" in done.stderr, done.stderr
+    assert len(StallingRegistry.blob_starts) == 3  # three attempts, each restarted from zero
+    assert not list((cache_dir / "blobs" / "sha256").glob(digest(WEIGHTS).split(":")[1]))
+    assert list((cache_dir / "tmp").iterdir()) == []
