@@ -228,3 +228,55 @@ def test_first_shard_is_read_while_later_shards_are_still_downloading(registry, 
         names.append(name)
     assert held_until_first_tensor == [True]
     assert len(names) == 9
+
+
+def test_register_is_idempotent():
+    from vllm.engine.arg_utils import EngineArgs
+    from vllm.model_executor import model_loader
+
+    from oci_crane_loader.loader import OciCraneModelLoader
+    from oci_crane_loader.vllm_plugin import register
+
+    register()
+    wrapped = EngineArgs.create_engine_config
+    register()
+    register()
+    assert EngineArgs.create_engine_config is wrapped  # wrapped once, not once per call
+    assert model_loader.get_model_loader(
+        __import__("vllm.config.load", fromlist=["LoadConfig"]).LoadConfig(load_format="oci-crane")
+    ).__class__ is OciCraneModelLoader
+
+
+def test_missing_weights_are_named(registry, tmp_path, cache_dir):
+    """The loader checks that every parameter the model declares came from the artifact."""
+    from types import SimpleNamespace
+
+    from conftest import write_model
+    from vllm.config.load import LoadConfig
+
+    from oci_crane_loader.loader import OciCraneModelLoader
+
+    source = write_model(tmp_path / "src", shards=2)
+    reference = f"{registry.host}/acme/partial:v1"
+    push_model(source, reference, tmp_path)
+
+    class Model:
+        """What vLLM's models offer the loader: load_weights returns the names it loaded."""
+
+        def __init__(self, expected: list[str]) -> None:
+            self.expected = expected
+
+        def load_weights(self, weights):  # type: ignore[no-untyped-def]
+            return {name for name, _ in weights}
+
+        def named_parameters(self):  # type: ignore[no-untyped-def]
+            return [(name, None) for name in self.expected]
+
+    loader = OciCraneModelLoader(LoadConfig(load_format="oci-crane", download_dir=str(cache_dir)))
+    config = SimpleNamespace(model_weights=reference, model=reference, quantization=None)
+    present = ["layers.1.weight", "layers.1.bias", "layers.2.weight"]
+    loader.load_weights(Model(present), config)  # all there: no error
+    with pytest.raises(ValueError, match=r"did not provide 2 weight\(s\) the model needs: lm_head.weight, norm.weight"):
+        loader.load_weights(Model([*present, "norm.weight", "lm_head.weight"]), config)
+    with pytest.raises(ValueError, match="unknown model_loader_extra_config keys"):
+        OciCraneModelLoader(LoadConfig(load_format="oci-crane", model_loader_extra_config={"job": 2}))
