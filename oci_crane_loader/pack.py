@@ -157,10 +157,11 @@ def pack_dmr(model_dir: Path, layout_dir: Path, *, version: str = "v0.2", annota
         raise ValueError(f"{model_dir} has no .safetensors files")
     layers: list[dict[str, object]] = []
     if version == "v0.2":
+        mtime = _timestamp(_source_epoch(model_dir, files))  # Go's time.Time: an RFC 3339 string, not a number
         for name in files:
             media_type = dmr.SAFETENSORS if name.endswith(".safetensors") else dmr.MODEL_FILE
             stat = (model_dir / name).stat()
-            metadata = {"name": name, "mode": 0o644, "uid": 0, "gid": 0, "size": stat.st_size, "mtime": 0,
+            metadata = {"name": name, "mode": 0o644, "uid": 0, "gid": 0, "size": stat.st_size, "mtime": mtime,
                         "typeflag": 48}
             annotations = {dmr.FILEPATH: name, FILE_METADATA: json.dumps(metadata, separators=(",", ":"))}
             layers.append(writer.add_file(media_type, model_dir / name, annotations))
