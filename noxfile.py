@@ -87,5 +87,5 @@ def bench(session: nox.Session) -> None:
     """Fetch speed and memory against crane pull, skopeo copy and oras, in one run, printed as ratios."""
     _crane(session)
     session.run("bash", "bin/install-oras", external=True)
-    session.install("-e", ".[test]")
+    session.install("-e", ".[test]", "psutil")
     session.run("python", "bin/bench.py", *session.posargs)

@@ -279,6 +279,7 @@ def serve_registry(disk: Path | None = None, startup_timeout: float = 30) -> Ite
     """Start `crane registry serve` on 127.0.0.1 (a free port), drain its log, and always stop it."""
     argv = [find_crane(), "registry", "serve", "--address", "127.0.0.1:0"]
     if disk is not None:
+        disk.mkdir(parents=True, exist_ok=True)  # the registry fails uploads, not start-up, when it is missing
         argv += ["--disk", str(disk)]
     process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=_environment())
     lines: list[str] = []
