@@ -7,7 +7,6 @@ so a model directory that exists is always complete.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import logging
 import os
 import posixpath
@@ -207,18 +206,10 @@ def shard_names(shards: list[LayerPlan], store: Store, model_dir: Path) -> list[
     return [f"model-{number:05d}-of-{len(shards):05d}.safetensors" for number in range(1, len(shards) + 1)]
 
 
-def model_key(manifest_digest: str, subpath: str | None) -> str:
-    """The cache key of a model directory: the manifest digest, plus the sub-path the user chose, if any."""
-    if not subpath:
-        return manifest_digest
-    return f"{manifest_digest}-{hashlib.sha256(subpath.encode()).hexdigest()[:12]}"
-
-
 def materialize(store: Store, plan: Plan, manifest_digest: str, *, weights: bool = True,
                 subpath: str | None = None) -> Path:
     """The model directory (``weights=False``: only config, tokenizer and other small files, under configs/)."""
-    key = model_key(manifest_digest, subpath)
-    final = store.model_path(key) if weights else store.config_path(key)
+    final = store.model_path(manifest_digest, subpath) if weights else store.config_path(manifest_digest, subpath)
     if final.is_dir():
         return final
     work = store.new_model_dir(manifest_digest)

@@ -128,8 +128,8 @@ def _model_properties(model_dir: Path) -> dict[str, object]:
     return properties
 
 
-def _config(model_dir: Path, layers: list[dict[str, object]], files: list[str]) -> dict[str, object]:
-    return {"config": _model_properties(model_dir), "descriptor": {"created": _created(model_dir, files)},
+def _config(model_dir: Path, layers: list[dict[str, object]], created: str) -> dict[str, object]:
+    return {"config": _model_properties(model_dir), "descriptor": {"created": created},
             "rootfs": {"type": "rootfs", "diff_ids": [layer["digest"] for layer in layers]}}
 
 
@@ -155,13 +155,13 @@ def pack_dmr(model_dir: Path, layout_dir: Path, *, version: str = "v0.2", annota
     files = model_files(model_dir)
     if not any(name.endswith(".safetensors") for name in files):
         raise ValueError(f"{model_dir} has no .safetensors files")
+    created = _created(model_dir, files)  # also each file's mtime: Go's time.Time reads an RFC 3339 string
     layers: list[dict[str, object]] = []
     if version == "v0.2":
-        mtime = _timestamp(_source_epoch(model_dir, files))  # Go's time.Time: an RFC 3339 string, not a number
         for name in files:
             media_type = dmr.SAFETENSORS if name.endswith(".safetensors") else dmr.MODEL_FILE
             stat = (model_dir / name).stat()
-            metadata = {"name": name, "mode": 0o644, "uid": 0, "gid": 0, "size": stat.st_size, "mtime": mtime,
+            metadata = {"name": name, "mode": 0o644, "uid": 0, "gid": 0, "size": stat.st_size, "mtime": created,
                         "typeflag": 48}
             annotations = {dmr.FILEPATH: name, FILE_METADATA: json.dumps(metadata, separators=(",", ":"))}
             layers.append(writer.add_file(media_type, model_dir / name, annotations))
@@ -177,7 +177,7 @@ def pack_dmr(model_dir: Path, layout_dir: Path, *, version: str = "v0.2", annota
         config_type = dmr.CONFIG_V01
     else:
         raise ValueError(f"unknown Docker Model Runner config version {version!r} (v0.1 or v0.2)")
-    config_bytes = canonical_json(_config(model_dir, layers, files))
+    config_bytes = canonical_json(_config(model_dir, layers, created))
     config = writer.add_bytes(config_type, config_bytes)
     assert config["digest"] == sha256_digest(config_bytes)
     return writer.add_manifest(config, layers, platform=platform)

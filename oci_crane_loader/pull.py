@@ -16,7 +16,7 @@ from pathlib import Path
 from . import errors
 from .crane import Crane
 from .formats import Action, LayerPlan, Plan, recognise
-from .materialize import extract_tar, list_files, materialize, model_key
+from .materialize import extract_tar, list_files, materialize
 from .oci import Descriptor, Index, Manifest, digest_hex, parse_manifest_or_index, sha256_digest
 from .progress import Progress
 from .reference import Reference, parse_reference
@@ -38,7 +38,6 @@ class Resolved:
     reference: Reference
     digest: str  # the manifest's digest (after choosing from an index)
     manifest: Manifest
-    raw_manifest: bytes
     index_digest: str | None = None
 
     @property
@@ -177,13 +176,13 @@ class Puller:
             self.store.save_ref(reference, digest)
         document = parse_manifest_or_index(raw, f"manifest of {reference}")
         if isinstance(document, Manifest):
-            return Resolved(reference, digest, document, raw)
+            return Resolved(reference, digest, document)
         child = select_child(document, self.crane.platform)
         child_raw = self._manifest_by_digest(reference, child.digest)
         child_document = parse_manifest_or_index(child_raw, f"manifest {child.digest} of {reference}")
         if not isinstance(child_document, Manifest):
             raise errors.UnsupportedFormatError(f"{reference}: nested image indexes are not supported")
-        return Resolved(reference, child.digest, child_document, child_raw, index_digest=digest)
+        return Resolved(reference, child.digest, child_document, index_digest=digest)
 
     # --- blobs -------------------------------------------------------------------------------------------------
     def ensure_blob(self, reference: Reference, descriptor: Descriptor) -> Path:
@@ -250,7 +249,7 @@ class Puller:
         reference = parse_reference(text)
         resolved = self.resolve(reference)
         plan = self.plan(resolved)
-        path = self.store.model_path(model_key(resolved.digest, self.subpath))
+        path = self.store.model_path(resolved.digest, self.subpath)
         if not path.is_dir():
             # Small files first (config, tokenizer): they name the shards and fail fast on a bad artifact.
             self.ensure_blobs(reference, plan.small_layers)

@@ -17,7 +17,6 @@ import contextlib
 import hashlib
 import logging
 import os
-import re
 import shutil
 import stat
 import uuid
@@ -45,12 +44,10 @@ def fsync(fd: int) -> None:
 _HASH_CHUNK = 4 << 20
 
 
-def _key_name(key: str) -> str:
-    """A model directory's name: the manifest digest's hex, plus ``-<hex>`` when a --subpath was chosen."""
-    digest, _, suffix = key.partition("-")
-    if suffix and not re.fullmatch(r"[a-f0-9]+", suffix):
-        raise ValueError(f"bad model key {key!r}")
-    return digest_hex(digest) + (f"-{suffix}" if suffix else "")
+def _model_name(manifest_digest: str, subpath: str | None) -> str:
+    """A model directory's name: the manifest digest's hex, plus ``-<hash of --subpath>`` when one was chosen."""
+    suffix = f"-{hashlib.sha256(subpath.encode()).hexdigest()[:12]}" if subpath else ""
+    return digest_hex(manifest_digest) + suffix
 
 
 def default_cache_dir() -> Path:
@@ -96,13 +93,12 @@ class Store:
     def manifest_path(self, digest: str) -> Path:
         return self.root / "manifests" / "sha256" / digest_hex(digest)
 
-    def model_path(self, manifest_digest: str) -> Path:
-        """``manifest_digest``: a digest, or a key from materialize.model_key (digest-<hash of --subpath>)."""
-        return self.root / "models" / "sha256" / _key_name(manifest_digest)
+    def model_path(self, manifest_digest: str, subpath: str | None = None) -> Path:
+        return self.root / "models" / "sha256" / _model_name(manifest_digest, subpath)
 
-    def config_path(self, manifest_digest: str) -> Path:
+    def config_path(self, manifest_digest: str, subpath: str | None = None) -> Path:
         """Config and tokenizer files only: what vLLM reads as `model` before the weights stream in."""
-        return self.root / "configs" / "sha256" / _key_name(manifest_digest)
+        return self.root / "configs" / "sha256" / _model_name(manifest_digest, subpath)
 
     def ref_path(self, reference: Reference) -> Path:
         assert reference.tag is not None
