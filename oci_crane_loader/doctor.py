@@ -8,23 +8,22 @@ from __future__ import annotations
 import importlib.metadata
 import importlib.util
 import json
-import os
 import shutil
 import subprocess
 import sys
 import tempfile
 from dataclasses import dataclass
-from pathlib import Path
 
 from . import errors
-from .crane import MINIMUM_VERSION, check_version, locate_crane
+from .auth import docker_config_path
+from .crane import MINIMUM_VERSION, SOURCE_NAMES, choose_crane
+from .executable import host_platform
 from .progress import human
 from .store import Store
 
 MIN_FREE_BYTES = 1 << 30  # less than this cannot hold a model worth serving
 PLUGIN_GROUP = "vllm.general_plugins"
 PLUGIN_NAME = "oci_crane"
-_SOURCES = {"OCI_CRANE_BINARY": "OCI_CRANE_BINARY", "bundled": "the bundled copy", "PATH": "PATH"}
 
 
 @dataclass(frozen=True)
@@ -64,14 +63,22 @@ class DoctorReport:
 
 
 def check_crane() -> Check:
+    """The crane in use: path, version, the platform it was built for, how it was found and what was passed over."""
     try:
-        path, source = locate_crane()
-        version = check_version(path)
+        chosen = choose_crane()
     except errors.CraneMissingError as exc:
         return Check("crane", False, exc.cause, exc.fix, required=True)
     minimum = ".".join(map(str, MINIMUM_VERSION))
-    return Check("crane", True, f"{path} (version {version}, found via {_SOURCES[source]}; need >= {minimum})",
-                 required=True)
+    host = host_platform()
+    if chosen.platform is None:
+        built = "a script or unknown executable format"
+    elif chosen.platform == host:
+        built = chosen.platform
+    else:
+        built = f"{chosen.platform}, running under emulation on this {host} host"
+    why = SOURCE_NAMES[chosen.source] + "".join(f"; {line}" for line in chosen.skipped)
+    return Check("crane", True, f"{chosen.path} (version {chosen.version}, built for {built}; found via {why}; "
+                                f"need >= {minimum})", required=True)
 
 
 def check_cache(cache_dir: str | None) -> Check:
@@ -88,11 +95,6 @@ def check_cache(cache_dir: str | None) -> Check:
         return Check("cache", False, f"{store.root}: only {human(free)} free (need {human(MIN_FREE_BYTES)})",
                      "free disk space, or point --cache-dir / OCI_CRANE_LOADER_CACHE at a larger disk", required=True)
     return Check("cache", True, f"{store.root} writable, {human(free)} free", required=True)
-
-
-def docker_config_path() -> Path:
-    directory = os.environ.get("DOCKER_CONFIG")
-    return Path(directory) / "config.json" if directory else Path.home() / ".docker" / "config.json"
 
 
 def check_docker_config() -> list[Check]:

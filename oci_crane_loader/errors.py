@@ -23,6 +23,12 @@ class OciCraneError(Exception):
         return " ".join(text.split())
 
 
+class UsageError(OciCraneError, ValueError):
+    """The command line asks for something that cannot be done as written."""
+
+    default_fix = "see oci-crane --help"
+
+
 class InvalidReferenceError(OciCraneError, ValueError):
     default_fix = "write it as [registry[:port]/]repository[:tag][@sha256:<64 hex>], e.g. ghcr.io/acme/llama:v1"
 
@@ -77,7 +83,8 @@ class CraneError(OciCraneError, RuntimeError):
 
 class CraneMissingError(CraneError, FileNotFoundError):
     default_fix = (
-        "install crane >= 0.21.8: `bash bin/install-crane` in a checkout, `go install "
+        "install crane >= 0.21.8: reinstall oci-crane-loader from the wheel for this platform (it carries crane), "
+        "`bash bin/install-crane` in a checkout, `go install "
         "github.com/google/go-containerregistry/cmd/crane@v0.21.9`, or `brew install crane` on macOS; "
         "or point OCI_CRANE_BINARY at it"
     )
@@ -88,11 +95,11 @@ class CraneTooOldError(CraneMissingError):
 
 
 class NotFoundError(CraneError, LookupError):
-    default_fix = "check the repository, tag or digest (crane ls REPO lists the tags)"
+    default_fix = "check the repository, tag or digest (`oci-crane ls REPOSITORY` lists the tags)"
 
 
 class UnauthorizedError(CraneError, PermissionError):
-    default_fix = "log in with `docker login REGISTRY` or `crane auth login REGISTRY -u USER --password-stdin`"
+    default_fix = "log in with `oci-crane login REGISTRY -u USER --password-stdin` (or `docker login REGISTRY`)"
 
 
 class RateLimitedError(CraneError):

@@ -27,8 +27,10 @@ def _executable(path: Path, body: str = "exit 99") -> str:
 @pytest.fixture(autouse=True)
 def _fresh_version_cache():
     crane._version_of.cache_clear()
+    crane._chosen.clear()
     yield
     crane._version_of.cache_clear()
+    crane._chosen.clear()
 
 
 @pytest.fixture
