@@ -77,11 +77,12 @@ def push_model(model: Path, reference: str, tmp_path: Path, *, version: str = "v
     return push_layout(layout, reference)
 
 
-def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 300) -> subprocess.CompletedProcess[str]:
-    """The real command line, as a user runs it."""
+def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 300,
+            input: str | None = None) -> subprocess.CompletedProcess[str]:
+    """The real command line, as a user runs it (``input``: what is piped to its standard input)."""
     full_env = {**os.environ, **(env or {})}
     return subprocess.run([sys.executable, "-m", "oci_crane_loader", *args], capture_output=True, text=True,
-                          timeout=timeout, env=full_env, cwd=REPO_ROOT, check=False)
+                          timeout=timeout, env=full_env, cwd=REPO_ROOT, check=False, input=input)
 
 
 def tree_bytes(root: Path) -> dict[str, bytes]:

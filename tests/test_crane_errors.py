@@ -5,6 +5,10 @@ crane itself is faked with pytest-subprocess; the stderr texts are what crane v0
 
 from __future__ import annotations
 
+import errno
+import logging
+import os
+import re
 import subprocess
 import time
 from pathlib import Path
@@ -13,6 +17,8 @@ import pytest
 
 from oci_crane_loader import crane, errors
 from oci_crane_loader.crane import Crane, classify, find_crane, parse_version, redact
+from oci_crane_loader.doctor import check_crane
+from oci_crane_loader.executable import host_platform
 
 REF = "127.0.0.1:5000/x/y:latest"
 PINNED = "127.0.0.1:5000/x/y@sha256:" + "ab" * 32
@@ -156,7 +162,7 @@ def test_one_line_has_cause_and_fix(fp, binary):
     line = exc.one_line()
     assert "\n" not in line
     assert line.startswith("the registry refused our credentials: fetching manifest 127.0.0.1:41993/x/y:latest")
-    assert " -- fix: log in with `docker login REGISTRY`" in line
+    assert " -- fix: log in with `oci-crane login REGISTRY -u USER --password-stdin`" in line
     assert str(exc) == line  # what a traceback ends with is the same line the CLI prints
 
 
@@ -477,3 +483,77 @@ def test_blob_failure_is_classified(fp, binary, tmp_path):
     assert type(info.value) is errors.CraneIntegrityError
     assert info.value.command == [binary, "blob", PINNED]
     assert info.value.stderr == INTEGRITY
+
+
+# --- a crane built for another machine ----------------------------------------------------------------------
+
+def _foreign_executable(path: Path) -> tuple[str, str]:
+    """An executable file the kernel refuses (ENOEXEC): another OS's header. Returns (its platform, strerror)."""
+    if host_platform().startswith("linux"):
+        head, built_for = bytes.fromhex("cffaedfe0c000001"), "darwin/arm64"  # Mach-O, arm64
+    else:
+        head, built_for = b"\x7fELF\x02\x01\x01" + bytes(9) + b"\x02\x00\xb7\x00", "linux/arm64"  # ELF, aarch64
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(head + bytes(4096))
+    path.chmod(0o755)
+    return built_for, os.strerror(errno.ENOEXEC)
+
+
+def test_bundled_crane_that_cannot_run_here_gives_way_to_path_with_one_warning(tmp_path, monkeypatch, caplog):
+    foreign = tmp_path / "bundled" / "crane"
+    built_for, strerror = _foreign_executable(foreign)
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    on_path = _executable(bindir / "crane", "echo v0.21.9")
+    monkeypatch.delenv("OCI_CRANE_BINARY", raising=False)
+    monkeypatch.setattr(crane, "BUNDLED_BINARY", foreign)
+    monkeypatch.setenv("PATH", str(bindir))
+    with caplog.at_level(logging.WARNING, logger="oci_crane_loader.crane"):
+        chosen = crane.choose_crane()
+        assert find_crane() == on_path  # asked again: decided once, warned once
+    assert (chosen.path, chosen.source, chosen.version, chosen.platform) == (on_path, "PATH", "v0.21.9", None)
+    reason = (f"the bundled copy is unusable: crane at {foreign} cannot be started "
+              f"({strerror}: built for {built_for}, this host is {host_platform()})")
+    assert chosen.skipped == (reason,)
+    warnings = [record.getMessage() for record in caplog.records]
+    assert warnings == [f"{reason}; using crane v0.21.9 from PATH at {on_path}"]
+    detail = check_crane().detail
+    assert detail.startswith(f"{on_path} (version v0.21.9, built for a script or unknown executable format; "
+                             f"found via PATH; {reason};")
+
+
+def test_unrunnable_bundled_crane_and_none_on_path_names_both_problems(tmp_path, monkeypatch):
+    foreign = tmp_path / "bundled" / "crane"
+    built_for, _ = _foreign_executable(foreign)
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    old = _executable(bindir / "crane", "echo v0.21.6")
+    monkeypatch.delenv("OCI_CRANE_BINARY", raising=False)
+    monkeypatch.setattr(crane, "BUNDLED_BINARY", foreign)
+    monkeypatch.setenv("PATH", str(bindir))
+    with pytest.raises(errors.CraneTooOldError) as info:
+        find_crane()
+    assert f"built for {built_for}" in info.value.cause
+    assert f"PATH is unusable: crane 0.21.6 at {old} is too old" in info.value.cause
+    assert info.value.cause.endswith("; no other crane to use")
+
+
+def test_every_fix_names_a_command_the_user_has():
+    """Fixes name `oci-crane` subcommands that exist, never a bare `crane` command (crane is not on PATH)."""
+    from oci_crane_loader.cli import build_parser
+
+    subcommands = set(next(a for a in build_parser()._actions if a.dest == "command").choices)
+    fixes = {cls.__name__: cls.default_fix for cls in _all_error_classes(errors.OciCraneError)}
+    named = set()
+    for name, fix in fixes.items():
+        assert not re.search(r"`crane ", fix), f"{name}'s fix names a crane command: {fix}"
+        named |= set(re.findall(r"`oci-crane (\w+)", fix))
+    assert named >= {"login", "ls"}  # the two fixes that send users to a registry command
+    assert named <= subcommands
+
+
+def _all_error_classes(base: type) -> list[type]:
+    found = [base]
+    for sub in base.__subclasses__():
+        found += _all_error_classes(sub)
+    return found

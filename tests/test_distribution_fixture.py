@@ -5,7 +5,6 @@ from __future__ import annotations
 import io
 import json
 import os
-import shutil
 import socket
 import subprocess
 import tarfile
@@ -16,14 +15,11 @@ import pytest
 
 from tests.support.distribution import DistributionRegistry, binary_path, distribution_registry
 
-CRANE = os.environ.get("OCI_CRANE_BINARY", shutil.which("crane") or "/tmp/cranebin/crane")
-
 
 @pytest.fixture
-def crane_bin() -> str:
-    if not os.access(CRANE, os.X_OK):
-        pytest.skip(f"crane not found at {CRANE}: set OCI_CRANE_BINARY")
-    return CRANE
+def crane_bin(crane_binary: str) -> str:
+    """The crane the package itself runs (OCI_CRANE_BINARY, the bundled copy from bin/install-crane, or PATH)."""
+    return crane_binary
 
 
 @pytest.fixture

@@ -74,3 +74,46 @@ def test_failing_credential_helper_is_named(private, tmp_path, cache_dir):
                    env={"DOCKER_CONFIG": str(helper_config)})
     assert done.returncode == 1
     assert "credential helper" in done.stderr and "credsStore" in done.stderr
+
+
+def test_login_ls_logout_with_the_bundled_crane(private, tmp_path, cache_dir):
+    """`oci-crane login` writes the docker config crane reads, with the password on stdin only; `logout` undoes it."""
+    push_model(write_model(tmp_path / "src"), f"{private.host}/team/model:v1", tmp_path)
+    config_dir = tmp_path / "fresh-docker-config"
+    config_dir.mkdir()
+    env = {"DOCKER_CONFIG": str(config_dir)}
+    reference = f"{private.host}/team/model:v1"
+
+    before = run_cli("ls", f"{private.host}/team/model", env=env)
+    assert before.returncode == 1 and "oci-crane login" in before.stderr
+
+    login = run_cli("login", private.host, "-u", private.username, "--password-stdin", "--debug", env=env,
+                    input=private.password + "\n")
+    assert login.returncode == 0, login.stderr
+    assert f"logged in to {private.host} as {private.username}" in login.stderr
+    assert str(config_dir / "config.json") in login.stderr
+    assert private.password not in login.stdout + login.stderr  # --debug logs crane's argv: no password in it
+    auths = json.loads((config_dir / "config.json").read_text())["auths"]
+    assert list(auths) == [private.host]
+
+    tags = run_cli("ls", f"{private.host}/team/model", "--json", env=env)
+    assert tags.returncode == 0, tags.stderr
+    assert json.loads(tags.stdout) == ["v1"]
+    fetched = run_cli("fetch", reference, "--cache-dir", str(cache_dir), "-q", env=env)
+    assert fetched.returncode == 0, fetched.stderr
+
+    logout = run_cli("logout", private.host, env=env)
+    assert logout.returncode == 0, logout.stderr
+    assert json.loads((config_dir / "config.json").read_text()).get("auths", {}) == {}
+    after = run_cli("fetch", reference, "--cache-dir", str(tmp_path / "other-cache"), env=env)
+    assert after.returncode == 1 and "refused our credentials" in after.stderr
+
+
+def test_login_refuses_what_is_not_a_registry_and_an_empty_password(private, tmp_path):
+    env = {"DOCKER_CONFIG": str(tmp_path)}
+    not_host = run_cli("login", "team/model", "-u", "me", "--password-stdin", env=env, input="x")
+    assert not_host.returncode == 1
+    assert "'team/model' is not a registry host -- fix: name the registry alone" in not_host.stderr
+    empty = run_cli("login", private.host, "-u", "me", "--password-stdin", env=env, input="\n")
+    assert empty.returncode == 1 and "the password is empty" in empty.stderr
+    assert not (tmp_path / "config.json").exists()

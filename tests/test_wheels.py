@@ -124,11 +124,11 @@ def fresh_venv(tmp_path: Path) -> Iterator[Path]:
     yield venv
 
 
-@pytest.mark.skipif(host_platform() != "linux/amd64", reason="the x86_64 Linux wheel runs on an x86_64 Linux host")
-def test_linux_x86_64_wheel_runs_the_demo_without_go_or_crane(wheelhouse: Path, fresh_venv: Path,
-                                                               tmp_path: Path) -> None:
+def test_this_hosts_wheel_runs_the_demo_without_go_or_crane(wheelhouse: Path, fresh_venv: Path,
+                                                            tmp_path: Path) -> None:
+    """Here the Linux x86_64 wheel; on the hosted CI's other runners, theirs."""
     subprocess.run([sys.executable, "-m", "uv", "pip", "install", "--quiet", "--python",
-                    str(fresh_venv / "bin" / "python"), str(wheelhouse / _wheel_name("linux/amd64"))], check=True)
+                    str(fresh_venv / "bin" / "python"), str(wheelhouse / _wheel_name(host_platform()))], check=True)
     home = tmp_path / "home"
     home.mkdir()
     env = _bare_env(home, fresh_venv)
@@ -145,19 +145,26 @@ def test_linux_x86_64_wheel_runs_the_demo_without_go_or_crane(wheelhouse: Path, 
     assert crane_check["ok"], crane_check
     site = str(fresh_venv / "lib")
     assert crane_check["detail"].startswith(site) and "found via the bundled copy" in crane_check["detail"]
-    assert "built for linux/amd64" in crane_check["detail"]
+    assert f"built for {host_platform()};" in crane_check["detail"]
 
 
-@pytest.mark.skipif(shutil.which("qemu-aarch64-static") is None,
-                    reason="qemu-user-static is not installed: run bin/install-test-deps")
-def test_aarch64_crane_runs_under_qemu_and_fetches(extracted: dict[str, Path], registry, tmp_path: Path) -> None:
-    arm_crane = extracted["linux/arm64"]
-    version = subprocess.run(["qemu-aarch64-static", str(arm_crane), "version"], capture_output=True, text=True,
+# The other Linux architecture's crane, and the emulator that runs it on this host.
+FOREIGN = {"linux/amd64": ("linux/arm64", "qemu-aarch64-static"), "linux/arm64": ("linux/amd64", "qemu-x86_64-static")}
+
+
+@pytest.mark.skipif(host_platform() not in FOREIGN, reason="qemu-user-static emulates the other Linux CPU on Linux")
+def test_other_linux_crane_runs_under_qemu_and_fetches(extracted: dict[str, Path], registry, tmp_path: Path) -> None:
+    """On this x86_64 machine: the aarch64 wheel's crane, through qemu-aarch64-static."""
+    target, emulator = FOREIGN[host_platform()]
+    if shutil.which(emulator) is None:
+        pytest.skip(f"{emulator} is not installed: run bin/install-test-deps (Debian's qemu-user-static)")
+    foreign_crane = extracted[target]
+    version = subprocess.run([emulator, str(foreign_crane), "version"], capture_output=True, text=True,
                              timeout=120, check=True)
     assert version.stdout.strip() == "v0.21.9"
-    # Our whole fetch, with every crane call made by the aarch64 binary through the emulator.
-    wrapper = tmp_path / "crane-aarch64"
-    wrapper.write_text(f'#!/bin/sh\nexec qemu-aarch64-static "{arm_crane}" "$@"\n')
+    # Our whole fetch, with every crane call made by the foreign binary through the emulator.
+    wrapper = tmp_path / "crane-foreign"
+    wrapper.write_text(f'#!/bin/sh\nexec {emulator} "{foreign_crane}" "$@"\n')
     wrapper.chmod(0o755)
     reference = f"{registry.host}/wheels/arm:v1"
     push_model(write_model(tmp_path / "model"), reference, tmp_path)
