@@ -77,6 +77,7 @@ class InspectResult:
     bytes: int
     skipped: list[dict[str, object]] = field(default_factory=list)
     index_digest: str | None = None
+    config: dict[str, object] = field(default_factory=dict)  # the config blob, read whole: its size is shown too
 
     def to_json(self) -> dict[str, object]:
         return dict(self.__dict__)
@@ -323,9 +324,11 @@ class Puller:
             else:
                 files.append({**entry, "path": layer.path})
         skipped = [{"media_type": d.media_type, "digest": d.digest, "size": d.size} for d in plan.skipped]
+        config = resolved.manifest.config
         return InspectResult(str(reference), resolved.digest, resolved.pinned, plan.format,
                              resolved.manifest.media_type, resolved.manifest.artifact_type, files,
-                             sum(layer.descriptor.size for layer in plan.layers), skipped, resolved.index_digest)
+                             sum(layer.descriptor.size for layer in plan.layers), skipped, resolved.index_digest,
+                             {"media_type": config.media_type, "digest": config.digest, "size": config.size})
 
 
 def _check_document_size(size: int, what: str) -> None:

@@ -244,7 +244,9 @@ def test_artifact_whose_config_layer_is_skipped_is_refused_naming_the_media_type
     assert list((cache_dir / "models" / "sha256").iterdir()) == []
     listed = run_cli("inspect", reference, "--cache-dir", str(cache_dir), "--json")  # inspect still lists it
     assert listed.returncode == 0, listed.stderr
-    assert json.loads(listed.stdout)["skipped"][0]["media_type"] == "application/vnd.example.hf-config.v1+json"
+    info = json.loads(listed.stdout)
+    assert info["skipped"][0]["media_type"] == "application/vnd.example.hf-config.v1+json"
+    assert info["config"] == {"media_type": modelpack.CONFIG, "digest": sha256_digest(b"{}"), "size": 2}
 
 
 def test_config_only_materialisation_needs_config_json_too(tmp_path):
