@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -106,7 +107,9 @@ def test_endless_blob_is_cut_at_its_descriptor_size(hostile_registry, cache_dir,
     assert len(done.stderr.strip().splitlines()) == 1
     # Not retried (an integrity error), and stopped long before the 256 MiB the server would send.
     assert sum("/blobs/" + digest(WEIGHTS) in line for line in HostileRegistry.requests) == 1
-    assert max(seen) <= len(WEIGHTS) + (16 << 20)
+    # On Linux crane cannot write a byte past the size (+1, to tell "more" from "exactly"); elsewhere the watchdog's
+    # poll interval lets a loopback stream run on a little.
+    assert max(seen) <= len(WEIGHTS) + (1 if sys.platform.startswith("linux") else 16 << 20)
     assert HostileRegistry.blob_bytes_sent < len(WEIGHTS) + (64 << 20)
     assert list((cache_dir / "tmp").iterdir()) == []
 
