@@ -140,7 +140,7 @@ def _run(args: argparse.Namespace) -> int:
             print(json.dumps(info.to_json(), indent=2))
         else:
             print(f"reference  {info.reference}\ndigest     {info.digest}\nformat     {info.format}\n"
-                  f"size       {human(info.bytes)}")
+                  f"size       {human(info.bytes)}\nconfig     {human(int(str(info.config['size'])))}")
             for entry in info.files:
                 name = entry["path"] or ("(archive, listed once fetched)" if entry.get("archive")
                                          else f"(unnamed shard {entry.get('shard')})")

@@ -262,8 +262,10 @@ class Crane:
     def push(self, layout: Path, reference: str) -> str:
         return self.run("push", str(layout), reference).decode().strip()
 
-    def blob(self, pinned: str, destination: Path, progress: Callable[[int], None] | None = None) -> None:
-        """Stream ``repo@sha256:...`` into ``destination`` (a temp file), killing crane if the stream stalls."""
+    def blob(self, pinned: str, destination: Path, progress: Callable[[int], None] | None = None, *,
+             size: int | None = None) -> None:
+        """Stream ``repo@sha256:...`` into ``destination`` (a temp file), killing crane if the stream stalls or,
+        given the descriptor's ``size``, grows past it (crane reads an endless body until its digest check)."""
         argv = self._argv("blob", pinned)
         log.debug("running %s", " ".join(argv))
         with open(destination, "wb") as out, tempfile.TemporaryFile() as err:
@@ -271,17 +273,21 @@ class Crane:
                 proc = subprocess.Popen(argv, stdout=out, stderr=err, env=_environment())
             except FileNotFoundError as exc:
                 raise errors.CraneMissingError(f"crane at {argv[0]} disappeared", command=argv) from exc
+            if size is not None:
+                _limit_file_size(proc.pid, size + 1)
             try:
-                self._watch(proc, out.fileno(), progress, pinned, argv)
+                self._watch(proc, out.fileno(), progress, pinned, argv, size)
             finally:
                 if proc.poll() is None:
                     _stop(proc)
+            if size is not None and os.fstat(out.fileno()).st_size > size:
+                raise _oversized(pinned, size, argv)
             if proc.returncode != 0:
                 err.seek(0)
                 raise classify(argv, proc.returncode, err.read().decode(errors="replace"))
 
     def _watch(self, proc: subprocess.Popen[bytes], fd: int, progress: Callable[[int], None] | None,
-               pinned: str, argv: list[str]) -> None:
+               pinned: str, argv: list[str], limit: int | None = None) -> None:
         size, last_growth = 0, time.monotonic()
         while True:
             try:
@@ -296,11 +302,32 @@ class Crane:
                 size, last_growth = current, time.monotonic()
             if finished:
                 return
+            if limit is not None and size > limit:
+                _stop(proc)
+                raise _oversized(pinned, limit, argv)
             if time.monotonic() - last_growth > self.stall_timeout:
                 _stop(proc)
                 raise errors.CraneTimeoutError(
                     f"download of {pinned} stalled: no bytes for {self.stall_timeout:.0f}s after {size} bytes",
                     command=argv)
+
+
+def _oversized(pinned: str, size: int, argv: list[str]) -> errors.CraneIntegrityError:
+    return errors.CraneIntegrityError(
+        f"the registry sent more than the {size} bytes the descriptor of {pinned} promises; download stopped",
+        command=argv)
+
+
+def _limit_file_size(pid: int, limit: int) -> None:
+    """Where the OS allows it (Linux), crane cannot write past ``limit`` bytes at all: the watchdog's poll alone
+    would let a fast endless stream run on for its interval. No core file when that limit kills it."""
+    try:
+        import resource
+
+        resource.prlimit(pid, resource.RLIMIT_CORE, (0, 0))
+        resource.prlimit(pid, resource.RLIMIT_FSIZE, (limit, limit))
+    except (ImportError, AttributeError, OSError, ValueError) as exc:  # no prlimit (macOS), or crane already gone
+        log.debug("cannot limit crane's file size (%s); the watchdog still does", exc)
 
 
 def _stop(proc: subprocess.Popen[bytes]) -> None:

@@ -63,6 +63,10 @@ class CacheError(OciCraneError, OSError):
     default_fix = "check that the cache directory is writable and has free space (--cache-dir, OCI_CRANE_LOADER_CACHE)"
 
 
+class SettingError(OciCraneError, ValueError):
+    """An OCI_CRANE_* environment variable holds a value we cannot use."""
+
+
 class CraneError(OciCraneError, RuntimeError):
     """crane failed. Carries the argv (never holding secrets), exit code and stderr."""
 

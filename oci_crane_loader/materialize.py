@@ -7,16 +7,20 @@ so a model directory that exists is always complete.
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import os
 import posixpath
 import shutil
 import tarfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import IO, Any
 
-from .errors import InvalidModelError
+from .errors import CacheError, InvalidModelError, OciCraneError, SettingError
 from .formats import Action, LayerPlan, Plan, safe_relative_path
+from .progress import human
 from .safetensors_check import check_model_dir, read_header, read_index
 from .store import Store, remove_tree
 
@@ -53,76 +57,190 @@ def open_tar(archive: Path) -> Iterator[tarfile.TarFile]:
             raw.seek(0)
             with zstandard.ZstdDecompressor().stream_reader(raw) as stream, tarfile.open(fileobj=stream,
                                                                                          mode="r|") as tar:
-                yield tar
+                try:
+                    yield tar
+                except zstandard.ZstdError as exc:  # not an OSError, unlike gzip's and xz's errors
+                    raise tarfile.ReadError(f"bad zstd data: {exc}") from exc
             return
         raw.seek(0)
         with tarfile.open(fileobj=raw, mode="r|*") as tar:
             yield tar
 
 
-def extract_tar(archive: Path, root: Path, where: str, *, into: str | None = None, overlay: bool = False
-                ) -> list[str]:
+# Bounds on what one archive may unpack to, far above any real model (a hostile 3 MB layer can hold 3 GiB of zeros).
+RATIO_FLOOR = 16 << 20  # the ratio cap applies only past this many bytes: small text files compress very well
+_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+
+
+@dataclass(frozen=True)
+class UnpackLimits:
+    ratio: float = 200.0  # unpacked bytes per archive byte (OCI_CRANE_MAX_UNPACK_RATIO)
+    bytes: int = 1 << 40  # unpacked bytes of one archive (OCI_CRANE_MAX_UNPACK_BYTES); never past the free space
+    entries: int = 100_000  # tar entries of one archive (OCI_CRANE_MAX_UNPACK_ENTRIES)
+
+    @classmethod
+    def from_environment(cls) -> UnpackLimits:
+        default = cls()
+        return cls(ratio=_setting("OCI_CRANE_MAX_UNPACK_RATIO", default.ratio, float),
+                   bytes=_setting("OCI_CRANE_MAX_UNPACK_BYTES", default.bytes, parse_bytes),
+                   entries=_setting("OCI_CRANE_MAX_UNPACK_ENTRIES", default.entries, int))
+
+
+def parse_bytes(text: str) -> int:
+    """``1048576``, ``512M``, ``10G``, ``1TiB``: binary units."""
+    lowered = text.strip().lower().removesuffix("ib").removesuffix("b")
+    unit = lowered[-1:] if lowered[-1:] in _UNITS else ""
+    return int(float(lowered[: len(lowered) - len(unit)]) * _UNITS[unit])
+
+
+def _setting(name: str, default: float, parse: Callable[[str], Any]) -> Any:
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = parse(raw)
+    except (ValueError, OverflowError):
+        value = None
+    if value is None or not value > 0:
+        raise SettingError(f"{name}={raw!r} is not a positive number",
+                           f"set {name} to a positive number (e.g. {default:g}), or unset it for the default")
+    return value
+
+
+class _Budget:
+    """What one archive may still write; exceeded means a decompression bomb (or a disk too small)."""
+
+    def __init__(self, archive: Path, target: Path, where: str, limits: UnpackLimits) -> None:
+        self.where, self.limits, self.written, self.entries = where, limits, 0, 0
+        self.packed = archive.stat().st_size
+        self.free = shutil.disk_usage(target).free
+
+    def entry(self) -> None:
+        self.entries += 1
+        if self.entries > self.limits.entries:
+            raise InvalidModelError(f"{self.where}: the archive has over {self.limits.entries} entries",
+                                    "if the artifact is genuine, raise OCI_CRANE_MAX_UNPACK_ENTRIES")
+
+    def spend(self, size: int) -> None:
+        self.written += size
+        if self.written > self.free:
+            raise CacheError(f"{self.where}: not enough free space to unpack the archive (over "
+                             f"{human(self.written)} needed, {human(self.free)} free)")
+        if self.written > self.limits.bytes:
+            raise InvalidModelError(f"{self.where}: the archive unpacks to over {human(self.limits.bytes)}",
+                                    "if the artifact is genuine, raise OCI_CRANE_MAX_UNPACK_BYTES")
+        if self.written > max(RATIO_FLOOR, self.limits.ratio * self.packed):
+            raise InvalidModelError(
+                f"{self.where}: the archive unpacks to over {human(self.written)} from {human(self.packed)}, more "
+                f"than {self.limits.ratio:g} times its size (a decompression bomb?)",
+                "if the artifact is genuine, raise OCI_CRANE_MAX_UNPACK_RATIO")
+
+    def copy(self, source: IO[bytes], target: Path) -> None:
+        with open(target, "wb") as out:
+            while chunk := source.read(1 << 20):
+                self.spend(len(chunk))
+                out.write(chunk)
+
+
+def extract_tar(archive: Path, root: Path, where: str, *, into: str | None = None, overlay: bool = False,
+                limits: UnpackLimits | None = None) -> list[str]:
     """Extract regular files and directories (and hard links, as copies) under ``root/into``; symlinks, devices
     and escaping names never reach the disk. ``overlay``: a container image layer over the earlier ones, so
-    files may be replaced and whiteouts delete what earlier layers wrote."""
+    files may be replaced and whiteouts delete what earlier layers wrote. What it unpacks is bounded by
+    ``limits`` (default: from the environment)."""
     base = root / into if into else root
+    budget = _Budget(archive, root, where, limits or UnpackLimits.from_environment())
     written = []
     ours: set[str] = set()  # overlay: what this layer wrote (whiteouts hide only what earlier layers wrote)
     try:
         with open_tar(archive) as tar:
             for member in tar:
+                budget.entry()
                 if posixpath.normpath(member.name) in (".", ""):
                     continue  # the archive's own root entry
                 relative = safe_relative_path(member.name, where)
-                target = base / relative
-                name = posixpath.basename(relative)
-                if overlay and name.startswith(WHITEOUT):
-                    _apply_whiteout(base, relative, name, ours)
-                    continue
-                parts = relative.split("/")
-                if overlay and (member.isdir() or member.isreg() or member.islnk()):
-                    ours.update("/".join(parts[:n]) for n in range(1, len(parts) + 1))
-                if member.isdir():
-                    if overlay and (target.is_symlink() or (target.exists() and not target.is_dir())):
-                        remove_path(target)  # a file of an earlier layer replaced by a directory
-                    target.mkdir(parents=True, exist_ok=True)
-                    continue
-                if not (member.isreg() or member.islnk()):
-                    log.warning("%s: skipping %s (%s, not a regular file)", where, member.name,
-                                "symlink" if member.issym() else "special file")
-                    continue
-                if target.exists() or target.is_symlink():
-                    if not overlay:
-                        raise InvalidModelError(f"{where}: {relative!r} is written twice", "re-push the artifact")
-                    remove_path(target)
-                target.parent.mkdir(parents=True, exist_ok=True)
-                if member.islnk():  # a hard link to an earlier entry of this archive: copy it
-                    source_path = base / safe_relative_path(member.linkname, where)
-                    if not source_path.is_file():
-                        raise InvalidModelError(f"{where}: hard link {relative!r} points to a missing file")
-                    shutil.copyfile(source_path, target)
-                else:
-                    source = tar.extractfile(member)
-                    assert source is not None
-                    with source, open(target, "wb") as out:
-                        shutil.copyfileobj(source, out, 1 << 20)
-                os.chmod(target, 0o755 if member.mode & 0o111 else 0o644)
-                written.append(str(Path(into, relative)) if into else relative)
+                try:
+                    if _extract_member(tar, member, base, relative, where, overlay, ours, budget):
+                        written.append(str(Path(into, relative)) if into else relative)
+                except OSError as exc:
+                    if exc.errno is None:
+                        raise
+                    raise _write_error(exc, where, relative) from exc
+    except OciCraneError:
+        raise  # CacheError is an OSError too
     except (tarfile.TarError, EOFError, OSError) as exc:
         if isinstance(exc, OSError) and exc.errno is not None:
-            raise
+            raise CacheError(f"{where}: cannot read the archive: {exc.strerror}") from exc
         raise InvalidModelError(f"{where}: not a readable tar archive ({exc})",
                                 "re-push the artifact; tar layers must be tar, tar+gzip or tar+zstd") from exc
     return written
 
 
-def _apply_whiteout(base: Path, relative: str, name: str, ours: set[str]) -> None:
+def _extract_member(tar: tarfile.TarFile, member: tarfile.TarInfo, base: Path, relative: str, where: str,
+                    overlay: bool, ours: set[str], budget: _Budget) -> bool:
+    """Write one entry; True when it became a file."""
+    target = base / relative
+    name = posixpath.basename(relative)
+    if overlay and name.startswith(WHITEOUT):
+        _apply_whiteout(base, relative, name, ours, where)
+        return False
+    parts = relative.split("/")
+    if overlay and (member.isdir() or member.isreg() or member.islnk()):
+        ours.update("/".join(parts[:n]) for n in range(1, len(parts) + 1))
+    if member.isdir():
+        if overlay and (target.is_symlink() or (target.exists() and not target.is_dir())):
+            remove_path(target)  # a file of an earlier layer replaced by a directory
+        target.mkdir(parents=True, exist_ok=True)
+        return False
+    if not (member.isreg() or member.islnk()):
+        log.warning("%s: skipping %s (%s, not a regular file)", where, member.name,
+                    "symlink" if member.issym() else "special file")
+        return False
+    if target.exists() or target.is_symlink():
+        if not overlay:
+            raise InvalidModelError(f"{where}: {relative!r} is written twice", "re-push the artifact")
+        remove_path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if member.islnk():  # a hard link to an earlier entry of this archive: copy it (the copy counts as unpacked)
+        source_path = base / safe_relative_path(member.linkname, where)
+        if not source_path.is_file():
+            raise InvalidModelError(f"{where}: hard link {relative!r} points to a missing file")
+        with open(source_path, "rb") as source:
+            budget.copy(source, target)
+    else:
+        extracted = tar.extractfile(member)
+        assert extracted is not None
+        with extracted:
+            budget.copy(extracted, target)
+    os.chmod(target, 0o755 if member.mode & 0o111 else 0o644)
+    return True
+
+
+# The disk's fault, not the archive's: these become CacheError; any other OSError is an entry that cannot be
+# written where the archive puts it (a file where a directory must be, a name the filesystem refuses).
+_DISK_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO}
+
+
+def _write_error(exc: OSError, where: str, relative: str) -> CacheError | InvalidModelError:
+    if exc.errno in _DISK_ERRNOS:
+        return CacheError(f"{where}: cannot write {relative!r}: {exc.strerror}")
+    return InvalidModelError(f"{where}: entry {relative!r} cannot be written ({exc.strerror}): it clashes with "
+                             "another entry or is not a valid file name", "re-push the artifact")
+
+
+def _apply_whiteout(base: Path, relative: str, name: str, ours: set[str], where: str) -> None:
     """Delete what a whiteout hides; ``ours`` (paths this layer wrote, with their parents) stays."""
     directory = posixpath.dirname(relative)
     if name == OPAQUE:  # everything earlier layers put in this directory is hidden
         _clear(base, directory, ours)
-    elif posixpath.join(directory, name[len(WHITEOUT):]) not in ours:
-        remove_path(base / directory / name[len(WHITEOUT):])
+        return
+    hidden = name[len(WHITEOUT):]
+    if hidden in ("", ".", ".."):  # `.wh..` would delete the directory itself, `.wh...` its parent
+        raise InvalidModelError(f"{where}: whiteout {relative!r} names no file",
+                                "re-push the image; whiteouts are `.wh.NAME` for a file NAME")
+    target = safe_relative_path(posixpath.join(directory, hidden), where)
+    if target not in ours:
+        remove_path(base / target)
 
 
 def _clear(base: Path, directory: str, ours: set[str]) -> None:
@@ -231,6 +349,8 @@ def materialize(store: Store, plan: Plan, manifest_digest: str, *, weights: bool
             for shard, name in zip(shards, shard_names(shards, store, work), strict=True):
                 link_or_copy(store.blob_path(shard.descriptor.digest), work / name)
         model_root = _model_root(work, plan, subpath)
+        if not (model_root / "config.json").is_file():  # vLLM and transformers cannot start without it
+            raise missing_config(plan)
         if weights:
             if not check_model_dir(model_root) and plan.find_root:  # the guessed directory may be the wrong one
                 raise missing_safetensors(work, model_root)
@@ -244,6 +364,16 @@ def materialize(store: Store, plan: Plan, manifest_digest: str, *, weights: bool
         return store.publish_dir(work, final)
     finally:
         remove_tree(work)  # nothing left behind when validation fails; a no-op after publishing
+
+
+def missing_config(plan: Plan) -> InvalidModelError:
+    """No config.json at the model directory's root: often it sits in a layer whose media type we skip."""
+    used = sorted({layer.descriptor.media_type for layer in plan.layers})
+    skipped = sorted({descriptor.media_type for descriptor in plan.skipped})
+    seen = f"layers used: {', '.join(used) or 'none'}" + (f"; skipped: {', '.join(skipped)}" if skipped else "")
+    return InvalidModelError(f"the model directory has no config.json at its root ({seen})",
+                             "push the model with its config.json as a file layer (oci-crane push DIR REF), or name "
+                             "the directory that holds it with --subpath DIR")
 
 
 def _model_root(tree: Path, plan: Plan, subpath: str | None) -> Path:

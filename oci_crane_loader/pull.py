@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import platform as host_platform
+import shutil
 import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
@@ -18,13 +19,16 @@ from .crane import Crane
 from .formats import Action, LayerPlan, Plan, recognise
 from .materialize import extract_tar, list_files, materialize
 from .oci import Descriptor, Index, Manifest, digest_hex, parse_manifest_or_index, sha256_digest
-from .progress import Progress
+from .progress import Progress, human
 from .reference import Reference, parse_reference
 from .store import Store, remove_tree
 
 log = logging.getLogger(__name__)
 
 RETRIES = 3  # crane retries until response headers; a body that drops mid-stream is retried here, from zero
+# Manifests and configs are read into memory and parsed whole; real ones are kilobytes (registries cap manifests at
+# 4 MiB), so anything far larger is refused before it is downloaded or parsed.
+MAX_DOCUMENT_SIZE = 8 << 20
 _ARCHITECTURES = {"x86_64": "amd64", "amd64": "amd64", "aarch64": "arm64", "arm64": "arm64"}
 
 
@@ -73,6 +77,7 @@ class InspectResult:
     bytes: int
     skipped: list[dict[str, object]] = field(default_factory=list)
     index_digest: str | None = None
+    config: dict[str, object] = field(default_factory=dict)  # the config blob, read whole: its size is shown too
 
     def to_json(self) -> dict[str, object]:
         return dict(self.__dict__)
@@ -153,7 +158,7 @@ class Puller:
         cached = self.store.load_manifest(digest)
         if cached is not None:
             return cached
-        raw = self.crane.manifest(f"{reference.repository_name}@{digest}")
+        raw = _bounded_document(self.crane.manifest(f"{reference.repository_name}@{digest}"), f"manifest {digest}")
         if sha256_digest(raw) != digest:
             raise errors.IntegrityError(f"manifest of {reference.repository_name}@{digest} has digest "
                                         f"{sha256_digest(raw)}")
@@ -171,13 +176,14 @@ class Puller:
             digest = cached
             raw = self._manifest_by_digest(reference, digest)
         else:
-            raw = self.crane.manifest(reference.name)
+            raw = _bounded_document(self.crane.manifest(reference.name), f"manifest of {reference}")
             digest = self.store.save_manifest(raw)
             self.store.save_ref(reference, digest)
         document = parse_manifest_or_index(raw, f"manifest of {reference}")
         if isinstance(document, Manifest):
             return Resolved(reference, digest, document)
         child = select_child(document, self.crane.platform)
+        _check_document_size(child.size, f"manifest {child.digest} of {reference}")
         child_raw = self._manifest_by_digest(reference, child.digest)
         child_document = parse_manifest_or_index(child_raw, f"manifest {child.digest} of {reference}")
         if not isinstance(child_document, Manifest):
@@ -206,7 +212,7 @@ class Puller:
                     self.progress.advance(delta)
 
                 try:
-                    self.crane.blob(pinned, temp, count)
+                    self.crane.blob(pinned, temp, count, size=descriptor.size)
                     self.store.commit_blob(temp, descriptor, f"blob {pinned}")
                     self.progress.finished(descriptor)
                     return path
@@ -239,7 +245,20 @@ class Puller:
         descriptor = resolved.manifest.config
         if descriptor.size <= 2 and descriptor.digest == sha256_digest(b"{}"):
             return b"{}"  # the OCI empty config: no request needed
+        _check_document_size(descriptor.size, f"config blob {descriptor.digest} ({descriptor.media_type})")
         return self.ensure_blob(resolved.reference, descriptor).read_bytes()
+
+    def check_free_space(self, layers: Iterable[LayerPlan]) -> None:
+        """Refuse before downloading when the cache's disk cannot hold the missing blobs plus what the archives
+        unpack to (at least their own size; the bounds on unpacking stop the rest, see materialize.py)."""
+        layers = list(layers)
+        needed = sum(layer.descriptor.size for layer in layers if not self.store.has_blob(layer.descriptor))
+        needed += sum(layer.descriptor.size for layer in layers if layer.action in (Action.TAR, Action.IMAGE))
+        free = shutil.disk_usage(self.store.root).free
+        if needed > free:
+            raise errors.CacheError(f"the model needs {human(needed)} in the cache at {self.store.root} but only "
+                                    f"{human(free)} is free",
+                                    "free disk space, or point --cache-dir (OCI_CRANE_LOADER_CACHE) at a larger disk")
 
     def plan(self, resolved: Resolved) -> Plan:
         return recognise(resolved.manifest, self.config(resolved))
@@ -251,6 +270,7 @@ class Puller:
         plan = self.plan(resolved)
         path = self.store.model_path(resolved.digest, self.subpath)
         if not path.is_dir():
+            self.check_free_space(plan.layers)
             # Small files first (config, tokenizer): they name the shards and fail fast on a bad artifact.
             self.ensure_blobs(reference, plan.small_layers)
             self.ensure_blobs(reference, plan.weight_layers)
@@ -267,6 +287,7 @@ class Puller:
         plan = self.plan(resolved)
         if plan.streamable and not plan.weight_layers:
             raise errors.UnsupportedFormatError(f"{resolved.reference} holds no safetensors weights")
+        self.check_free_space(plan.layers)
         self.ensure_blobs(resolved.reference, plan.small_layers)
         if not plan.streamable:  # materialize() checks that the directory holds safetensors weights
             self.ensure_blobs(resolved.reference, plan.weight_layers)
@@ -278,7 +299,9 @@ class Puller:
         reference = parse_reference(text)
         resolved = self.resolve(reference)
         plan = self.plan(resolved)
-        self.ensure_blobs(reference, [layer for layer in plan.small_layers if layer.action is Action.TAR])
+        archives = [layer for layer in plan.small_layers if layer.action is Action.TAR]
+        self.check_free_space(archives)
+        self.ensure_blobs(reference, archives)
         files: list[dict[str, object]] = []
         shard_number = 0
         for layer in plan.layers:
@@ -301,6 +324,21 @@ class Puller:
             else:
                 files.append({**entry, "path": layer.path})
         skipped = [{"media_type": d.media_type, "digest": d.digest, "size": d.size} for d in plan.skipped]
+        config = resolved.manifest.config
         return InspectResult(str(reference), resolved.digest, resolved.pinned, plan.format,
                              resolved.manifest.media_type, resolved.manifest.artifact_type, files,
-                             sum(layer.descriptor.size for layer in plan.layers), skipped, resolved.index_digest)
+                             sum(layer.descriptor.size for layer in plan.layers), skipped, resolved.index_digest,
+                             {"media_type": config.media_type, "digest": config.digest, "size": config.size})
+
+
+def _check_document_size(size: int, what: str) -> None:
+    if size > MAX_DOCUMENT_SIZE:
+        raise errors.InvalidDocumentError(
+            f"{what} is {human(size)}, over the {human(MAX_DOCUMENT_SIZE)} limit for a manifest or config "
+            "(these are JSON documents of a few kilobytes; it is not read)",
+            "check the reference: the registry or the artifact is broken or hostile")
+
+
+def _bounded_document(raw: bytes, what: str) -> bytes:
+    _check_document_size(len(raw), what)
+    return raw

@@ -22,10 +22,11 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from pydantic import BaseModel, ConfigDict, StrictInt, StrictStr, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, StrictStr, ValidationError, field_validator
 
 from oci_crane_loader.errors import InvalidModelError
 
@@ -75,54 +76,55 @@ DTYPE_BITS: dict[str, int] = {
 }
 
 
-class TensorInfo(BaseModel):
-    """One header entry. Validation covers everything that can be checked without the other tensors."""
+@dataclass(frozen=True, slots=True)
+class TensorInfo:
+    """One header entry. Validation covers everything that can be checked without the other tensors.
 
-    # The crate ignores unknown keys in a tensor entry, so we do too.
-    model_config = ConfigDict(extra="ignore", frozen=True)
+    A plain slotted dataclass, not a pydantic model: a header may list 1.7 M tensors, and each object counts.
+    Raises ValueError naming the field."""
 
-    dtype: StrictStr
-    # Strict ints: JSON 2.0, "2" or true must not pass as a dimension or an offset.
-    shape: list[StrictInt]
-    data_offsets: tuple[StrictInt, StrictInt]
+    dtype: str
+    shape: list[int]
+    data_offsets: tuple[int, int]
 
-    @field_validator("dtype")
-    @classmethod
-    def _known_dtype(cls, dtype: str) -> str:
-        if dtype not in DTYPE_BITS:
-            raise ValueError(f"unknown dtype {dtype!r} (known: {', '.join(DTYPE_BITS)})")
-        return dtype
-
-    @field_validator("shape")
-    @classmethod
-    def _dims_in_range(cls, shape: list[int]) -> list[int]:
-        for dim in shape:
+    def __post_init__(self) -> None:
+        if not isinstance(self.dtype, str):
+            raise ValueError(f"dtype must be a valid string, got {self.dtype!r}")
+        if self.dtype not in DTYPE_BITS:
+            raise ValueError(f"unknown dtype {self.dtype!r} (known: {', '.join(DTYPE_BITS)})")
+        if not isinstance(self.shape, list):
+            raise ValueError(f"shape must be a list of integers, got {self.shape!r}")
+        for number, dim in enumerate(self.shape):
+            # Strict ints: JSON 2.0, "2" or true must not pass as a dimension or an offset.
+            if type(dim) is not int:
+                raise ValueError(f"shape[{number}] must be a valid integer, got {dim!r}")
             if dim < 0:
-                raise ValueError(f"shape {shape} has negative dimension {dim}")
+                raise ValueError(f"shape {self.shape} has negative dimension {dim}")
             if dim > _U64_MAX:
-                raise ValueError(f"shape {shape} has dimension {dim}, larger than 2**64 - 1")
-        return shape
-
-    @field_validator("data_offsets")
-    @classmethod
-    def _offsets_in_range(cls, offsets: tuple[int, int]) -> tuple[int, int]:
+                raise ValueError(f"shape {self.shape} has dimension {dim}, larger than 2**64 - 1")
+        offsets = self.data_offsets
+        if not isinstance(offsets, (list, tuple)) or len(offsets) != 2 or any(type(o) is not int for o in offsets):
+            raise ValueError(f"data_offsets must be a list of two valid integers, got {offsets!r}")
         begin, end = offsets
+        object.__setattr__(self, "data_offsets", (begin, end))
         if begin < 0 or end < 0 or begin > _U64_MAX or end > _U64_MAX:
             raise ValueError(f"data_offsets [{begin}, {end}] must be between 0 and 2**64 - 1")
         if end < begin:
             raise ValueError(f"data_offsets [{begin}, {end}] end before they begin")
-        return offsets
-
-    @model_validator(mode="after")
-    def _length_matches_shape(self) -> TensorInfo:
-        begin, end = self.data_offsets
         needed = self.nbytes
         if needed != end - begin:
             raise ValueError(
                 f"data_offsets [{begin}, {end}] hold {end - begin} bytes but shape {self.shape} of {self.dtype} "
                 f"needs {needed} bytes"
             )
-        return self
+
+    @classmethod
+    def from_json(cls, entry: dict[str, Any]) -> TensorInfo:
+        """From a header's JSON object; unknown keys are ignored, as the crate does."""
+        for key in ("dtype", "shape", "data_offsets"):
+            if key not in entry:
+                raise ValueError(f"{key} is missing")
+        return cls(entry["dtype"], entry["shape"], entry["data_offsets"])
 
     @property
     def nbytes(self) -> int:
@@ -141,24 +143,23 @@ class TensorInfo(BaseModel):
         return bits // 8
 
 
-class SafetensorsHeader(BaseModel):
-    """A parsed, validated header. ``data_offsets`` are relative to ``data_start``."""
-
-    model_config = ConfigDict(frozen=True)
+@dataclass(frozen=True, slots=True)
+class SafetensorsHeader:
+    """A parsed, validated header. ``data_offsets`` are relative to ``data_start``. Raises ValueError."""
 
     tensors: dict[str, TensorInfo]
-    metadata: dict[StrictStr, StrictStr] | None = None
-    header_size: StrictInt
+    metadata: dict[str, str] | None
+    header_size: int
 
-    @field_validator("header_size")
-    @classmethod
-    def _header_size_in_range(cls, size: int) -> int:
-        if not 0 <= size <= MAX_HEADER_SIZE:
-            raise ValueError(f"header size {size} is outside 0..{MAX_HEADER_SIZE}")
-        return size
-
-    @model_validator(mode="after")
-    def _tensors_tile_data(self) -> SafetensorsHeader:
+    def __post_init__(self) -> None:
+        if type(self.header_size) is not int or not 0 <= self.header_size <= MAX_HEADER_SIZE:
+            raise ValueError(f"header size {self.header_size} is outside 0..{MAX_HEADER_SIZE}")
+        if self.metadata is not None:
+            if not isinstance(self.metadata, dict):
+                raise ValueError(f"metadata must be an object of strings, got {_json_type(self.metadata)}")
+            for key, value in self.metadata.items():
+                if not isinstance(value, str):
+                    raise ValueError(f"metadata[{key!r}] must be a valid string, got {_json_type(value)}")
         # The crate's order: by (begin, end). Zero-length tensors may share an offset; anything else that
         # does not start exactly where the previous one ended is a gap or an overlap.
         expected, previous = 0, None
@@ -175,7 +176,6 @@ class SafetensorsHeader(BaseModel):
                     f"which ends at {expected}"
                 )
             expected, previous = end, name
-        return self
 
     @property
     def data_start(self) -> int:
@@ -224,6 +224,53 @@ def read_header(path: str | os.PathLike[str], *, name: str | None = None) -> Saf
     """
     path = Path(path)
     name = name or path.name
+    document, header_size, file_size = _read_header_json(path, name)
+    if document.duplicate is not None:
+        what = "key" if document.duplicate == "__metadata__" else "tensor name"
+        raise InvalidModelError(f"{name}: header has duplicate {what} {document.duplicate!r}")
+
+    metadata = document.pop("__metadata__", None)
+    if isinstance(metadata, _JsonObject) and metadata.duplicate is not None:
+        raise InvalidModelError(f"{name}: __metadata__ has duplicate key {metadata.duplicate!r}")
+
+    # Validate tensor by tensor so each error names its tensor; each parsed entry is dropped as soon as its
+    # TensorInfo exists, so the JSON tree and the result are never both whole in memory.
+    tensors: dict[str, TensorInfo] = {}
+    for tensor in list(document):
+        entry = document.pop(tensor)
+        where = f"{name}: tensor {tensor!r}"
+        if not isinstance(entry, _JsonObject):
+            raise InvalidModelError(
+                f"{where}: entry is {_json_type(entry)}, expected an object with dtype, shape and data_offsets"
+            )
+        if entry.duplicate is not None:
+            raise InvalidModelError(f"{where}: entry has duplicate key {entry.duplicate!r}")
+        try:
+            tensors[tensor] = TensorInfo.from_json(entry)
+        except ValueError as exc:
+            raise InvalidModelError(f"{where}: {exc}") from None
+    try:
+        header = SafetensorsHeader(tensors, metadata, header_size)
+    except ValueError as exc:
+        raise InvalidModelError(f"{name}: {exc}") from None
+
+    # The crate requires the tensors to end exactly at the end of the file.
+    available = file_size - header.data_start
+    if header.data_size > available:
+        raise InvalidModelError(
+            f"{name}: tensors need {header.data_size} bytes of data but only {available} bytes follow the header "
+            f"(file truncated by {header.data_size - available} bytes)"
+        )
+    if header.data_size < available:
+        raise InvalidModelError(
+            f"{name}: {available - header.data_size} trailing bytes after the last tensor (tensors cover "
+            f"{header.data_size} of the {available} data bytes)"
+        )
+    return header
+
+
+def _read_header_json(path: Path, name: str) -> tuple[_JsonObject, int, int]:
+    """The header's JSON object, its length and the file's size. The raw bytes and text are gone on return."""
     try:
         with path.open("rb") as f:
             file_size = os.fstat(f.fileno()).st_size
@@ -247,50 +294,15 @@ def read_header(path: str | os.PathLike[str], *, name: str | None = None) -> Saf
         raise InvalidModelError(f"{name}: cannot read file: {exc.strerror or exc}") from exc
     if len(raw) != header_size:
         raise InvalidModelError(f"{name}: file shrank while reading its {header_size}-byte header")
-
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise InvalidModelError(f"{name}: header is not valid UTF-8 (bad byte at file offset {8 + exc.start})") from exc
+    del raw
     document = _loads(text, f"{name}: header")
     if not isinstance(document, _JsonObject):
         raise InvalidModelError(f"{name}: header JSON is {_json_type(document)}, expected an object")
-    if document.duplicate is not None:
-        what = "key" if document.duplicate == "__metadata__" else "tensor name"
-        raise InvalidModelError(f"{name}: header has duplicate {what} {document.duplicate!r}")
-
-    entries = dict(document)
-    metadata = entries.pop("__metadata__", None)
-    if isinstance(metadata, _JsonObject) and metadata.duplicate is not None:
-        raise InvalidModelError(f"{name}: __metadata__ has duplicate key {metadata.duplicate!r}")
-
-    # Validate tensor by tensor so each error names its tensor.
-    tensors: dict[str, TensorInfo] = {}
-    for tensor, entry in entries.items():
-        where = f"{name}: tensor {tensor!r}"
-        if not isinstance(entry, _JsonObject):
-            raise InvalidModelError(
-                f"{where}: entry is {_json_type(entry)}, expected an object with dtype, shape and data_offsets"
-            )
-        if entry.duplicate is not None:
-            raise InvalidModelError(f"{where}: entry has duplicate key {entry.duplicate!r}")
-        tensors[tensor] = _validate(TensorInfo, entry, where)
-
-    header = _validate(SafetensorsHeader, {"tensors": tensors, "metadata": metadata, "header_size": header_size}, name)
-
-    # The crate requires the tensors to end exactly at the end of the file.
-    available = file_size - header.data_start
-    if header.data_size > available:
-        raise InvalidModelError(
-            f"{name}: tensors need {header.data_size} bytes of data but only {available} bytes follow the header "
-            f"(file truncated by {header.data_size - available} bytes)"
-        )
-    if header.data_size < available:
-        raise InvalidModelError(
-            f"{name}: {available - header.data_size} trailing bytes after the last tensor (tensors cover "
-            f"{header.data_size} of the {available} data bytes)"
-        )
-    return header
+    return document, header_size, file_size
 
 
 def read_index(path: str | os.PathLike[str], *, name: str | None = None) -> SafetensorsIndex:
@@ -330,13 +342,19 @@ def check_model_dir(path: str | os.PathLike[str]) -> list[str]:
         raise InvalidModelError(f"{root}: not a directory")
 
     found = sorted(p.relative_to(root).as_posix() for p in root.rglob("*.safetensors") if p.is_file())
-    headers = {rel: read_header(root / rel, name=rel) for rel in found}
-
     index_path = root / INDEX_FILENAME
-    if not index_path.exists():
+    index = read_index(index_path, name=INDEX_FILENAME) if index_path.exists() else None
+    # One header at a time: a header can be ~100 MB of JSON, and a model has many shards. Of each we keep only
+    # the index's tensors that it lacks.
+    mapped: dict[str, list[str]] = {}
+    for tensor, filename in (index.weight_map.items() if index is not None else ()):
+        mapped.setdefault(filename, []).append(tensor)
+    absent: dict[str, list[str]] = {}
+    for rel in found:
+        absent[rel] = _absent(read_header(root / rel, name=rel), mapped.get(rel, []))
+    if index is None:
         return [rel for rel in found if "/" not in rel]
 
-    index = read_index(index_path, name=INDEX_FILENAME)
     missing = [f for f in index.files if not (root / f).is_file()]
     if missing:
         raise InvalidModelError(
@@ -344,16 +362,20 @@ def check_model_dir(path: str | os.PathLike[str]) -> list[str]:
             fix="pull the model again: some shards were not downloaded or were not part of the artifact",
         )
     for filename in index.files:
-        # Shards without the .safetensors suffix were not scanned above.
-        header = headers.get(filename) or read_header(root / filename, name=filename)
-        absent = [t for t, f in index.weight_map.items() if f == filename and t not in header.tensors]
-        if absent:
+        # Shards without the .safetensors suffix were not read above.
+        lacking = absent[filename] if filename in absent else _absent(
+            read_header(root / filename, name=filename), mapped[filename])
+        if lacking:
             raise InvalidModelError(
-                f"{INDEX_FILENAME}: maps {len(absent)} tensor(s) to {filename} that it does not contain: "
-                f"{_preview(absent)}",
+                f"{INDEX_FILENAME}: maps {len(lacking)} tensor(s) to {filename} that it does not contain: "
+                f"{_preview(lacking)}",
                 fix="the index and the shards come from different exports: re-export the model and push it again",
             )
     return index.files
+
+
+def _absent(header: SafetensorsHeader, tensors: list[str]) -> list[str]:
+    return [tensor for tensor in tensors if tensor not in header.tensors]
 
 
 # --- helpers ---------------------------------------------------------------------------------------------------

@@ -522,3 +522,35 @@ def test_error_is_a_value_error_with_one_line(tmp_path):
         read_header(path)
     assert isinstance(info.value, InvalidModelError)
     assert info.value.one_line().startswith("x.safetensors: 2 trailing bytes")
+
+
+# --- memory ----------------------------------------------------------------------------------------------------
+
+
+def many_tensor_shards(root: Path, shards: int, tensors: int) -> int:
+    """Shards whose headers list many one-byte tensors (a header is ~100 MB at 1.7 M tensors); the header size."""
+    for shard in range(shards):
+        header = {f"model.layers.{n}.s{shard}.weight": entry("U8", [1], n, n + 1) for n in range(tensors)}
+        raw = json.dumps(header, separators=(",", ":")).encode()
+        (root / f"s{shard}.safetensors").write_bytes(struct.pack("<Q", len(raw)) + raw + bytes(tensors))
+    return len(raw)
+
+
+def test_headers_are_parsed_with_memory_bounded_by_one_header(tmp_path):
+    """Before: about 18x a header's size for one header (a pydantic object per tensor) and 47x for four shards,
+    every header kept; now about 9x, whatever the number of shards."""
+    import tracemalloc
+
+    header_bytes = many_tensor_shards(tmp_path, shards=4, tensors=5000)
+    tracemalloc.start()
+    try:
+        header = read_header(tmp_path / "s0.safetensors")
+        one = tracemalloc.get_traced_memory()[1]
+        del header
+        tracemalloc.reset_peak()
+        assert len(check_model_dir(tmp_path)) == 4
+        four = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert one < 14 * header_bytes
+    assert four < 16 * header_bytes

@@ -2,25 +2,20 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import threading
 import time
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 from conftest import run_cli
 
 from oci_crane_loader.formats import dmr
 from oci_crane_loader.oci import OCI_MANIFEST
+from tests.support.scripted_registry import ScriptedRegistry, digest, serve
 
 WEIGHTS = b"\x00" * (1 << 20)
 CONFIG = json.dumps({"config": {"format": "safetensors"}}).encode()
-
-
-def digest(data: bytes) -> str:
-    return "sha256:" + hashlib.sha256(data).hexdigest()
 
 
 MANIFEST = json.dumps({
@@ -31,34 +26,19 @@ MANIFEST = json.dumps({
 }).encode()
 
 
-class StallingRegistry(BaseHTTPRequestHandler):
+class StallingRegistry(ScriptedRegistry):
     """Serves one artifact; the weight blob sends its headers and 64 KiB, then nothing until the client leaves."""
 
     blob_starts: list[float] = []
     stop = threading.Event()
 
-    def log_message(self, *args: object) -> None:  # keep pytest output clean
-        pass
-
-    def _send(self, body: bytes, content_type: str) -> None:
-        self.send_response(200)
-        self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(len(body)))
-        self.send_header("Docker-Content-Digest", digest(body))
-        self.end_headers()
-        if self.command == "GET":
-            self.wfile.write(body)
-
-    def do_HEAD(self) -> None:
-        self.do_GET()
-
     def do_GET(self) -> None:
         if self.path == "/v2/":
-            self._send(b"{}", "application/json")
+            self.send_document(b"{}", "application/json")
         elif self.path.endswith("/manifests/v1") or self.path.endswith(digest(MANIFEST)):
-            self._send(MANIFEST, OCI_MANIFEST)
+            self.send_document(MANIFEST, OCI_MANIFEST)
         elif self.path.endswith(digest(CONFIG)):
-            self._send(CONFIG, "application/octet-stream")
+            self.send_document(CONFIG, "application/octet-stream")
         elif self.path.endswith(digest(WEIGHTS)):
             type(self).blob_starts.append(time.monotonic())
             self.send_response(200)
@@ -75,16 +55,8 @@ class StallingRegistry(BaseHTTPRequestHandler):
 def stalling_registry() -> Iterator[str]:
     StallingRegistry.blob_starts = []
     StallingRegistry.stop = threading.Event()
-    server = ThreadingHTTPServer(("127.0.0.1", 0), StallingRegistry)
-    server.daemon_threads = True
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"127.0.0.1:{server.server_address[1]}"
-    finally:
-        StallingRegistry.stop.set()
-        server.shutdown()
-        server.server_close()
+    with serve(StallingRegistry, before_stop=StallingRegistry.stop) as host:
+        yield host
 
 
 def test_stalled_download_is_stopped_retried_and_reported(stalling_registry, cache_dir, crane_binary):
