@@ -12,7 +12,7 @@ import platform as host_platform
 import threading
 import time
 from collections.abc import Callable, Iterable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -245,16 +245,30 @@ class Puller:
         layers = list(layers)
         self.progress.start(sum(layer.descriptor.size for layer in layers), len(layers))
         cancel = threading.Event()
+        failures: list[BaseException] = []
+
+        def fail_fast(future: Future[Path]) -> None:  # the first failure, whichever blob, stops the others
+            if not future.cancelled() and future.exception() is not None:
+                failures.append(future.exception())  # type: ignore[arg-type]
+                cancel.set()
+
         pool = ThreadPoolExecutor(max_workers=self.jobs, thread_name_prefix="oci-crane-blob")
         try:
             futures = [pool.submit(self.ensure_blob, reference, layer.descriptor, cancel) for layer in layers]
+            for future in futures:
+                future.add_done_callback(fail_fast)
             for layer, future in zip(layers, futures, strict=True):
                 path = future.result()
                 if on_ready is not None:
                     on_ready(layer, path)
+        except errors.CancelledError:
+            first = next((exc for exc in failures if not isinstance(exc, errors.CancelledError)), None)
+            if first is None:
+                raise
+            raise first from None
         except BaseException:
-            # Fail fast, and promptly on Ctrl-C / SIGTERM: queued downloads never start, running crane
-            # processes are stopped and their temp files removed before this returns.
+            # Promptly on Ctrl-C / SIGTERM too: queued downloads never start, running crane processes are
+            # stopped and their temp files removed before this returns.
             cancel.set()
             raise
         finally:
