@@ -106,7 +106,7 @@ def _environment() -> dict[str, str]:
 
 _SECRET_PATTERNS = [
     # A failing credential helper's own output, which crane quotes: `out: \`tester:s3cr3t\``.
-    (re.compile(r"(out: `)[^`]*(`)"), r"\1***\2"),
+    (re.compile(r"(out: `)[^`]+(`)"), r"\1***\2"),
     (re.compile(r"(?i)(https?://)[^/\s:@]+:[^/\s@]+@"), r"\1***@"),  # user:password@host
     (re.compile(r"(?i)(https?://[^\s?\"']+)\?[^\s\"']*"), r"\1?***"),  # presigned URL query strings
     # "Authorization: Bearer <token>": the scheme word is not the secret, the token after it is.

@@ -4,7 +4,6 @@ stalls blob bodies or answers 404."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import signal
@@ -14,11 +13,12 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
 from conftest import REPO_ROOT
+from support.handmade import HandmadeRegistry, digest
 
 from oci_crane_loader.formats import dmr
 from oci_crane_loader.oci import OCI_MANIFEST
@@ -27,10 +27,6 @@ pytestmark = pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="re
 
 CONFIG = json.dumps({"config": {"format": "safetensors"}}).encode()
 GIVE_UP = 120.0  # seconds: only to keep a broken run from hanging the suite, never a measured limit
-
-
-def digest(data: bytes) -> str:
-    return "sha256:" + hashlib.sha256(data).hexdigest()
 
 
 @dataclass
@@ -55,22 +51,7 @@ def serve(artifact: Artifact) -> Iterator[str]:
     manifest = artifact.manifest
     layers = {digest(data): data for data in artifact.layers}
 
-    class Handler(BaseHTTPRequestHandler):
-        def log_message(self, *args: object) -> None:
-            pass
-
-        def _send(self, body: bytes, content_type: str) -> None:
-            self.send_response(200)
-            self.send_header("Content-Type", content_type)
-            self.send_header("Content-Length", str(len(body)))
-            self.send_header("Docker-Content-Digest", digest(body))
-            self.end_headers()
-            if self.command == "GET":
-                self.wfile.write(body)
-
-        def do_HEAD(self) -> None:
-            self.do_GET()
-
+    class Handler(HandmadeRegistry):
         def do_GET(self) -> None:
             wanted = self.path.rsplit("/", 1)[-1]
             if self.path == "/v2/":

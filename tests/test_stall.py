@@ -2,25 +2,21 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import threading
 import time
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 
 import pytest
 from conftest import run_cli
+from support.handmade import HandmadeRegistry, digest
 
 from oci_crane_loader.formats import dmr
 from oci_crane_loader.oci import OCI_MANIFEST
 
 WEIGHTS = b"\x00" * (1 << 20)
 CONFIG = json.dumps({"config": {"format": "safetensors"}}).encode()
-
-
-def digest(data: bytes) -> str:
-    return "sha256:" + hashlib.sha256(data).hexdigest()
 
 
 MANIFEST = json.dumps({
@@ -31,26 +27,11 @@ MANIFEST = json.dumps({
 }).encode()
 
 
-class StallingRegistry(BaseHTTPRequestHandler):
+class StallingRegistry(HandmadeRegistry):
     """Serves one artifact; the weight blob sends its headers and 64 KiB, then nothing until the client leaves."""
 
     blob_starts: list[float] = []
     stop = threading.Event()
-
-    def log_message(self, *args: object) -> None:  # keep pytest output clean
-        pass
-
-    def _send(self, body: bytes, content_type: str) -> None:
-        self.send_response(200)
-        self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(len(body)))
-        self.send_header("Docker-Content-Digest", digest(body))
-        self.end_headers()
-        if self.command == "GET":
-            self.wfile.write(body)
-
-    def do_HEAD(self) -> None:
-        self.do_GET()
 
     def do_GET(self) -> None:
         if self.path == "/v2/":
