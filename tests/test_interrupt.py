@@ -13,12 +13,11 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from http.server import ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
 from conftest import REPO_ROOT
-from support.handmade import HandmadeRegistry, digest
+from support.handmade import HandmadeRegistry, digest, serving
 
 from oci_crane_loader.formats import dmr
 from oci_crane_loader.oci import OCI_MANIFEST
@@ -74,15 +73,11 @@ def serve(artifact: Artifact) -> Iterator[str]:
             else:
                 self.send_error(404)
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    server.daemon_threads = True
-    threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
-        yield f"127.0.0.1:{server.server_address[1]}"
+        with serving(Handler) as host:
+            yield host
     finally:
         artifact.stop.set()
-        server.shutdown()
-        server.server_close()
 
 
 @pytest.fixture

@@ -7,14 +7,12 @@ from __future__ import annotations
 import base64
 import json
 import os
-import threading
 from collections.abc import Iterator
-from http.server import ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
 from conftest import run_cli
-from support.handmade import HandmadeRegistry
+from support.handmade import HandmadeRegistry, serving
 
 SECRET = "Pl41n-S3cret-value"
 
@@ -63,14 +61,8 @@ class EchoingRegistry(HandmadeRegistry):
 
 @pytest.fixture
 def echoing() -> Iterator[str]:
-    server = ThreadingHTTPServer(("127.0.0.1", 0), EchoingRegistry)
-    server.daemon_threads = True
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        yield f"127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
+    with serving(EchoingRegistry) as host:
+        yield host
 
 
 def test_the_configured_secret_is_removed_wherever_crane_quotes_it(echoing, tmp_path, cache_dir, crane_binary):

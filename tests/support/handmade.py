@@ -3,8 +3,11 @@ blob, echo credentials): tests subclass the handler and answer GET themselves.""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
-from http.server import BaseHTTPRequestHandler
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 
 def digest(data: bytes) -> str:
@@ -29,3 +32,16 @@ class HandmadeRegistry(BaseHTTPRequestHandler):
 
     def do_GET(self) -> None:
         raise NotImplementedError
+
+
+@contextlib.contextmanager
+def serving(handler: type[BaseHTTPRequestHandler]) -> Iterator[str]:
+    """Serve ``handler`` on 127.0.0.1 (a free port) and always stop; yields host:port."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
