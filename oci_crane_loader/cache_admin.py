@@ -27,7 +27,7 @@ from .formats import Action, recognise
 from .oci import Index, Manifest, parse_manifest_or_index, sha256_digest
 from .progress import human
 from .reference import Reference
-from .store import DIGESTS, LAYOUT_MARKER, TAGS, Store, file_sha256, fsync_dir
+from .store import DIGESTS, FETCHING, LAYOUT_MARKER, TAGS, Store, file_sha256, fsync_dir
 
 TMP_MAX_AGE = 3600.0  # seconds: older tmp/ entries are leftovers of interrupted runs
 _HEX = re.compile(r"[a-f0-9]{64}")
@@ -403,13 +403,17 @@ def _unreferenced(store: Store, tmp_age: float) -> list[Removal]:
     now = time.time()
     removals: list[Removal] = []
     keep_inodes: set[tuple[int, int]] = set()  # files of kept directories: their blobs stay, whatever else
+    running: list[_Ref] = []  # fetches in progress: their ref is written only once they succeed
     for entry in _entries(store.root / "tmp"):
         if now - _newest_mtime(entry) > tmp_age:
             removals.append(Removal("tmp", entry, _freed_by(entry)))
         else:
             keep_inodes |= _inodes(entry)
+            if entry.name.startswith(FETCHING):
+                with contextlib.suppress(OSError, UnicodeDecodeError):
+                    running.append(_Ref(None, entry, entry.read_text().strip()))
     refs = _refs(store)
-    referenced = _referenced_manifests(store, refs)
+    referenced = _referenced_manifests(store, refs + running)
     for kind, digest, directory in _all_dirs(store):
         if digest in referenced:
             keep_inodes |= _inodes(directory)

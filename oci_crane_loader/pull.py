@@ -288,16 +288,17 @@ class Puller:
     def fetch(self, text: str) -> FetchResult:
         reference = parse_reference(text)
         resolved = self.resolve(reference)
-        plan = self.plan(resolved)
-        path = self.store.model_path(resolved.digest, self.subpath)
-        if path.is_dir():
-            self.check_cached(resolved, plan)
-        else:
-            # Small files first (config, tokenizer): they name the shards and fail fast on a bad artifact.
-            self.ensure_blobs(reference, plan.small_layers)
-            self.ensure_blobs(reference, plan.weight_layers)
-            path = materialize(self.store, plan, resolved.digest, subpath=self.subpath)
-        self.record(resolved)
+        with self.store.fetching(resolved.index_digest or resolved.digest):
+            plan = self.plan(resolved)
+            path = self.store.model_path(resolved.digest, self.subpath)
+            if path.is_dir():
+                self.check_cached(resolved, plan)
+            else:
+                # Small files first (config, tokenizer): they name the shards and fail fast on a bad artifact.
+                self.ensure_blobs(reference, plan.small_layers)
+                self.ensure_blobs(reference, plan.weight_layers)
+                path = materialize(self.store, plan, resolved.digest, subpath=self.subpath)
+            self.record(resolved)
         files = list_files(path)
         return FetchResult(str(reference), resolved.digest, resolved.pinned, path, plan.format, files,
                            sum((path / name).stat().st_size for name in files), resolved.index_digest)
@@ -316,17 +317,18 @@ class Puller:
         before any weight is downloaded; weights follow through ``ensure_blobs``. Formats whose weights and
         config share archives (images, KitOps) cannot be split: the whole model directory is fetched here."""
         resolved = self.resolve(parse_reference(text))
-        plan = self.plan(resolved)
-        if plan.streamable and not plan.weight_layers:
-            raise errors.UnsupportedFormatError(f"{resolved.reference} holds no safetensors weights")
-        self.ensure_blobs(resolved.reference, plan.small_layers)
-        if not plan.streamable:  # materialize() checks that the directory holds safetensors weights
-            self.ensure_blobs(resolved.reference, plan.weight_layers)
-            path = materialize(self.store, plan, resolved.digest, subpath=self.subpath)
-        else:
-            path = materialize(self.store, plan, resolved.digest, weights=False, subpath=self.subpath)
-        # Streamed weights are verified blob by blob as they arrive; the tag moves once the config files are.
-        self.record(resolved)
+        with self.store.fetching(resolved.index_digest or resolved.digest):
+            plan = self.plan(resolved)
+            if plan.streamable and not plan.weight_layers:
+                raise errors.UnsupportedFormatError(f"{resolved.reference} holds no safetensors weights")
+            self.ensure_blobs(resolved.reference, plan.small_layers)
+            if not plan.streamable:  # materialize() checks that the directory holds safetensors weights
+                self.ensure_blobs(resolved.reference, plan.weight_layers)
+                path = materialize(self.store, plan, resolved.digest, subpath=self.subpath)
+            else:
+                path = materialize(self.store, plan, resolved.digest, weights=False, subpath=self.subpath)
+            # Streamed weights are verified blob by blob as they arrive; the tag moves once the config files are.
+            self.record(resolved)
         return resolved, plan, path
 
     def inspect(self, text: str) -> InspectResult:

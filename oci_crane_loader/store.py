@@ -44,7 +44,8 @@ def fsync(fd: int) -> None:
 
 _HASH_CHUNK = 4 << 20
 TAGS, DIGESTS = "@tags", "@digests"  # ref directories under refs/<registry>/<repository>/
-LAYOUT_MARKER = ".layout-2"  # in refs/: the refs were moved to the @tags/ layout
+LAYOUT_MARKER = ".layout-2"
+FETCHING = "fetching-"  # tmp/ marker of a fetch in progress  # in refs/: the refs were moved to the @tags/ layout
 
 
 def _model_name(manifest_digest: str, subpath: str | None) -> str:
@@ -228,6 +229,17 @@ class Store:
                 with contextlib.suppress(FileNotFoundError):  # another process moved it first
                     os.replace(parent / name, parent / TAGS / name)
         marker.touch()
+
+    @contextlib.contextmanager
+    def fetching(self, digest: str) -> Iterator[None]:
+        """While a fetch runs, before its ref is written: a marker in tmp/ that tells prune to keep what
+        ``digest`` reaches."""
+        marker = self.temp_path(f"{FETCHING}{digest_hex(digest)[:16]}")
+        marker.write_text(digest)
+        try:
+            yield
+        finally:
+            marker.unlink(missing_ok=True)
 
     # --- models ------------------------------------------------------------------------------------------------
     def new_model_dir(self, manifest_digest: str) -> Path:

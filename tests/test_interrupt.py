@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from conftest import REPO_ROOT
+from conftest import REPO_ROOT, run_cli
 from support.handmade import HandmadeRegistry, digest, serving
 
 from oci_crane_loader.formats import dmr
@@ -128,7 +128,8 @@ def downloading(proc: subprocess.Popen[str], cache_dir: Path, jobs: int) -> set[
     """Wait until ``jobs`` crane children are streaming into tmp/; their pids."""
     tmp = cache_dir / "tmp"
     wait_for(lambda: len(crane_children(proc.pid)) == jobs and tmp.is_dir() and
-             sum(1 for p in tmp.iterdir() if p.stat().st_size > 0) == jobs, "the downloads to start")
+             sum(1 for p in tmp.iterdir() if not p.name.startswith("fetching-") and p.stat().st_size > 0) == jobs,
+             "the downloads to start")
     return crane_children(proc.pid)
 
 
@@ -177,3 +178,19 @@ def test_the_first_failed_blob_stops_the_rest(cache_dir):
         assert len(done.stderr.strip().splitlines()) == 1, done.stderr
         assert len(artifact.gets) < 10, f"{len(artifact.gets)} of 50 missing blobs were still requested"
     assert list((cache_dir / "tmp").iterdir()) == []
+
+
+def test_prune_keeps_what_a_running_fetch_has_downloaded(stalling, cache_dir):
+    """The tag's ref is written only when the fetch succeeds: until then its tmp/ marker keeps its files."""
+    proc = start_fetch(stalling, cache_dir, "--jobs", "2")
+    try:
+        downloading(proc, cache_dir, 2)
+        kept = sorted(p.name for sub in ("blobs", "manifests") for p in (cache_dir / sub / "sha256").iterdir())
+        assert len(kept) == 2  # the manifest and the config blob
+        pruned = run_cli("cache", "prune", "--cache-dir", str(cache_dir), "--json")
+        assert pruned.returncode == 0, pruned.stderr
+        assert json.loads(pruned.stdout)["removed"] == []
+        assert sorted(p.name for sub in ("blobs", "manifests") for p in (cache_dir / sub / "sha256").iterdir()) == kept
+    finally:
+        proc.kill()
+        proc.wait()
