@@ -39,7 +39,6 @@ MINIMUM_VERSION = (0, 21, 8)  # v0.21.6 hangs on multi-layer pulls
 BUNDLED_BINARY = Path(__file__).parent / "_bin" / "crane"  # where bin/install-crane puts it, and where wheels ship it
 
 
-
 def install_hint() -> str:
     return errors.CraneMissingError.default_fix
 
@@ -295,11 +294,12 @@ def _die_with_us() -> dict[str, Any]:
     if not sys.platform.startswith("linux"):
         return {}
     parent = os.getpid()
+    prctl = ctypes.CDLL(None, use_errno=True).prctl  # looked up here: no dlopen/dlsym between fork and exec
 
     def set_parent_death_signal() -> None:
         # Runs in the child between fork and exec. PR_SET_PDEATHSIG fires when the thread that forked exits:
         # that thread waits for crane (run, blob), so it outlives crane unless the whole process dies.
-        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
         if os.getppid() != parent:  # we died before prctl took effect
             os._exit(1)
 

@@ -87,7 +87,7 @@ class Store:
         try:
             for sub in ("blobs/sha256", "manifests/sha256", "refs", "models/sha256", "configs/sha256", "tmp", "locks"):
                 (self.root / sub).mkdir(parents=True, exist_ok=True)
-            self._migrate_refs()
+            self._try_migrate_refs()
         except OSError as exc:
             raise errors.cache_os_error(exc, f"create the cache at {self.root}", self.root) from exc
 
@@ -230,12 +230,19 @@ class Store:
                     os.replace(parent / name, parent / TAGS / name)
         marker.touch()
 
+    def _try_migrate_refs(self) -> None:
+        try:
+            self._migrate_refs()
+        except OSError as exc:  # a read-only cache still serves what the new layout holds
+            log.warning("cannot move the refs of %s to the @tags/ layout: %s", self.root, exc)
+
     @contextlib.contextmanager
     def fetching(self, digest: str) -> Iterator[None]:
         """While a fetch runs, before its ref is written: a marker in tmp/ that tells prune to keep what
         ``digest`` reaches."""
         marker = self.temp_path(f"{FETCHING}{digest_hex(digest)[:16]}")
-        marker.write_text(digest)
+        with contextlib.suppress(OSError):  # a read-only cache: an offline fetch, nothing to protect
+            marker.write_text(digest)
         try:
             yield
         finally:

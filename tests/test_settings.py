@@ -134,3 +134,15 @@ def test_a_full_disk_during_a_download_names_the_cache_and_free_space(registry, 
     assert len(lines) == 1 and "No space left on device" in lines[0], done.stderr
     assert f"fix: free disk space on the disk of {cache_dir.resolve()}" in lines[0]
     assert json.dumps(lines)  # one printable line
+
+
+def test_a_read_only_file_system_says_so(tmp_path):
+    unshare = _unshare()
+    mount = tmp_path / "ro"
+    mount.mkdir()
+    script = 'mount -t tmpfs -o ro tmpfs "$1" && shift && exec "$@"'
+    done = subprocess.run([*unshare, "sh", "-c", script, "sh", str(mount), sys.executable, "-m", "oci_crane_loader",
+                           "cache", "ls", "--cache-dir", str(mount / "cache")], capture_output=True, text=True,
+                          cwd=REPO_ROOT, timeout=300, check=False)
+    assert done.returncode == 1
+    assert "Read-only file system" in done.stderr and "is on a read-only file system" in done.stderr, done.stderr
