@@ -189,7 +189,12 @@ class Puller:
 
     def record(self, resolved: Resolved) -> None:
         """After a successful fetch: the tag now names this digest, and a fetch by digest is kept by prune."""
-        self.store.save_ref(resolved.reference, resolved.index_digest or resolved.digest)
+        try:
+            self.store.save_ref(resolved.reference, resolved.index_digest or resolved.digest)
+        except OSError:
+            if not self.crane.offline:
+                raise
+            log.warning("cannot record %s in the read-only cache %s", resolved.reference, self.store.root)
 
     # --- blobs -------------------------------------------------------------------------------------------------
     def ensure_blob(self, reference: Reference, descriptor: Descriptor,

@@ -241,8 +241,11 @@ class Store:
         """While a fetch runs, before its ref is written: a marker in tmp/ that tells prune to keep what
         ``digest`` reaches."""
         marker = self.temp_path(f"{FETCHING}{digest_hex(digest)[:16]}")
-        with contextlib.suppress(OSError):  # a read-only cache: an offline fetch, nothing to protect
+        try:
             marker.write_text(digest)
+        except OSError:  # a read-only cache: an offline fetch, nothing to protect
+            yield
+            return
         try:
             yield
         finally:

@@ -7,9 +7,11 @@ import hashlib
 import json
 import os
 import stat
+import subprocess
+import sys
 from pathlib import Path
 
-from conftest import push_model, run_cli, tree_bytes, write_model
+from conftest import REPO_ROOT, push_model, run_cli, tree_bytes, unshare_mount, write_model
 
 OFFLINE = {"OCI_CRANE_BINARY": "/nonexistent/crane"}  # crane must not even start
 
@@ -122,3 +124,19 @@ def test_a_truncated_cached_blob_is_noticed_at_once_and_repaired(registry, tmp_p
     cache_json(cache_dir, "prune", "--damaged")
     assert tree_bytes(Path(str(fetch_json(reference, cache_dir)["path"]))) == tree_bytes(source)
     assert run_cli("cache", "verify", "--cache-dir", str(cache_dir)).returncode == 0
+
+
+def test_a_read_only_cache_serves_offline_by_tag_and_by_digest(registry, tmp_path, cache_dir):
+    unshare = unshare_mount()
+    source = write_model(tmp_path / "src")
+    reference = f"{registry.host}/acme/frozen:v1"
+    pinned = push_model(source, reference, tmp_path)
+    path = fetch_json(reference, cache_dir)["path"]
+    script = 'mount --bind "$1" "$1" && mount -o remount,ro,bind "$1" && shift && exec "$@"'
+    for typed in (reference, pinned):
+        done = subprocess.run([*unshare, "sh", "-c", script, "sh", str(cache_dir), sys.executable, "-m",
+                               "oci_crane_loader", "fetch", typed, "--cache-dir", str(cache_dir), "--offline"],
+                              capture_output=True, text=True, cwd=REPO_ROOT, timeout=300, check=False,
+                              env={**os.environ, **OFFLINE})
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.strip() == path

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -12,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import REPO_ROOT, push_model, run_cli, write_model
+from conftest import REPO_ROOT, push_model, run_cli, unshare_mount, write_model
 from safetensors.numpy import save_file
 
 from oci_crane_loader import errors
@@ -108,19 +107,8 @@ def test_a_file_in_the_way_says_so(tmp_path):
     assert "free space" not in done.stderr and "is in the way" in done.stderr, done.stderr
 
 
-def _unshare() -> list[str]:
-    """A private mount namespace (as root, or as a user where user namespaces are allowed), or skip."""
-    tool = shutil.which("unshare")
-    if tool is None or not sys.platform.startswith("linux"):
-        pytest.skip("needs Linux unshare to mount a small tmpfs")
-    argv = [tool, "--mount"] if os.geteuid() == 0 else [tool, "--mount", "--map-root-user"]
-    if subprocess.run([*argv, "mount", "-t", "tmpfs", "tmpfs", "/mnt"], capture_output=True, check=False).returncode:
-        pytest.skip("mount namespaces are not allowed here")
-    return argv
-
-
 def test_a_full_disk_during_a_download_names_the_cache_and_free_space(registry, tmp_path, cache_dir):
-    unshare = _unshare()
+    unshare = unshare_mount()
     source = write_model(tmp_path / "src", shards=1)
     save_file({"big": np.zeros(1 << 18, dtype=np.float32)}, str(source / "model.safetensors"))  # 1 MiB
     push_model(source, f"{registry.host}/acme/big:v1", tmp_path)
@@ -137,7 +125,7 @@ def test_a_full_disk_during_a_download_names_the_cache_and_free_space(registry, 
 
 
 def test_a_read_only_file_system_says_so(tmp_path):
-    unshare = _unshare()
+    unshare = unshare_mount()
     mount = tmp_path / "ro"
     mount.mkdir()
     script = 'mount -t tmpfs -o ro tmpfs "$1" && shift && exec "$@"'
