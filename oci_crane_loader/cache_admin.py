@@ -27,7 +27,7 @@ from .formats import Action, recognise
 from .oci import Index, Manifest, parse_manifest_or_index, sha256_digest
 from .progress import human
 from .reference import Reference
-from .store import Store, file_sha256, fsync_dir
+from .store import DIGESTS, FETCHING, LAYOUT_MARKER, TAGS, Store, file_sha256, fsync_dir
 
 TMP_MAX_AGE = 3600.0  # seconds: older tmp/ entries are leftovers of interrupted runs
 _HEX = re.compile(r"[a-f0-9]{64}")
@@ -185,9 +185,22 @@ def _digest_files(directory: Path) -> list[Path]:
 
 @dataclass(frozen=True)
 class _Ref:
-    reference: str | None  # None: a file under refs/ that is not refs/<registry>/<repository>/<tag>
+    reference: str | None  # None: a file under refs/ that is not refs/<registry>/<repository>/@tags/<tag>
     path: Path
     digest: str | None  # None: the file does not hold a digest
+
+
+def _ref_name(parts: tuple[str, ...]) -> str | None:
+    """registry/repository:tag or registry/repository@sha256:hex for refs/<registry>/<repository>/@tags/<tag>
+    or .../@digests/<hex>; None for any other path."""
+    if len(parts) < 4:
+        return None
+    repository = f"{parts[0]}/{'/'.join(parts[1:-2])}"
+    if parts[-2] == TAGS:
+        return f"{repository}:{parts[-1]}"
+    if parts[-2] == DIGESTS and _HEX.fullmatch(parts[-1]):
+        return f"{repository}@sha256:{parts[-1]}"
+    return None
 
 
 def _refs(store: Store) -> list[_Ref]:
@@ -195,7 +208,9 @@ def _refs(store: Store) -> list[_Ref]:
     found = []
     for path in sorted(_walk_files(base)):
         parts = path.relative_to(base).parts
-        reference = f"{parts[0]}/{'/'.join(parts[1:-1])}:{parts[-1]}" if len(parts) >= 3 else None
+        if parts == (LAYOUT_MARKER,):
+            continue
+        reference = _ref_name(parts)
         try:
             text = path.read_text().strip()
         except (OSError, UnicodeDecodeError):
@@ -361,7 +376,8 @@ def verify_cache(store: Store) -> VerifyReport:
     problems = [p for path in blobs if (p := _hash_problem("blob", path))]
     problems += [p for path in manifests if (p := _hash_problem("manifest", path))]
     refs = _refs(store)
-    problems += [Problem("ref", ref.path, "not refs/<registry>/<repository>/<tag>" if ref.reference is None
+    problems += [Problem("ref", ref.path, "not refs/<registry>/<repository>/@tags/<tag> or @digests/<hex>"
+                         if ref.reference is None
                          else "does not hold a sha256 digest") for ref in refs
                  if ref.reference is None or ref.digest is None]
     blob_inodes = _inodes_of(blobs)
@@ -387,13 +403,17 @@ def _unreferenced(store: Store, tmp_age: float) -> list[Removal]:
     now = time.time()
     removals: list[Removal] = []
     keep_inodes: set[tuple[int, int]] = set()  # files of kept directories: their blobs stay, whatever else
+    running: list[_Ref] = []  # fetches in progress: their ref is written only once they succeed
     for entry in _entries(store.root / "tmp"):
         if now - _newest_mtime(entry) > tmp_age:
             removals.append(Removal("tmp", entry, _freed_by(entry)))
         else:
             keep_inodes |= _inodes(entry)
+            if entry.name.startswith(FETCHING):
+                with contextlib.suppress(OSError, UnicodeDecodeError):
+                    running.append(_Ref(None, entry, entry.read_text().strip()))
     refs = _refs(store)
-    referenced = _referenced_manifests(store, refs)
+    referenced = _referenced_manifests(store, refs + running)
     for kind, digest, directory in _all_dirs(store):
         if digest in referenced:
             keep_inodes |= _inodes(directory)
@@ -497,10 +517,7 @@ def prune_cache(store: Store, *, dry_run: bool = False, damaged: bool = False,
 
 
 def remove_ref(store: Store, reference: Reference) -> str:
-    """Delete refs/<registry>/<repository>/<tag>; returns the digest it held. Nothing else is deleted."""
-    if reference.digest is not None or reference.tag is None:
-        raise errors.InvalidReferenceError(f"{reference.original} names a digest: only tags have refs",
-                                           "pass REGISTRY/REPOSITORY:TAG as `oci-crane cache ls` lists it")
+    """Delete the ref of a tag or of a fetch by digest; returns the digest it held. Nothing else is deleted."""
     path = store.ref_path(reference)
     try:
         digest = path.read_text().strip()

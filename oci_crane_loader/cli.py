@@ -8,31 +8,30 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
+import signal
 import sys
+import threading
 from collections.abc import Sequence
 
 from . import __version__, errors
 from .crane import Crane
 from .progress import Progress, human
-from .pull import Puller
+from .pull import MAX_JOBS, Puller
 from .reference import parse_reference
+from .settings import settings
 from .store import Store
 
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
-
-
-def _truthy(name: str) -> bool:
-    return os.environ.get(name, "").lower() in ("1", "true", "yes", "on")
+EXIT_TERMINATED = 143
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cache-dir",
                         help="cache root (default: $OCI_CRANE_LOADER_CACHE or ~/.cache/oci-crane-loader)")
     parser.add_argument("--platform", help="os/arch[/variant] to pick from a multi-platform index (default: host)")
-    parser.add_argument("--offline", action="store_true", default=_truthy("OCI_CRANE_OFFLINE"),
+    parser.add_argument("--offline", action="store_true",
                         help="use the cache only, never the network (also OCI_CRANE_OFFLINE=1)")
     parser.add_argument("--subpath", metavar="DIR",
                         help="the model directory inside an image or artifact (default: where config.json is)")
@@ -48,7 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     fetch = commands.add_parser("fetch", help="download a model into the cache and print its directory")
     fetch.add_argument("reference", metavar="REF", help="e.g. ghcr.io/acme/llama:v1 or oci://127.0.0.1:5000/m:v1")
-    fetch.add_argument("--jobs", type=int, default=4, help="blobs downloaded at once (default 4)")
+    fetch.add_argument("--jobs", type=_jobs, default=4, help=f"blobs downloaded at once, 1 to {MAX_JOBS} (default 4)")
     output = fetch.add_mutually_exclusive_group()
     output.add_argument("--json", action="store_true", help="print one JSON object instead of the path")
     output.add_argument("--quiet", "-q", action="store_true", help="no progress on stderr")
@@ -113,6 +112,16 @@ def _push_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
     push.add_argument("--debug", action="store_true", help="log every step and show tracebacks")
 
 
+def _jobs(text: str) -> int:
+    try:
+        jobs = int(text)
+    except ValueError:
+        jobs = 0
+    if not 1 <= jobs <= MAX_JOBS:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number from 1 to {MAX_JOBS}")
+    return jobs
+
+
 def _local(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """Options of the commands that never touch the network."""
     parser.add_argument("--cache-dir",
@@ -123,14 +132,12 @@ def _local(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
 
 
 def _puller(args: argparse.Namespace, jobs: int = 4, progress: Progress | None = None) -> Puller:
-    crane = Crane(insecure=args.insecure, platform=args.platform, offline=args.offline)
+    crane = Crane(insecure=args.insecure, platform=args.platform, offline=args.offline or settings().offline)
     return Puller(Store(args.cache_dir), crane, jobs=jobs, progress=progress, subpath=args.subpath)
 
 
 def _run(args: argparse.Namespace) -> int:
     if args.command == "fetch":
-        if args.jobs < 1:
-            raise errors.OciCraneError(f"--jobs {args.jobs} is not a positive number", "pass --jobs 1 or more")
         progress = Progress(enabled=not (args.quiet or args.json))
         result = _puller(args, args.jobs, progress).fetch(args.reference)
         print(json.dumps(result.to_json(), indent=2) if args.json else result.path)
@@ -213,8 +220,21 @@ def _cache(args: argparse.Namespace) -> None:
                 print(cache_admin.format_prune(pruned))
 
 
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM, turned into an exception so that downloads are cancelled and reaped as on Ctrl-C."""
+
+
+def _terminate(signum: int, frame: object) -> None:
+    raise _Terminated
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "cache_dir", None) is not None and not args.cache_dir.strip():
+        parser.error("--cache-dir is empty: name a directory, or leave the option out for the default cache")
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _terminate)
     logging.basicConfig(level=logging.DEBUG if args.debug else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     try:
@@ -224,12 +244,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"error: {exc.one_line()}", file=sys.stderr)
         return EXIT_FAILURE
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
         print("interrupted; partial downloads were discarded", file=sys.stderr)
-        return EXIT_INTERRUPTED
-    except OSError as exc:  # disk full, permissions: still one line
+        return EXIT_TERMINATED if isinstance(exc, _Terminated) else EXIT_INTERRUPTED
+    except OSError as exc:  # disk full, permissions: still one line, with the fix that fits the errno
         if args.debug:
             raise
-        print(f"error: {exc.strerror or exc} ({exc.filename or 'cache'}) -- fix: check free space and permissions "
-              "of the cache directory", file=sys.stderr)
+        cache = getattr(args, "cache_dir", None) or "the cache directory"
+        print(f"error: {errors.cache_os_error(exc, 'write to the cache', cache).one_line()}", file=sys.stderr)
         return EXIT_FAILURE

@@ -7,8 +7,11 @@ config keychain itself, and anything that looks like a credential is redacted fr
 
 from __future__ import annotations
 
+import base64
 import contextlib
+import ctypes
 import functools
+import json
 import logging
 import os
 import queue
@@ -16,25 +19,25 @@ import re
 import shutil
 import signal
 import subprocess
+import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+from urllib.parse import quote
 
 from . import errors
 from .executable import executable_platform, host_platform
+from .settings import settings
 
 log = logging.getLogger(__name__)
 
 PINNED_VERSION = "v0.21.9"
 MINIMUM_VERSION = (0, 21, 8)  # v0.21.6 hangs on multi-layer pulls
 BUNDLED_BINARY = Path(__file__).parent / "_bin" / "crane"  # where bin/install-crane puts it, and where wheels ship it
-
-DEFAULT_TIMEOUT = float(os.environ.get("OCI_CRANE_TIMEOUT", "120"))
-# crane blob has no read timeout: a stalled stream hangs forever, so we watch the file grow instead.
-DEFAULT_STALL_TIMEOUT = float(os.environ.get("OCI_CRANE_STALL_TIMEOUT", "60"))
 
 
 def install_hint() -> str:
@@ -160,18 +163,51 @@ def _environment() -> dict[str, str]:
 # --- error classification ------------------------------------------------------------------------------------
 
 _SECRET_PATTERNS = [
+    # A failing credential helper's own output, which crane quotes: `out: \`tester:s3cr3t\``.
+    (re.compile(r"(out: `)[^`]+(`)"), r"\1***\2"),
     (re.compile(r"(?i)(https?://)[^/\s:@]+:[^/\s@]+@"), r"\1***@"),  # user:password@host
     (re.compile(r"(?i)(https?://[^\s?\"']+)\?[^\s\"']*"), r"\1?***"),  # presigned URL query strings
     # "Authorization: Bearer <token>": the scheme word is not the secret, the token after it is.
-    (re.compile(r"(?i)\b(authorization|bearer|basic|token|password|secret)([\"'=: ]+)(?:(?:bearer|basic)\s+)?"
-                r"[^\s\"',;]+"), r"\1\2***"),
+    # Not after '/', '.', '-' or a letter: `probe/secret:v1` names a repository, it holds no secret.
+    (re.compile(r"(?i)(?<![\w/.-])(authorization|bearer|basic|token|password|secret)([\"'=: ]+)"
+                r"(?:(?:bearer|basic)\s+)?[^\s\"',;]+"), r"\1\2***"),
 ]
 
 
-def redact(text: str) -> str:
+def redact(text: str, secrets: Iterable[str] = ()) -> str:
+    """Remove ``secrets`` (the credentials actually configured, see configured_secrets) wherever they appear,
+    then whatever looks like a credential."""
+    for secret in sorted(set(secrets), key=len, reverse=True):
+        if len(secret) >= 3:  # a one- or two-letter "secret" would blank out ordinary text
+            text = text.replace(secret, "***")
     for pattern, replacement in _SECRET_PATTERNS:
         text = pattern.sub(replacement, text)
     return text
+
+
+def configured_secrets(argv: Sequence[str]) -> list[str]:
+    """The credentials crane would send to the registries named in ``argv``, as `crane auth get` reads them from
+    the docker config (auths, credsStore, credHelpers): asked only when an error is about to be shown."""
+    from .reference import parse_reference
+
+    found: list[str] = []
+    registries = set()
+    for arg in argv[1:]:
+        with contextlib.suppress(errors.InvalidReferenceError):
+            if "/" in arg and not os.path.exists(arg):
+                registries.add(parse_reference(arg).registry)
+    for registry in sorted(registries):
+        try:
+            proc = subprocess.run([argv[0], "auth", "get", registry], capture_output=True, timeout=10,
+                                  env=_environment(), check=False)
+            answer = json.loads(proc.stdout) if proc.returncode == 0 else {}
+        except Exception:  # best effort: the keyword patterns still apply
+            continue
+        secret, user = str(answer.get("Secret") or ""), str(answer.get("Username") or "")
+        if secret:
+            basic = base64.b64encode(f"{user}:{secret}".encode()).decode()
+            found += [secret, basic, quote(secret, safe="")]
+    return found
 
 
 @dataclass(frozen=True)
@@ -201,9 +237,9 @@ _RULES = [
 ]
 
 
-def classify(command: Sequence[str], returncode: int, stderr: str) -> errors.CraneError:
+def classify(command: Sequence[str], returncode: int, stderr: str, secrets: Iterable[str] = ()) -> errors.CraneError:
     """Map crane's stderr to one typed error whose cause quotes crane's own (redacted) message."""
-    clean = redact(stderr.strip())
+    clean = redact(stderr.strip(), secrets)
     lines = [line for line in clean.splitlines() if line.strip()]
     message = next((line[len("Error: "):] for line in reversed(lines) if line.startswith("Error: ")),
                    lines[-1] if lines else f"crane exited with status {returncode}")
@@ -219,12 +255,13 @@ class Crane:
     """Runs crane. ``offline=True`` is the one switch that forbids the network: every call raises OfflineError."""
 
     def __init__(self, *, insecure: bool = False, platform: str | None = None, offline: bool = False,
-                 timeout: float = DEFAULT_TIMEOUT, stall_timeout: float = DEFAULT_STALL_TIMEOUT) -> None:
+                 timeout: float | None = None, stall_timeout: float | None = None) -> None:
         self.insecure = insecure
         self.platform = platform
         self.offline = offline
-        self.timeout = timeout
-        self.stall_timeout = stall_timeout
+        self.timeout = timeout or settings().timeout  # OCI_CRANE_TIMEOUT
+        # crane blob has no read timeout: a stalled stream hangs forever, so we watch the file grow instead.
+        self.stall_timeout = stall_timeout or settings().stall_timeout  # OCI_CRANE_STALL_TIMEOUT
 
     def _argv(self, *args: str, platform: bool = False) -> list[str]:
         if self.offline:
@@ -241,15 +278,16 @@ class Crane:
         argv = self._argv(*args, platform=platform)
         log.debug("running %s", " ".join(argv))
         try:
-            proc = subprocess.run(argv, input=stdin, capture_output=True, timeout=self.timeout, env=_environment(),
-                                  check=False)
+            proc: subprocess.CompletedProcess[bytes] = subprocess.run(
+                argv, input=stdin, capture_output=True, timeout=self.timeout, env=_environment(),
+                check=False, **_die_with_us())
         except subprocess.TimeoutExpired as exc:
             raise errors.CraneTimeoutError(f"`crane {args[0]}` got no answer within {self.timeout:.0f}s",
                                            command=argv) from exc
         except FileNotFoundError as exc:
             raise errors.CraneMissingError(f"crane at {argv[0]} disappeared", command=argv) from exc
         if proc.returncode != 0:
-            raise classify(argv, proc.returncode, proc.stderr.decode(errors="replace"))
+            raise classify(argv, proc.returncode, proc.stderr.decode(errors="replace"), configured_secrets(argv))
         return proc.stdout
 
     def manifest(self, reference: str) -> bytes:
@@ -263,20 +301,22 @@ class Crane:
         return self.run("push", str(layout), reference).decode().strip()
 
     def blob(self, pinned: str, destination: Path, progress: Callable[[int], None] | None = None, *,
-             size: int | None = None) -> None:
-        """Stream ``repo@sha256:...`` into ``destination`` (a temp file), killing crane if the stream stalls or,
-        given the descriptor's ``size``, grows past it (crane reads an endless body until its digest check)."""
+             size: int | None = None, cancel: threading.Event | None = None) -> None:
+        """Stream ``repo@sha256:...`` into ``destination`` (a temp file), stopping crane if the stream stalls,
+        ``cancel`` is set (CancelledError) or, given the descriptor's ``size``, the file grows past it (crane reads
+        an endless body until its digest check)."""
         argv = self._argv("blob", pinned)
         log.debug("running %s", " ".join(argv))
         with open(destination, "wb") as out, tempfile.TemporaryFile() as err:
             try:
-                proc = subprocess.Popen(argv, stdout=out, stderr=err, env=_environment())
+                proc = subprocess.Popen(argv, stdout=out, stderr=err, env=_environment(), **_die_with_us())
             except FileNotFoundError as exc:
                 raise errors.CraneMissingError(f"crane at {argv[0]} disappeared", command=argv) from exc
             if size is not None:
-                _limit_file_size(proc.pid, size + 1)
+                # The limit binds every file crane writes, its stderr file too: leave room for an error message.
+                _limit_file_size(proc.pid, max(size + 1, STDERR_ROOM))
             try:
-                self._watch(proc, out.fileno(), progress, pinned, argv, size)
+                self._watch(proc, out.fileno(), progress, pinned, argv, size, cancel)
             finally:
                 if proc.poll() is None:
                     _stop(proc)
@@ -284,12 +324,16 @@ class Crane:
                 raise _oversized(pinned, size, argv)
             if proc.returncode != 0:
                 err.seek(0)
-                raise classify(argv, proc.returncode, err.read().decode(errors="replace"))
+                raise classify(argv, proc.returncode, err.read().decode(errors="replace"), configured_secrets(argv))
 
     def _watch(self, proc: subprocess.Popen[bytes], fd: int, progress: Callable[[int], None] | None,
-               pinned: str, argv: list[str], limit: int | None = None) -> None:
+               pinned: str, argv: list[str], limit: int | None = None,
+               cancel: threading.Event | None = None) -> None:
         size, last_growth = 0, time.monotonic()
         while True:
+            if cancel is not None and cancel.is_set():
+                _stop(proc)
+                raise errors.CancelledError(f"download of {pinned} was cancelled", command=argv)
             try:
                 proc.wait(timeout=0.2)
                 finished = True
@@ -318,6 +362,9 @@ def _oversized(pinned: str, size: int, argv: list[str]) -> errors.CraneIntegrity
         command=argv)
 
 
+STDERR_ROOM = 1 << 20  # the least RLIMIT_FSIZE given to crane, so that a tiny blob's error is not cut short
+
+
 def _limit_file_size(pid: int, limit: int) -> None:
     """Where the OS allows it (Linux), crane cannot write past ``limit`` bytes at all: the watchdog's poll alone
     would let a fast endless stream run on for its interval. No core file when that limit kills it."""
@@ -328,6 +375,28 @@ def _limit_file_size(pid: int, limit: int) -> None:
         resource.prlimit(pid, resource.RLIMIT_FSIZE, (limit, limit))
     except (ImportError, AttributeError, OSError, ValueError) as exc:  # no prlimit (macOS), or crane already gone
         log.debug("cannot limit crane's file size (%s); the watchdog still does", exc)
+
+
+def _die_with_us() -> dict[str, Any]:
+    """Popen options that end crane when this process dies, even by SIGKILL, so that no orphan keeps
+    downloading into tmp/. Linux: the parent-death signal. Elsewhere only our SIGINT/SIGTERM handling
+    (cancel, stop, reap) ends it; after a SIGKILL it runs until its download ends."""
+    if not sys.platform.startswith("linux"):
+        return {}
+    parent = os.getpid()
+    prctl = ctypes.CDLL(None, use_errno=True).prctl  # looked up here: no dlopen/dlsym between fork and exec
+
+    def set_parent_death_signal() -> None:
+        # Runs in the child between fork and exec. PR_SET_PDEATHSIG fires when the thread that forked exits:
+        # that thread waits for crane (run, blob), so it outlives crane unless the whole process dies.
+        prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        if os.getppid() != parent:  # we died before prctl took effect
+            os._exit(1)
+
+    return {"preexec_fn": set_parent_death_signal}
+
+
+_PR_SET_PDEATHSIG = 1
 
 
 def _stop(proc: subprocess.Popen[bytes]) -> None:

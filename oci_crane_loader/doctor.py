@@ -119,7 +119,8 @@ def check_docker_config() -> list[Check]:
     if isinstance(per_registry, dict):
         for registry, helper in sorted(per_registry.items()):
             if isinstance(helper, str) and helper:
-                helpers.setdefault(helper, []).append(f"credHelpers[{registry}]")
+                shown = f"***@{registry.rpartition('@')[2]}" if "@" in registry else registry  # user:pass@host
+                helpers.setdefault(helper, []).append(f"credHelpers[{shown}]")
     checks = [Check("docker config", True, f"{path}: {registries} registr{'y' if registries == 1 else 'ies'} "
                                            f"in auths, {len(helpers)} credential helper(s)")]
     for helper, uses in helpers.items():

@@ -29,6 +29,10 @@ class UsageError(OciCraneError, ValueError):
     default_fix = "see oci-crane --help"
 
 
+class SettingsError(OciCraneError, ValueError):
+    """An OCI_CRANE_* environment variable holds a value we cannot use."""
+
+
 class InvalidReferenceError(OciCraneError, ValueError):
     default_fix = "write it as [registry[:port]/]repository[:tag][@sha256:<64 hex>], e.g. ghcr.io/acme/llama:v1"
 
@@ -63,8 +67,25 @@ class CacheError(OciCraneError, OSError):
     default_fix = "check that the cache directory is writable and has free space (--cache-dir, OCI_CRANE_LOADER_CACHE)"
 
 
-class SettingError(OciCraneError, ValueError):
-    """An OCI_CRANE_* environment variable holds a value we cannot use."""
+def cache_os_error(exc: OSError, doing: str, cache: object) -> CacheError:
+    """One CacheError for a failed file operation in the cache, with the fix that fits its errno."""
+    import errno
+
+    where = exc.filename or cache
+    fixes = {
+        errno.ENOSPC: f"free disk space on the disk of {cache}, or point --cache-dir at a larger disk",
+        errno.EDQUOT: f"free space within your disk quota on {cache}, or point --cache-dir elsewhere",
+        errno.EACCES: f"give your user write access to {cache}, or point --cache-dir at a directory you own",
+        errno.EPERM: f"give your user write access to {cache}, or point --cache-dir at a directory you own",
+        errno.EROFS: f"{cache} is on a read-only file system: point --cache-dir at a writable directory",
+        errno.ENAMETOOLONG: "use a shorter --cache-dir path (each name at most 255 bytes)",
+        errno.EEXIST: f"{where} is in the way: move it, or point --cache-dir elsewhere",
+        errno.ENOTDIR: f"a file is in the way of {where}: move it, or point --cache-dir at a directory",
+        errno.EISDIR: f"a directory is in the way of {where}: move it, or run `oci-crane cache prune`",
+        errno.ELOOP: f"{where} is a symlink loop: fix the link, or point --cache-dir elsewhere",
+    }
+    fix = fixes.get(exc.errno or 0, CacheError.default_fix)
+    return CacheError(f"cannot {doing} ({exc.strerror or exc}: {where})", fix)
 
 
 class CraneError(OciCraneError, RuntimeError):
@@ -83,6 +104,10 @@ class CraneError(OciCraneError, RuntimeError):
         self.returncode = returncode
         self.stderr = stderr
         super().__init__(cause, fix)
+
+
+class CancelledError(CraneError):
+    """Another download of the same fetch failed, or the user interrupted: this crane was stopped."""
 
 
 class CraneMissingError(CraneError, FileNotFoundError):

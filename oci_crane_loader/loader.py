@@ -17,8 +17,9 @@ from typing import Any
 from .crane import Crane
 from .formats import LayerPlan, Plan
 from .materialize import INDEX_NAME, materialize
-from .pull import Puller, Resolved
+from .pull import MAX_JOBS, Puller, Resolved
 from .safetensors_check import SafetensorsIndex, read_header, read_index
+from .settings import settings
 from .store import Store
 
 _LoaderBase: Any = object  # vLLM is optional: the rest of the package must import without it
@@ -52,15 +53,18 @@ class LoaderOptions:
         if unknown:
             raise ValueError(f"oci-crane: unknown model_loader_extra_config keys {unknown}; allowed: {sorted(allowed)}")
         for key, value in extra.items():
-            bad_jobs = key == "jobs" and (isinstance(value, bool) or not isinstance(value, int) or value < 1)
+            bad_jobs = key == "jobs" and (isinstance(value, bool) or not isinstance(value, int)
+                                          or not 1 <= value <= MAX_JOBS)
             if not isinstance(value, allowed[key]) or bad_jobs:
                 raise ValueError(f"oci-crane: model_loader_extra_config[{key!r}] must be {allowed[key].__name__}"
-                                 f"{' >= 1' if key == 'jobs' else ''}, got {value!r}")
+                                 f"{f' from 1 to {MAX_JOBS}' if key == 'jobs' else ''}, got {value!r}")
         return cls(**extra)
 
 
 def make_puller(download_dir: str | Path | None, options: LoaderOptions) -> Puller:
-    crane = Crane(insecure=options.insecure, platform=options.platform, offline=options.offline)
+    """The loader's Puller: OCI_CRANE_OFFLINE=1 forbids the network here as on the command line."""
+    crane = Crane(insecure=options.insecure, platform=options.platform,
+                  offline=options.offline or settings().offline)
     return Puller(Store(download_dir), crane, jobs=options.jobs, subpath=options.subpath)
 
 

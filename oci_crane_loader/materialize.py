@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
-from .errors import CacheError, InvalidModelError, OciCraneError, SettingError
+from .errors import CacheError, InvalidModelError, OciCraneError, SettingsError
 from .formats import Action, LayerPlan, Plan, safe_relative_path
 from .progress import human
 from .safetensors_check import check_model_dir, read_header, read_index
@@ -102,7 +102,7 @@ def _setting(name: str, default: float, parse: Callable[[str], Any]) -> Any:
     except (ValueError, OverflowError):
         value = None
     if value is None or not value > 0:
-        raise SettingError(f"{name}={raw!r} is not a positive number",
+        raise SettingsError(f"{name}={raw!r} is not a positive number",
                            f"set {name} to a positive number (e.g. {default:g}), or unset it for the default")
     return value
 

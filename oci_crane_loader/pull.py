@@ -5,12 +5,15 @@ Data flows one way: reference -> manifest (pinned digest) -> config -> Plan -> b
 
 from __future__ import annotations
 
+import errno
 import logging
+import os
 import platform as host_platform
 import shutil
+import threading
 import time
 from collections.abc import Callable, Iterable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,6 +28,7 @@ from .store import Store, remove_tree
 
 log = logging.getLogger(__name__)
 
+MAX_JOBS = 64  # concurrent crane processes; more only thrashes the registry and the disk
 RETRIES = 3  # crane retries until response headers; a body that drops mid-stream is retried here, from zero
 # Manifests and configs are read into memory and parsed whole; real ones are kilobytes (registries cap manifests at
 # 4 MiB), so anything far larger is refused before it is downloaded or parsed.
@@ -145,8 +149,8 @@ def select_child(index: Index, wanted: str | None) -> Descriptor:
 class Puller:
     def __init__(self, store: Store, crane: Crane, *, jobs: int = 4, progress: Progress | None = None,
                  subpath: str | None = None) -> None:
-        if jobs < 1:
-            raise ValueError("jobs must be at least 1")
+        if not 1 <= jobs <= MAX_JOBS:
+            raise ValueError(f"jobs must be 1 to {MAX_JOBS}")
         self.subpath = subpath  # the model directory inside an image or artifact, when the user names it
         self.store = store
         self.crane = crane
@@ -175,10 +179,9 @@ class Puller:
                 raise errors.OfflineError(f"{reference} is not in the cache at {self.store.root}")
             digest = cached
             raw = self._manifest_by_digest(reference, digest)
-        else:
+        else:  # the tag's ref moves only once the fetch succeeds (record()), never here
             raw = _bounded_document(self.crane.manifest(reference.name), f"manifest of {reference}")
             digest = self.store.save_manifest(raw)
-            self.store.save_ref(reference, digest)
         document = parse_manifest_or_index(raw, f"manifest of {reference}")
         if isinstance(document, Manifest):
             return Resolved(reference, digest, document)
@@ -190,9 +193,20 @@ class Puller:
             raise errors.UnsupportedFormatError(f"{reference}: nested image indexes are not supported")
         return Resolved(reference, child.digest, child_document, index_digest=digest)
 
+    def record(self, resolved: Resolved) -> None:
+        """After a successful fetch: the tag now names this digest, and a fetch by digest is kept by prune."""
+        try:
+            self.store.save_ref(resolved.reference, resolved.index_digest or resolved.digest)
+        except OSError:
+            if not self.crane.offline:
+                raise
+            log.warning("cannot record %s in the read-only cache %s", resolved.reference, self.store.root)
+
     # --- blobs -------------------------------------------------------------------------------------------------
-    def ensure_blob(self, reference: Reference, descriptor: Descriptor) -> Path:
-        """The blob's cache path; downloaded (once, across threads and processes) if missing."""
+    def ensure_blob(self, reference: Reference, descriptor: Descriptor,
+                    cancel: threading.Event | None = None) -> Path:
+        """The blob's cache path; downloaded (once, across threads and processes) if missing. Setting ``cancel``
+        stops the download (crane is stopped, the temp file removed) with CancelledError."""
         path = self.store.blob_path(descriptor.digest)
         if self.store.has_blob(descriptor):
             self.progress.skipped(descriptor.size)
@@ -203,6 +217,8 @@ class Puller:
                 return path
             pinned = f"{reference.repository_name}@{descriptor.digest}"
             for attempt in range(1, RETRIES + 1):
+                if cancel is not None and cancel.is_set():
+                    raise errors.CancelledError(f"download of {pinned} was cancelled")
                 temp = self.store.temp_path(digest_hex(descriptor.digest))
                 received = 0
 
@@ -212,7 +228,7 @@ class Puller:
                     self.progress.advance(delta)
 
                 try:
-                    self.crane.blob(pinned, temp, count, size=descriptor.size)
+                    self.crane.blob(pinned, temp, count, size=descriptor.size, cancel=cancel)
                     self.store.commit_blob(temp, descriptor, f"blob {pinned}")
                     self.progress.finished(descriptor)
                     return path
@@ -222,7 +238,15 @@ class Puller:
                         raise
                     log.warning("download of %s failed (%s); retry %d of %d", pinned, exc.cause, attempt,
                                 RETRIES - 1)
-                    time.sleep(attempt)
+                    if cancel is not None:
+                        cancel.wait(attempt)
+                    else:
+                        time.sleep(attempt)
+                except errors.CraneError as exc:
+                    if "no space left on device" in exc.stderr.lower():  # crane's write to our temp file failed
+                        raise errors.cache_os_error(OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)),
+                                                    f"download {pinned}", self.store.root) from exc
+                    raise
                 finally:
                     temp.unlink(missing_ok=True)
         raise AssertionError("unreachable")
@@ -231,14 +255,35 @@ class Puller:
                      on_ready: Callable[[LayerPlan, Path], None] | None = None) -> None:
         layers = list(layers)
         self.progress.start(sum(layer.descriptor.size for layer in layers), len(layers))
+        cancel = threading.Event()
+        failures: list[BaseException] = []
+
+        def fail_fast(future: Future[Path]) -> None:  # the first failure, whichever blob, stops the others
+            if not future.cancelled() and future.exception() is not None:
+                failures.append(future.exception())  # type: ignore[arg-type]
+                cancel.set()
+
+        pool = ThreadPoolExecutor(max_workers=self.jobs, thread_name_prefix="oci-crane-blob")
         try:
-            with ThreadPoolExecutor(max_workers=self.jobs, thread_name_prefix="oci-crane-blob") as pool:
-                futures = [pool.submit(self.ensure_blob, reference, layer.descriptor) for layer in layers]
-                for layer, future in zip(layers, futures, strict=True):
-                    path = future.result()  # the first failure is raised here; the pool still drains the rest
-                    if on_ready is not None:
-                        on_ready(layer, path)
+            futures = [pool.submit(self.ensure_blob, reference, layer.descriptor, cancel) for layer in layers]
+            for future in futures:
+                future.add_done_callback(fail_fast)
+            for layer, future in zip(layers, futures, strict=True):
+                path = future.result()
+                if on_ready is not None:
+                    on_ready(layer, path)
+        except errors.CancelledError:
+            first = next((exc for exc in failures if not isinstance(exc, errors.CancelledError)), None)
+            if first is None:
+                raise
+            raise first from None
+        except BaseException:
+            # Promptly on Ctrl-C / SIGTERM too: queued downloads never start, running crane processes are
+            # stopped and their temp files removed before this returns.
+            cancel.set()
+            raise
         finally:
+            pool.shutdown(wait=True, cancel_futures=True)
             self.progress.close()
 
     def config(self, resolved: Resolved) -> bytes:
@@ -258,7 +303,8 @@ class Puller:
         if needed > free:
             raise errors.CacheError(f"the model needs {human(needed)} in the cache at {self.store.root} but only "
                                     f"{human(free)} is free",
-                                    "free disk space, or point --cache-dir (OCI_CRANE_LOADER_CACHE) at a larger disk")
+                                    f"free disk space on the disk of {self.store.root}, or point --cache-dir "
+                                    "(OCI_CRANE_LOADER_CACHE) at a larger disk")
 
     def plan(self, resolved: Resolved) -> Plan:
         return recognise(resolved.manifest, self.config(resolved))
@@ -267,32 +313,50 @@ class Puller:
     def fetch(self, text: str) -> FetchResult:
         reference = parse_reference(text)
         resolved = self.resolve(reference)
-        plan = self.plan(resolved)
-        path = self.store.model_path(resolved.digest, self.subpath)
-        if not path.is_dir():
-            self.check_free_space(plan.layers)
-            # Small files first (config, tokenizer): they name the shards and fail fast on a bad artifact.
-            self.ensure_blobs(reference, plan.small_layers)
-            self.ensure_blobs(reference, plan.weight_layers)
-            path = materialize(self.store, plan, resolved.digest, subpath=self.subpath)
+        with self.store.fetching(resolved.index_digest or resolved.digest):
+            plan = self.plan(resolved)
+            path = self.store.model_path(resolved.digest, self.subpath)
+            if path.is_dir():
+                self.check_cached(resolved, plan)
+            else:
+                self.check_free_space(plan.layers)
+                # Small files first (config, tokenizer): they name the shards and fail fast on a bad artifact.
+                self.ensure_blobs(reference, plan.small_layers)
+                self.ensure_blobs(reference, plan.weight_layers)
+                path = materialize(self.store, plan, resolved.digest, subpath=self.subpath)
+            self.record(resolved)
         files = list_files(path)
         return FetchResult(str(reference), resolved.digest, resolved.pinned, path, plan.format, files,
                            sum((path / name).stat().st_size for name in files), resolved.index_digest)
+
+    def check_cached(self, resolved: Resolved, plan: Plan) -> None:
+        """A cheap look (sizes, no hashing) at the blobs a cached model directory links: a truncated or deleted
+        blob is reported, not served. A changed byte is found by `oci-crane cache verify`, which re-hashes."""
+        for layer in plan.layers:
+            if layer.action in (Action.FILE, Action.SHARD) and not self.store.has_blob(layer.descriptor):
+                raise errors.IntegrityError(
+                    f"cached blob {layer.descriptor.digest} of {resolved.reference} is damaged: its size is not "
+                    f"{layer.descriptor.size} bytes", "run `oci-crane cache prune --damaged`, then fetch again")
 
     def prepare(self, text: str) -> tuple[Resolved, Plan, Path]:
         """Resolve, plan, and materialise only the small files (config, tokenizer): what vLLM needs as `model`
         before any weight is downloaded; weights follow through ``ensure_blobs``. Formats whose weights and
         config share archives (images, KitOps) cannot be split: the whole model directory is fetched here."""
         resolved = self.resolve(parse_reference(text))
-        plan = self.plan(resolved)
-        if plan.streamable and not plan.weight_layers:
-            raise errors.UnsupportedFormatError(f"{resolved.reference} holds no safetensors weights")
-        self.check_free_space(plan.layers)
-        self.ensure_blobs(resolved.reference, plan.small_layers)
-        if not plan.streamable:  # materialize() checks that the directory holds safetensors weights
-            self.ensure_blobs(resolved.reference, plan.weight_layers)
-            return resolved, plan, materialize(self.store, plan, resolved.digest, subpath=self.subpath)
-        return resolved, plan, materialize(self.store, plan, resolved.digest, weights=False, subpath=self.subpath)
+        with self.store.fetching(resolved.index_digest or resolved.digest):
+            plan = self.plan(resolved)
+            if plan.streamable and not plan.weight_layers:
+                raise errors.UnsupportedFormatError(f"{resolved.reference} holds no safetensors weights")
+            self.check_free_space(plan.layers)
+            self.ensure_blobs(resolved.reference, plan.small_layers)
+            if not plan.streamable:  # materialize() checks that the directory holds safetensors weights
+                self.ensure_blobs(resolved.reference, plan.weight_layers)
+                path = materialize(self.store, plan, resolved.digest, subpath=self.subpath)
+            else:
+                path = materialize(self.store, plan, resolved.digest, weights=False, subpath=self.subpath)
+            # Streamed weights are verified blob by blob as they arrive; the tag moves once the config files are.
+            self.record(resolved)
+        return resolved, plan, path
 
     def inspect(self, text: str) -> InspectResult:
         """Digest, format, files and sizes; downloads only the config and small non-weight layers."""

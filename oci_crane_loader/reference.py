@@ -114,6 +114,13 @@ def parse_reference(text: str) -> Reference:
     if "://" in body:  # ggcr would read "https:" as a registry with an empty port
         raise fail("only the oci:// scheme is accepted; drop http:// or https://")
 
+    if "@" in body and "/" in body.partition("@")[2]:  # a digest holds no '/': this is user[:password]@host
+        shown = body.rpartition("@")[2]
+        raise InvalidReferenceError(
+            f"invalid reference '***@{shown}': a reference cannot hold credentials (user:password@)",
+            f"remove them, write {shown}, and log in with `crane auth login {shown.partition('/')[0]} -u USER "
+            "--password-stdin` (or docker login)")
+
     # ggcr ParseReference: a Tag parse cannot succeed with an '@' in it, so '@' means a Digest reference.
     digest = None
     if "@" in body:

@@ -2,7 +2,9 @@
 
     blobs/sha256/<hex>            verified, read-only
     manifests/sha256/<hex>        raw manifest bytes
-    refs/<registry>/<repo>/<tag>  manifest digest, so --offline works from the cache alone
+    refs/<registry>/<repo>/@tags/<tag>        manifest digest of the tag's last successful fetch (--offline)
+    refs/<registry>/<repo>/@digests/<hex>     a fetch by digest, so that prune keeps it
+                                              ('@' is in no repository or tag name: no path can collide)
     models/sha256/<hex>/          materialised model directory (hard links to blobs, extracted tar files)
     configs/sha256/<hex>/         the same without weights, for vLLM's `model` while weights stream in
     tmp/, locks/
@@ -28,20 +30,22 @@ import filelock
 from . import errors
 from .oci import Descriptor, digest_hex, sha256_digest
 from .reference import Reference
+from .settings import settings
 
 log = logging.getLogger(__name__)
 
-LOCK_TIMEOUT = float(os.environ.get("OCI_CRANE_LOCK_TIMEOUT", "3600"))
-# fsync makes a blob durable before it gets its final name (a crash must not leave a zero-filled file there). It
-# costs disk write-back time (about 40% of a cold loopback fetch, see `nox -s bench`); a throwaway cache (CI, an
-# ephemeral pod) may skip it with OCI_CRANE_NO_FSYNC=1.
-DURABLE = os.environ.get("OCI_CRANE_NO_FSYNC", "") not in ("1", "true", "yes")
-
 
 def fsync(fd: int) -> None:
-    if DURABLE:
+    # fsync makes a blob durable before it gets its final name (a crash must not leave a zero-filled file there).
+    # It costs disk write-back time (about 40% of a cold loopback fetch, see `nox -s bench`); a throwaway cache
+    # (CI, an ephemeral pod) may skip it with OCI_CRANE_NO_FSYNC=1.
+    if not settings().no_fsync:
         os.fsync(fd)
+
 _HASH_CHUNK = 4 << 20
+TAGS, DIGESTS = "@tags", "@digests"  # ref directories under refs/<registry>/<repository>/
+LAYOUT_MARKER = ".layout-2"
+FETCHING = "fetching-"  # tmp/ marker of a fetch in progress  # in refs/: the refs were moved to the @tags/ layout
 
 
 def _model_name(manifest_digest: str, subpath: str | None) -> str:
@@ -51,9 +55,9 @@ def _model_name(manifest_digest: str, subpath: str | None) -> str:
 
 
 def default_cache_dir() -> Path:
-    explicit = os.environ.get("OCI_CRANE_LOADER_CACHE")
+    explicit = settings().cache_dir  # OCI_CRANE_LOADER_CACHE
     if explicit:
-        return Path(explicit).expanduser()
+        return explicit
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     return Path(base) / "oci-crane-loader"
 
@@ -67,7 +71,7 @@ def file_sha256(path: Path) -> str:
 
 
 def fsync_dir(path: Path) -> None:
-    if not DURABLE:
+    if settings().no_fsync:
         return
     with contextlib.suppress(OSError):  # not every platform lets you open a directory
         fd = os.open(path, os.O_RDONLY)
@@ -83,8 +87,9 @@ class Store:
         try:
             for sub in ("blobs/sha256", "manifests/sha256", "refs", "models/sha256", "configs/sha256", "tmp", "locks"):
                 (self.root / sub).mkdir(parents=True, exist_ok=True)
+            self._try_migrate_refs()
         except OSError as exc:
-            raise errors.CacheError(f"cannot create the cache at {self.root}: {exc.strerror}") from exc
+            raise errors.cache_os_error(exc, f"create the cache at {self.root}", self.root) from exc
 
     # --- paths -------------------------------------------------------------------------------------------------
     def blob_path(self, digest: str) -> Path:
@@ -101,8 +106,12 @@ class Store:
         return self.root / "configs" / "sha256" / _model_name(manifest_digest, subpath)
 
     def ref_path(self, reference: Reference) -> Path:
+        """Where a fetch of ``reference`` is recorded: its digest if it names one, else its tag."""
+        repository = self.root / "refs" / reference.registry / reference.repository
+        if reference.digest is not None:
+            return repository / DIGESTS / digest_hex(reference.digest)
         assert reference.tag is not None
-        return self.root / "refs" / reference.registry / reference.repository / reference.tag
+        return repository / TAGS / reference.tag
 
     def temp_path(self, hint: str) -> Path:
         """Unique per process and call, inside the cache so that os.replace and os.link stay on one filesystem."""
@@ -117,9 +126,9 @@ class Store:
         except filelock.Timeout:
             log.info("waiting for another process that holds the cache lock %s", name)
             try:
-                lock.acquire(timeout=LOCK_TIMEOUT)
+                lock.acquire(timeout=settings().lock_timeout)
             except filelock.Timeout as exc:
-                raise errors.CacheError(f"gave up after {LOCK_TIMEOUT:.0f}s waiting for cache lock {name}",
+                raise errors.CacheError(f"gave up after {settings().lock_timeout:.0f}s waiting for cache lock {name}",
                                         "if no other oci-crane process runs, delete the lock file in "
                                         f"{self.root / 'locks'}") from exc
         try:
@@ -190,8 +199,12 @@ class Store:
         return raw
 
     def save_ref(self, reference: Reference, digest: str) -> None:
-        if reference.tag is not None and reference.digest is None:
-            self._atomic_write(self.ref_path(reference), digest.encode())
+        """Record a successful fetch: only then does a tag move (a failed fetch leaves the old model reachable)."""
+        path = self.ref_path(reference)
+        with contextlib.suppress(OSError):
+            if path.read_text().strip() == (reference.digest or digest):
+                return  # unchanged: an offline fetch from a read-only cache writes nothing
+        self._atomic_write(path, (reference.digest or digest).encode())
 
     def load_ref(self, reference: Reference) -> str | None:
         if reference.digest:
@@ -200,6 +213,43 @@ class Store:
             return self.ref_path(reference).read_text().strip()
         except FileNotFoundError:
             return None
+
+    def _migrate_refs(self) -> None:
+        """Caches written before the @tags/ layout hold refs/<registry>/<repo>/<tag>: move each such file to
+        .../@tags/<tag> once (a tag `b` of `r/a` and the repository `r/a/b` could not both be cached there)."""
+        marker = self.root / "refs" / LAYOUT_MARKER
+        if marker.exists():
+            return
+        for directory, _dirs, files in os.walk(self.root / "refs"):
+            parent = Path(directory)
+            if parent.name in (TAGS, DIGESTS) or parent == self.root / "refs":
+                continue
+            for name in files:
+                (parent / TAGS).mkdir(exist_ok=True)
+                with contextlib.suppress(FileNotFoundError):  # another process moved it first
+                    os.replace(parent / name, parent / TAGS / name)
+        marker.touch()
+
+    def _try_migrate_refs(self) -> None:
+        try:
+            self._migrate_refs()
+        except OSError as exc:  # a read-only cache still serves what the new layout holds
+            log.warning("cannot move the refs of %s to the @tags/ layout: %s", self.root, exc)
+
+    @contextlib.contextmanager
+    def fetching(self, digest: str) -> Iterator[None]:
+        """While a fetch runs, before its ref is written: a marker in tmp/ that tells prune to keep what
+        ``digest`` reaches."""
+        marker = self.temp_path(f"{FETCHING}{digest_hex(digest)[:16]}")
+        try:
+            marker.write_text(digest)
+        except OSError:  # a read-only cache: an offline fetch, nothing to protect
+            yield
+            return
+        try:
+            yield
+        finally:
+            marker.unlink(missing_ok=True)
 
     # --- models ------------------------------------------------------------------------------------------------
     def new_model_dir(self, manifest_digest: str) -> Path:

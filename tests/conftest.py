@@ -109,3 +109,17 @@ def tool(name: str) -> str | None:
     import shutil
 
     return shutil.which(name)
+
+
+def unshare_mount() -> list[str]:
+    """argv prefix for a private mount namespace (as root, or as a user where user namespaces are allowed), in
+    which a test may mount a small or read-only file system; skips where there is none."""
+    import shutil
+
+    found = shutil.which("unshare")
+    if found is None or not sys.platform.startswith("linux"):
+        pytest.skip("needs Linux unshare to mount a file system")
+    argv = [found, "--mount"] if os.geteuid() == 0 else [found, "--mount", "--map-root-user"]
+    if subprocess.run([*argv, "mount", "-t", "tmpfs", "tmpfs", "/mnt"], capture_output=True, check=False).returncode:
+        pytest.skip("mount namespaces are not allowed here")
+    return argv

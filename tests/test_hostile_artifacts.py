@@ -142,7 +142,7 @@ def test_hard_link_copies_count_as_unpacked_bytes(tmp_path, cache_tmp, monkeypat
                                              ("OCI_CRANE_MAX_UNPACK_RATIO", "nan")])
 def test_bad_limit_values_are_one_clear_error(monkeypatch, name, value):
     monkeypatch.setenv(name, value)
-    with pytest.raises(errors.SettingError, match=name) as info:
+    with pytest.raises(errors.SettingsError, match=name) as info:
         UnpackLimits.from_environment()
     assert "positive number" in info.value.cause and "unset it" in info.value.fix
 

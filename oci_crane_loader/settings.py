@@ -1,0 +1,67 @@
+"""Every OCI_CRANE_* environment setting, parsed and validated once, when first needed (never at import).
+
+A bad value is one clear error naming the variable, not a traceback at import and not a silently disabled
+watchdog (``nan`` or ``inf`` seconds). ``OCI_CRANE_BINARY`` is not here: crane.locate_crane reads it at each
+lookup, as a path needs no parsing.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import errors
+
+_TRUE = ("1", "true", "yes", "on")
+_FALSE = ("", "0", "false", "no", "off")
+
+
+@dataclass(frozen=True)
+class Settings:
+    timeout: float = 120.0  # OCI_CRANE_TIMEOUT: seconds a crane command (manifest, push) may take
+    stall_timeout: float = 60.0  # OCI_CRANE_STALL_TIMEOUT: seconds a blob download may go without a byte
+    lock_timeout: float = 3600.0  # OCI_CRANE_LOCK_TIMEOUT: seconds to wait for another process's cache lock
+    offline: bool = False  # OCI_CRANE_OFFLINE: the cache only, never the network (CLI and vLLM loader alike)
+    no_fsync: bool = False  # OCI_CRANE_NO_FSYNC: skip fsync, for throwaway caches
+    cache_dir: Path | None = None  # OCI_CRANE_LOADER_CACHE: the cache root
+
+    @classmethod
+    def from_environment(cls, env: Mapping[str, str]) -> Settings:
+        cache = env.get("OCI_CRANE_LOADER_CACHE", "").strip()
+        return cls(timeout=_seconds(env, "OCI_CRANE_TIMEOUT", cls.timeout),
+                   stall_timeout=_seconds(env, "OCI_CRANE_STALL_TIMEOUT", cls.stall_timeout),
+                   lock_timeout=_seconds(env, "OCI_CRANE_LOCK_TIMEOUT", cls.lock_timeout),
+                   offline=_flag(env, "OCI_CRANE_OFFLINE"), no_fsync=_flag(env, "OCI_CRANE_NO_FSYNC"),
+                   cache_dir=Path(cache).expanduser() if cache else None)
+
+
+def _seconds(env: Mapping[str, str], name: str, default: float) -> float:
+    text = env.get(name, "").strip()
+    if not text:
+        return default
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value > 0):
+        raise errors.SettingsError(f"{name}={text!r} is not a number of seconds",
+                                   f"set {name} to a positive number of seconds (default {default:g}) or unset it")
+    return value
+
+
+def _flag(env: Mapping[str, str], name: str) -> bool:
+    text = env.get(name, "").strip().lower()
+    if text not in _TRUE + _FALSE:
+        raise errors.SettingsError(f"{name}={text!r} is neither on nor off",
+                                   f"set {name} to 1 (on) or 0 (off), or unset it")
+    return text in _TRUE
+
+
+@functools.cache
+def settings() -> Settings:
+    """The process's settings, read from the environment on the first call."""
+    return Settings.from_environment(os.environ)

@@ -1,0 +1,156 @@
+"""OCI_CRANE_* settings read once with one clear error, option ranges, and a fitting fix for each file error."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import REPO_ROOT, push_model, run_cli, unshare_mount, write_model
+from safetensors.numpy import save_file
+
+from oci_crane_loader import errors
+from oci_crane_loader.loader import LoaderOptions, make_puller
+from oci_crane_loader.settings import Settings, settings
+
+UNREACHABLE = "127.0.0.1:9/acme/tiny:v1"  # never contacted: every case fails before the network
+
+
+@pytest.fixture
+def fresh_settings() -> Iterator[None]:
+    settings.cache_clear()
+    yield
+    settings.cache_clear()
+
+
+@pytest.mark.parametrize(("name", "value"), [
+    ("OCI_CRANE_TIMEOUT", "abc"), ("OCI_CRANE_LOCK_TIMEOUT", "x"), ("OCI_CRANE_STALL_TIMEOUT", "nan"),
+    ("OCI_CRANE_STALL_TIMEOUT", "inf"), ("OCI_CRANE_TIMEOUT", "0"), ("OCI_CRANE_TIMEOUT", "-5"),
+    ("OCI_CRANE_OFFLINE", "maybe"), ("OCI_CRANE_NO_FSYNC", "2"),
+])
+def test_a_bad_setting_is_one_line_naming_the_variable(cache_dir, name, value):
+    done = run_cli("fetch", UNREACHABLE, "--cache-dir", str(cache_dir), "-q", env={name: value})
+    assert done.returncode == 1
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in done.stderr, done.stderr
+    assert lines[0].startswith(f"error: {name}={value!r} is ") and f"-- fix: set {name} to" in lines[0]
+
+
+def test_settings_parse_every_variable():
+    parsed = Settings.from_environment({
+        "OCI_CRANE_TIMEOUT": "7.5", "OCI_CRANE_STALL_TIMEOUT": " 3 ", "OCI_CRANE_LOCK_TIMEOUT": "1e3",
+        "OCI_CRANE_OFFLINE": "Yes", "OCI_CRANE_NO_FSYNC": "on", "OCI_CRANE_LOADER_CACHE": "/srv/cache"})
+    assert parsed == Settings(7.5, 3.0, 1000.0, True, True, Path("/srv/cache"))
+    assert Settings.from_environment({"OCI_CRANE_OFFLINE": "0", "OCI_CRANE_TIMEOUT": ""}) == Settings()
+
+
+def test_the_package_imports_with_bad_settings():
+    env = {**os.environ, "OCI_CRANE_TIMEOUT": "abc", "OCI_CRANE_LOCK_TIMEOUT": "x"}
+    done = subprocess.run([sys.executable, "-c", "import oci_crane_loader.cli, oci_crane_loader.loader, "
+                           "oci_crane_loader.store"], capture_output=True, text=True, env=env, cwd=REPO_ROOT,
+                          check=False)
+    assert done.returncode == 0, done.stderr
+
+
+def test_the_loader_honours_oci_crane_offline(monkeypatch, fresh_settings, cache_dir):
+    monkeypatch.setenv("OCI_CRANE_OFFLINE", "1")
+    monkeypatch.setenv("OCI_CRANE_BINARY", "/nonexistent/crane")  # proves crane is never started
+    puller = make_puller(cache_dir, LoaderOptions())
+    assert puller.crane.offline is True
+    with pytest.raises(errors.OfflineError, match="is not in the cache"):
+        puller.prepare(UNREACHABLE)
+
+
+# --- option ranges ---------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("jobs", ["0", "65", "100000", "four"])
+def test_jobs_out_of_range_is_a_usage_error(cache_dir, jobs):
+    done = run_cli("fetch", UNREACHABLE, "--cache-dir", str(cache_dir), "--jobs", jobs)
+    assert done.returncode == 2, done.stderr
+    assert "--jobs" in done.stderr and "1 to 64" in done.stderr
+    assert not cache_dir.exists()  # refused before anything was created
+
+
+def test_loader_jobs_are_capped_too():
+    with pytest.raises(ValueError, match="from 1 to 64"):
+        LoaderOptions.from_extra_config({"jobs": 100000})
+    assert LoaderOptions.from_extra_config({"jobs": 64}).jobs == 64
+
+
+@pytest.mark.parametrize("command", [["fetch", UNREACHABLE], ["cache", "ls"], ["cache", "prune"], ["doctor"]])
+def test_an_empty_cache_dir_is_a_usage_error(tmp_path, command):
+    home = tmp_path / "home"  # the default cache would go here
+    done = run_cli(*command, "--cache-dir", "", env={"HOME": str(home), "XDG_CACHE_HOME": str(home / ".cache")})
+    assert done.returncode == 2, done.stderr
+    assert "--cache-dir is empty" in done.stderr
+    assert not home.exists()
+
+
+# --- file errors: each errno its own fix -----------------------------------------------------------------------
+
+def test_a_name_too_long_says_so(tmp_path):
+    done = run_cli("cache", "ls", "--cache-dir", str(tmp_path / ("x" * 300)))
+    assert done.returncode == 1
+    assert "File name too long" in done.stderr and "fix: use a shorter --cache-dir path" in done.stderr
+
+
+def test_a_file_in_the_way_says_so(tmp_path):
+    blocker = tmp_path / "cache"
+    blocker.write_text("not a directory")
+    done = run_cli("cache", "ls", "--cache-dir", str(blocker))
+    assert done.returncode == 1
+    assert "free space" not in done.stderr and "is in the way" in done.stderr, done.stderr
+
+
+def test_a_full_disk_during_a_download_names_the_cache_and_free_space(registry, tmp_path, cache_dir):
+    """The free-space check before downloading counts bytes; a disk fills by blocks. 120 shards of a few hundred
+    bytes pass the check on a 256 KiB tmpfs, then fill it a 4 KiB page each, mid-download."""
+    unshare = unshare_mount()
+    source = write_model(tmp_path / "src", shards=120)
+    push_model(source, f"{registry.host}/acme/big:v1", tmp_path)
+    cache_dir.mkdir()
+    script = ('mount -t tmpfs -o size=256k tmpfs "$1" && shift && exec "$@"')
+    done = subprocess.run([*unshare, "sh", "-c", script, "sh", str(cache_dir), sys.executable, "-m",
+                           "oci_crane_loader", "fetch", f"{registry.host}/acme/big:v1", "--cache-dir", str(cache_dir),
+                           "-q"], capture_output=True, text=True, cwd=REPO_ROOT, timeout=300, check=False)
+    assert done.returncode == 1
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and "No space left on device" in lines[0], done.stderr
+    assert f"fix: free disk space on the disk of {cache_dir.resolve()}" in lines[0]
+    assert json.dumps(lines)  # one printable line
+
+
+def test_a_disk_too_small_for_the_model_is_refused_before_downloading(registry, tmp_path, cache_dir):
+    unshare = unshare_mount()
+    source = write_model(tmp_path / "src", shards=1)
+    save_file({"big": np.zeros(1 << 18, dtype=np.float32)}, str(source / "model.safetensors"))  # 1 MiB
+    push_model(source, f"{registry.host}/acme/big:v1", tmp_path)
+    cache_dir.mkdir()
+    script = ('mount -t tmpfs -o size=512k tmpfs "$1" && shift && exec "$@"')
+    done = subprocess.run([*unshare, "sh", "-c", script, "sh", str(cache_dir), sys.executable, "-m",
+                           "oci_crane_loader", "fetch", f"{registry.host}/acme/big:v1", "--cache-dir", str(cache_dir),
+                           "-q"], capture_output=True, text=True, cwd=REPO_ROOT, timeout=300, check=False)
+    assert done.returncode == 1
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and "the model needs 1.0 MiB in the cache" in lines[0], done.stderr
+    assert f"fix: free disk space on the disk of {cache_dir.resolve()}" in lines[0]
+    weights = "sha256:" + hashlib.sha256((source / "model.safetensors").read_bytes()).hexdigest()
+    assert weights not in registry.blob_downloads()  # only the config was read, to plan
+
+
+def test_a_read_only_file_system_says_so(tmp_path):
+    unshare = unshare_mount()
+    mount = tmp_path / "ro"
+    mount.mkdir()
+    script = 'mount -t tmpfs -o ro tmpfs "$1" && shift && exec "$@"'
+    done = subprocess.run([*unshare, "sh", "-c", script, "sh", str(mount), sys.executable, "-m", "oci_crane_loader",
+                           "cache", "ls", "--cache-dir", str(mount / "cache")], capture_output=True, text=True,
+                          cwd=REPO_ROOT, timeout=300, check=False)
+    assert done.returncode == 1
+    assert "Read-only file system" in done.stderr and "is on a read-only file system" in done.stderr, done.stderr
