@@ -167,25 +167,27 @@ class Crane:
         self.timeout = timeout
         self.stall_timeout = stall_timeout
 
-    def _argv(self, *args: str, platform: bool = False) -> list[str]:
+    def _argv(self, command: str, *positionals: str, platform: bool = False) -> list[str]:
+        """``crane COMMAND [options] -- POSITIONALS``: after ``--`` a reference or path that begins with ``-``
+        (untrusted input: a web form, VLLM_MODEL) is an argument, never one of crane's options."""
         if self.offline:
-            raise errors.OfflineError(f"offline mode forbids `crane {args[0]}`: the model is not fully cached")
-        argv = [find_crane(), *args]
+            raise errors.OfflineError(f"offline mode forbids `crane {command}`: the model is not fully cached")
+        argv = [find_crane(), command]
         if self.insecure:
             argv.append("--insecure")
         if platform and self.platform:
             argv += ["--platform", self.platform]
-        return argv
+        return [*argv, "--", *positionals]
 
-    def run(self, *args: str, stdin: bytes | None = None, platform: bool = False) -> bytes:
+    def run(self, command: str, *positionals: str, stdin: bytes | None = None, platform: bool = False) -> bytes:
         """Run one crane command to completion and return its stdout as bytes."""
-        argv = self._argv(*args, platform=platform)
+        argv = self._argv(command, *positionals, platform=platform)
         log.debug("running %s", " ".join(argv))
         try:
             proc = subprocess.run(argv, input=stdin, capture_output=True, timeout=self.timeout, env=_environment(),
                                   check=False)
         except subprocess.TimeoutExpired as exc:
-            raise errors.CraneTimeoutError(f"`crane {args[0]}` got no answer within {self.timeout:.0f}s",
+            raise errors.CraneTimeoutError(f"`crane {command}` got no answer within {self.timeout:.0f}s",
                                            command=argv) from exc
         except FileNotFoundError as exc:
             raise errors.CraneMissingError(f"crane at {argv[0]} disappeared", command=argv) from exc
