@@ -167,21 +167,23 @@ class Crane:
         self.timeout = timeout
         self.stall_timeout = stall_timeout
 
-    def _argv(self, command: str, *positionals: str, platform: bool = False) -> list[str]:
+    def _argv(self, command: str, *positionals: str, platform: bool = False, options: Sequence[str] = ()) -> list[str]:
         """``crane COMMAND [options] -- POSITIONALS``: after ``--`` a reference or path that begins with ``-``
         (untrusted input: a web form, VLLM_MODEL) is an argument, never one of crane's options."""
         if self.offline:
             raise errors.OfflineError(f"offline mode forbids `crane {command}`: the model is not fully cached")
-        argv = [find_crane(), command]
+        argv = [find_crane(), command, *options]
         if self.insecure:
             argv.append("--insecure")
         if platform and self.platform:
             argv += ["--platform", self.platform]
         return [*argv, "--", *positionals]
 
-    def run(self, command: str, *positionals: str, stdin: bytes | None = None, platform: bool = False) -> bytes:
-        """Run one crane command to completion and return its stdout as bytes."""
-        argv = self._argv(command, *positionals, platform=platform)
+    def run(self, command: str, *positionals: str, stdin: bytes | None = None, platform: bool = False,
+            options: Sequence[str] = ()) -> bytes:
+        """Run one crane command to completion and return its stdout as bytes. ``options`` (e.g. ``--index``) go
+        before the ``--`` that ends them; ``positionals`` after it."""
+        argv = self._argv(command, *positionals, platform=platform, options=options)
         log.debug("running %s", " ".join(argv))
         try:
             proc = subprocess.run(argv, input=stdin, capture_output=True, timeout=self.timeout, env=_environment(),
