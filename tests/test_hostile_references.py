@@ -7,6 +7,9 @@ argument, so that whatever reaches crane is an argument. These tests run the rea
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -14,7 +17,8 @@ import pytest
 
 from oci_crane_loader import errors
 from oci_crane_loader.crane import Crane
-from tests.conftest import run_cli, write_model
+from oci_crane_loader.reference import parse_reference
+from tests.conftest import REPO_ROOT, run_cli, write_model
 
 LOOKS_LIKE_A_FLAG = "--Bad"  # crane's parser refuses it as a reference (uppercase), so no network is involved
 
@@ -57,3 +61,24 @@ def test_push_refuses_a_reference_that_is_a_flag(crane_binary: str, tmp_path: Pa
     done = run_cli("push", str(model), "--", "-vvv.io/repo:tag")
     assert done.returncode == 1, done.stderr
     assert done.stderr.startswith("error: invalid reference '-vvv.io/repo:tag': registry '-vvv.io' may not start")
+
+
+@pytest.mark.parametrize("reference", ["ghcr.io/acme/a;touch${IFS}pwned", "ghcr.io/acme/$(touch pwned)",
+                                       "a|touch pwned", "`touch pwned`.io/x", "x.io/a&&touch", "x.io/a'b", 'x.io/a"b',
+                                       "x.io/a>pwned"])
+def test_shell_metacharacters_in_a_repository_are_refused(reference: str) -> None:
+    with pytest.raises(errors.InvalidReferenceError, match=r"may only contain|not allowed in a host name|whitespace"):
+        parse_reference(reference)
+
+
+def test_shell_metacharacters_crane_accepts_reach_no_shell(crane_binary: str, tmp_path: Path) -> None:
+    # '$', '(', ')' and '>' are legal in a host for Go's url.Parse (so for crane too): the reference goes to crane
+    # as one argv element, never through a shell, so nothing runs and crane just cannot resolve that host.
+    reference = "$(touch>pwned).io/repo:tag"
+    assert parse_reference(reference).registry == "$(touch>pwned).io"
+    done = subprocess.run([sys.executable, "-m", "oci_crane_loader", "fetch", "--cache-dir", str(tmp_path / "cache"),
+                           "--quiet", "--", reference], capture_output=True, text=True, cwd=tmp_path, timeout=120,
+                          env={**os.environ, "PYTHONPATH": str(REPO_ROOT)}, check=False)
+    assert done.returncode == 1
+    assert done.stderr.startswith("error: cannot reach the registry") and len(done.stderr.splitlines()) == 1
+    assert not (tmp_path / "pwned").exists() and not (REPO_ROOT / "pwned").exists()
