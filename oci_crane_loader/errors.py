@@ -21,7 +21,7 @@ class OciCraneError(Exception):
         """The single line shown to users on stderr."""
         # A hostile manifest can name a megabyte-long media type or path, which cause and fix may quote.
         cause, fix = _shortened(self.cause, MAX_CAUSE), _shortened(self.fix, MAX_FIX)
-        return _printable(f"{cause} -- fix: {fix}" if fix else cause)
+        return printable(f"{cause} -- fix: {fix}" if fix else cause)
 
 
 MAX_CAUSE = 2000
@@ -33,7 +33,7 @@ def _shortened(text: str, limit: int) -> str:
     return f"{text[:limit]}... ({len(text) - limit} more characters)" if len(text) > limit else text
 
 
-def _printable(text: str) -> str:
+def printable(text: str) -> str:
     """Control and format characters (terminal escapes, bidi overrides) and lone surrogates escaped: text from a
     manifest or from crane's stderr cannot drive the user's terminal, and the line can always be encoded."""
     return "".join(c if c.isprintable() else ascii(c)[1:-1] for c in text)

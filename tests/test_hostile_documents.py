@@ -13,7 +13,7 @@ import pytest
 from oci_crane_loader import errors, formats, oci
 from oci_crane_loader.crane import Crane
 from oci_crane_loader.errors import InvalidDocumentError, InvalidModelError
-from oci_crane_loader.formats import dmr
+from oci_crane_loader.formats import dmr, oras
 from oci_crane_loader.layout import LayoutWriter, canonical_json
 from tests.conftest import push_layout, run_cli
 
@@ -136,3 +136,15 @@ def test_nested_index_is_refused_in_one_line(registry, tmp_path, cache_dir):
     line = _one_error_line("fetch", reference, "--cache-dir", str(cache_dir))
     assert "nested image indexes are not supported" in line, line
     assert child not in registry.blob_downloads()
+
+
+def test_inspect_escapes_file_names_that_could_drive_a_terminal(registry, tmp_path, cache_dir):
+    # Before: an ORAS title holding a terminal escape (here: set the window title) was printed as it was.
+    layout = LayoutWriter(tmp_path / "layout")
+    named = layout.add_bytes("application/vnd.oci.image.layer.v1.tar", b"{}", {oci.TITLE: "tok\x1b]0;owned\x07.json"})
+    layout.add_manifest(layout.add_bytes(oci.OCI_EMPTY, b"{}"), [named], artifact_type=oras.DEFAULT_ARTIFACT_TYPE)
+    reference = f"{registry.host}/acme/escape:v1"
+    push_layout(layout.root, reference)
+    done = run_cli("inspect", reference, "--cache-dir", str(cache_dir))
+    assert done.returncode == 0, done.stderr
+    assert "tok\\x1b]0;owned\\x07.json" in done.stdout and "\x1b" not in done.stdout and "\x07" not in done.stdout
