@@ -11,7 +11,7 @@ import string
 from collections.abc import Iterator
 
 import pytest
-from hypothesis import HealthCheck, example, given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from oci_crane_loader.errors import InvalidReferenceError
@@ -103,7 +103,7 @@ _PREFIX = st.sampled_from(["", "", "", "oci://", "OCI://", "oci://oci://", "http
 NEAR_VALID = st.builds(lambda *parts: "".join(parts), _PREFIX, _REGISTRY, _REPOSITORY, _TAG, _DIGEST)
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=300, deadline=None)
 @given(text=NEAR_VALID)
 # Corners always checked (none was a disagreement): an empty port, colons in a host, the 255 limit once library/
 # is added, a digest after a 128-character tag, oci:// before a scheme.
@@ -118,7 +118,7 @@ def test_near_valid_references_agree_with_ggcr(oracle: ggcr_names.Oracle, text: 
     check_against_ggcr(oracle, text)
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=300, deadline=None)
 @given(text=st.text(alphabet=_ANY_CHAR, max_size=60))
 def test_random_text_agrees_with_ggcr(oracle: ggcr_names.Oracle, text: str) -> None:
     check_against_ggcr(oracle, text)
