@@ -51,13 +51,13 @@ def login(registry: str, username: str, password: str, *, insecure: bool = False
     host = _registry(registry)
     if not username:
         raise errors.UsageError("the user name is empty", "pass -u USER (for a token, the name the registry expects)")
-    Crane(insecure=insecure).run("auth", "login", host, "-u", username, "--password-stdin",
+    Crane(insecure=insecure).run("auth login", host, options=["-u", username, "--password-stdin"],
                                  stdin=password.encode())
     return docker_config_path()
 
 
 def logout(registry: str) -> Path:
-    Crane().run("auth", "logout", _registry(registry))
+    Crane().run("auth logout", _registry(registry))
     return docker_config_path()
 
 

@@ -151,7 +151,8 @@ def _run(args: argparse.Namespace) -> int:
             for entry in info.files:
                 name = entry["path"] or ("(archive, listed once fetched)" if entry.get("archive")
                                          else f"(unnamed shard {entry.get('shard')})")
-                print(f"  {human(int(str(entry['size']))):>10}  {name}")
+                # The names come from the artifact: escaped, so that they cannot drive the terminal.
+                print(f"  {human(int(str(entry['size']))):>10}  {errors.printable(str(name))}")
     elif args.command == "demo":
         from .demo import run_demo
 

@@ -198,7 +198,7 @@ def configured_secrets(argv: Sequence[str]) -> list[str]:
                 registries.add(parse_reference(arg).registry)
     for registry in sorted(registries):
         try:
-            proc = subprocess.run([argv[0], "auth", "get", registry], capture_output=True, timeout=10,
+            proc = subprocess.run([argv[0], "auth", "get", "--", registry], capture_output=True, timeout=10,
                                   env=_environment(), check=False)
             answer = json.loads(proc.stdout) if proc.returncode == 0 else {}
         except Exception:  # best effort: the keyword patterns still apply
@@ -263,26 +263,31 @@ class Crane:
         # crane blob has no read timeout: a stalled stream hangs forever, so we watch the file grow instead.
         self.stall_timeout = stall_timeout or settings().stall_timeout  # OCI_CRANE_STALL_TIMEOUT
 
-    def _argv(self, *args: str, platform: bool = False) -> list[str]:
+    def _argv(self, command: str, *positionals: str, platform: bool = False, options: Sequence[str] = ()) -> list[str]:
+        """``crane COMMAND [options] -- POSITIONALS``: after ``--`` a reference or path that begins with ``-``
+        (untrusted input: a web form, VLLM_MODEL) is an argument, never one of crane's options. A COMMAND of two
+        words (``auth login``) is crane's command and subcommand."""
         if self.offline:
-            raise errors.OfflineError(f"offline mode forbids `crane {args[0]}`: the model is not fully cached")
-        argv = [find_crane(), *args]
+            raise errors.OfflineError(f"offline mode forbids `crane {command}`: the model is not fully cached")
+        argv = [find_crane(), *command.split(), *options]
         if self.insecure:
             argv.append("--insecure")
         if platform and self.platform:
             argv += ["--platform", self.platform]
-        return argv
+        return [*argv, "--", *positionals]
 
-    def run(self, *args: str, stdin: bytes | None = None, platform: bool = False) -> bytes:
-        """Run one crane command to completion and return its stdout as bytes."""
-        argv = self._argv(*args, platform=platform)
+    def run(self, command: str, *positionals: str, stdin: bytes | None = None, platform: bool = False,
+            options: Sequence[str] = ()) -> bytes:
+        """Run one crane command to completion and return its stdout as bytes. ``options`` (e.g. ``--index``) go
+        before the ``--`` that ends them; ``positionals`` after it."""
+        argv = self._argv(command, *positionals, platform=platform, options=options)
         log.debug("running %s", " ".join(argv))
         try:
             proc: subprocess.CompletedProcess[bytes] = subprocess.run(
                 argv, input=stdin, capture_output=True, timeout=self.timeout, env=_environment(),
                 check=False, **_die_with_us())
         except subprocess.TimeoutExpired as exc:
-            raise errors.CraneTimeoutError(f"`crane {args[0]}` got no answer within {self.timeout:.0f}s",
+            raise errors.CraneTimeoutError(f"`crane {command}` got no answer within {self.timeout:.0f}s",
                                            command=argv) from exc
         except FileNotFoundError as exc:
             raise errors.CraneMissingError(f"crane at {argv[0]} disappeared", command=argv) from exc

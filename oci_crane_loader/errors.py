@@ -19,8 +19,24 @@ class OciCraneError(Exception):
 
     def one_line(self) -> str:
         """The single line shown to users on stderr."""
-        text = f"{self.cause} -- fix: {self.fix}" if self.fix else self.cause
-        return " ".join(text.split())
+        # A hostile manifest can name a megabyte-long media type or path, which cause and fix may quote.
+        cause, fix = _shortened(self.cause, MAX_CAUSE), _shortened(self.fix, MAX_FIX)
+        return printable(f"{cause} -- fix: {fix}" if fix else cause)
+
+
+MAX_CAUSE = 2000
+MAX_FIX = 500
+
+
+def _shortened(text: str, limit: int) -> str:
+    text = " ".join(text.split())
+    return f"{text[:limit]}... ({len(text) - limit} more characters)" if len(text) > limit else text
+
+
+def printable(text: str) -> str:
+    """Control and format characters (terminal escapes, bidi overrides) and lone surrogates escaped: text from a
+    manifest or from crane's stderr cannot drive the user's terminal, and the line can always be encoded."""
+    return "".join(c if c.isprintable() else ascii(c)[1:-1] for c in text)
 
 
 class UsageError(OciCraneError, ValueError):

@@ -28,6 +28,7 @@ OCI_LAYOUT_VERSION = "1.0.0"
 TITLE = "org.opencontainers.image.title"
 
 Digest = Annotated[str, StringConstraints(pattern=r"^sha256:[a-f0-9]{64}$")]
+MAX_SIZE = 2**63 - 1  # the spec's int64; a larger size is a lie that would overflow float arithmetic (progress)
 
 
 def sha256_digest(data: bytes) -> str:
@@ -57,7 +58,7 @@ class Platform(_Document):
 class Descriptor(_Document):
     media_type: str = Field(alias="mediaType")
     digest: Digest
-    size: int = Field(ge=0)
+    size: int = Field(ge=0, le=MAX_SIZE)
     annotations: dict[str, str] = Field(default_factory=dict)
     platform: Platform | None = None
     artifact_type: str | None = Field(default=None, alias="artifactType")
@@ -92,10 +93,15 @@ def describe_validation_error(exc: ValidationError) -> str:
 
 
 def load_json(raw: bytes, what: str) -> Any:
+    """The document as Python data; anything a hostile registry can serve becomes one InvalidDocumentError."""
     try:
         return json.loads(raw)
+    except RecursionError as exc:  # e.g. 100 000 nested arrays
+        raise InvalidDocumentError(f"{what} is not valid JSON: it is nested too deeply") from exc
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise InvalidDocumentError(f"{what} is not valid JSON: {exc}") from exc
+    except ValueError as exc:  # an integer of more digits than Python converts (sys.get_int_max_str_digits)
+        raise InvalidDocumentError(f"{what} is not valid JSON: a number too long ({exc})") from exc
 
 
 _Model = TypeVar("_Model", bound=BaseModel)

@@ -4,7 +4,10 @@ The rules follow go-containerregistry's ``pkg/name`` (v0.21.9, the version crane
 accept means the same image to crane: ``ubuntu`` is ``index.docker.io/library/ubuntu:latest``. We are stricter in a
 few places, each a name no registry serves and some a path escape in the cache (which uses registry, repository and
 tag as directory names): empty, ``.`` or ``..`` repository components, a ``.``/``..`` registry, tags that do not start
-with ``[A-Za-z0-9_]`` (the OCI distribution rule), whitespace, and URL schemes other than our own ``oci://``.
+with ``[A-Za-z0-9_]`` (the OCI distribution rule), whitespace, and URL schemes other than our own ``oci://``. A
+registry or repository component may not start with ``-`` either: no host or registry path does, and crane would
+read ``-vvv.io/repo:tag`` or ``--user-agent=x.io/repo:tag`` as its own options (references are often untrusted
+input: a web form, VLLM_MODEL).
 """
 
 from __future__ import annotations
@@ -172,12 +175,16 @@ def _check_repository(repository: str, full: str, fail: _Fail) -> None:
         raise fail(f"repository {repository!r} may only contain a-z 0-9 _ - . / (found {''.join(bad)!r})")
     if any(part in ("", ".", "..") for part in repository.split("/")):
         raise fail(f"repository {repository!r} has an empty, '.' or '..' path component")
+    if any(part.startswith("-") for part in repository.split("/")):
+        raise fail(f"repository {repository!r} may not start with '-' in any path component")
 
 
 def _check_registry(registry: str, fail: _Fail) -> None:
     """ggcr's checkRegistry: Go's url.Parse("//" + registry) must give back the registry as the host, unchanged."""
     problem = None
-    if any(c in registry for c in "%@?#\\"):  # Go would unescape, or split off userinfo, query or fragment
+    if registry.startswith("-"):  # no host name does; crane would take it for an option
+        problem = "may not start with '-'"
+    elif any(c in registry for c in "%@?#\\"):  # Go would unescape, or split off userinfo, query or fragment
         problem = "is not a valid host[:port]"
     elif any(ord(c) < 0x80 and c not in _HOST_CHARS for c in registry):
         problem = "contains a character not allowed in a host name"

@@ -54,7 +54,7 @@ def _register_version(fp, binary: str, version: str = "v0.21.9") -> None:
 def _failing_manifest(fp, binary: str, stderr: str, returncode: int = 1) -> errors.CraneError:
     """`crane manifest REF` exits with ``returncode`` printing ``stderr``; returns what Crane raised."""
     _register_version(fp, binary)
-    fp.register([binary, "manifest", REF], stderr=stderr, returncode=returncode)
+    fp.register([binary, "manifest", "--", REF], stderr=stderr, returncode=returncode)
     with pytest.raises(errors.CraneError) as info:
         Crane().manifest(REF)
     return info.value
@@ -152,7 +152,7 @@ def test_classification_covers_every_rule():
 
 def test_error_carries_command_returncode_and_stderr(fp, binary):
     exc = _failing_manifest(fp, binary, MANIFEST_UNKNOWN + "\n", returncode=2)
-    assert exc.command == [binary, "manifest", REF]
+    assert exc.command == [binary, "manifest", "--", REF]
     assert exc.returncode == 2
     assert exc.stderr == MANIFEST_UNKNOWN
 
@@ -323,7 +323,7 @@ def test_too_old_crane_is_refused(fp, binary):
     assert isinstance(exc, errors.CraneMissingError)
     assert exc.cause == f"crane 0.21.6 at {binary} is too old (need >= 0.21.8; 0.21.6 hangs)"
     assert "install crane >= 0.21.8" in exc.fix
-    assert fp.call_count([binary, "manifest", REF]) == 0
+    assert fp.call_count([binary, "manifest", "--", REF]) == 0
 
 
 @pytest.mark.parametrize("version", ["0.21.8", "v0.21.9", "v0.22.0", "v1.0.0", "0.21.10",
@@ -335,8 +335,8 @@ def test_recent_or_unversioned_crane_is_accepted(fp, binary, version):
 
 def test_version_is_checked_once_per_binary(fp, binary):
     _register_version(fp, binary)
-    fp.register([binary, "digest", REF], stdout="sha256:" + "ab" * 32 + "\n")
-    fp.register([binary, "digest", REF], stdout="sha256:" + "cd" * 32 + "\n")
+    fp.register([binary, "digest", "--", REF], stdout="sha256:" + "ab" * 32 + "\n")
+    fp.register([binary, "digest", "--", REF], stdout="sha256:" + "cd" * 32 + "\n")
     assert Crane().digest(REF) == "sha256:" + "ab" * 32
     assert Crane().digest(REF) == "sha256:" + "cd" * 32
     assert fp.call_count([binary, "version"]) == 1
@@ -370,7 +370,7 @@ def test_parse_version(text, expected):
 def test_success_returns_exact_stdout_bytes(fp, binary):
     body = b'{"schemaVersion":2,  "mediaType":"application/vnd.oci.image.manifest.v1+json"}\n'
     _register_version(fp, binary)
-    fp.register([binary, "manifest", REF], stdout=body)
+    fp.register([binary, "manifest", "--", REF], stdout=body)
     assert Crane().manifest(REF) == body
 
 
@@ -379,7 +379,7 @@ def test_timeout_is_crane_timeout_error(fp, tmp_path, monkeypatch):
     hanging = _executable(tmp_path / "crane", 'if [ "$1" = version ]; then echo v0.21.9; else exec sleep 30; fi')
     monkeypatch.setenv("OCI_CRANE_BINARY", hanging)
     fp.pass_command([hanging, "version"])
-    fp.pass_command([hanging, "manifest", REF])
+    fp.pass_command([hanging, "manifest", "--", REF])
     started = time.monotonic()
     with pytest.raises(errors.CraneTimeoutError) as info:
         Crane(timeout=0.5).manifest(REF)
@@ -389,7 +389,7 @@ def test_timeout_is_crane_timeout_error(fp, tmp_path, monkeypatch):
     assert isinstance(exc, TimeoutError)
     assert isinstance(exc, errors.NetworkError)
     assert exc.cause.startswith("`crane manifest` got no answer within")
-    assert exc.command == [hanging, "manifest", REF]
+    assert exc.command == [hanging, "manifest", "--", REF]
     assert isinstance(exc.__cause__, subprocess.TimeoutExpired)
     assert "OCI_CRANE_TIMEOUT" in exc.fix
 
@@ -399,7 +399,7 @@ def test_timeout_raised_inside_the_fake_is_mapped(fp, binary):
         raise subprocess.TimeoutExpired(process.args, 0.5)
 
     _register_version(fp, binary)
-    fp.register([binary, "manifest", REF], callback=hang)
+    fp.register([binary, "manifest", "--", REF], callback=hang)
     with pytest.raises(errors.CraneTimeoutError) as info:
         Crane(timeout=0.5).manifest(REF)
     assert type(info.value) is errors.CraneTimeoutError
@@ -432,29 +432,29 @@ def test_offline_blob_starts_no_process(fp, binary, tmp_path):
 
 def test_plain_argv_has_no_insecure_or_platform(fp, binary):
     _register_version(fp, binary)
-    fp.register([binary, "manifest", REF], stdout="{}")
-    fp.register([binary, "export", REF, "-"], stdout="")
+    fp.register([binary, "manifest", "--", REF], stdout="{}")
+    fp.register([binary, "export", "--", REF, "-"], stdout="")
     Crane().manifest(REF)
     Crane().run("export", REF, "-", platform=True)
-    assert list(fp.calls) == [[binary, "version"], [binary, "manifest", REF], [binary, "export", REF, "-"]]
+    assert list(fp.calls) == [[binary, "version"], [binary, "manifest", "--", REF], [binary, "export", "--", REF, "-"]]
 
 
 def test_insecure_is_appended_when_set(fp, binary):
     _register_version(fp, binary)
-    fp.register([binary, "manifest", REF, "--insecure"], stdout="{}")
+    fp.register([binary, "manifest", "--insecure", "--", REF], stdout="{}")
     Crane(insecure=True, platform="linux/amd64").manifest(REF)  # manifest never passes --platform
-    assert list(fp.calls)[-1] == [binary, "manifest", REF, "--insecure"]
+    assert list(fp.calls)[-1] == [binary, "manifest", "--insecure", "--", REF]
 
 
 def test_platform_is_appended_only_where_asked(fp, binary):
     _register_version(fp, binary)
-    fp.register([binary, "export", REF, "-", "--platform", "linux/arm64"], stdout="")
-    fp.register([binary, "export", REF, "-", "--insecure", "--platform", "linux/arm64"], stdout="")
+    fp.register([binary, "export", "--platform", "linux/arm64", "--", REF, "-"], stdout="")
+    fp.register([binary, "export", "--insecure", "--platform", "linux/arm64", "--", REF, "-"], stdout="")
     Crane(platform="linux/arm64").run("export", REF, "-", platform=True)
     Crane(platform="linux/arm64", insecure=True).run("export", REF, "-", platform=True)
     assert list(fp.calls)[1:] == [
-        [binary, "export", REF, "-", "--platform", "linux/arm64"],
-        [binary, "export", REF, "-", "--insecure", "--platform", "linux/arm64"],
+        [binary, "export", "--platform", "linux/arm64", "--", REF, "-"],
+        [binary, "export", "--insecure", "--platform", "linux/arm64", "--", REF, "-"],
     ]
 
 
@@ -467,7 +467,7 @@ def test_crane_gets_no_color_and_the_users_environment(fp, binary, monkeypatch):
         seen.append(process.kwargs["env"])
 
     fp.register([binary, "version"], stdout="v0.21.9\n", callback=record)
-    fp.register([binary, "manifest", REF], stdout="{}", callback=record)
+    fp.register([binary, "manifest", "--", REF], stdout="{}", callback=record)
     Crane().manifest(REF)
     assert len(seen) == 2
     for env in seen:
@@ -477,11 +477,11 @@ def test_crane_gets_no_color_and_the_users_environment(fp, binary, monkeypatch):
 
 def test_blob_failure_is_classified(fp, binary, tmp_path):
     _register_version(fp, binary)
-    fp.register([binary, "blob", PINNED], stderr=INTEGRITY + "\n", returncode=1)
+    fp.register([binary, "blob", "--", PINNED], stderr=INTEGRITY + "\n", returncode=1)
     with pytest.raises(errors.CraneError) as info:
         Crane().blob(PINNED, tmp_path / "blob")
     assert type(info.value) is errors.CraneIntegrityError
-    assert info.value.command == [binary, "blob", PINNED]
+    assert info.value.command == [binary, "blob", "--", PINNED]
     assert info.value.stderr == INTEGRITY
 
 

@@ -244,7 +244,7 @@ def test_errors_are_one_clear_line(registry, tmp_path, cache_dir, case, expected
     if case == "plain-image":
         (tmp_path / "f.txt").write_text("x")
         subprocess.run(["tar", "cf", str(tmp_path / "f.tar"), "-C", str(tmp_path), "f.txt"], check=True)
-        Crane().run("append", "--new_layer", str(tmp_path / "f.tar"), "-t", f"{registry.host}/acme/image:v1")
+        Crane().run("append", options=["--new_layer", str(tmp_path / "f.tar"), "-t", f"{registry.host}/acme/image:v1"])
         reference = f"{registry.host}/acme/image:v1"
     elif case == "gguf":
         layout = LayoutWriter(tmp_path / "layout")
@@ -303,7 +303,7 @@ def test_image_index_picks_the_platform(registry, tmp_path, cache_dir):
     layout = tmp_path / "multi-layout"
     for arch, model in models.items():
         pack_dmr(model, layout, platform={"os": "linux", "architecture": arch})
-    Crane().run("push", "--index", str(layout), f"{registry.host}/acme/multi:latest")
+    Crane().run("push", str(layout), f"{registry.host}/acme/multi:latest", options=["--index"])
     for arch, model in models.items():
         result = puller(cache_dir, platform=f"linux/{arch}").fetch(f"{registry.host}/acme/multi")
         assert tree_bytes(result.path) == tree_bytes(model)

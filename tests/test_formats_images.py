@@ -228,7 +228,7 @@ def test_image_written_by_crane_append_with_docker_media_types(registry, tmp_pat
     layer = tmp_path / "layer.tar"
     layer.write_bytes(make_tar([Entry("models/"), Entry("models/m/"), *files_of(source, "models/m/")]))
     reference = f"{registry.host}/acme/appended:v1"
-    Crane().run("append", "--new_layer", str(layer), "-t", reference)
+    Crane().run("append", options=["--new_layer", str(layer), "-t", reference])
     manifest = json.loads(Crane().manifest(reference))
     assert manifest["mediaType"] == DOCKER_MANIFEST
     assert manifest["config"]["mediaType"] == image.DOCKER_CONFIG
@@ -310,7 +310,7 @@ def test_multi_platform_image_index_picks_the_platform(registry, tmp_path, cache
     digests = {arch: add_image(layout, [files_of(model, "models/")], "gzip",
                                platform={"os": "linux", "architecture": arch}) for arch, model in models.items()}
     reference = f"{registry.host}/acme/multi:v1"
-    Crane().run("push", "--index", str(layout.root), reference)
+    Crane().run("push", str(layout.root), reference, options=["--index"])
     arm = fetch(reference, cache_dir, "--platform", "linux/arm64")
     assert arm["digest"] == digests["arm64"] and arm["index_digest"] not in (None, digests["arm64"])
     assert tree_bytes(Path(str(arm["path"]))) == tree_bytes(models["arm64"])
@@ -365,7 +365,7 @@ def test_artifact_index_without_platforms_picks_the_model(registry, tmp_path, ca
     add_attestation(layout, model_digest)
     write_index(layout)
     reference = f"{registry.host}/acme/signed:v1"
-    Crane().run("push", "--index", str(root), reference)
+    Crane().run("push", str(root), reference, options=["--index"])
     for extra in ((), ("--platform", "linux/arm64")):  # no child names a platform: --platform does not matter
         result = fetch(reference, cache_dir, *extra)
         assert result["digest"] == model_digest and result["format"] == "dmr-v0.2"
@@ -381,7 +381,7 @@ def test_artifact_index_with_two_candidates_fails_listing_the_children(registry,
     add_signature(layout, first)
     write_index(layout)
     reference = f"{registry.host}/acme/ambiguous:v1"
-    Crane().run("push", "--index", str(root), reference)
+    Crane().run("push", str(root), reference, options=["--index"])
     line = fetch_fails(reference, cache_dir)
     assert "no model artifact" in line and first[:19] in line and second[:19] in line and COSIGN in line, line
     assert "@sha256:" in line

@@ -168,6 +168,15 @@ BAD = [
     ("gcr.io{}/xy", "not allowed in a host"),
     ("../xy", "not a host name"),
     ("./xy", "not a host name"),
+    # A leading '-': crane would read the reference as its own options (--user-agent=..., -v -v -v).
+    ("--user-agent=evil.io/repo:tag", "registry '--user-agent=evil.io' may not start with '-'"),
+    ("-vvv.io/repo:tag", "registry '-vvv.io' may not start with '-'"),
+    ("oci://-vvv.io/repo", "registry '-vvv.io' may not start with '-'"),
+    ("-x:5000/repo", "registry '-x:5000' may not start with '-'"),
+    ("-vvv/repo", "may not start with '-'"),
+    ("--repo", "may not start with '-'"),
+    ("ghcr.io/acme/-x", "may not start with '-'"),
+    ("--x@" + D, "may not start with '-'"),
     # Schemes other than oci://.
     ("https://gcr.io/xy", "oci://"),
     ("http://localhost:5000/xy", "oci://"),

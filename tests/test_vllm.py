@@ -116,7 +116,7 @@ def test_offline_llm_api_on_a_modelcar_image(registry, tmp_path, tiny_llama):
     reference = f"{registry.host}/acme/tiny:api"
     with tarfile.open(tmp_path / "layer.tar", "w") as tar:
         tar.add(tiny_llama, arcname="models")
-    Crane().run("append", "--new_layer", str(tmp_path / "layer.tar"), "-t", reference)
+    Crane().run("append", options=["--new_layer", str(tmp_path / "layer.tar"), "-t", reference])
     code = OFFLINE_API.format(prompts=PROMPTS, reference=reference, cache=str(tmp_path / "models"),
                               local=str(tiny_llama))
     done = run_python(code, tmp_path)

@@ -65,15 +65,16 @@ def safe_relative_path(raw: str, where: str) -> str:
     if not text or "\x00" in text or text.startswith("/") or "\\" in text or (len(text) > 1 and text[1] == ":"):
         raise InvalidModelError(f"{where}: unsafe path {raw!r} (absolute, empty or with backslashes)",
                                 "re-push the artifact with relative file paths")
+    try:
+        text.encode()
+    except UnicodeEncodeError:  # a lone surrogate from a JSON \ud800 escape: no file system can name it
+        raise InvalidModelError(f"{where}: path {raw!r} is not valid UTF-8",
+                                "re-push the artifact with UTF-8 file names") from None
     normal = posixpath.normpath(text)
     if normal in (".", "") or normal == ".." or normal.startswith("../"):
         raise InvalidModelError(f"{where}: path {raw!r} escapes the model directory",
                                 "re-push the artifact with relative file paths")
-    try:
-        parts = [part.encode("utf-8") for part in normal.split("/")]
-    except UnicodeEncodeError:
-        raise InvalidModelError(f"{where}: path {raw!r} is not valid UTF-8",
-                                "re-push the artifact with UTF-8 file names") from None
+    parts = [part.encode() for part in normal.split("/")]
     if len(parts) > MAX_PATH_DEPTH or max(len(part) for part in parts) > MAX_NAME_BYTES:
         shown = raw if len(raw) <= 80 else raw[:80] + "..."
         raise InvalidModelError(f"{where}: path {shown!r} is over {MAX_PATH_DEPTH} directories deep or has a "
