@@ -14,6 +14,7 @@ import zstandard
 from conftest import push_layout, run_cli, tool, tree_bytes, write_model
 
 from oci_crane_loader import errors
+from oci_crane_loader.crane import Crane
 from oci_crane_loader.formats import Action, kitops, modelpack, oras, recognise
 from oci_crane_loader.layout import LayoutWriter
 from oci_crane_loader.oci import OCI_EMPTY, TITLE, Manifest, sha256_digest
@@ -224,7 +225,9 @@ def test_modelpack_path_still_escaping_after_stripping_is_refused(registry, tmp_
     assert "escaped.bin" in line and ("escapes the model directory" in line or "unsafe path" in line), line
     assert not list(tmp_path.rglob("escaped.bin")) and not Path("/tmp/escaped.bin").exists()
     assert nothing_materialised(cache_dir)
-    assert not (cache_dir / "blobs" / "sha256").exists() or len(list((cache_dir / "blobs" / "sha256").iterdir())) <= 1
+    # Refused while planning: the config (read to plan) is the only blob fetched, no layer.
+    config_digest = json.loads(Crane().manifest(reference))["config"]["digest"]
+    assert [p.name for p in (cache_dir / "blobs" / "sha256").iterdir()] == [config_digest.removeprefix("sha256:")]
 
 
 def test_modelpack_two_layers_for_one_path_are_refused(registry, tmp_path, cache_dir):
