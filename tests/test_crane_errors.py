@@ -499,15 +499,21 @@ def _foreign_executable(path: Path) -> tuple[str, str]:
     return built_for, os.strerror(errno.ENOEXEC)
 
 
-def test_bundled_crane_that_cannot_run_here_gives_way_to_path_with_one_warning(tmp_path, monkeypatch, caplog):
+def _foreign_bundled_and_path_crane(tmp_path: Path, monkeypatch, path_version: str) -> tuple[Path, str, str, str]:
+    """A bundled crane built for another platform, and on PATH a script answering ``crane version``."""
     foreign = tmp_path / "bundled" / "crane"
     built_for, strerror = _foreign_executable(foreign)
     bindir = tmp_path / "bin"
     bindir.mkdir()
-    on_path = _executable(bindir / "crane", "echo v0.21.9")
+    on_path = _executable(bindir / "crane", f"echo {path_version}")
     monkeypatch.delenv("OCI_CRANE_BINARY", raising=False)
     monkeypatch.setattr(crane, "BUNDLED_BINARY", foreign)
     monkeypatch.setenv("PATH", str(bindir))
+    return foreign, built_for, strerror, on_path
+
+
+def test_bundled_crane_that_cannot_run_here_gives_way_to_path_with_one_warning(tmp_path, monkeypatch, caplog):
+    foreign, built_for, strerror, on_path = _foreign_bundled_and_path_crane(tmp_path, monkeypatch, "v0.21.9")
     with caplog.at_level(logging.WARNING, logger="oci_crane_loader.crane"):
         chosen = crane.choose_crane()
         assert find_crane() == on_path  # asked again: decided once, warned once
@@ -522,15 +528,8 @@ def test_bundled_crane_that_cannot_run_here_gives_way_to_path_with_one_warning(t
                              f"found via PATH; {reason};")
 
 
-def test_unrunnable_bundled_crane_and_none_on_path_names_both_problems(tmp_path, monkeypatch):
-    foreign = tmp_path / "bundled" / "crane"
-    built_for, _ = _foreign_executable(foreign)
-    bindir = tmp_path / "bin"
-    bindir.mkdir()
-    old = _executable(bindir / "crane", "echo v0.21.6")
-    monkeypatch.delenv("OCI_CRANE_BINARY", raising=False)
-    monkeypatch.setattr(crane, "BUNDLED_BINARY", foreign)
-    monkeypatch.setenv("PATH", str(bindir))
+def test_unrunnable_bundled_crane_and_a_too_old_one_on_path_names_both_problems(tmp_path, monkeypatch):
+    _, built_for, _, old = _foreign_bundled_and_path_crane(tmp_path, monkeypatch, "v0.21.6")
     with pytest.raises(errors.CraneTooOldError) as info:
         find_crane()
     assert f"built for {built_for}" in info.value.cause

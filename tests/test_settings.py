@@ -108,17 +108,22 @@ def test_a_file_in_the_way_says_so(tmp_path):
     assert "free space" not in done.stderr and "is in the way" in done.stderr, done.stderr
 
 
+def _fetch_into_a_small_tmpfs(reference: str, cache_dir: Path, size: str) -> subprocess.CompletedProcess[str]:
+    """`fetch` with the cache on a tmpfs of ``size`` mounted in a private mount namespace."""
+    unshare = unshare_mount()
+    cache_dir.mkdir()
+    script = f'mount -t tmpfs -o size={size} tmpfs "$1" && shift && exec "$@"'
+    return subprocess.run([*unshare, "sh", "-c", script, "sh", str(cache_dir), sys.executable, "-m",
+                           "oci_crane_loader", "fetch", reference, "--cache-dir", str(cache_dir), "-q"],
+                          capture_output=True, text=True, cwd=REPO_ROOT, timeout=300, check=False)
+
+
 def test_a_full_disk_during_a_download_names_the_cache_and_free_space(registry, tmp_path, cache_dir):
     """The free-space check before downloading counts bytes; a disk fills by blocks. 120 shards of a few hundred
     bytes pass the check on a 256 KiB tmpfs, then fill it a 4 KiB page each, mid-download."""
-    unshare = unshare_mount()
     source = write_model(tmp_path / "src", shards=120)
     push_model(source, f"{registry.host}/acme/big:v1", tmp_path)
-    cache_dir.mkdir()
-    script = ('mount -t tmpfs -o size=256k tmpfs "$1" && shift && exec "$@"')
-    done = subprocess.run([*unshare, "sh", "-c", script, "sh", str(cache_dir), sys.executable, "-m",
-                           "oci_crane_loader", "fetch", f"{registry.host}/acme/big:v1", "--cache-dir", str(cache_dir),
-                           "-q"], capture_output=True, text=True, cwd=REPO_ROOT, timeout=300, check=False)
+    done = _fetch_into_a_small_tmpfs(f"{registry.host}/acme/big:v1", cache_dir, "256k")
     assert done.returncode == 1
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and "No space left on device" in lines[0], done.stderr
@@ -127,15 +132,10 @@ def test_a_full_disk_during_a_download_names_the_cache_and_free_space(registry, 
 
 
 def test_a_disk_too_small_for_the_model_is_refused_before_downloading(registry, tmp_path, cache_dir):
-    unshare = unshare_mount()
     source = write_model(tmp_path / "src", shards=1)
     save_file({"big": np.zeros(1 << 18, dtype=np.float32)}, str(source / "model.safetensors"))  # 1 MiB
     push_model(source, f"{registry.host}/acme/big:v1", tmp_path)
-    cache_dir.mkdir()
-    script = ('mount -t tmpfs -o size=512k tmpfs "$1" && shift && exec "$@"')
-    done = subprocess.run([*unshare, "sh", "-c", script, "sh", str(cache_dir), sys.executable, "-m",
-                           "oci_crane_loader", "fetch", f"{registry.host}/acme/big:v1", "--cache-dir", str(cache_dir),
-                           "-q"], capture_output=True, text=True, cwd=REPO_ROOT, timeout=300, check=False)
+    done = _fetch_into_a_small_tmpfs(f"{registry.host}/acme/big:v1", cache_dir, "512k")
     assert done.returncode == 1
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and "the model needs 1.0 MiB in the cache" in lines[0], done.stderr
