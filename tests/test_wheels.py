@@ -34,8 +34,9 @@ PLATFORMS = {  # GOOS/GOARCH -> the platform part of the wheel's name; the WHEEL
 # The first 8 bytes of a 64-bit little-endian Mach-O: magic, then cputype (mach/machine.h), written out by hand
 # so this test does not trust the package's own header reader.
 MACHO_HEADS = {"darwin/amd64": bytes.fromhex("cffaedfe07000001"), "darwin/arm64": bytes.fromhex("cffaedfe0c000001")}
-# Directories that hold neither go nor crane on this kind of machine; the test checks that, too.
-BARE_PATH_DIRS = ["/usr/bin", "/bin"]
+# The few system commands a new user's PATH surely has; hosted runners keep Go in /usr/bin on some images, so PATH
+# gets links to these alone rather than whole system directories.
+BASIC_COMMANDS = ("sh", "env", "cat", "ls", "uname")
 
 
 def _wheel_name(target: str) -> str:
@@ -109,8 +110,14 @@ def test_each_crane_is_built_for_its_platform(extracted: dict[str, Path], target
 
 
 def _bare_env(home: Path, venv: Path) -> dict[str, str]:
-    """What a new user's shell has: the virtualenv, /usr/bin and /bin; no Go, no crane, no caches of ours."""
-    path = os.pathsep.join([str(venv / "bin"), *BARE_PATH_DIRS])
+    """What a new user's shell has: the virtualenv and basic commands; no Go, no crane, no caches of ours."""
+    basics = venv.parent / "basic-commands"
+    basics.mkdir(exist_ok=True)
+    for command in BASIC_COMMANDS:
+        found = shutil.which(command)
+        if found and not (basics / command).exists():
+            (basics / command).symlink_to(found)
+    path = os.pathsep.join([str(venv / "bin"), str(basics)])
     assert shutil.which("go", path=path) is None and shutil.which("crane", path=path) is None
     env = {key: value for key, value in os.environ.items()
            if not key.startswith(("OCI_CRANE", "GO", "VIRTUAL_ENV", "PYTHON"))}
