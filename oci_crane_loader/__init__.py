@@ -17,9 +17,9 @@ __all__ = ["OciCraneError", "__version__", "fetch"]
 def fetch(reference: str, *, cache_dir: str | Path | None = None, platform: str | None = None, jobs: int = 4,
           offline: bool = False, insecure: bool = False) -> Path:
     """Download (or reuse from the cache) the model at ``reference`` and return its directory."""
+    from .cache.store import Store
     from .crane import Crane
     from .pull import Puller
-    from .store import Store
 
     crane = Crane(insecure=insecure, platform=platform, offline=offline)
     return Puller(Store(cache_dir), crane, jobs=jobs).fetch(reference).path

@@ -14,12 +14,12 @@ import threading
 from collections.abc import Sequence
 
 from . import __version__, errors
+from .cache.store import Store
 from .crane import Crane
 from .progress import Progress, human
 from .pull import MAX_JOBS, Puller
 from .reference import parse_reference
 from .settings import settings
-from .store import Store
 
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
@@ -194,31 +194,33 @@ def _registry_command(args: argparse.Namespace) -> None:
 
 
 def _cache(args: argparse.Namespace) -> None:
-    from . import cache_admin  # imported here: `fetch` starts faster without it
+    # imported here: `fetch` starts faster without them
+    from .cache import listing, prune, verify
+    from .cli_format import format_info, format_prune, format_verify
 
     store = Store(args.cache_dir)
     if args.action == "ls":
-        info = cache_admin.scan_cache(store)
-        print(json.dumps(info.to_json(), indent=2) if args.json else cache_admin.format_info(info))
+        info = listing.scan_cache(store)
+        print(json.dumps(info.to_json(), indent=2) if args.json else format_info(info))
     elif args.action == "verify":
-        verified = cache_admin.verify_cache(store)
-        print(json.dumps(verified.to_json(), indent=2) if args.json else cache_admin.format_verify(verified))
+        verified = verify.verify_cache(store)
+        print(json.dumps(verified.to_json(), indent=2) if args.json else format_verify(verified))
         if not verified.ok:
             raise verified.error()
     elif args.action == "prune":
-        report = cache_admin.prune_cache(store, dry_run=args.dry_run, damaged=args.damaged)
-        print(json.dumps(report.to_json(), indent=2) if args.json else cache_admin.format_prune(report))
+        report = prune.prune_cache(store, dry_run=args.dry_run, damaged=args.damaged)
+        print(json.dumps(report.to_json(), indent=2) if args.json else format_prune(report))
     elif args.action == "rm":
         reference = parse_reference(args.reference)
-        digest = cache_admin.remove_ref(store, reference)
-        pruned = cache_admin.prune_cache(store) if args.prune else None
+        digest = prune.remove_ref(store, reference)
+        pruned = prune.prune_cache(store) if args.prune else None
         if args.json:
             print(json.dumps({"removed": reference.name, "digest": digest,
                               "prune": pruned.to_json() if pruned else None}, indent=2))
         else:
             print(f"removed {reference.name} ({digest[:19]})")
             if pruned:
-                print(cache_admin.format_prune(pruned))
+                print(format_prune(pruned))
 
 
 class _Terminated(KeyboardInterrupt):

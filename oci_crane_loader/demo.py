@@ -13,11 +13,11 @@ import sys
 import tempfile
 from pathlib import Path
 
+from .cache.store import Store
 from .crane import Crane, serve_registry
 from .pack import pack_dmr
 from .progress import Progress
 from .pull import Puller
-from .store import Store
 
 
 def write_safetensors(path: Path, tensors: dict[str, tuple[list[int], list[float]]]) -> None:

@@ -11,15 +11,14 @@ import json
 import shutil
 import subprocess
 import sys
-import tempfile
 from dataclasses import dataclass
 
 from . import errors
 from .auth import docker_config_path
+from .cache.store import Store, remove_tree
 from .crane import MINIMUM_VERSION, SOURCE_NAMES, choose_crane
 from .executable import host_platform
 from .progress import human
-from .store import Store
 
 MIN_FREE_BYTES = 1 << 30  # less than this cannot hold a model worth serving
 PLUGIN_GROUP = "vllm.general_plugins"
@@ -84,9 +83,7 @@ def check_crane() -> Check:
 def check_cache(cache_dir: str | None) -> Check:
     try:
         store = Store(cache_dir)
-        with tempfile.NamedTemporaryFile(dir=store.root / "tmp", prefix="doctor.") as probe:
-            probe.write(b"ok")
-            probe.flush()
+        remove_tree(store.scratch_dir("doctor."))  # a write probe
         free = shutil.disk_usage(store.root).free
     except (errors.OciCraneError, OSError) as exc:
         cause = exc.cause if isinstance(exc, errors.OciCraneError) else f"{exc.strerror or exc}"

@@ -14,13 +14,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .cache.store import Store
 from .crane import Crane
 from .formats import LayerPlan, Plan
 from .materialize import INDEX_NAME, materialize
 from .pull import MAX_JOBS, Puller, Resolved
 from .safetensors_check import SafetensorsIndex, read_header, read_index
 from .settings import settings
-from .store import Store
 
 _LoaderBase: Any = object  # vLLM is optional: the rest of the package must import without it
 try:

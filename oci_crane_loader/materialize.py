@@ -18,11 +18,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
+from .cache.store import Store, remove_tree
 from .errors import CacheError, InvalidModelError, OciCraneError, SettingsError
 from .formats import Action, LayerPlan, Plan, safe_relative_path
 from .progress import human
 from .safetensors_check import check_model_dir, read_header, read_index
-from .store import Store, remove_tree
 
 log = logging.getLogger(__name__)
 

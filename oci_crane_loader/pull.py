@@ -18,13 +18,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import errors
+from .cache.store import Store, remove_tree
 from .crane import Crane
 from .formats import Action, LayerPlan, Plan, recognise
 from .materialize import extract_tar, list_files, materialize
-from .oci import Descriptor, Index, Manifest, digest_hex, parse_manifest_or_index, sha256_digest
+from .oci import Descriptor, Index, Manifest, parse_manifest_or_index, sha256_digest
 from .progress import Progress, human
 from .reference import Reference, parse_reference
-from .store import Store, remove_tree
 
 log = logging.getLogger(__name__)
 
@@ -207,19 +207,12 @@ class Puller:
                     cancel: threading.Event | None = None) -> Path:
         """The blob's cache path; downloaded (once, across threads and processes) if missing. Setting ``cancel``
         stops the download (crane is stopped, the temp file removed) with CancelledError."""
-        path = self.store.blob_path(descriptor.digest)
-        if self.store.has_blob(descriptor):
-            self.progress.skipped(descriptor.size)
-            return path
-        with self.store.lock(digest_hex(descriptor.digest)):
-            if self.store.has_blob(descriptor):  # another process finished it while we waited
-                self.progress.skipped(descriptor.size)
-                return path
-            pinned = f"{reference.repository_name}@{descriptor.digest}"
+        pinned = f"{reference.repository_name}@{descriptor.digest}"
+
+        def download(temp: Path) -> None:
             for attempt in range(1, RETRIES + 1):
                 if cancel is not None and cancel.is_set():
                     raise errors.CancelledError(f"download of {pinned} was cancelled")
-                temp = self.store.temp_path(digest_hex(descriptor.digest))
                 received = 0
 
                 def count(delta: int) -> None:
@@ -229,9 +222,7 @@ class Puller:
 
                 try:
                     self.crane.blob(pinned, temp, count, size=descriptor.size, cancel=cancel)
-                    self.store.commit_blob(temp, descriptor, f"blob {pinned}")
-                    self.progress.finished(descriptor)
-                    return path
+                    return
                 except errors.NetworkError as exc:  # includes stalls; auth, TLS and integrity are not retried
                     self.progress.advance(-received)
                     if attempt == RETRIES:
@@ -247,9 +238,12 @@ class Puller:
                         raise errors.cache_os_error(OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)),
                                                     f"download {pinned}", self.store.root) from exc
                     raise
-                finally:
-                    temp.unlink(missing_ok=True)
-        raise AssertionError("unreachable")
+
+        if self.store.write_blob(descriptor, download, source=f"blob {pinned}"):
+            self.progress.finished(descriptor)
+        else:  # cached already, or another process finished it while we waited
+            self.progress.skipped(descriptor.size)
+        return self.store.blob_path(descriptor.digest)
 
     def ensure_blobs(self, reference: Reference, layers: Iterable[LayerPlan],
                      on_ready: Callable[[LayerPlan, Path], None] | None = None) -> None:

@@ -8,6 +8,7 @@ rather than copied, then `crane push LAYOUT REF` sends it byte for byte; the lay
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -16,11 +17,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import errors
+from .cache.store import Store, remove_tree
 from .crane import Crane
 from .pack import collect_files, pack_dmr, pack_modelpack
 from .reference import parse_reference
 from .safetensors_check import check_model_dir
-from .store import Store, remove_tree
 
 log = logging.getLogger(__name__)
 
@@ -68,10 +69,13 @@ def validate_model_dir(model_dir: Path) -> list[str]:
 
 
 def _scratch_dir(model_dir: Path, store: Store) -> Path:
-    """A new empty directory on the model's filesystem, so the layout's blobs can be hard links: the cache's tmp/,
-    else the system temp dir, else beside the model. Elsewhere (copies) only if none of them is."""
+    """A new empty directory on the model's filesystem, so the layout's blobs can be hard links: the cache's scratch
+    space, else the system temp dir, else beside the model. Elsewhere (copies) only if none of them is."""
+    with contextlib.suppress(OSError):  # not there, or not writable: try the next one
+        if store.scratch_shares_filesystem(model_dir):
+            return store.scratch_dir("push-layout.")
     device = model_dir.stat().st_dev
-    candidates = [(store.root / "tmp", "push-layout."), (Path(tempfile.gettempdir()), "oci-crane-push-layout."),
+    candidates = [(Path(tempfile.gettempdir()), "oci-crane-push-layout."),
                   (model_dir.resolve().parent, ".oci-crane-push-layout.")]
     for parent, prefix in candidates:
         try:
@@ -79,9 +83,10 @@ def _scratch_dir(model_dir: Path, store: Store) -> Path:
                 return Path(tempfile.mkdtemp(prefix=prefix, suffix=f".{os.getpid()}.incomplete", dir=parent))
         except OSError:
             continue  # not there, or not writable: try the next one
+    scratch = store.scratch_dir("push-layout.")
     log.warning("no writable directory on the filesystem of %s: the push copies its files into %s first",
-                model_dir, store.root / "tmp")
-    return Path(tempfile.mkdtemp(prefix="push-layout.", suffix=f".{os.getpid()}.incomplete", dir=store.root / "tmp"))
+                model_dir, scratch)
+    return scratch
 
 
 def push(model_dir: str | os.PathLike[str], reference: str, *, format: str = "modelpack", insecure: bool = False,

@@ -13,11 +13,11 @@ import pytest
 from conftest import push_layout, run_cli, tree_bytes, write_model
 
 from oci_crane_loader import errors
+from oci_crane_loader.cache.store import Store
 from oci_crane_loader.formats import Action, LayerPlan, Plan, dmr, modelpack, recognise
 from oci_crane_loader.layout import LayoutWriter, canonical_json
 from oci_crane_loader.materialize import RATIO_FLOOR, UnpackLimits, extract_tar, materialize
 from oci_crane_loader.oci import Descriptor, Manifest, sha256_digest
-from oci_crane_loader.store import Store
 
 MP = "application/vnd.cncf.model."
 
@@ -254,7 +254,7 @@ def test_config_only_materialisation_needs_config_json_too(tmp_path):
     data = b"not a model"
     descriptor = Descriptor.model_validate({"mediaType": "application/octet-stream", "digest": sha256_digest(data),
                                             "size": len(data)})
-    store.write_blob_bytes(data, descriptor)
+    store.write_blob(descriptor, lambda temp: temp.write_bytes(data))
     plan = Plan("oras", [LayerPlan(descriptor, Action.FILE, "README.md")])
     with pytest.raises(errors.InvalidModelError, match=r"no config\.json"):
         materialize(store, plan, sha256_digest(b"manifest"), weights=False)

@@ -53,7 +53,7 @@ def test_settings_parse_every_variable():
 def test_the_package_imports_with_bad_settings():
     env = {**os.environ, "OCI_CRANE_TIMEOUT": "abc", "OCI_CRANE_LOCK_TIMEOUT": "x"}
     done = subprocess.run([sys.executable, "-c", "import oci_crane_loader.cli, oci_crane_loader.loader, "
-                           "oci_crane_loader.store"], capture_output=True, text=True, env=env, cwd=REPO_ROOT,
+                           "oci_crane_loader.cache.store"], capture_output=True, text=True, env=env, cwd=REPO_ROOT,
                           check=False)
     assert done.returncode == 0, done.stderr
 

@@ -200,11 +200,11 @@ def test_first_shard_is_read_while_later_shards_are_still_downloading(registry, 
 
     from conftest import write_model
 
+    from oci_crane_loader.cache.store import Store
     from oci_crane_loader.crane import Crane
     from oci_crane_loader.loader import stream_weights
     from oci_crane_loader.pull import Puller
     from oci_crane_loader.safetensors_check import read_index
-    from oci_crane_loader.store import Store
 
     source = write_model(tmp_path / "src", shards=3)
     reference = f"{registry.host}/acme/stream:v1"

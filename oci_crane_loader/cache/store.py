@@ -7,7 +7,11 @@
                                               ('@' is in no repository or tag name: no path can collide)
     models/sha256/<hex>/          materialised model directory (hard links to blobs, extracted tar files)
     configs/sha256/<hex>/         the same without weights, for vLLM's `model` while weights stream in
-    tmp/, locks/
+    tmp/                          temp files, scratch directories, fetch markers (fetching-*)
+    locks/<hex>.lock, locks/prune.lock
+
+This module is the only code that knows these paths: everything else asks the Store, and lists the cache through
+its typed iterators (``blobs``, ``manifests``, ``refs``, ``model_dirs``, ``scratch_entries``).
 
 Correctness comes from atomic renames (temp file, fsync, os.replace), not from the locks: locks only stop two
 processes downloading the same blob twice. A half-written file is never visible under its final name.
@@ -19,18 +23,21 @@ import contextlib
 import hashlib
 import logging
 import os
+import re
 import shutil
 import stat
+import tempfile
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import filelock
 
-from . import errors
-from .oci import Descriptor, digest_hex, sha256_digest
-from .reference import Reference
-from .settings import settings
+from .. import errors
+from ..oci import Descriptor, digest_hex, sha256_digest
+from ..reference import Reference
+from ..settings import settings
 
 log = logging.getLogger(__name__)
 
@@ -44,8 +51,60 @@ def fsync(fd: int) -> None:
 
 _HASH_CHUNK = 4 << 20
 TAGS, DIGESTS = "@tags", "@digests"  # ref directories under refs/<registry>/<repository>/
-LAYOUT_MARKER = ".layout-2"
-FETCHING = "fetching-"  # tmp/ marker of a fetch in progress  # in refs/: the refs were moved to the @tags/ layout
+LAYOUT_MARKER = ".layout-2"  # in refs/: the refs were moved to the @tags/ layout
+FETCHING = "fetching-"  # tmp/ marker of a fetch in progress
+_HEX = re.compile(r"[a-f0-9]{64}")
+_DIGEST = re.compile(r"sha256:[a-f0-9]{64}")
+_DIR_NAME = re.compile(r"([a-f0-9]{64})(-[a-f0-9]+)?")  # a manifest digest, plus a hash of --subpath if chosen
+_DIR_KINDS = (("model", "models"), ("config", "configs"))
+
+
+@dataclass(frozen=True)
+class DigestFile:
+    """A file under blobs/sha256/ or manifests/sha256/; ``digest`` is None when its name is not a sha256 hex."""
+
+    path: Path
+    digest: str | None
+    size: int
+
+
+@dataclass(frozen=True)
+class RefFile:
+    """A file under refs/. For refs/<registry>/<repository>/@tags/<tag> (``tag`` set) or .../@digests/<hex>
+    (``digest`` set) registry and repository are set too; for any other file all four are None."""
+
+    path: Path
+    registry: str | None
+    repository: str | None
+    tag: str | None
+    digest: str | None  # the digest a fetch by digest named
+    target: str | None  # the manifest or index digest the file holds; None if it holds none
+
+    @property
+    def name(self) -> str | None:
+        """registry/repository:tag or registry/repository@sha256:hex, as a reference names it."""
+        if self.tag is not None:
+            return f"{self.registry}/{self.repository}:{self.tag}"
+        if self.digest is not None:
+            return f"{self.registry}/{self.repository}@{self.digest}"
+        return None
+
+
+@dataclass(frozen=True)
+class ModelDir:
+    """A model directory (``kind`` "model") or its config-only twin (``kind`` "config") of a manifest."""
+
+    kind: str
+    path: Path
+    manifest_digest: str
+
+
+@dataclass(frozen=True)
+class ScratchEntry:
+    """A file or directory under tmp/: a download or model directory in progress, a fetch marker, a leftover."""
+
+    path: Path
+    fetching: str | None  # for a fetch marker: the digest whose blobs and directories the running fetch needs
 
 
 def _model_name(manifest_digest: str, subpath: str | None) -> str:
@@ -118,9 +177,12 @@ class Store:
         return self.root / "tmp" / f"{hint}.{os.getpid()}.{uuid.uuid4().hex[:12]}.incomplete"
 
     # --- locks -------------------------------------------------------------------------------------------------
+    def _lock_file(self, name: str) -> Path:
+        return self.root / "locks" / f"{name}.lock"
+
     @contextlib.contextmanager
-    def lock(self, name: str) -> Iterator[None]:
-        lock = filelock.FileLock(str(self.root / "locks" / f"{name}.lock"))
+    def _lock(self, name: str) -> Iterator[None]:
+        lock = filelock.FileLock(str(self._lock_file(name)))
         try:
             lock.acquire(timeout=1)
         except filelock.Timeout:
@@ -136,6 +198,29 @@ class Store:
         finally:
             lock.release()
 
+    def prune_lock(self) -> contextlib.AbstractContextManager[None]:
+        """Held by a prune, so that two prunes do not delete under each other."""
+        return self._lock("prune")
+
+    @contextlib.contextmanager
+    def try_blob_lock(self, digest: str, *, create: bool) -> Iterator[bool]:
+        """Holds the blob's download lock (True) unless a download holds it (False), without waiting. Without
+        ``create`` a missing lock file counts as free and none is made (a dry run changes nothing)."""
+        lock_file = self._lock_file(digest_hex(digest))
+        if not create and not lock_file.exists():
+            yield True
+            return
+        lock = filelock.FileLock(str(lock_file))
+        try:
+            lock.acquire(timeout=0)
+        except filelock.Timeout:
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            lock.release()
+
     # --- blobs -------------------------------------------------------------------------------------------------
     def has_blob(self, descriptor: Descriptor) -> bool:
         try:
@@ -143,8 +228,27 @@ class Store:
         except FileNotFoundError:
             return False
 
-    def commit_blob(self, temp: Path, descriptor: Descriptor, source: str) -> Path:
-        """Verify size and digest of a downloaded temp file, then give it its final, read-only name."""
+    def write_blob(self, descriptor: Descriptor, fill: Callable[[Path], object], *, source: str | None = None) -> bool:
+        """Store a blob unless it is cached already; True when this call wrote it.
+
+        Under the blob's lock (one download per blob across threads and processes) the cache is checked again,
+        then ``fill`` writes a unique temp file, whose size and digest are verified before it gets its final,
+        read-only name. The temp file is removed whatever happens. ``source`` names the blob in errors."""
+        if self.has_blob(descriptor):
+            return False
+        with self._lock(digest_hex(descriptor.digest)):
+            if self.has_blob(descriptor):  # another writer finished it while we waited
+                return False
+            temp = self.temp_path(digest_hex(descriptor.digest))
+            try:
+                fill(temp)
+                self._commit_blob(temp, descriptor, source or f"blob {descriptor.digest}")
+            finally:
+                temp.unlink(missing_ok=True)
+        return True
+
+    def _commit_blob(self, temp: Path, descriptor: Descriptor, source: str) -> None:
+        """Verify size and digest of a written temp file, then give it its final, read-only name."""
         size = temp.stat().st_size
         if size != descriptor.size:
             raise errors.IntegrityError(
@@ -158,15 +262,6 @@ class Store:
         os.chmod(temp, stat.S_IRUSR | stat.S_IRGRP | stat.S_IROTH)  # shared by hard links: protect it
         os.replace(temp, final)
         fsync_dir(final.parent)
-        return final
-
-    def write_blob_bytes(self, data: bytes, descriptor: Descriptor) -> Path:
-        temp = self.temp_path(digest_hex(descriptor.digest))
-        try:
-            temp.write_bytes(data)
-            return self.commit_blob(temp, descriptor, f"blob {descriptor.digest}")
-        finally:
-            temp.unlink(missing_ok=True)
 
     # --- manifests and refs ------------------------------------------------------------------------------------
     def _atomic_write(self, final: Path, data: bytes) -> None:
@@ -188,13 +283,16 @@ class Store:
             self._atomic_write(path, raw)
         return digest
 
-    def load_manifest(self, digest: str) -> bytes | None:
+    def load_manifest(self, digest: str, *, discard_damaged: bool = True) -> bytes | None:
+        """The cached bytes if intact. A damaged copy is never returned; it is deleted unless ``discard_damaged``
+        is False (`cache ls` and `verify` only look)."""
         path = self.manifest_path(digest)
         if not path.exists():
             return None
         raw = path.read_bytes()
         if sha256_digest(raw) != digest:  # a damaged cache entry must not be trusted
-            path.unlink(missing_ok=True)
+            if discard_damaged:
+                path.unlink(missing_ok=True)
             return None
         return raw
 
@@ -213,6 +311,28 @@ class Store:
             return self.ref_path(reference).read_text().strip()
         except FileNotFoundError:
             return None
+
+    def forget_ref(self, reference: Reference) -> str | None:
+        """Delete the ref of a tag or of a fetch by digest; returns what it held, None if there was none."""
+        path = self.ref_path(reference)
+        try:
+            held = path.read_text().strip()
+        except FileNotFoundError:
+            return None
+        self.remove_ref_file(path)
+        return held
+
+    def remove_ref_file(self, path: Path) -> None:
+        """Delete a file under refs/ and the directories it leaves empty."""
+        path.unlink(missing_ok=True)
+        stop = self.root / "refs"
+        parent = path.parent
+        while parent != stop and parent.is_relative_to(stop):
+            try:
+                parent.rmdir()
+            except OSError:
+                return
+            parent = parent.parent
 
     def _migrate_refs(self) -> None:
         """Caches written before the @tags/ layout hold refs/<registry>/<repo>/<tag>: move each such file to
@@ -251,6 +371,15 @@ class Store:
         finally:
             marker.unlink(missing_ok=True)
 
+    # --- scratch space -----------------------------------------------------------------------------------------
+    def scratch_dir(self, prefix: str) -> Path:
+        """A new empty directory in tmp/, for the caller to remove (`cache prune` removes it once an hour old)."""
+        return Path(tempfile.mkdtemp(prefix=prefix, suffix=f".{os.getpid()}.incomplete", dir=self.root / "tmp"))
+
+    def scratch_shares_filesystem(self, path: Path) -> bool:
+        """Whether files at ``path`` can be hard-linked into a scratch directory (one filesystem)."""
+        return (self.root / "tmp").stat().st_dev == path.stat().st_dev
+
     # --- models ------------------------------------------------------------------------------------------------
     def new_model_dir(self, manifest_digest: str) -> Path:
         path = self.temp_path(f"model-{digest_hex(manifest_digest)[:16]}")
@@ -267,6 +396,76 @@ class Store:
             remove_tree(temp)
         fsync_dir(final.parent)
         return final
+
+    def discard_dir(self, path: Path) -> None:
+        """Delete a model or config directory. It is renamed into tmp/ first, so it leaves models/ in one step
+        (fetch trusts any directory there to be complete); an interrupted delete leaves a tmp/ leftover only."""
+        doomed = self.temp_path(f"prune-{path.name[:16]}")
+        os.rename(path, doomed)
+        fsync_dir(path.parent)
+        shutil.rmtree(doomed)
+
+    # --- listing -----------------------------------------------------------------------------------------------
+    def blobs(self) -> Iterator[DigestFile]:
+        return _digest_files(self.root / "blobs" / "sha256")
+
+    def manifests(self) -> Iterator[DigestFile]:
+        return _digest_files(self.root / "manifests" / "sha256")
+
+    def refs(self) -> Iterator[RefFile]:
+        """Every file under refs/ but the layout marker, sorted by path: valid refs and strays alike."""
+        base = self.root / "refs"
+        for path in sorted(Path(directory) / name for directory, _dirs, files in os.walk(base) for name in files):
+            parts = path.relative_to(base).parts
+            if parts == (LAYOUT_MARKER,):
+                continue
+            try:
+                text = path.read_text().strip()
+            except (OSError, UnicodeDecodeError):
+                text = ""
+            target = text if _DIGEST.fullmatch(text) else None
+            registry = repository = tag = digest = None
+            if len(parts) >= 4 and (parts[-2] == TAGS or (parts[-2] == DIGESTS and _HEX.fullmatch(parts[-1]))):
+                registry, repository = parts[0], "/".join(parts[1:-2])
+                if parts[-2] == TAGS:
+                    tag = parts[-1]
+                else:
+                    digest = f"sha256:{parts[-1]}"
+            yield RefFile(path, registry, repository, tag, digest, target)
+
+    def model_dirs(self) -> Iterator[ModelDir]:
+        """Every model directory, then every config directory, sorted by name (one per --subpath chosen)."""
+        for kind, sub in _DIR_KINDS:
+            for path in _sorted_entries(self.root / sub / "sha256"):
+                match = _DIR_NAME.fullmatch(path.name)
+                if match and path.is_dir():
+                    yield ModelDir(kind, path, f"sha256:{match[1]}")
+
+    def scratch_entries(self) -> Iterator[ScratchEntry]:
+        for path in _sorted_entries(self.root / "tmp"):
+            fetching = None
+            if path.name.startswith(FETCHING):
+                with contextlib.suppress(OSError, UnicodeDecodeError):
+                    text = path.read_text().strip()
+                    fetching = text if _DIGEST.fullmatch(text) else None
+            yield ScratchEntry(path, fetching)
+
+
+def _sorted_entries(directory: Path) -> list[Path]:
+    try:
+        return sorted(directory.iterdir())
+    except FileNotFoundError:
+        return []
+
+
+def _digest_files(directory: Path) -> Iterator[DigestFile]:
+    for path in _sorted_entries(directory):
+        try:
+            info = path.stat()
+        except FileNotFoundError:  # deleted since it was listed
+            continue
+        if stat.S_ISREG(info.st_mode):
+            yield DigestFile(path, f"sha256:{path.name}" if _HEX.fullmatch(path.name) else None, info.st_size)
 
 
 def remove_tree(path: Path) -> None:
