@@ -140,6 +140,22 @@ def extract_tar(archive: Path, root: Path, where: str, *, into: str | None = Non
     return written
 
 
+def tar_names(archive: Path) -> list[str] | None:
+    """The normalised names of an archive's entries, read without writing anything; None when the archive cannot
+    be read or listed within the entry limit (extract_tar then says why)."""
+    limit = settings().unpack.entries
+    names = []
+    try:
+        with open_tar(archive) as tar:
+            for member in tar:
+                names.append(posixpath.normpath(member.name.lstrip("/")))
+                if len(names) > limit:
+                    return None
+    except (tarfile.TarError, EOFError, OSError):
+        return None
+    return names
+
+
 def _extract_member(tar: tarfile.TarFile, member: tarfile.TarInfo, base: Path, relative: str, where: str,
                     overlay: bool, ours: set[str], budget: _Budget) -> bool:
     """Write one entry; True when it became a file."""

@@ -9,6 +9,7 @@ import errno
 import logging
 import os
 import platform as host_platform
+import posixpath
 import shutil
 import threading
 import time
@@ -20,7 +21,7 @@ from pathlib import Path
 from . import errors
 from .crane import Crane
 from .formats import Action, LayerPlan, Plan, recognise
-from .materialize import extract_tar, list_files, materialize
+from .materialize import extract_tar, list_files, materialize, tar_names
 from .oci import Descriptor, Index, Manifest, digest_hex, parse_manifest_or_index, sha256_digest
 from .options import MAX_JOBS, FetchOptions
 from .progress import Progress, human
@@ -325,6 +326,11 @@ class Puller:
     def cache_root(self) -> Path:
         return self.store.root
 
+    def _check_subpath_in_archives(self, plan: Plan) -> None:
+        """Once the small layers are cached, their archives' names are known too: check --subpath again."""
+        _check_subpath_exists(plan, self.subpath,
+                              lambda layer: tar_names(self.store.blob_path(layer.descriptor.digest)))
+
     def owns(self, path: str | Path) -> bool:
         """Whether ``path`` is in this Puller's cache (a model or config directory it made)."""
         return Path(path).is_relative_to(self.store.root)
@@ -346,6 +352,7 @@ class Puller:
                 self.check_free_space(plan.layers)
                 # Small files first (config, tokenizer): they name the shards and fail fast on a bad artifact.
                 self.ensure_blobs(reference, plan.small_layers)
+                self._check_subpath_in_archives(plan)
                 self.ensure_blobs(reference, plan.weight_layers)
                 path = self.materialize(resolved, plan)
             self.record(resolved)
@@ -373,6 +380,7 @@ class Puller:
                 raise errors.UnsupportedFormatError(f"{resolved.reference} holds no safetensors weights")
             self.check_free_space(plan.layers)
             self.ensure_blobs(resolved.reference, plan.small_layers)
+            self._check_subpath_in_archives(plan)
             if not plan.streamable:  # materialize() checks that the directory holds safetensors weights
                 self.ensure_blobs(resolved.reference, plan.weight_layers)
                 path = self.materialize(resolved, plan)
@@ -419,12 +427,23 @@ class Puller:
                              {"media_type": config.media_type, "digest": config.digest, "size": config.size})
 
 
-def _check_subpath_exists(plan: Plan, subpath: str | None) -> None:
-    """Before any weight is downloaded: where every layer's file name is known from the manifest (file layers
-    and unnamed shards, no archive), a --subpath that no file lies under cannot be the model directory."""
-    if subpath is None or any(layer.action not in (Action.FILE, Action.SHARD) for layer in plan.layers):
-        return  # archives and image layers hold names known only once unpacked: materialize() checks then
-    if not any((layer.path or "").startswith(subpath + "/") for layer in plan.layers):
+def _check_subpath_exists(plan: Plan, subpath: str | None,
+                          listed: Callable[[LayerPlan], list[str] | None] | None = None) -> None:
+    """Before any weight is downloaded: where every file's name is known, a --subpath that names none of them
+    nor a directory above one cannot be the model directory. File layers are named in the manifest; ``listed``
+    gives the names inside a small archive once it is in the cache (None: not yet, or unreadable)."""
+    if subpath is None:
+        return
+    names: list[str] = []
+    for layer in plan.layers:
+        inside = listed(layer) if listed is not None and layer.action is Action.TAR and not layer.weights else None
+        if layer.action is Action.FILE:
+            names.append(layer.path or "")
+        elif inside is not None:
+            names += [posixpath.join(layer.path, name) if layer.path else name for name in inside]
+        elif layer.action is not Action.SHARD:  # unnamed shards land at the root, never under a subpath
+            return  # names known only once unpacked (image layers, weight archives): materialize() checks then
+    if not any(name == subpath or name.startswith(subpath + "/") for name in names):
         raise errors.InvalidModelError(f"--subpath {subpath!r} is not a directory in the artifact",
                                        "run `oci-crane inspect REF` to see its files")
 

@@ -133,6 +133,26 @@ def test_a_subpath_no_file_lies_under_is_refused_before_the_weights_download(reg
     assert not weights & set(registry.blob_downloads())  # only the config blob was read, to plan
 
 
+def test_a_subpath_absent_from_the_config_archive_is_refused_before_the_weights_download(registry, tmp_path,
+                                                                                          cache_dir):
+    """A ModelPack config archive plus a raw weight file: once the small archive is in the cache, its names are
+    known too, so a --subpath under which nothing lies stops the fetch before the weights download."""
+    import gzip
+
+    from test_hostile_artifacts import modelpack_with_archive, tar_of
+
+    reference = f"{registry.host}/acme/packed:v1"
+    config_tar = gzip.compress(tar_of([("./config/", None), ("./config/config.json", b'{"architectures": []}')]))
+    modelpack_with_archive(tmp_path, reference, config_tar)
+    weights = "sha256:" + hashlib.sha256((tmp_path / "src" / "model.safetensors").read_bytes()).hexdigest()
+    done = run_cli("fetch", reference, "--cache-dir", str(cache_dir), "-q", "--subpath", "/models/")
+    assert done.returncode == 1 and "--subpath 'models' is not a directory in the artifact" in done.stderr, done.stderr
+    assert weights not in registry.blob_downloads()
+    named = run_cli("fetch", reference, "--cache-dir", str(cache_dir), "-q", "--subpath", "config/")
+    assert "not a directory in the artifact" not in named.stderr  # listed in the archive: it gets as far as unpacking
+    assert weights in registry.blob_downloads()
+
+
 def test_inspect_refuses_subpath_instead_of_ignoring_it(cache_dir):
     done = run_cli("inspect", UNREACHABLE, "--cache-dir", str(cache_dir), "--subpath", "models/b")
     assert done.returncode == 2 and "unrecognized arguments: --subpath" in done.stderr, done.stderr
