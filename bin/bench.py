@@ -19,7 +19,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from oci_crane_loader.crane import find_crane, serve_registry
+from oci_crane_loader.crane import find_crane
+from oci_crane_loader.local_registry import serve_registry
 from oci_crane_loader.pack import pack_modelpack
 
 

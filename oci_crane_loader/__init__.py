@@ -15,11 +15,14 @@ __all__ = ["OciCraneError", "__version__", "fetch"]
 
 
 def fetch(reference: str, *, cache_dir: str | Path | None = None, platform: str | None = None, jobs: int = 4,
-          offline: bool = False, insecure: bool = False) -> Path:
-    """Download (or reuse from the cache) the model at ``reference`` and return its directory."""
-    from .cache.store import Store
-    from .crane import Crane
-    from .pull import Puller
+          offline: bool = False, insecure: bool = False, subpath: str | None = None) -> Path:
+    """Download (or reuse from the cache) the model at ``reference`` and return its directory.
 
-    crane = Crane(insecure=insecure, platform=platform, offline=offline)
-    return Puller(Store(cache_dir), crane, jobs=jobs).fetch(reference).path
+    The keyword arguments are the command line's options (``oci-crane fetch --help``), checked the same way
+    (a bad one raises UsageError), and the OCI_CRANE_* environment applies as it does there."""
+    from .options import fetch_options
+    from .pull import open_puller
+
+    options = fetch_options(cache_dir=cache_dir, platform=platform, offline=offline, insecure=insecure, jobs=jobs,
+                            subpath=subpath)
+    return open_puller(options).fetch(reference).path

@@ -15,11 +15,10 @@ from collections.abc import Sequence
 
 from . import __version__, errors
 from .cache.store import Store
-from .crane import Crane
+from .options import MAX_JOBS, check_cache_dir, check_jobs, fetch_options, normalise_subpath
 from .progress import Progress, human
-from .pull import MAX_JOBS, Puller
+from .pull import Puller, open_puller
 from .reference import parse_reference
-from .settings import settings
 
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
@@ -27,14 +26,16 @@ EXIT_INTERRUPTED = 130
 EXIT_TERMINATED = 143
 
 
-def _common(parser: argparse.ArgumentParser) -> None:
+def _common(parser: argparse.ArgumentParser, *, subpath: bool = True) -> None:
     parser.add_argument("--cache-dir",
                         help="cache root (default: $OCI_CRANE_LOADER_CACHE or ~/.cache/oci-crane-loader)")
     parser.add_argument("--platform", help="os/arch[/variant] to pick from a multi-platform index (default: host)")
     parser.add_argument("--offline", action="store_true",
                         help="use the cache only, never the network (also OCI_CRANE_OFFLINE=1)")
-    parser.add_argument("--subpath", metavar="DIR",
-                        help="the model directory inside an image or artifact (default: where config.json is)")
+    if subpath:  # not for inspect, which lists the whole artifact: a --subpath there would be silently ignored
+        parser.add_argument("--subpath", metavar="DIR",
+                            help="the model directory inside an image or artifact, from its root: /models/b/ and "
+                                 "models/b are one (default: where config.json is)")
     parser.add_argument("--insecure", action="store_true",
                         help="allow plain http and unverified TLS for this registry (crane --insecure)")
     parser.add_argument("--debug", action="store_true", help="log every step and show tracebacks")
@@ -56,7 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
     inspect = commands.add_parser("inspect", help="show digest, format, files and sizes without downloading weights")
     inspect.add_argument("reference", metavar="REF")
     inspect.add_argument("--json", action="store_true", help="print one JSON object")
-    _common(inspect)
+    _common(inspect, subpath=False)
 
     demo = commands.add_parser("demo", help="pack a tiny model, push it to a loopback registry, fetch it back")
     demo.add_argument("--cache-dir", help="cache root (default: $OCI_CRANE_LOADER_CACHE or ~/.cache/oci-crane-loader)")
@@ -114,12 +115,9 @@ def _push_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
 
 def _jobs(text: str) -> int:
     try:
-        jobs = int(text)
-    except ValueError:
-        jobs = 0
-    if not 1 <= jobs <= MAX_JOBS:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number from 1 to {MAX_JOBS}")
-    return jobs
+        return check_jobs(int(text))
+    except (ValueError, errors.UsageError):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number from 1 to {MAX_JOBS}") from None
 
 
 def _local(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -132,8 +130,9 @@ def _local(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
 
 
 def _puller(args: argparse.Namespace, jobs: int = 4, progress: Progress | None = None) -> Puller:
-    crane = Crane(insecure=args.insecure, platform=args.platform, offline=args.offline or settings().offline)
-    return Puller(Store(args.cache_dir), crane, jobs=jobs, progress=progress, subpath=args.subpath)
+    options = fetch_options(cache_dir=args.cache_dir, platform=args.platform, offline=args.offline,
+                            insecure=args.insecure, jobs=jobs, subpath=getattr(args, "subpath", None))
+    return open_puller(options, progress)
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -234,8 +233,12 @@ def _terminate(signum: int, frame: object) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    if getattr(args, "cache_dir", None) is not None and not args.cache_dir.strip():
-        parser.error("--cache-dir is empty: name a directory, or leave the option out for the default cache")
+    try:  # the options of a fetch are checked again, in the same place, when its Puller is built
+        check_cache_dir(getattr(args, "cache_dir", None))
+        if getattr(args, "subpath", None) is not None:
+            normalise_subpath(args.subpath)
+    except errors.UsageError as exc:
+        parser.error(exc.cause)
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, _terminate)
     logging.basicConfig(level=logging.DEBUG if args.debug else logging.WARNING,

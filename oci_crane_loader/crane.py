@@ -14,7 +14,6 @@ import functools
 import json
 import logging
 import os
-import queue
 import re
 import shutil
 import signal
@@ -23,7 +22,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,7 +34,6 @@ from .settings import settings
 
 log = logging.getLogger(__name__)
 
-PINNED_VERSION = "v0.21.9"
 MINIMUM_VERSION = (0, 21, 8)  # v0.21.6 hangs on multi-layer pulls
 BUNDLED_BINARY = Path(__file__).parent / "_bin" / "crane"  # where bin/install-crane puts it, and where wheels ship it
 
@@ -254,16 +252,16 @@ def classify(command: Sequence[str], returncode: int, stderr: str, secrets: Iter
 class Crane:
     """Runs crane. ``offline=True`` is the one switch that forbids the network: every call raises OfflineError."""
 
-    def __init__(self, *, insecure: bool = False, platform: str | None = None, offline: bool = False,
-                 timeout: float | None = None, stall_timeout: float | None = None) -> None:
+    def __init__(self, *, insecure: bool = False, offline: bool = False, timeout: float | None = None,
+                 stall_timeout: float | None = None) -> None:
         self.insecure = insecure
-        self.platform = platform
         self.offline = offline
         self.timeout = timeout or settings().timeout  # OCI_CRANE_TIMEOUT
         # crane blob has no read timeout: a stalled stream hangs forever, so we watch the file grow instead.
         self.stall_timeout = stall_timeout or settings().stall_timeout  # OCI_CRANE_STALL_TIMEOUT
 
-    def _argv(self, command: str, *positionals: str, platform: bool = False, options: Sequence[str] = ()) -> list[str]:
+    def _argv(self, command: str, *positionals: str, platform: str | None = None,
+              options: Sequence[str] = ()) -> list[str]:
         """``crane COMMAND [options] -- POSITIONALS``: after ``--`` a reference or path that begins with ``-``
         (untrusted input: a web form, VLLM_MODEL) is an argument, never one of crane's options. A COMMAND of two
         words (``auth login``) is crane's command and subcommand."""
@@ -272,14 +270,14 @@ class Crane:
         argv = [find_crane(), *command.split(), *options]
         if self.insecure:
             argv.append("--insecure")
-        if platform and self.platform:
-            argv += ["--platform", self.platform]
+        if platform:
+            argv += ["--platform", platform]
         return [*argv, "--", *positionals]
 
-    def run(self, command: str, *positionals: str, stdin: bytes | None = None, platform: bool = False,
+    def run(self, command: str, *positionals: str, stdin: bytes | None = None, platform: str | None = None,
             options: Sequence[str] = ()) -> bytes:
         """Run one crane command to completion and return its stdout as bytes. ``options`` (e.g. ``--index``) go
-        before the ``--`` that ends them; ``positionals`` after it."""
+        before the ``--`` that ends them; ``positionals`` after it; ``platform`` (os/arch) adds --platform."""
         argv = self._argv(command, *positionals, platform=platform, options=options)
         log.debug("running %s", " ".join(argv))
         try:
@@ -416,56 +414,7 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
         pass
 
 
-# --- a registry on loopback (demo and tests) ------------------------------------------------------------------
-
-@dataclass
-class LocalRegistry:
-    """A running `crane registry serve`. ``log()`` returns every request line it has logged so far."""
-
-    host: str
-    process: subprocess.Popen[bytes]
-    lines: list[str]
-
-    def log(self) -> str:
-        return "\n".join(self.lines)
-
-    def blob_downloads(self) -> list[str]:
-        """The digest of every blob GET so far, in order (pushes only HEAD blobs, so they do not count)."""
-        return re.findall(r"\bGET /v2/\S+/blobs/(sha256:[a-f0-9]{64})", "\n".join(self.lines))
-
-
-@contextlib.contextmanager
-def serve_registry(disk: Path | None = None, startup_timeout: float = 30) -> Iterator[LocalRegistry]:
-    """Start `crane registry serve` on 127.0.0.1 (a free port), drain its log, and always stop it."""
-    argv = [find_crane(), "registry", "serve", "--address", "127.0.0.1:0"]
-    if disk is not None:
-        disk.mkdir(parents=True, exist_ok=True)  # the registry fails uploads, not start-up, when it is missing
-        argv += ["--disk", str(disk)]
-    process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=_environment())
-    lines: list[str] = []
-    port: queue.Queue[str] = queue.Queue()
-
-    def drain() -> None:  # an undrained stderr pipe would block the registry once it fills
-        assert process.stderr is not None
-        for raw in process.stderr:
-            line = raw.decode(errors="replace").rstrip()
-            lines.append(line)
-            match = re.search(r"serving on port (\d+)", line)
-            if match:
-                port.put(match[1])
-
-    threading.Thread(target=drain, name="crane-registry-log", daemon=True).start()
-    try:
-        try:
-            number = port.get(timeout=startup_timeout)
-        except queue.Empty:
-            raise errors.CraneError("`crane registry serve` did not start: " + "; ".join(lines[-5:]),
-                                    "check that crane works: oci-crane doctor", command=argv) from None
-        yield LocalRegistry(f"127.0.0.1:{number}", process, lines)
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+def start_crane(*args: str, **popen: Any) -> subprocess.Popen[bytes]:
+    """A long-running crane command (``registry serve``), started with the crane and environment every other
+    call uses; the caller owns the process and stops it."""
+    return subprocess.Popen([find_crane(), *args], env=_environment(), **popen)

@@ -11,13 +11,15 @@ import json
 import struct
 import sys
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 
-from .cache.store import Store
-from .crane import Crane, serve_registry
+from .crane import Crane
+from .local_registry import serve_registry
+from .options import fetch_options
 from .pack import pack_dmr
 from .progress import Progress
-from .pull import Puller
+from .pull import open_puller
 
 
 def write_safetensors(path: Path, tensors: dict[str, tuple[list[int], list[float]]]) -> None:
@@ -53,10 +55,11 @@ def run_demo(cache_dir: str | None = None) -> str:
         pack_dmr(source, work / "layout")
         with serve_registry() as registry:
             reference = f"{registry.host}/demo/tiny:v1"
-            crane = Crane()
-            print(f"pushed {crane.push(work / 'layout', reference)}", file=sys.stderr)
-            store = Store(cache_dir)  # the user's real cache: the printed directory stays for them to look at
-            result = Puller(store, crane, progress=Progress()).fetch(reference)
+            print(f"pushed {Crane().push(work / 'layout', reference)}", file=sys.stderr)
+            # The user's real cache: the printed directory stays for them to look at. The registry is this
+            # process's own, on loopback: OCI_CRANE_OFFLINE does not keep the demo from it.
+            options = replace(fetch_options(cache_dir=cache_dir), offline=False)
+            result = open_puller(options, Progress()).fetch(reference)
         same = filecmp.dircmp(source, result.path)
         if same.left_only or same.right_only or same.diff_files or not all(
                 filecmp.cmp(source / name, result.path / name, shallow=False) for name in result.files):

@@ -10,17 +10,14 @@ from __future__ import annotations
 import queue
 import threading
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .cache.store import Store
-from .crane import Crane
 from .formats import LayerPlan, Plan
-from .materialize import INDEX_NAME, materialize
-from .pull import MAX_JOBS, Puller, Resolved
+from .materialize import INDEX_NAME
+from .options import from_extra_config
+from .pull import Puller, Resolved, open_puller
 from .safetensors_check import SafetensorsIndex, read_header, read_index
-from .settings import settings
 
 _LoaderBase: Any = object  # vLLM is optional: the rest of the package must import without it
 try:
@@ -29,43 +26,6 @@ try:
     _LoaderBase = _VllmBaseModelLoader
 except ImportError:  # pragma: no cover - exercised only without vLLM
     pass
-
-
-@dataclass(frozen=True)
-class LoaderOptions:
-    """``--model-loader-extra-config`` keys; anything else is refused before work starts."""
-
-    jobs: int = 4
-    platform: str | None = None
-    insecure: bool = False
-    offline: bool = False
-    subpath: str | None = None  # the model directory inside an image or artifact
-
-    @classmethod
-    def from_extra_config(cls, extra: dict[str, Any] | str | None) -> LoaderOptions:
-        if isinstance(extra, str):
-            import json
-
-            extra = json.loads(extra) if extra.strip() else {}
-        extra = dict(extra or {})
-        allowed: dict[str, type] = {"jobs": int, "platform": str, "insecure": bool, "offline": bool, "subpath": str}
-        unknown = sorted(set(extra) - set(allowed))
-        if unknown:
-            raise ValueError(f"oci-crane: unknown model_loader_extra_config keys {unknown}; allowed: {sorted(allowed)}")
-        for key, value in extra.items():
-            bad_jobs = key == "jobs" and (isinstance(value, bool) or not isinstance(value, int)
-                                          or not 1 <= value <= MAX_JOBS)
-            if not isinstance(value, allowed[key]) or bad_jobs:
-                raise ValueError(f"oci-crane: model_loader_extra_config[{key!r}] must be {allowed[key].__name__}"
-                                 f"{f' from 1 to {MAX_JOBS}' if key == 'jobs' else ''}, got {value!r}")
-        return cls(**extra)
-
-
-def make_puller(download_dir: str | Path | None, options: LoaderOptions) -> Puller:
-    """The loader's Puller: OCI_CRANE_OFFLINE=1 forbids the network here as on the command line."""
-    crane = Crane(insecure=options.insecure, platform=options.platform,
-                  offline=options.offline or settings().offline)
-    return Puller(Store(download_dir), crane, jobs=options.jobs, subpath=options.subpath)
 
 
 def directory_weights(model_dir: Path, index: SafetensorsIndex | None) -> Iterator[tuple[str, Any]]:
@@ -124,25 +84,26 @@ class OciCraneModelLoader(_LoaderBase):  # type: ignore[misc]
 
     def __init__(self, load_config: Any) -> None:
         super().__init__(load_config)
-        self.options = LoaderOptions.from_extra_config(load_config.model_loader_extra_config)
+        # Checked here, before work starts; vLLM's --download-dir is the cache.
+        self.options = from_extra_config(load_config.model_loader_extra_config, load_config.download_dir)
 
     def _prepare(self, model_config: Any) -> tuple[Puller, Resolved, Plan, Path]:
         reference = model_config.model_weights or model_config.model
-        puller = make_puller(self.load_config.download_dir, self.options)
+        puller = open_puller(self.options)
         resolved, plan, config_dir = puller.prepare(reference)
         return puller, resolved, plan, config_dir
 
     def download_model(self, model_config: Any) -> None:
         puller, resolved, plan, _ = self._prepare(model_config)
         puller.ensure_blobs(resolved.reference, plan.weight_layers)
-        materialize(puller.store, plan, resolved.digest, subpath=puller.subpath)
+        puller.materialize(resolved, plan)
 
     def load_weights(self, model: Any, model_config: Any) -> None:
         puller, resolved, plan, config_dir = self._prepare(model_config)
         index = read_index(config_dir / INDEX_NAME) if (config_dir / INDEX_NAME).exists() else None
         if plan.streamable:
             loaded = model.load_weights(stream_weights(puller, resolved, plan, index))
-            materialize(puller.store, plan, resolved.digest, subpath=puller.subpath)  # a full model dir for others
+            puller.materialize(resolved, plan)  # a full model directory for others
         else:  # prepare() fetched the whole model directory: config_dir is it
             loaded = model.load_weights(directory_weights(config_dir, index))
         if loaded is not None and model_config.quantization is None:

@@ -13,16 +13,16 @@ import os
 import posixpath
 import shutil
 import tarfile
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Iterator
 from pathlib import Path
-from typing import IO, Any
+from typing import IO
 
 from .cache.store import Store, remove_tree
-from .errors import CacheError, InvalidModelError, OciCraneError, SettingsError
+from .errors import CacheError, InvalidModelError, OciCraneError
 from .formats import Action, LayerPlan, Plan, safe_relative_path
 from .progress import human
 from .safetensors_check import check_model_dir, read_header, read_index
+from .settings import UnpackLimits, settings
 
 log = logging.getLogger(__name__)
 
@@ -67,44 +67,8 @@ def open_tar(archive: Path) -> Iterator[tarfile.TarFile]:
             yield tar
 
 
-# Bounds on what one archive may unpack to, far above any real model (a hostile 3 MB layer can hold 3 GiB of zeros).
+# Bounds on what one archive may unpack to (settings.UnpackLimits): a hostile 3 MB layer can hold 3 GiB of zeros.
 RATIO_FLOOR = 16 << 20  # the ratio cap applies only past this many bytes: small text files compress very well
-_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
-
-
-@dataclass(frozen=True)
-class UnpackLimits:
-    ratio: float = 200.0  # unpacked bytes per archive byte (OCI_CRANE_MAX_UNPACK_RATIO)
-    bytes: int = 1 << 40  # unpacked bytes of one archive (OCI_CRANE_MAX_UNPACK_BYTES); never past the free space
-    entries: int = 100_000  # tar entries of one archive (OCI_CRANE_MAX_UNPACK_ENTRIES)
-
-    @classmethod
-    def from_environment(cls) -> UnpackLimits:
-        default = cls()
-        return cls(ratio=_setting("OCI_CRANE_MAX_UNPACK_RATIO", default.ratio, float),
-                   bytes=_setting("OCI_CRANE_MAX_UNPACK_BYTES", default.bytes, parse_bytes),
-                   entries=_setting("OCI_CRANE_MAX_UNPACK_ENTRIES", default.entries, int))
-
-
-def parse_bytes(text: str) -> int:
-    """``1048576``, ``512M``, ``10G``, ``1TiB``: binary units."""
-    lowered = text.strip().lower().removesuffix("ib").removesuffix("b")
-    unit = lowered[-1:] if lowered[-1:] in _UNITS else ""
-    return int(float(lowered[: len(lowered) - len(unit)]) * _UNITS[unit])
-
-
-def _setting(name: str, default: float, parse: Callable[[str], Any]) -> Any:
-    raw = os.environ.get(name, "").strip()
-    if not raw:
-        return default
-    try:
-        value = parse(raw)
-    except (ValueError, OverflowError):
-        value = None
-    if value is None or not value > 0:
-        raise SettingsError(f"{name}={raw!r} is not a positive number",
-                           f"set {name} to a positive number (e.g. {default:g}), or unset it for the default")
-    return value
 
 
 class _Budget:
@@ -147,9 +111,9 @@ def extract_tar(archive: Path, root: Path, where: str, *, into: str | None = Non
     """Extract regular files and directories (and hard links, as copies) under ``root/into``; symlinks, devices
     and escaping names never reach the disk. ``overlay``: a container image layer over the earlier ones, so
     files may be replaced and whiteouts delete what earlier layers wrote. What it unpacks is bounded by
-    ``limits`` (default: from the environment)."""
+    ``limits`` (default: the OCI_CRANE_MAX_UNPACK_* settings)."""
     base = root / into if into else root
-    budget = _Budget(archive, root, where, limits or UnpackLimits.from_environment())
+    budget = _Budget(archive, root, where, limits or settings().unpack)
     written = []
     ours: set[str] = set()  # overlay: what this layer wrote (whiteouts hide only what earlier layers wrote)
     try:
@@ -174,6 +138,22 @@ def extract_tar(archive: Path, root: Path, where: str, *, into: str | None = Non
         raise InvalidModelError(f"{where}: not a readable tar archive ({exc})",
                                 "re-push the artifact; tar layers must be tar, tar+gzip or tar+zstd") from exc
     return written
+
+
+def tar_names(archive: Path) -> list[str] | None:
+    """The normalised names of an archive's entries, read without writing anything; None when the archive cannot
+    be read or listed within the entry limit (extract_tar then says why)."""
+    limit = settings().unpack.entries
+    names = []
+    try:
+        with open_tar(archive) as tar:
+            for member in tar:
+                names.append(posixpath.normpath(member.name.lstrip("/")))
+                if len(names) > limit:
+                    return None
+    except (tarfile.TarError, EOFError, OSError):
+        return None
+    return names
 
 
 def _extract_member(tar: tarfile.TarFile, member: tarfile.TarInfo, base: Path, relative: str, where: str,

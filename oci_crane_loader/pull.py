@@ -9,6 +9,7 @@ import errno
 import logging
 import os
 import platform as host_platform
+import posixpath
 import shutil
 import threading
 import time
@@ -21,14 +22,14 @@ from . import errors
 from .cache.store import Store, remove_tree
 from .crane import Crane
 from .formats import Action, LayerPlan, Plan, recognise
-from .materialize import extract_tar, list_files, materialize
+from .materialize import extract_tar, list_files, materialize, tar_names
 from .oci import Descriptor, Index, Manifest, parse_manifest_or_index, sha256_digest
+from .options import MAX_JOBS, FetchOptions
 from .progress import Progress, human
 from .reference import Reference, parse_reference
 
 log = logging.getLogger(__name__)
 
-MAX_JOBS = 64  # concurrent crane processes; more only thrashes the registry and the disk
 RETRIES = 3  # crane retries until response headers; a body that drops mid-stream is retried here, from zero
 # Manifests and configs are read into memory and parsed whole; real ones are kilobytes (registries cap manifests at
 # 4 MiB), so anything far larger is refused before it is downloaded or parsed.
@@ -146,12 +147,22 @@ def select_child(index: Index, wanted: str | None) -> Descriptor:
     raise errors.NotFoundError(f"the image index has {where}no model artifact among its children: {listed}", fix)
 
 
+def open_puller(options: FetchOptions, progress: Progress | None = None) -> Puller:
+    """The Puller for ``options`` (see options.fetch_options): the command line, the Python API and the vLLM
+    loader all get theirs here."""
+    crane = Crane(insecure=options.insecure, offline=options.offline, timeout=options.settings.timeout,
+                  stall_timeout=options.settings.stall_timeout)
+    return Puller(Store(options.cache_dir), crane, jobs=options.jobs, progress=progress, subpath=options.subpath,
+                  platform=options.platform)
+
+
 class Puller:
     def __init__(self, store: Store, crane: Crane, *, jobs: int = 4, progress: Progress | None = None,
-                 subpath: str | None = None) -> None:
+                 subpath: str | None = None, platform: str | None = None) -> None:
         if not 1 <= jobs <= MAX_JOBS:
             raise ValueError(f"jobs must be 1 to {MAX_JOBS}")
-        self.subpath = subpath  # the model directory inside an image or artifact, when the user names it
+        self.subpath = subpath  # the model directory inside an image or artifact (normalised), when the user names it
+        self.platform = platform  # the child to choose from an image index; None: the host's
         self.store = store
         self.crane = crane
         self.jobs = jobs
@@ -185,7 +196,7 @@ class Puller:
         document = parse_manifest_or_index(raw, f"manifest of {reference}")
         if isinstance(document, Manifest):
             return Resolved(reference, digest, document)
-        child = select_child(document, self.crane.platform)
+        child = select_child(document, self.platform)
         _check_document_size(child.size, f"manifest {child.digest} of {reference}")
         child_raw = self._manifest_by_digest(reference, child.digest)
         child_document = parse_manifest_or_index(child_raw, f"manifest {child.digest} of {reference}")
@@ -301,7 +312,26 @@ class Puller:
                                     "(OCI_CRANE_LOADER_CACHE) at a larger disk")
 
     def plan(self, resolved: Resolved) -> Plan:
-        return recognise(resolved.manifest, self.config(resolved))
+        plan = recognise(resolved.manifest, self.config(resolved))
+        _check_subpath_exists(plan, self.subpath)
+        return plan
+
+    @property
+    def cache_root(self) -> Path:
+        return self.store.root
+
+    def _check_subpath_in_archives(self, plan: Plan) -> None:
+        """Once the small layers are cached, their archives' names are known too: check --subpath again."""
+        _check_subpath_exists(plan, self.subpath,
+                              lambda layer: tar_names(self.store.blob_path(layer.descriptor.digest)))
+
+    def owns(self, path: str | Path) -> bool:
+        """Whether ``path`` is in this Puller's cache (a model or config directory it made)."""
+        return Path(path).is_relative_to(self.store.root)
+
+    def materialize(self, resolved: Resolved, plan: Plan) -> Path:
+        """The full model directory, once every weight blob is in the cache (see ``ensure_blobs``)."""
+        return materialize(self.store, plan, resolved.digest, subpath=self.subpath)
 
     # --- whole operations --------------------------------------------------------------------------------------
     def fetch(self, text: str) -> FetchResult:
@@ -316,8 +346,9 @@ class Puller:
                 self.check_free_space(plan.layers)
                 # Small files first (config, tokenizer): they name the shards and fail fast on a bad artifact.
                 self.ensure_blobs(reference, plan.small_layers)
+                self._check_subpath_in_archives(plan)
                 self.ensure_blobs(reference, plan.weight_layers)
-                path = materialize(self.store, plan, resolved.digest, subpath=self.subpath)
+                path = self.materialize(resolved, plan)
             self.record(resolved)
         files = list_files(path)
         return FetchResult(str(reference), resolved.digest, resolved.pinned, path, plan.format, files,
@@ -343,9 +374,10 @@ class Puller:
                 raise errors.UnsupportedFormatError(f"{resolved.reference} holds no safetensors weights")
             self.check_free_space(plan.layers)
             self.ensure_blobs(resolved.reference, plan.small_layers)
+            self._check_subpath_in_archives(plan)
             if not plan.streamable:  # materialize() checks that the directory holds safetensors weights
                 self.ensure_blobs(resolved.reference, plan.weight_layers)
-                path = materialize(self.store, plan, resolved.digest, subpath=self.subpath)
+                path = self.materialize(resolved, plan)
             else:
                 path = materialize(self.store, plan, resolved.digest, weights=False, subpath=self.subpath)
             # Streamed weights are verified blob by blob as they arrive; the tag moves once the config files are.
@@ -387,6 +419,27 @@ class Puller:
                              resolved.manifest.media_type, resolved.manifest.artifact_type, files,
                              sum(layer.descriptor.size for layer in plan.layers), skipped, resolved.index_digest,
                              {"media_type": config.media_type, "digest": config.digest, "size": config.size})
+
+
+def _check_subpath_exists(plan: Plan, subpath: str | None,
+                          listed: Callable[[LayerPlan], list[str] | None] | None = None) -> None:
+    """Before any weight is downloaded: where every file's name is known, a --subpath that names none of them
+    nor a directory above one cannot be the model directory. File layers are named in the manifest; ``listed``
+    gives the names inside a small archive once it is in the cache (None: not yet, or unreadable)."""
+    if subpath is None:
+        return
+    names: list[str] = []
+    for layer in plan.layers:
+        inside = listed(layer) if listed is not None and layer.action is Action.TAR and not layer.weights else None
+        if layer.action is Action.FILE:
+            names.append(layer.path or "")
+        elif inside is not None:
+            names += [posixpath.join(layer.path, name) if layer.path else name for name in inside]
+        elif layer.action is not Action.SHARD:  # unnamed shards land at the root, never under a subpath
+            return  # names known only once unpacked (image layers, weight archives): materialize() checks then
+    if not any(name == subpath or name.startswith(subpath + "/") for name in names):
+        raise errors.InvalidModelError(f"--subpath {subpath!r} is not a directory in the artifact",
+                                       "run `oci-crane inspect REF` to see its files")
 
 
 def _check_document_size(size: int, what: str) -> None:

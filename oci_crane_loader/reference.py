@@ -16,7 +16,7 @@ import ipaddress
 import re
 import string
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 from .errors import InvalidReferenceError
 
@@ -33,7 +33,6 @@ _DIGEST_RE = re.compile(r"sha256:[a-f0-9]{64}")  # ggcr accepts only the canonic
 _HOST_CHARS = frozenset(string.ascii_letters + string.digits + "!\"$&'()*+,-.:;<=>[]_~")
 _PORT_RE = re.compile(r"(:[0-9]*)?")  # Go's validOptionalPort: an empty port after the colon is allowed
 _Fail = Callable[[str], InvalidReferenceError]  # builds the error naming the whole reference
-_PRIVATE_NETS = tuple(ipaddress.ip_network(n) for n in ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16"))
 
 
 def _strip_prefix(text: str) -> str:
@@ -60,40 +59,6 @@ class Reference:
         if self.digest:
             return f"{self.repository_name}@{self.digest}"
         return f"{self.repository_name}:{self.tag}"
-
-    @property
-    def identifier(self) -> str:
-        return self.digest or self.tag or DEFAULT_TAG
-
-    @property
-    def pinned(self) -> str:
-        if not self.digest:
-            raise ValueError(f"reference '{self}' has no digest to pin to")
-        return f"{self.repository_name}@{self.digest}"
-
-    def with_digest(self, digest: str) -> Reference:
-        if not _DIGEST_RE.fullmatch(digest):
-            raise InvalidReferenceError(f"invalid digest {digest!r}: expected sha256: and 64 lowercase hex characters")
-        return replace(self, digest=digest)
-
-    @property
-    def is_loopback_or_private(self) -> bool:
-        """localhost, *.localhost, 127.0.0.0/8, ::1 or an RFC 1918 address, with or without a port."""
-        host = self.registry
-        if host.startswith("["):
-            host = host[1 : host.rfind("]")]
-        elif host.count(":") == 1:  # host:port; more colons is a bare IPv6 address
-            host = host.partition(":")[0]
-        host = host.lower()
-        if host == "localhost" or host.endswith(".localhost"):
-            return True
-        try:
-            ip = ipaddress.ip_address(host)
-        except ValueError:
-            return False
-        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped:
-            ip = ip.ipv4_mapped
-        return ip.is_loopback or any(ip in net for net in _PRIVATE_NETS)
 
     def __str__(self) -> str:
         return _strip_prefix(self.original)

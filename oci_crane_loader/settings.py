@@ -10,13 +10,32 @@ from __future__ import annotations
 import functools
 import math
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from . import errors
 
 _TRUE = ("1", "true", "yes", "on")
+_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+
+
+@dataclass(frozen=True)
+class UnpackLimits:
+    """What one archive layer may unpack to, far above any real model (materialize.extract_tar enforces them)."""
+
+    ratio: float = 200.0  # unpacked bytes per archive byte (OCI_CRANE_MAX_UNPACK_RATIO)
+    bytes: int = 1 << 40  # unpacked bytes of one archive (OCI_CRANE_MAX_UNPACK_BYTES); never past the free space
+    entries: int = 100_000  # tar entries of one archive (OCI_CRANE_MAX_UNPACK_ENTRIES)
+
+    @classmethod
+    def from_environment(cls, env: Mapping[str, str] | None = None) -> UnpackLimits:
+        env = os.environ if env is None else env
+        default = cls()
+        return cls(ratio=_positive(env, "OCI_CRANE_MAX_UNPACK_RATIO", default.ratio, float),
+                   bytes=_positive(env, "OCI_CRANE_MAX_UNPACK_BYTES", default.bytes, parse_bytes),
+                   entries=_positive(env, "OCI_CRANE_MAX_UNPACK_ENTRIES", default.entries, int))
 _FALSE = ("", "0", "false", "no", "off")
 
 
@@ -28,6 +47,7 @@ class Settings:
     offline: bool = False  # OCI_CRANE_OFFLINE: the cache only, never the network (CLI and vLLM loader alike)
     no_fsync: bool = False  # OCI_CRANE_NO_FSYNC: skip fsync, for throwaway caches
     cache_dir: Path | None = None  # OCI_CRANE_LOADER_CACHE: the cache root
+    unpack: UnpackLimits = UnpackLimits()  # OCI_CRANE_MAX_UNPACK_RATIO / _BYTES / _ENTRIES
 
     @classmethod
     def from_environment(cls, env: Mapping[str, str]) -> Settings:
@@ -36,7 +56,8 @@ class Settings:
                    stall_timeout=_seconds(env, "OCI_CRANE_STALL_TIMEOUT", cls.stall_timeout),
                    lock_timeout=_seconds(env, "OCI_CRANE_LOCK_TIMEOUT", cls.lock_timeout),
                    offline=_flag(env, "OCI_CRANE_OFFLINE"), no_fsync=_flag(env, "OCI_CRANE_NO_FSYNC"),
-                   cache_dir=Path(cache).expanduser() if cache else None)
+                   cache_dir=Path(cache).expanduser() if cache else None,
+                   unpack=UnpackLimits.from_environment(env))
 
 
 def _seconds(env: Mapping[str, str], name: str, default: float) -> float:
@@ -50,6 +71,27 @@ def _seconds(env: Mapping[str, str], name: str, default: float) -> float:
     if not (math.isfinite(value) and value > 0):
         raise errors.SettingsError(f"{name}={text!r} is not a number of seconds",
                                    f"set {name} to a positive number of seconds (default {default:g}) or unset it")
+    return value
+
+
+def parse_bytes(text: str) -> int:
+    """``1048576``, ``512M``, ``10G``, ``1TiB``: binary units."""
+    lowered = text.strip().lower().removesuffix("ib").removesuffix("b")
+    unit = lowered[-1:] if lowered[-1:] in _UNITS else ""
+    return int(float(lowered[: len(lowered) - len(unit)]) * _UNITS[unit])
+
+
+def _positive(env: Mapping[str, str], name: str, default: float, parse: Callable[[str], Any]) -> Any:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = parse(raw)
+    except (ValueError, OverflowError):
+        value = None
+    if value is None or not value > 0:
+        raise errors.SettingsError(f"{name}={raw!r} is not a positive number",
+                                   f"set {name} to a positive number (e.g. {default:g}), or unset it for the default")
     return value
 
 

@@ -106,11 +106,11 @@ def resolve_engine_args(args: Any) -> None:
 
     Idempotent: once `model_weights` holds our pinned reference and `model` our config directory, nothing changes.
     """
-    from .loader import LoaderOptions, make_puller
+    from .options import from_extra_config
+    from .pull import open_puller
 
-    options = LoaderOptions.from_extra_config(getattr(args, "model_loader_extra_config", None))
-    puller = make_puller(args.download_dir, options)
-    if args.model_weights and str(puller.store.root) in str(args.model):
+    puller = open_puller(from_extra_config(getattr(args, "model_loader_extra_config", None), args.download_dir))
+    if args.model_weights and puller.owns(args.model):
         return  # already resolved (vLLM may build the config more than once)
     reference = args.model_weights or args.model
     resolved, _plan, config_dir = puller.prepare(reference)
@@ -123,4 +123,4 @@ def resolve_engine_args(args: Any) -> None:
         args.served_model_name = [reference]
     args.model = str(config_dir)
     args.model_weights = resolved.pinned
-    args.download_dir = str(puller.store.root)
+    args.download_dir = str(puller.cache_root)

@@ -42,16 +42,16 @@ def test_twenty_fetches_of_different_models_at_once(registry, tmp_path, cache_di
 LOADER = """
 import sys, time
 from pathlib import Path
-from oci_crane_loader.loader import LoaderOptions, make_puller
-from oci_crane_loader.materialize import materialize
+from oci_crane_loader.options import from_extra_config
+from oci_crane_loader.pull import open_puller
 
 cache, reference, go = sys.argv[1:]
 while not Path(go).exists():  # both workers start their downloads together
     time.sleep(0.01)
-puller = make_puller(cache, LoaderOptions(jobs=2))
+puller = open_puller(from_extra_config({"jobs": 2}, cache))
 resolved, plan, config_dir = puller.prepare(reference)  # what vLLM's engine does before the workers
 puller.ensure_blobs(resolved.reference, plan.weight_layers)  # what each worker's load_weights downloads
-print(materialize(puller.store, plan, resolved.digest, subpath=puller.subpath))
+print(puller.materialize(resolved, plan))
 """
 
 

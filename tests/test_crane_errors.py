@@ -435,14 +435,14 @@ def test_plain_argv_has_no_insecure_or_platform(fp, binary):
     fp.register([binary, "manifest", "--", REF], stdout="{}")
     fp.register([binary, "export", "--", REF, "-"], stdout="")
     Crane().manifest(REF)
-    Crane().run("export", REF, "-", platform=True)
+    Crane().run("export", REF, "-")
     assert list(fp.calls) == [[binary, "version"], [binary, "manifest", "--", REF], [binary, "export", "--", REF, "-"]]
 
 
 def test_insecure_is_appended_when_set(fp, binary):
     _register_version(fp, binary)
     fp.register([binary, "manifest", "--insecure", "--", REF], stdout="{}")
-    Crane(insecure=True, platform="linux/amd64").manifest(REF)  # manifest never passes --platform
+    Crane(insecure=True).manifest(REF)
     assert list(fp.calls)[-1] == [binary, "manifest", "--insecure", "--", REF]
 
 
@@ -450,8 +450,8 @@ def test_platform_is_appended_only_where_asked(fp, binary):
     _register_version(fp, binary)
     fp.register([binary, "export", "--platform", "linux/arm64", "--", REF, "-"], stdout="")
     fp.register([binary, "export", "--insecure", "--platform", "linux/arm64", "--", REF, "-"], stdout="")
-    Crane(platform="linux/arm64").run("export", REF, "-", platform=True)
-    Crane(platform="linux/arm64", insecure=True).run("export", REF, "-", platform=True)
+    Crane().run("export", REF, "-", platform="linux/arm64")
+    Crane(insecure=True).run("export", REF, "-", platform="linux/arm64")
     assert list(fp.calls)[1:] == [
         [binary, "export", "--platform", "linux/arm64", "--", REF, "-"],
         [binary, "export", "--insecure", "--platform", "linux/arm64", "--", REF, "-"],

@@ -16,13 +16,14 @@ from oci_crane_loader.crane import Crane
 from oci_crane_loader.formats import dmr
 from oci_crane_loader.layout import LayoutWriter
 from oci_crane_loader.oci import OCI_MANIFEST
+from oci_crane_loader.options import fetch_options
 from oci_crane_loader.pack import _config_tar, pack_dmr
-from oci_crane_loader.pull import Puller
+from oci_crane_loader.pull import Puller, open_puller
 from tests.support.scripted_registry import ScriptedRegistry, digest, serve
 
 
-def puller(cache_dir: Path, **crane_options: object) -> Puller:
-    return Puller(Store(cache_dir), Crane(**crane_options))  # type: ignore[arg-type]
+def puller(cache_dir: Path, **options: object) -> Puller:
+    return open_puller(fetch_options(cache_dir=cache_dir, **options))  # type: ignore[arg-type]
 
 
 def leftovers(cache_dir: Path) -> list[str]:

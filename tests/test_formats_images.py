@@ -185,6 +185,52 @@ def test_subpath_chooses_among_several_model_directories(registry, tmp_path, cac
     assert "'models/c'" in line and "not a directory" in line
 
 
+def test_subpath_is_one_directory_however_it_is_written(registry, tmp_path, cache_dir):
+    small, large = write_model(tmp_path / "a", shards=1, seed=1), write_model(tmp_path / "b", shards=2, seed=2)
+    reference = f"{registry.host}/acme/two:v1"
+    push_image(tmp_path, reference, [[Entry("models/"), *files_of(small, "models/a/")],
+                                     [*files_of(large, "models/b/")]])
+    paths = {str(fetch(reference, cache_dir, "--subpath", typed)["path"])
+             for typed in ("/models/b/", "models/b", "./models//b", "models/x/../b")}
+    assert len(paths) == 1  # one model directory in the cache, not one per spelling
+    assert [p.name for p in (cache_dir / "models" / "sha256").iterdir()] == [Path(paths.pop()).name]
+
+
+def test_python_fetch_honours_subpath_and_the_environment_as_the_cli_does(registry, tmp_path, cache_dir,
+                                                                           monkeypatch):
+    import oci_crane_loader
+    from oci_crane_loader.settings import settings
+
+    small, large = write_model(tmp_path / "a", shards=1, seed=1), write_model(tmp_path / "b", shards=2, seed=2)
+    reference = f"{registry.host}/acme/two:v1"
+    push_image(tmp_path, reference, [[Entry("models/"), *files_of(small, "models/a/")],
+                                     [*files_of(large, "models/b/")]])
+    by_cli = Path(str(fetch(reference, cache_dir, "--subpath", "/models/b/")["path"]))
+    by_python = oci_crane_loader.fetch(reference, cache_dir=cache_dir, subpath="models/b")
+    assert by_python == by_cli and tree_bytes(by_python) == tree_bytes(large)
+    # The environment: the cache and offline mode from OCI_CRANE_*, for both doors alike.
+    env = {"OCI_CRANE_LOADER_CACHE": str(cache_dir), "OCI_CRANE_OFFLINE": "1"}
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    settings.cache_clear()
+    try:
+        assert oci_crane_loader.fetch(reference, subpath="models/b/") == by_cli
+        offline = run_cli("fetch", reference, "--subpath", "models/b", env=env)
+        assert offline.returncode == 0 and offline.stdout.strip() == str(by_cli), offline.stderr
+        missing = f"{registry.host}/acme/never:v1"
+        with pytest.raises(errors.OfflineError, match="is not in the cache"):
+            oci_crane_loader.fetch(missing, subpath="models/b")
+        refused = run_cli("fetch", missing, "--subpath", "models/b", "-q", env=env)
+        assert refused.returncode == 1 and "is not in the cache" in refused.stderr
+        with pytest.raises(errors.UsageError, match=r"--subpath: path '\.\./etc' escapes"):
+            oci_crane_loader.fetch(reference, subpath="../etc")
+        with pytest.raises(errors.UsageError, match="--jobs 0 is not a number from 1 to 64"):
+            oci_crane_loader.fetch(reference, jobs=0)
+    finally:
+        settings.cache_clear()
+    assert "never" not in registry.log()  # offline: no request at all
+
+
 def test_large_layers_are_weights_that_inspect_does_not_download(registry, tmp_path, cache_dir):
     source = tmp_path / "src"
     source.mkdir()

@@ -16,8 +16,9 @@ from oci_crane_loader import errors
 from oci_crane_loader.cache.store import Store
 from oci_crane_loader.formats import Action, LayerPlan, Plan, dmr, modelpack, recognise
 from oci_crane_loader.layout import LayoutWriter, canonical_json
-from oci_crane_loader.materialize import RATIO_FLOOR, UnpackLimits, extract_tar, materialize
+from oci_crane_loader.materialize import RATIO_FLOOR, extract_tar, materialize
 from oci_crane_loader.oci import Descriptor, Manifest, sha256_digest
+from oci_crane_loader.settings import UnpackLimits, settings
 
 MP = "application/vnd.cncf.model."
 
@@ -106,21 +107,35 @@ def test_bomb_is_stopped_by_the_ratio_cap_soon_after_the_floor(tmp_path, cache_t
     assert (work / "zeros.bin").stat().st_size <= RATIO_FLOOR + (1 << 20)  # stopped within one chunk
 
 
-def test_absolute_and_entry_caps_come_from_the_environment(tmp_path, cache_tmp, monkeypatch):
+@pytest.fixture
+def environment(monkeypatch):
+    """Set OCI_CRANE_* variables as a process starting with them would see them (settings are read once)."""
+    def set_variable(name: str, value: str | None) -> None:
+        if value is None:
+            monkeypatch.delenv(name)
+        else:
+            monkeypatch.setenv(name, value)
+        settings.cache_clear()
+
+    yield set_variable
+    settings.cache_clear()
+
+
+def test_absolute_and_entry_caps_come_from_the_environment(tmp_path, cache_tmp, environment):
     _, work, _ = cache_tmp
     plain = archive(tmp_path, tar_of([("big.bin", bytes(3 << 20))]), "big.tar")  # ratio 1: only the byte cap
-    monkeypatch.setenv("OCI_CRANE_MAX_UNPACK_BYTES", "2M")
+    environment("OCI_CRANE_MAX_UNPACK_BYTES", "2M")
     with pytest.raises(errors.InvalidModelError, match="OCI_CRANE_MAX_UNPACK_BYTES"):
         extract_tar(plain, work, "layer 0")
-    monkeypatch.delenv("OCI_CRANE_MAX_UNPACK_BYTES")
+    environment("OCI_CRANE_MAX_UNPACK_BYTES", None)
     many = archive(tmp_path, tar_of([(f"f{number}", b"x") for number in range(20)]), "many.tar")
-    monkeypatch.setenv("OCI_CRANE_MAX_UNPACK_ENTRIES", "10")
+    environment("OCI_CRANE_MAX_UNPACK_ENTRIES", "10")
     with pytest.raises(errors.InvalidModelError, match="over 10 entries"):
         extract_tar(many, tmp_path / "cache" / "tmp", "layer 0", into="other")
-    assert UnpackLimits.from_environment() == UnpackLimits(entries=10)
+    assert UnpackLimits.from_environment() == UnpackLimits(entries=10) == settings().unpack
 
 
-def test_hard_link_copies_count_as_unpacked_bytes(tmp_path, cache_tmp, monkeypatch):
+def test_hard_link_copies_count_as_unpacked_bytes(tmp_path, cache_tmp, environment):
     _, work, _ = cache_tmp
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w") as tar:
@@ -131,7 +146,7 @@ def test_hard_link_copies_count_as_unpacked_bytes(tmp_path, cache_tmp, monkeypat
             link = tarfile.TarInfo(f"copy{number}.bin")
             link.type, link.linkname = tarfile.LNKTYPE, "one.bin"
             tar.addfile(link)
-    monkeypatch.setenv("OCI_CRANE_MAX_UNPACK_BYTES", "4M")
+    environment("OCI_CRANE_MAX_UNPACK_BYTES", "4M")
     with pytest.raises(errors.InvalidModelError, match="OCI_CRANE_MAX_UNPACK_BYTES"):
         extract_tar(archive(tmp_path, buffer.getvalue()), work, "layer 0")
 

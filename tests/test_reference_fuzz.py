@@ -15,7 +15,7 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from oci_crane_loader.errors import InvalidReferenceError
-from oci_crane_loader.reference import parse_reference
+from oci_crane_loader.reference import DEFAULT_TAG, parse_reference
 from tests.support import ggcr_names
 
 HEX = string.hexdigits.lower()[:16]
@@ -60,7 +60,8 @@ def check_against_ggcr(oracle: ggcr_names.Oracle, text: str) -> None:
             assert by_design, f"we refuse {text!r} ({exc.cause}); crane takes it as {theirs.name}"
         return
     assert theirs.error is None, f"we take {text!r} as {ours.name}; crane refuses it: {theirs.error}"
-    assert (ours.registry, ours.repository, ours.identifier, ours.name) == (
+    identifier = ours.digest or ours.tag or DEFAULT_TAG  # ggcr's Identifier(): the digest, else the tag
+    assert (ours.registry, ours.repository, identifier, ours.name) == (
         theirs.registry, theirs.repository, theirs.identifier, theirs.name), text
 
 

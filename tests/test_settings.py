@@ -16,7 +16,8 @@ from conftest import REPO_ROOT, push_model, run_cli, unshare_mount, write_model
 from safetensors.numpy import save_file
 
 from oci_crane_loader import errors
-from oci_crane_loader.loader import LoaderOptions, make_puller
+from oci_crane_loader.options import from_extra_config
+from oci_crane_loader.pull import open_puller
 from oci_crane_loader.settings import Settings, settings
 
 UNREACHABLE = "127.0.0.1:9/acme/tiny:v1"  # never contacted: every case fails before the network
@@ -32,7 +33,8 @@ def fresh_settings() -> Iterator[None]:
 @pytest.mark.parametrize(("name", "value"), [
     ("OCI_CRANE_TIMEOUT", "abc"), ("OCI_CRANE_LOCK_TIMEOUT", "x"), ("OCI_CRANE_STALL_TIMEOUT", "nan"),
     ("OCI_CRANE_STALL_TIMEOUT", "inf"), ("OCI_CRANE_TIMEOUT", "0"), ("OCI_CRANE_TIMEOUT", "-5"),
-    ("OCI_CRANE_OFFLINE", "maybe"), ("OCI_CRANE_NO_FSYNC", "2"),
+    ("OCI_CRANE_OFFLINE", "maybe"), ("OCI_CRANE_NO_FSYNC", "2"), ("OCI_CRANE_MAX_UNPACK_RATIO", "lots"),
+    ("OCI_CRANE_MAX_UNPACK_BYTES", "-5G"),
 ])
 def test_a_bad_setting_is_one_line_naming_the_variable(cache_dir, name, value):
     done = run_cli("fetch", UNREACHABLE, "--cache-dir", str(cache_dir), "-q", env={name: value})
@@ -61,10 +63,31 @@ def test_the_package_imports_with_bad_settings():
 def test_the_loader_honours_oci_crane_offline(monkeypatch, fresh_settings, cache_dir):
     monkeypatch.setenv("OCI_CRANE_OFFLINE", "1")
     monkeypatch.setenv("OCI_CRANE_BINARY", "/nonexistent/crane")  # proves crane is never started
-    puller = make_puller(cache_dir, LoaderOptions())
+    puller = open_puller(from_extra_config(None, cache_dir))
     assert puller.crane.offline is True
     with pytest.raises(errors.OfflineError, match="is not in the cache"):
         puller.prepare(UNREACHABLE)
+
+
+def test_the_vllm_plugin_rewrites_engine_args_through_one_puller(registry, tmp_path, cache_dir):
+    """resolve_engine_args needs no vLLM: `model` becomes the config directory, `download_dir` the cache root,
+    and a second call (vLLM builds its config more than once) changes nothing."""
+    from types import SimpleNamespace
+
+    from oci_crane_loader.vllm_plugin import resolve_engine_args
+
+    source = write_model(tmp_path / "src", shards=2)
+    reference = f"{registry.host}/acme/tiny:v1"
+    pinned = push_model(source, reference, tmp_path)
+    args = SimpleNamespace(model=reference, model_weights=None, tokenizer=None, served_model_name=None,
+                           download_dir=str(cache_dir), model_loader_extra_config={"jobs": 2})
+    resolve_engine_args(args)
+    assert Path(args.model).parent.parent == cache_dir.resolve() / "configs"
+    assert (Path(args.model) / "config.json").read_bytes() == (source / "config.json").read_bytes()
+    assert args.model_weights == pinned and args.download_dir == str(cache_dir.resolve())
+    before = dict(vars(args))
+    resolve_engine_args(args)
+    assert vars(args) == before
 
 
 # --- option ranges ---------------------------------------------------------------------------------------------
@@ -79,8 +102,60 @@ def test_jobs_out_of_range_is_a_usage_error(cache_dir, jobs):
 
 def test_loader_jobs_are_capped_too():
     with pytest.raises(ValueError, match="from 1 to 64"):
-        LoaderOptions.from_extra_config({"jobs": 100000})
-    assert LoaderOptions.from_extra_config({"jobs": 64}).jobs == 64
+        from_extra_config({"jobs": 100000}, None)
+    assert from_extra_config({"jobs": 64}, None).jobs == 64
+
+
+@pytest.mark.parametrize("subpath", ["../etc", "models/../../x", "a\\b", "/", "/.."])
+def test_an_unsafe_subpath_is_a_usage_error_before_anything(cache_dir, subpath):
+    done = run_cli("fetch", UNREACHABLE, "--cache-dir", str(cache_dir), "--subpath", subpath)
+    assert done.returncode == 2, done.stderr
+    assert f"--subpath: unsafe path {subpath.lstrip('/')!r}" in done.stderr or (
+        f"--subpath: path {subpath.lstrip('/')!r} escapes" in done.stderr), done.stderr
+    assert "Traceback" not in done.stderr
+    assert not cache_dir.exists()  # refused before the cache was created, let alone the network
+
+
+def test_the_loader_says_which_extra_config_key_is_wrong():
+    with pytest.raises(errors.UsageError, match=r"model_loader_extra_config\['subpath'\]: path '\.\./x' escapes"):
+        from_extra_config({"subpath": "../x"}, None)
+    assert from_extra_config({"subpath": "/models/b/"}, "").subpath == "models/b"
+
+
+def test_a_subpath_no_file_lies_under_is_refused_before_the_weights_download(registry, tmp_path, cache_dir):
+    source = write_model(tmp_path / "src", shards=2)
+    reference = f"{registry.host}/acme/tiny:v1"
+    push_model(source, reference, tmp_path)
+    done = run_cli("fetch", reference, "--cache-dir", str(cache_dir), "-q", "--subpath", "models/tiny")
+    assert done.returncode == 1
+    assert "--subpath 'models/tiny' is not a directory in the artifact" in done.stderr
+    weights = {"sha256:" + hashlib.sha256(shard.read_bytes()).hexdigest() for shard in source.glob("*.safetensors")}
+    assert not weights & set(registry.blob_downloads())  # only the config blob was read, to plan
+
+
+def test_a_subpath_absent_from_the_config_archive_is_refused_before_the_weights_download(registry, tmp_path,
+                                                                                          cache_dir):
+    """A ModelPack config archive plus a raw weight file: once the small archive is in the cache, its names are
+    known too, so a --subpath under which nothing lies stops the fetch before the weights download."""
+    import gzip
+
+    from test_hostile_artifacts import modelpack_with_archive, tar_of
+
+    reference = f"{registry.host}/acme/packed:v1"
+    config_tar = gzip.compress(tar_of([("./config/", None), ("./config/config.json", b'{"architectures": []}')]))
+    modelpack_with_archive(tmp_path, reference, config_tar)
+    weights = "sha256:" + hashlib.sha256((tmp_path / "src" / "model.safetensors").read_bytes()).hexdigest()
+    done = run_cli("fetch", reference, "--cache-dir", str(cache_dir), "-q", "--subpath", "/models/")
+    assert done.returncode == 1 and "--subpath 'models' is not a directory in the artifact" in done.stderr, done.stderr
+    assert weights not in registry.blob_downloads()
+    named = run_cli("fetch", reference, "--cache-dir", str(cache_dir), "-q", "--subpath", "config/")
+    assert "not a directory in the artifact" not in named.stderr  # listed in the archive: it gets as far as unpacking
+    assert weights in registry.blob_downloads()
+
+
+def test_inspect_refuses_subpath_instead_of_ignoring_it(cache_dir):
+    done = run_cli("inspect", UNREACHABLE, "--cache-dir", str(cache_dir), "--subpath", "models/b")
+    assert done.returncode == 2 and "unrecognized arguments: --subpath" in done.stderr, done.stderr
 
 
 @pytest.mark.parametrize("command", [["fetch", UNREACHABLE], ["cache", "ls"], ["cache", "prune"], ["doctor"]])

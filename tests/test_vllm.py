@@ -173,7 +173,9 @@ def test_stream_weights_reads_each_tensor_once_from_the_file_the_index_names(reg
     from conftest import write_model
     from safetensors.numpy import load_file, save_file
 
-    from oci_crane_loader.loader import LoaderOptions, make_puller, stream_weights
+    from oci_crane_loader.loader import stream_weights
+    from oci_crane_loader.options import from_extra_config
+    from oci_crane_loader.pull import open_puller
     from oci_crane_loader.safetensors_check import read_index
 
     source = write_model(tmp_path / "src", shards=2)
@@ -184,7 +186,7 @@ def test_stream_weights_reads_each_tensor_once_from_the_file_the_index_names(reg
               str(source / "consolidated.safetensors"))  # zeros: reading it instead would change the values
     reference = f"{registry.host}/acme/consolidated:v1"
     push_model(source, reference, tmp_path)
-    puller = make_puller(cache_dir, LoaderOptions(jobs=1))
+    puller = open_puller(from_extra_config({"jobs": 1}, cache_dir))
     resolved, plan, config_dir = puller.prepare(reference)
     names = []
     for name, tensor in stream_weights(puller, resolved, plan, read_index(config_dir / "model.safetensors.index.json")):

@@ -1,0 +1,94 @@
+"""What one fetch is asked to do, from whichever door it comes in: the command line, the Python API
+(``oci_crane_loader.fetch``) or the vLLM loader's ``--model-loader-extra-config``. Validated here, once, and
+before anything is downloaded or created; the environment's OCI_CRANE_* settings ride along.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from . import errors
+from .formats import safe_relative_path
+from .settings import Settings, settings
+
+MAX_JOBS = 64  # concurrent crane processes; more only thrashes the registry and the disk
+
+
+@dataclass(frozen=True)
+class FetchOptions:
+    """Build it with ``fetch_options`` (or ``from_extra_config``), which validate; the fields are final."""
+
+    cache_dir: Path | None = None  # None: OCI_CRANE_LOADER_CACHE or ~/.cache/oci-crane-loader
+    platform: str | None = None  # os/arch[/variant] to choose from an image index; None: the host's
+    offline: bool = False  # the option or OCI_CRANE_OFFLINE=1: the cache only
+    insecure: bool = False
+    jobs: int = 4
+    subpath: str | None = None  # normalised: "models/b", never "/models/b/" (it names the model directory)
+    settings: Settings = field(default_factory=Settings)  # the OCI_CRANE_* environment, read once
+
+
+def fetch_options(*, cache_dir: str | Path | None = None, platform: str | None = None, offline: bool = False,
+                  insecure: bool = False, jobs: int = 4, subpath: str | None = None) -> FetchOptions:
+    """The one place the options of a fetch are checked; UsageError names the option and how to fix it."""
+    environment = settings()
+    return FetchOptions(cache_dir=check_cache_dir(cache_dir), platform=platform or None,
+                        offline=offline or environment.offline, insecure=insecure, jobs=check_jobs(jobs),
+                        subpath=normalise_subpath(subpath), settings=environment)
+
+
+def check_jobs(jobs: object) -> int:
+    if isinstance(jobs, bool) or not isinstance(jobs, int) or not 1 <= jobs <= MAX_JOBS:
+        raise errors.UsageError(f"--jobs {jobs!r} is not a number from 1 to {MAX_JOBS}",
+                                f"download 1 to {MAX_JOBS} blobs at once (default 4)")
+    return jobs
+
+
+def check_cache_dir(cache_dir: str | Path | None) -> Path | None:
+    if cache_dir is None:
+        return None
+    if not str(cache_dir).strip():
+        raise errors.UsageError("--cache-dir is empty: name a directory, or leave the option out for the default "
+                                "cache")
+    return Path(cache_dir)
+
+
+def normalise_subpath(subpath: str | None) -> str | None:
+    """``/models/b/``, ``models/b`` and ``./models//b`` are one directory, so one name in the cache: a path from
+    the image's or artifact's root. What leaves it (``..``), names no directory in it (``/``) or could name no
+    file is refused, by the same check as the artifact's own paths."""
+    if not subpath:
+        return None
+    try:
+        return safe_relative_path(subpath.lstrip("/"), "--subpath")
+    except errors.InvalidModelError as exc:
+        raise errors.UsageError(exc.cause, "name a directory inside the image or artifact, e.g. --subpath "
+                                "models/llama (`oci-crane inspect REF` lists its files)") from None
+
+
+# --- vLLM's --model-loader-extra-config ------------------------------------------------------------------------
+
+_EXTRA_KEYS: dict[str, type] = {"jobs": int, "platform": str, "insecure": bool, "offline": bool, "subpath": str}
+
+
+def from_extra_config(extra: dict[str, Any] | str | None, download_dir: str | Path | None) -> FetchOptions:
+    """The vLLM loader's options: ``--model-loader-extra-config`` (a dict, or its JSON text) and vLLM's
+    ``--download-dir`` as the cache. Unknown keys and values of the wrong JSON type are refused before work."""
+    if isinstance(extra, str):
+        extra = json.loads(extra) if extra.strip() else {}
+    extra = dict(extra or {})
+    unknown = sorted(set(extra) - set(_EXTRA_KEYS))
+    if unknown:
+        raise ValueError(f"oci-crane: unknown model_loader_extra_config keys {unknown}; allowed: {sorted(_EXTRA_KEYS)}")
+    for key, value in extra.items():
+        if not isinstance(value, _EXTRA_KEYS[key]) or (key == "jobs" and isinstance(value, bool)):
+            raise ValueError(f"oci-crane: model_loader_extra_config[{key!r}] must be {_EXTRA_KEYS[key].__name__}"
+                             f"{f' from 1 to {MAX_JOBS}' if key == 'jobs' else ''}, got {value!r}")
+    try:
+        return fetch_options(cache_dir=download_dir or None, **extra)
+    except errors.UsageError as exc:  # said in the loader's terms: the option is a key of the extra config
+        cause = exc.cause.replace("--jobs", "model_loader_extra_config['jobs']").replace(
+            "--subpath", "model_loader_extra_config['subpath']")
+        raise errors.UsageError(f"oci-crane: {cause}", exc.fix) from None
