@@ -216,10 +216,10 @@ def test_first_shard_is_read_while_later_shards_are_still_downloading(registry, 
     held_until_first_tensor: list[bool] = []
 
     class GatedCrane(Crane):
-        def blob(self, pinned, destination, progress=None):  # type: ignore[no-untyped-def]
+        def blob(self, pinned, destination, progress=None, **limits):  # type: ignore[no-untyped-def]
             if pinned.endswith(last_shard):
                 held_until_first_tensor.append(first_tensor_seen.wait(timeout=60))
-            super().blob(pinned, destination, progress)
+            super().blob(pinned, destination, progress, **limits)  # size and cancel, as pull.py passes them
 
     puller = Puller(Store(cache_dir), GatedCrane(), jobs=2)
     resolved, plan, config_dir = puller.prepare(reference)
