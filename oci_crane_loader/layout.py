@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .materialize import link_or_copy
+from .files import link_or_copy
 from .oci import OCI_INDEX, OCI_LAYOUT_VERSION, OCI_MANIFEST, digest_hex, sha256_digest
+from .store import file_sha256
 
 
 def canonical_json(document: object) -> bytes:
@@ -34,11 +34,7 @@ class LayoutWriter:
 
     def add_file(self, media_type: str, path: Path, annotations: dict[str, str] | None = None) -> dict[str, object]:
         """Large files are hashed in chunks and hard-linked, never read into memory or copied."""
-        hasher = hashlib.sha256()
-        with open(path, "rb") as handle:
-            while chunk := handle.read(4 << 20):
-                hasher.update(chunk)
-        digest = "sha256:" + hasher.hexdigest()
+        digest = file_sha256(path)
         if not self._blob(digest).exists():
             link_or_copy(path, self._blob(digest))
         return _descriptor(media_type, digest, path.stat().st_size, annotations)

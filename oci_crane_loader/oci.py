@@ -41,11 +41,11 @@ def digest_hex(digest: str) -> str:
     return digest.split(":", 1)[1]
 
 
-class _Document(BaseModel):
+class Document(BaseModel):
     model_config = ConfigDict(extra="allow", populate_by_name=True, frozen=True)
 
 
-class Platform(_Document):
+class Platform(Document):
     architecture: str
     os: str
     variant: str | None = None
@@ -55,7 +55,7 @@ class Platform(_Document):
         return "/".join(part for part in (self.os, self.architecture, self.variant) if part)
 
 
-class Descriptor(_Document):
+class Descriptor(Document):
     media_type: str = Field(alias="mediaType")
     digest: Digest
     size: int = Field(ge=0, le=MAX_SIZE)
@@ -65,7 +65,7 @@ class Descriptor(_Document):
     urls: list[str] | None = None
 
 
-class Manifest(_Document):
+class Manifest(Document):
     schema_version: Literal[2] = Field(alias="schemaVersion")
     media_type: str | None = Field(default=None, alias="mediaType")
     artifact_type: str | None = Field(default=None, alias="artifactType")
@@ -75,7 +75,7 @@ class Manifest(_Document):
     subject: Descriptor | None = None
 
 
-class Index(_Document):
+class Index(Document):
     schema_version: Literal[2] = Field(alias="schemaVersion")
     media_type: str | None = Field(default=None, alias="mediaType")
     artifact_type: str | None = Field(default=None, alias="artifactType")

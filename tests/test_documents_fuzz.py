@@ -50,7 +50,7 @@ RANDOM_JSON = st.recursive(_SCALAR, lambda inner: st.lists(inner, max_size=4)
 _MISSING = object()
 _MEDIA_TYPES = sorted({
     oci.OCI_MANIFEST, oci.OCI_INDEX, oci.DOCKER_MANIFEST, oci.DOCKER_MANIFEST_LIST, oci.OCI_EMPTY,
-    *image.CONFIG_TYPES, *image.LAYER_TYPES, *oras.IMAGE_CONFIGS, oras.DEFAULT_ARTIFACT_TYPE,
+    *image.CONFIG_TYPES, *image.LAYER_TYPES, oras.DEFAULT_ARTIFACT_TYPE,
     dmr.CONFIG_V01, dmr.CONFIG_V02, dmr.SAFETENSORS, dmr.GGUF, dmr.DDUF, dmr.VLLM_CONFIG_TAR, dmr.DIR_TAR,
     dmr.LICENSE, dmr.MMPROJ, dmr.CHAT_TEMPLATE, dmr.MODEL_FILE,
     kitops.CONFIG, kitops.ARTIFACT_TYPE, "application/vnd.kitops.modelkit.model.v1.tar+gzip",

@@ -10,11 +10,12 @@ from pathlib import Path
 
 import pytest
 
-from oci_crane_loader import errors, formats, oci
+from oci_crane_loader import errors, oci
 from oci_crane_loader.crane import Crane
 from oci_crane_loader.errors import InvalidDocumentError, InvalidModelError
 from oci_crane_loader.formats import dmr, oras
 from oci_crane_loader.layout import LayoutWriter, canonical_json
+from oci_crane_loader.paths import safe_relative_path
 from tests.conftest import push_layout, run_cli
 
 BIG_INT = b"1" * 5000  # more digits than Python converts (sys.get_int_max_str_digits: 4300)
@@ -95,7 +96,7 @@ def test_a_size_beyond_int64_is_refused(size: int) -> None:
 def test_a_path_that_is_not_unicode_is_refused(path: str) -> None:
     # Before: accepted, and writing the file raised UnicodeEncodeError (a JSON "\ud800" escape is a lone surrogate).
     with pytest.raises(InvalidModelError, match="is not valid UTF-8"):
-        formats.safe_relative_path(path, "layer 0")
+        safe_relative_path(path, "layer 0")
 
 
 @pytest.mark.parametrize(("cause", "shown"), [

@@ -13,8 +13,9 @@ from typing import Any
 from pydantic import Field
 
 from ..errors import UnsupportedFormatError
-from ..oci import OCI_EMPTY, TITLE, Descriptor, Manifest, _Document, load_json, parse_model
-from . import Action, LayerPlan, Plan, safe_relative_path
+from ..oci import OCI_EMPTY, TITLE, Descriptor, Document, Manifest, load_json, parse_model
+from ..paths import safe_relative_path
+from .plan import Action, LayerPlan, Plan
 
 ARTIFACT_TYPE = "application/vnd.cncf.model.manifest.v1+json"
 CONFIG = "application/vnd.cncf.model.config.v1+json"
@@ -33,7 +34,7 @@ WEIGHT = "weight"
 LARGE_KINDS = {WEIGHT, "dataset"}  # not needed to describe the model: `inspect` and vLLM's config step skip them
 
 
-class ModelDescriptor(_Document):
+class ModelDescriptor(Document):
     created_at: str | None = Field(default=None, alias="createdAt")
     authors: list[str] | None = None
     vendor: str | None = None
@@ -45,7 +46,7 @@ class ModelDescriptor(_Document):
     licenses: list[str] | None = None
 
 
-class ModelConfig(_Document):
+class ModelConfig(Document):
     architecture: str | None = None
     format: str | None = None
     param_size: str | int | None = Field(default=None, alias="paramSize")
@@ -54,12 +55,12 @@ class ModelConfig(_Document):
     capabilities: dict[str, Any] | None = None
 
 
-class ModelFS(_Document):
+class ModelFS(Document):
     type: str | None = None
     diff_ids: list[str] | None = Field(default=None, alias="diffIds")
 
 
-class ModelPackConfig(_Document):
+class ModelPackConfig(Document):
     """The whole config is optional in practice: KAITO/aikit push ``{}``."""
 
     descriptor: ModelDescriptor = Field(default_factory=ModelDescriptor)
