@@ -1,4 +1,4 @@
-"""Fuzzing of manifest, index and config parsing (oci.py, formats/, pull.select_child) with hostile documents.
+"""Fuzzing of manifest, index and config parsing (oci.py, formats/, formats.index.select_child) with hostile documents.
 
 Whatever a registry serves, parsing and planning it either succeeds or raises one OciCraneError (cause and fix):
 never a RecursionError, a ValueError, a UnicodeError or any other traceback. A plan that comes out never names a
@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from oci_crane_loader import formats, oci
 from oci_crane_loader.errors import OciCraneError
 from oci_crane_loader.formats import Action, dmr, image, kitops, modelpack, ollama, oras
-from oci_crane_loader.pull import select_child
+from oci_crane_loader.formats.index import select_child
 
 FUZZ = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow,
                                                                         HealthCheck.data_too_large])

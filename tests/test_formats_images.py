@@ -20,10 +20,10 @@ from safetensors.numpy import save_file
 from oci_crane_loader import errors
 from oci_crane_loader.crane import Crane
 from oci_crane_loader.formats import Action, image, ollama, recognise
+from oci_crane_loader.formats.index import host_platform_name, select_child
 from oci_crane_loader.layout import LayoutWriter, canonical_json
 from oci_crane_loader.oci import DOCKER_MANIFEST, OCI_INDEX, Index, Manifest, sha256_digest
 from oci_crane_loader.pack import pack_dmr
-from oci_crane_loader.pull import host_platform_name, select_child
 
 OCI_TAR = "application/vnd.oci.image.layer.v1.tar"
 OCI_GZIP = "application/vnd.oci.image.layer.v1.tar+gzip"
