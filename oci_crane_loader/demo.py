@@ -14,7 +14,7 @@ import tempfile
 from pathlib import Path
 
 from .crane import Crane, serve_registry
-from .pack import pack_dmr
+from .formats.dmr_pack import pack_dmr
 from .progress import Progress
 from .pull import Puller
 from .store import Store

@@ -15,7 +15,7 @@ from safetensors.numpy import save_file
 
 from oci_crane_loader import errors
 from oci_crane_loader.crane import Crane, LocalRegistry, find_crane, serve_registry
-from oci_crane_loader.pack import pack_dmr
+from oci_crane_loader.formats.dmr_pack import pack_dmr
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 

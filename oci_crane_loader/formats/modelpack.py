@@ -24,7 +24,16 @@ LEGACY_CONFIG = "application/vnd.cnai.model.config.v1+json"
 ARTIFACT_TYPES = {ARTIFACT_TYPE, LEGACY_ARTIFACT_TYPE}
 CONFIG_TYPES = {CONFIG, LEGACY_CONFIG}
 
+# The raw layers we write (modelpack/model-spec specs-go/v1/mediatype.go); any kind and packing is read.
+WEIGHT_RAW = "application/vnd.cncf.model.weight.v1.raw"
+WEIGHT_CONFIG_RAW = "application/vnd.cncf.model.weight.config.v1.raw"
+CODE_RAW = "application/vnd.cncf.model.code.v1.raw"
+DOC_RAW = "application/vnd.cncf.model.doc.v1.raw"
+
+# Layer annotations (specs-go/v1/annotations.go). Docker Model Runner v0.2 and KitOps use the first two too.
 FILEPATH = "org.cncf.model.filepath"
+FILE_METADATA = "org.cncf.model.file.metadata+json"
+MEDIATYPE_UNTESTED = "org.cncf.model.file.mediatype.untested"
 LEGACY_FILEPATH = "org.cnai.model.filepath"
 
 # application/vnd.cncf.model.weight.v1.raw, ...weight.config.v1.tar+gzip, ...doc.v1.tar+zstd; cnai the same.
@@ -61,11 +70,25 @@ class ModelFS(Document):
 
 
 class ModelPackConfig(Document):
-    """The whole config is optional in practice: KAITO/aikit push ``{}``."""
+    """The whole config is optional in practice: KAITO/aikit push ``{}``. Fields in the order of Go's v1.Model,
+    as modctl marshals it (and our writer dumps it)."""
 
     descriptor: ModelDescriptor = Field(default_factory=ModelDescriptor)
-    config: ModelConfig = Field(default_factory=ModelConfig)
     modelfs: ModelFS = Field(default_factory=ModelFS)
+    config: ModelConfig = Field(default_factory=ModelConfig)
+
+
+class FileMetadata(Document):
+    """``org.cncf.model.file.metadata+json``: a layer's file as a tar header would describe it (Go's FileMetadata,
+    field order kept). Written, not read: the blob itself is the file."""
+
+    name: str
+    mode: int
+    uid: int
+    gid: int
+    size: int
+    mtime: str
+    typeflag: int
 
 
 def claims(manifest: Manifest) -> bool:
