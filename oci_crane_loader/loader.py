@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from .crane import Crane
+from .errors import InvalidModelError, UsageError
 from .formats import LayerPlan, Plan
 from .materialize import INDEX_NAME, materialize
 from .pull import MAX_JOBS, Puller, Resolved
@@ -51,13 +52,15 @@ class LoaderOptions:
         allowed: dict[str, type] = {"jobs": int, "platform": str, "insecure": bool, "offline": bool, "subpath": str}
         unknown = sorted(set(extra) - set(allowed))
         if unknown:
-            raise ValueError(f"oci-crane: unknown model_loader_extra_config keys {unknown}; allowed: {sorted(allowed)}")
+            raise UsageError(f"oci-crane: unknown model_loader_extra_config keys {unknown}",
+                             f"use only the keys {', '.join(sorted(allowed))}")
         for key, value in extra.items():
             bad_jobs = key == "jobs" and (isinstance(value, bool) or not isinstance(value, int)
                                           or not 1 <= value <= MAX_JOBS)
             if not isinstance(value, allowed[key]) or bad_jobs:
-                raise ValueError(f"oci-crane: model_loader_extra_config[{key!r}] must be {allowed[key].__name__}"
-                                 f"{f' from 1 to {MAX_JOBS}' if key == 'jobs' else ''}, got {value!r}")
+                raise UsageError(f"oci-crane: model_loader_extra_config[{key!r}] must be {allowed[key].__name__}"
+                                 f"{f' from 1 to {MAX_JOBS}' if key == 'jobs' else ''}, got {value!r}",
+                                 "fix the value in --model-loader-extra-config")
         return cls(**extra)
 
 
@@ -149,5 +152,7 @@ class OciCraneModelLoader(_LoaderBase):  # type: ignore[misc]
             expected = {name for name, _ in model.named_parameters()}
             missing = sorted(expected - set(loaded))
             if missing:
-                raise ValueError(f"oci-crane: {resolved.reference} did not provide {len(missing)} weight(s) the "
-                                 f"model needs: {', '.join(missing[:20])}{' ...' if len(missing) > 20 else ''}")
+                raise InvalidModelError(
+                    f"oci-crane: {resolved.reference} did not provide {len(missing)} weight(s) the model needs: "
+                    f"{', '.join(missing[:20])}{' ...' if len(missing) > 20 else ''}",
+                    "push the model's complete checkpoint (every .safetensors shard its index names)")

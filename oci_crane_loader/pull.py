@@ -83,7 +83,7 @@ class Puller:
     def __init__(self, store: Store, crane: Crane, *, jobs: int = 4, progress: Progress | None = None,
                  subpath: str | None = None) -> None:
         if not 1 <= jobs <= MAX_JOBS:
-            raise ValueError(f"jobs must be 1 to {MAX_JOBS}")
+            raise errors.UsageError(f"jobs must be 1 to {MAX_JOBS}, not {jobs}", f"pass --jobs 1 to {MAX_JOBS}")
         self.subpath = subpath  # the model directory inside an image or artifact, when the user names it
         self.store = store
         self.crane = crane

@@ -68,7 +68,8 @@ class Reference:
     @property
     def pinned(self) -> str:
         if not self.digest:
-            raise ValueError(f"reference '{self}' has no digest to pin to")
+            raise InvalidReferenceError(f"reference '{self}' has no digest to pin to",
+                                        "resolve the tag first (oci-crane inspect REF prints the pinned reference)")
         return f"{self.repository_name}@{self.digest}"
 
     def with_digest(self, digest: str) -> Reference:

@@ -7,7 +7,7 @@ from typing import Any
 from pydantic import Field
 
 from ..errors import UnsupportedFormatError
-from ..oci import Document, Manifest, load_json, parse_model
+from ..oci import Document, Manifest, parse_document
 from ..paths import safe_relative_path
 from .modelpack import FILEPATH as FILEPATH  # the CNCF annotation: DMR v0.2 names each file with it too
 from .plan import Action, LayerPlan, Plan
@@ -60,7 +60,7 @@ def recognise(manifest: Manifest, config: bytes) -> Plan | None:
     media_type = manifest.config.media_type
     if media_type not in (CONFIG_V01, CONFIG_V02):
         return None
-    parse_model(DMRConfig, load_json(config, "Docker Model Runner config"), "Docker Model Runner config")
+    parse_document(DMRConfig, config, "Docker Model Runner config")
     kinds = {layer.media_type for layer in manifest.layers}
     if not kinds & {SAFETENSORS}:
         if kinds & {GGUF}:

@@ -12,7 +12,7 @@ from typing import Any
 from pydantic import Field
 
 from ..errors import InvalidModelError, UnsupportedFormatError
-from ..oci import Document, Manifest, load_json, parse_model
+from ..oci import Document, Manifest, parse_document
 from .plan import WEIGHTS_THRESHOLD, Action, LayerPlan, Plan
 
 OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
@@ -56,7 +56,7 @@ def recognise(manifest: Manifest, config: bytes) -> Plan | None:
         return None
     if manifest.artifact_type and manifest.artifact_type not in CONFIG_TYPES:
         return None  # an artifact of some other kind that borrowed the image config: not a filesystem image
-    parse_model(ImageConfig, load_json(config, "image config"), "image config")
+    parse_document(ImageConfig, config, "image config")
     others = sorted({layer.media_type for layer in manifest.layers if layer.media_type not in LAYER_TYPES})
     if others:
         raise UnsupportedFormatError(

@@ -14,7 +14,7 @@ import re
 from pydantic import Field
 
 from ..errors import UnsupportedFormatError
-from ..oci import TITLE, Descriptor, Document, Manifest, load_json, parse_model
+from ..oci import TITLE, Descriptor, Document, Manifest, parse_document
 from ..paths import safe_relative_path
 from .modelpack import FILEPATH as FILEPATH
 from .plan import Action, LayerPlan, Plan
@@ -90,7 +90,7 @@ class _Entries:
 def recognise(manifest: Manifest, config: bytes) -> Plan | None:
     if not claims(manifest):
         return None
-    kitfile = parse_model(Kitfile, load_json(config, "KitOps Kitfile config"), "KitOps Kitfile config")
+    kitfile = parse_document(Kitfile, config, "KitOps Kitfile config")
     digests = {entry.digest for entry in _all_entries(kitfile) if entry.digest}
     entries = _Entries(kitfile)
     layers: list[LayerPlan] = []

@@ -13,7 +13,7 @@ from typing import Any
 from pydantic import Field
 
 from ..errors import UnsupportedFormatError
-from ..oci import OCI_EMPTY, TITLE, Descriptor, Document, Manifest, load_json, parse_model
+from ..oci import OCI_EMPTY, TITLE, Descriptor, Document, Manifest, parse_document
 from ..paths import safe_relative_path
 from .plan import Action, LayerPlan, Plan
 
@@ -114,8 +114,8 @@ def recognise(manifest: Manifest, config: bytes) -> Plan | None:
     if not claims(manifest):
         return None
     what = "ModelPack config"
-    data = load_json(config, what) if config.strip() or manifest.config.media_type != OCI_EMPTY else {}
-    properties = parse_model(ModelPackConfig, data, what)
+    empty = not config.strip() and manifest.config.media_type == OCI_EMPTY
+    properties = ModelPackConfig() if empty else parse_document(ModelPackConfig, config, what)
     layers: list[LayerPlan] = []
     skipped: list[Descriptor] = []
     weight_names: list[str] = []
