@@ -95,3 +95,25 @@ def test_debug_shows_the_raw_document_and_the_plain_run_does_not(registry, tmp_p
     debug = run_cli("fetch", reference, "--cache-dir", str(cache_dir), "--debug")
     assert debug.returncode != 0 and "InvalidDocumentError" in debug.stderr
     assert json.dumps(config.decode())[1:-1].replace('\\"', '"') in debug.stderr, debug.stderr[-2000:]
+
+
+# --- writers and readers share one schema ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("version", ["v0.1", "v0.2", "modelpack"])
+def test_written_documents_read_back_through_the_readers_models_byte_for_byte(tmp_path, monkeypatch, version):
+    from oci_crane_loader.formats import modelpack, recognise
+    from oci_crane_loader.formats.modelpack_pack import pack_modelpack
+    from oci_crane_loader.layout import dump_document
+
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", "1700000000")
+    source = write_model(tmp_path / "src", shards=2)
+    layout = tmp_path / "layout"
+    digest = pack_modelpack(source, layout) if version == "modelpack" else pack_dmr(source, layout, version=version)
+    blobs = layout / "blobs" / "sha256"
+    raw = (blobs / digest.split(":")[1]).read_bytes()
+    manifest = oci.parse_manifest_or_index(raw)
+    assert isinstance(manifest, oci.Manifest) and dump_document(manifest) == raw
+    config = (blobs / manifest.config.digest.split(":")[1]).read_bytes()
+    model = modelpack.ModelPackConfig if version == "modelpack" else dmr.DMRConfig
+    assert dump_document(oci.parse_document(model, config, "config")) == config
+    assert recognise(manifest, config).format == ("modelpack" if version == "modelpack" else f"dmr-{version}")
