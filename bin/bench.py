@@ -20,8 +20,8 @@ import time
 from pathlib import Path
 
 from oci_crane_loader.crane import find_crane
+from oci_crane_loader.formats.modelpack_pack import pack_modelpack
 from oci_crane_loader.local_registry import serve_registry
-from oci_crane_loader.pack import pack_modelpack
 
 
 def make_model(directory: Path, size_mib: int, shards: int) -> None:

@@ -15,9 +15,9 @@ from dataclasses import replace
 from pathlib import Path
 
 from .crane import Crane
+from .formats.dmr_pack import pack_dmr
 from .local_registry import serve_registry
 from .options import fetch_options
-from .pack import pack_dmr
 from .progress import Progress
 from .pull import open_puller
 

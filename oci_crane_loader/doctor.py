@@ -99,13 +99,13 @@ def check_docker_config() -> list[Check]:
     path = docker_config_path()
     if not path.is_file():
         return [Check("docker config", True, f"{path} not found: anonymous pulls only (docker login creates it)")]
+    fix = "fix the JSON or move the file away; crane cannot authenticate until then"
     try:
         data = json.loads(path.read_text())
-        if not isinstance(data, dict):
-            raise ValueError("not a JSON object")
     except (OSError, ValueError) as exc:  # JSONDecodeError's message holds a position, never the content
-        return [Check("docker config", False, f"{path} cannot be read: {exc}",
-                      "fix the JSON or move the file away; crane cannot authenticate until then")]
+        return [Check("docker config", False, f"{path} cannot be read: {exc}", fix)]
+    if not isinstance(data, dict):
+        return [Check("docker config", False, f"{path} cannot be read: not a JSON object", fix)]
     auths = data.get("auths")
     registries = len(auths) if isinstance(auths, dict) else 0
     helpers: dict[str, list[str]] = {}  # helper name -> where it is used

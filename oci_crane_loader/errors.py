@@ -6,6 +6,11 @@ broadly (``except LookupError``) or narrowly (``except ManifestNotFound``).
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from pydantic import ValidationError
+
 
 class OciCraneError(Exception):
     """Base class: ``cause`` says what went wrong, ``fix`` what the user can do about it."""
@@ -54,9 +59,35 @@ class InvalidReferenceError(OciCraneError, ValueError):
 
 
 class InvalidDocumentError(OciCraneError, ValueError):
-    """A manifest, index or config that does not validate; the message names the field."""
+    """A manifest, index or config that does not validate; the message names the field.
+
+    ``raw`` keeps the document's first bytes (MAX_RAW_DOCUMENT), shown in the traceback that --debug prints, so a
+    report holds what the registry served."""
 
     default_fix = "the artifact is malformed: re-push it with a tool that writes valid OCI documents"
+
+    def __init__(self, cause: str, fix: str | None = None, *, raw: bytes | None = None) -> None:
+        super().__init__(cause, fix)
+        self.raw = raw[:MAX_RAW_DOCUMENT] if raw is not None else None
+        if raw is not None:
+            part = f"its first {MAX_RAW_DOCUMENT} of {len(raw)} bytes" if len(raw) > MAX_RAW_DOCUMENT else "as served"
+            self.add_note(f"the document, {part}: {self.raw!r}")
+
+
+MAX_RAW_DOCUMENT = 4096
+
+
+def describe_validation_error(exc: ValidationError) -> str:
+    """'layers.0.size: Input should be a valid integer' for the first problem, plus a count of the others.
+    A validator's own ValueError reads on from the field's name ('weight_map is empty'), without pydantic's
+    "Value error, " prefix."""
+    problems = exc.errors(include_url=False)
+    first = problems[0]
+    where = ".".join(str(part) for part in first["loc"]) or "(document)"
+    context = first.get("ctx") or {}
+    own = first["type"] == "value_error" and "error" in context
+    more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+    return f"{where} {context['error']}{more}" if own else f"{where}: {first['msg']}{more}"
 
 
 class UnsupportedFormatError(OciCraneError, ValueError):

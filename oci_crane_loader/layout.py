@@ -1,70 +1,103 @@
-"""Write OCI image layouts (oci-layout, index.json, blobs/) byte for byte, for `crane push DIR REF`."""
+"""Write OCI image layouts (oci-layout, index.json, blobs/) byte for byte, for `crane push DIR REF`.
+
+Every document is one of the pydantic models the readers parse (oci.py, formats/), dumped by ``dump_document``:
+what is written is what `fetch` reads back.
+"""
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .materialize import link_or_copy
-from .oci import OCI_INDEX, OCI_LAYOUT_VERSION, OCI_MANIFEST, digest_hex, sha256_digest
+from pydantic import BaseModel
+
+from .cache.store import file_sha256
+from .files import link_or_copy
+from .oci import (
+    OCI_INDEX,
+    OCI_LAYOUT_VERSION,
+    OCI_MANIFEST,
+    Descriptor,
+    Index,
+    Manifest,
+    digest_hex,
+    parse_model,
+    sha256_digest,
+)
 
 
 def canonical_json(document: object) -> bytes:
+    """Compact JSON, keys in the order given: the bytes Go's encoding/json writes for the same struct."""
     return json.dumps(document, separators=(",", ":"), sort_keys=False).encode()
+
+
+def dump_document(document: BaseModel) -> bytes:
+    """A model as compact JSON, fields in the model's order; fields never set are left out (Go's omitempty)."""
+    return canonical_json(document.model_dump(mode="json", by_alias=True, exclude_unset=True))
 
 
 @dataclass
 class LayoutWriter:
+    """Blobs, manifests and index.json of one layout. An existing index.json is kept and added to, so several
+    packs into one directory make one multi-platform index (``platform`` tells them apart)."""
+
     root: Path
-    descriptors: list[dict[str, object]] = field(default_factory=list)
+    descriptors: list[Descriptor] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         (self.root / "blobs" / "sha256").mkdir(parents=True, exist_ok=True)
         (self.root / "oci-layout").write_bytes(canonical_json({"imageLayoutVersion": OCI_LAYOUT_VERSION}))
+        index = self.root / "index.json"
+        if index.exists():
+            self.descriptors = list(parse_model(Index, json.loads(index.read_bytes()), str(index)).manifests)
 
     def _blob(self, digest: str) -> Path:
         return self.root / "blobs" / "sha256" / digest_hex(digest)
 
-    def add_bytes(self, media_type: str, data: bytes, annotations: dict[str, str] | None = None) -> dict[str, object]:
+    def add_bytes(self, media_type: str, data: bytes, annotations: dict[str, str] | None = None) -> Descriptor:
         digest = sha256_digest(data)
         self._blob(digest).write_bytes(data)
         return _descriptor(media_type, digest, len(data), annotations)
 
-    def add_file(self, media_type: str, path: Path, annotations: dict[str, str] | None = None) -> dict[str, object]:
+    def add_document(self, media_type: str, document: BaseModel) -> Descriptor:
+        """A config or manifest, written as ``dump_document`` writes it."""
+        return self.add_bytes(media_type, dump_document(document))
+
+    def add_file(self, media_type: str, path: Path, annotations: dict[str, str] | None = None) -> Descriptor:
         """Large files are hashed in chunks and hard-linked, never read into memory or copied."""
-        hasher = hashlib.sha256()
-        with open(path, "rb") as handle:
-            while chunk := handle.read(4 << 20):
-                hasher.update(chunk)
-        digest = "sha256:" + hasher.hexdigest()
+        digest = file_sha256(path)
         if not self._blob(digest).exists():
             link_or_copy(path, self._blob(digest))
         return _descriptor(media_type, digest, path.stat().st_size, annotations)
 
-    def add_manifest(self, config: dict[str, object], layers: list[dict[str, object]],
-                     artifact_type: str | None = None, annotations: dict[str, str] | None = None,
-                     platform: dict[str, str] | None = None) -> str:
+    def add_manifest(self, config: Descriptor, layers: list[Descriptor], artifact_type: str | None = None,
+                     annotations: dict[str, str] | None = None, platform: dict[str, str] | None = None) -> str:
         """Add a manifest and list it in index.json (with ``platform``, for multi-platform pushes with --index)."""
-        manifest: dict[str, object] = {"schemaVersion": 2, "mediaType": OCI_MANIFEST}
+        fields: dict[str, object] = {"schemaVersion": 2, "mediaType": OCI_MANIFEST}
         if artifact_type:
-            manifest["artifactType"] = artifact_type
-        manifest["config"] = config
-        manifest["layers"] = layers
+            fields["artifactType"] = artifact_type
+        fields |= {"config": config, "layers": layers}
         if annotations:
-            manifest["annotations"] = annotations
-        descriptor = self.add_bytes(OCI_MANIFEST, canonical_json(manifest))
-        if platform:
-            descriptor["platform"] = platform
+            fields["annotations"] = annotations
+        data = dump_document(Manifest.model_validate(fields))
+        self._blob(sha256_digest(data)).write_bytes(data)
+        descriptor = _descriptor(OCI_MANIFEST, sha256_digest(data), len(data), None, platform)
         self.descriptors.append(descriptor)
-        (self.root / "index.json").write_bytes(
-            canonical_json({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": self.descriptors}))
-        return str(descriptor["digest"])
+        self.write_index()
+        return descriptor.digest
+
+    def write_index(self) -> None:
+        """index.json listing ``descriptors``."""
+        index = Index.model_validate({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": self.descriptors})
+        (self.root / "index.json").write_bytes(dump_document(index))
 
 
-def _descriptor(media_type: str, digest: str, size: int, annotations: dict[str, str] | None) -> dict[str, object]:
-    descriptor: dict[str, object] = {"mediaType": media_type, "digest": digest, "size": size}
+def _descriptor(media_type: str, digest: str, size: int, annotations: dict[str, str] | None,
+                platform: dict[str, str] | None = None) -> Descriptor:
+    fields: dict[str, object] = {"mediaType": media_type, "digest": digest, "size": size}
     if annotations:
-        descriptor["annotations"] = annotations
-    return descriptor
+        fields["annotations"] = annotations
+    if platform:
+        fields["platform"] = platform
+    return Descriptor.model_validate(fields)

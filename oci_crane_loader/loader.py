@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from .errors import InvalidModelError
 from .formats import LayerPlan, Plan
 from .materialize import INDEX_NAME
 from .options import from_extra_config
@@ -110,5 +111,7 @@ class OciCraneModelLoader(_LoaderBase):  # type: ignore[misc]
             expected = {name for name, _ in model.named_parameters()}
             missing = sorted(expected - set(loaded))
             if missing:
-                raise ValueError(f"oci-crane: {resolved.reference} did not provide {len(missing)} weight(s) the "
-                                 f"model needs: {', '.join(missing[:20])}{' ...' if len(missing) > 20 else ''}")
+                raise InvalidModelError(
+                    f"oci-crane: {resolved.reference} did not provide {len(missing)} weight(s) the model needs: "
+                    f"{', '.join(missing[:20])}{' ...' if len(missing) > 20 else ''}",
+                    "push the model's complete checkpoint (every .safetensors shard its index names)")

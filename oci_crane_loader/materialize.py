@@ -19,7 +19,9 @@ from typing import IO
 
 from .cache.store import Store, remove_tree
 from .errors import CacheError, InvalidModelError, OciCraneError
-from .formats import Action, LayerPlan, Plan, safe_relative_path
+from .files import link_or_copy
+from .formats import Action, LayerPlan, Plan
+from .paths import safe_relative_path
 from .progress import human
 from .safetensors_check import check_model_dir, read_header, read_index
 from .settings import UnpackLimits, settings
@@ -27,19 +29,6 @@ from .settings import UnpackLimits, settings
 log = logging.getLogger(__name__)
 
 INDEX_NAME = "model.safetensors.index.json"
-
-
-def link_or_copy(source: Path, target: Path) -> None:
-    """Hard link (no second copy on disk); copy only where the filesystem cannot link."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    if target.exists():
-        raise InvalidModelError(f"two layers both write {target.name!r}",
-                                "re-push the artifact with one layer per file")
-    try:
-        os.link(source, target)
-    except OSError as exc:
-        log.warning("cannot hard-link %s (%s); copying instead", target.name, exc.strerror)
-        shutil.copyfile(source, target)
 
 
 ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"

@@ -12,7 +12,7 @@ from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
 
-from .errors import InvalidDocumentError
+from .errors import InvalidDocumentError, describe_validation_error
 
 # Manifests and indexes
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
@@ -41,11 +41,11 @@ def digest_hex(digest: str) -> str:
     return digest.split(":", 1)[1]
 
 
-class _Document(BaseModel):
+class Document(BaseModel):
     model_config = ConfigDict(extra="allow", populate_by_name=True, frozen=True)
 
 
-class Platform(_Document):
+class Platform(Document):
     architecture: str
     os: str
     variant: str | None = None
@@ -55,7 +55,7 @@ class Platform(_Document):
         return "/".join(part for part in (self.os, self.architecture, self.variant) if part)
 
 
-class Descriptor(_Document):
+class Descriptor(Document):
     media_type: str = Field(alias="mediaType")
     digest: Digest
     size: int = Field(ge=0, le=MAX_SIZE)
@@ -65,7 +65,7 @@ class Descriptor(_Document):
     urls: list[str] | None = None
 
 
-class Manifest(_Document):
+class Manifest(Document):
     schema_version: Literal[2] = Field(alias="schemaVersion")
     media_type: str | None = Field(default=None, alias="mediaType")
     artifact_type: str | None = Field(default=None, alias="artifactType")
@@ -75,7 +75,7 @@ class Manifest(_Document):
     subject: Descriptor | None = None
 
 
-class Index(_Document):
+class Index(Document):
     schema_version: Literal[2] = Field(alias="schemaVersion")
     media_type: str | None = Field(default=None, alias="mediaType")
     artifact_type: str | None = Field(default=None, alias="artifactType")
@@ -83,47 +83,44 @@ class Index(_Document):
     annotations: dict[str, str] = Field(default_factory=dict)
 
 
-def describe_validation_error(exc: ValidationError) -> str:
-    """'layers.0.size: Input should be a valid integer' for the first problem, plus a count of the others."""
-    problems = exc.errors()
-    first = problems[0]
-    where = ".".join(str(part) for part in first["loc"]) or "(document)"
-    more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
-    return f"{where}: {first['msg']}{more}"
-
-
 def load_json(raw: bytes, what: str) -> Any:
     """The document as Python data; anything a hostile registry can serve becomes one InvalidDocumentError."""
     try:
         return json.loads(raw)
     except RecursionError as exc:  # e.g. 100 000 nested arrays
-        raise InvalidDocumentError(f"{what} is not valid JSON: it is nested too deeply") from exc
+        raise InvalidDocumentError(f"{what} is not valid JSON: it is nested too deeply", raw=raw) from exc
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise InvalidDocumentError(f"{what} is not valid JSON: {exc}") from exc
+        raise InvalidDocumentError(f"{what} is not valid JSON: {exc}", raw=raw) from exc
     except ValueError as exc:  # an integer of more digits than Python converts (sys.get_int_max_str_digits)
-        raise InvalidDocumentError(f"{what} is not valid JSON: a number too long ({exc})") from exc
+        raise InvalidDocumentError(f"{what} is not valid JSON: a number too long ({exc})", raw=raw) from exc
 
 
 _Model = TypeVar("_Model", bound=BaseModel)
 
 
-def parse_model(model: type[_Model], data: Any, what: str) -> _Model:
+def parse_model(model: type[_Model], data: Any, what: str, *, raw: bytes | None = None) -> _Model:
+    """``data`` as ``model``; a problem becomes one InvalidDocumentError naming the field (and keeping ``raw``)."""
     try:
         return model.model_validate(data)
     except ValidationError as exc:
-        raise InvalidDocumentError(f"invalid {what}: {describe_validation_error(exc)}") from exc
+        raise InvalidDocumentError(f"invalid {what}: {describe_validation_error(exc)}", raw=raw) from exc
+
+
+def parse_document(model: type[_Model], raw: bytes, what: str) -> _Model:
+    """A JSON document's bytes as ``model``; anything wrong is one InvalidDocumentError that keeps the bytes."""
+    return parse_model(model, load_json(raw, what), what, raw=raw)
 
 
 def parse_manifest_or_index(raw: bytes, what: str = "manifest") -> Manifest | Index:
     """Decide by mediaType, else by shape (older documents omit mediaType)."""
     data = load_json(raw, what)
     if not isinstance(data, dict):
-        raise InvalidDocumentError(f"invalid {what}: expected a JSON object")
+        raise InvalidDocumentError(f"invalid {what}: expected a JSON object", raw=raw)
     media_type = data.get("mediaType")
     if media_type is not None and not isinstance(media_type, str):  # e.g. a list: unhashable; refused below
         media_type = None
     if media_type in INDEX_TYPES or (media_type is None and "manifests" in data and "layers" not in data):
-        return parse_model(Index, data, f"{what} (image index)")
+        return parse_model(Index, data, f"{what} (image index)", raw=raw)
     if media_type not in (None, *MANIFEST_TYPES) and "layers" not in data:
-        raise InvalidDocumentError(f"unsupported {what} media type {media_type!r}")
-    return parse_model(Manifest, data, what)
+        raise InvalidDocumentError(f"unsupported {what} media type {media_type!r}", raw=raw)
+    return parse_model(Manifest, data, what, raw=raw)

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from . import errors
-from .formats import safe_relative_path
+from .paths import safe_relative_path
 from .settings import Settings, settings
 
 MAX_JOBS = 64  # concurrent crane processes; more only thrashes the registry and the disk
@@ -77,15 +77,24 @@ def from_extra_config(extra: dict[str, Any] | str | None, download_dir: str | Pa
     """The vLLM loader's options: ``--model-loader-extra-config`` (a dict, or its JSON text) and vLLM's
     ``--download-dir`` as the cache. Unknown keys and values of the wrong JSON type are refused before work."""
     if isinstance(extra, str):
-        extra = json.loads(extra) if extra.strip() else {}
+        try:
+            extra = json.loads(extra) if extra.strip() else {}
+        except ValueError as exc:
+            raise errors.UsageError(f"oci-crane: --model-loader-extra-config is not JSON ({exc})",
+                                    """pass a JSON object, e.g. '{"jobs": 8}'""") from None
+    if not isinstance(extra, dict | None):
+        raise errors.UsageError(f"oci-crane: --model-loader-extra-config must be a JSON object, not {extra!r}",
+                                """pass a JSON object, e.g. '{"jobs": 8}'""")
     extra = dict(extra or {})
     unknown = sorted(set(extra) - set(_EXTRA_KEYS))
     if unknown:
-        raise ValueError(f"oci-crane: unknown model_loader_extra_config keys {unknown}; allowed: {sorted(_EXTRA_KEYS)}")
+        raise errors.UsageError(f"oci-crane: unknown model_loader_extra_config keys {unknown}",
+                                f"use only the keys {', '.join(sorted(_EXTRA_KEYS))}")
     for key, value in extra.items():
         if not isinstance(value, _EXTRA_KEYS[key]) or (key == "jobs" and isinstance(value, bool)):
-            raise ValueError(f"oci-crane: model_loader_extra_config[{key!r}] must be {_EXTRA_KEYS[key].__name__}"
-                             f"{f' from 1 to {MAX_JOBS}' if key == 'jobs' else ''}, got {value!r}")
+            raise errors.UsageError(f"oci-crane: model_loader_extra_config[{key!r}] must be "
+                                    f"{_EXTRA_KEYS[key].__name__}{f' from 1 to {MAX_JOBS}' if key == 'jobs' else ''}, "
+                                    f"got {value!r}", "fix the value in --model-loader-extra-config")
     try:
         return fetch_options(cache_dir=download_dir or None, **extra)
     except errors.UsageError as exc:  # said in the loader's terms: the option is a key of the extra config

@@ -8,7 +8,6 @@ from __future__ import annotations
 import errno
 import logging
 import os
-import platform as host_platform
 import posixpath
 import shutil
 import threading
@@ -22,8 +21,9 @@ from . import errors
 from .cache.store import Store, remove_tree
 from .crane import Crane
 from .formats import Action, LayerPlan, Plan, recognise
+from .formats.index import select_child
 from .materialize import extract_tar, list_files, materialize, tar_names
-from .oci import Descriptor, Index, Manifest, parse_manifest_or_index, sha256_digest
+from .oci import Descriptor, Manifest, parse_manifest_or_index, sha256_digest
 from .options import MAX_JOBS, FetchOptions
 from .progress import Progress, human
 from .reference import Reference, parse_reference
@@ -34,14 +34,6 @@ RETRIES = 3  # crane retries until response headers; a body that drops mid-strea
 # Manifests and configs are read into memory and parsed whole; real ones are kilobytes (registries cap manifests at
 # 4 MiB), so anything far larger is refused before it is downloaded or parsed.
 MAX_DOCUMENT_SIZE = 8 << 20
-_ARCHITECTURES = {"x86_64": "amd64", "amd64": "amd64", "aarch64": "arm64", "arm64": "arm64"}
-
-
-def host_platform_name() -> str:
-    machine = host_platform.machine().lower()
-    return f"linux/{_ARCHITECTURES.get(machine, machine)}"  # models run in linux containers, also from macOS
-
-
 @dataclass(frozen=True)
 class Resolved:
     reference: Reference
@@ -88,65 +80,6 @@ class InspectResult:
         return dict(self.__dict__)
 
 
-def select_child(index: Index, wanted: str | None) -> Descriptor:
-    """The child for ``wanted`` (os/arch[/variant]) or the host; a lone child; else, where no child names a
-    platform (an artifact index), the model artifact among the children.
-
-    Attestations (platform unknown/unknown, as buildkit writes them) are never chosen. A model artifact is a child
-    whose artifactType or annotations say so (ModelPack, Docker Model Runner, KitOps); signatures, SBOMs and
-    attestations are set aside; a lone remaining child without an artifactType is taken as the model."""
-    if not index.manifests:
-        raise errors.InvalidDocumentError("the image index lists no manifests")
-    model_types = ("application/vnd.cncf.model.", "application/vnd.cnai.model.", "application/vnd.docker.ai.",
-                   "application/vnd.kitops.modelkit.")
-    model_annotations = ("org.cncf.model.", "org.cnai.model.")
-    not_models = ("application/vnd.dev.cosign.", "application/vnd.dev.sigstore.", "application/vnd.cncf.notary.",
-                  "application/vnd.in-toto", "application/vnd.dsse.", "application/spdx", "text/spdx",
-                  "application/vnd.cyclonedx", "application/vnd.syft.", "application/vnd.oci.image.signature")
-
-    def attestation(child: Descriptor) -> bool:
-        return (child.platform is not None and (child.platform.os, child.platform.architecture) == ("unknown",
-                                                                                                    "unknown")
-                ) or child.annotations.get("vnd.docker.reference.type") == "attestation-manifest"
-
-    def model(child: Descriptor) -> bool:
-        return (child.artifact_type or "").startswith(model_types) or any(
-            key.startswith(model_annotations) for key in child.annotations)
-
-    def describe(child: Descriptor) -> str:
-        kind = str(child.platform) if child.platform else child.artifact_type or "no artifactType"
-        return f"{child.digest[:19]} ({kind})"
-
-    if len(index.manifests) == 1:
-        return index.manifests[0]
-    children = [child for child in index.manifests if not attestation(child)]
-    target = wanted or host_platform_name()
-    with_platform = [child for child in children if child.platform is not None]
-    for child in with_platform:
-        if str(child.platform) == target or (
-            child.platform is not None and f"{child.platform.os}/{child.platform.architecture}" == target
-        ):
-            return child
-    without_platform = [child for child in children if child.platform is None]
-    if with_platform and (wanted is not None or not without_platform):
-        available = ", ".join(str(child.platform) for child in with_platform)
-        raise errors.NotFoundError(f"the image index has no manifest for platform {target} (available: {available})",
-                                   "pass --platform OS/ARCH with one of the available platforms")
-    # No platform matched and the rest name none: an artifact index (a model beside its signatures, SBOMs...).
-    models = [child for child in without_platform if model(child)]
-    unknown = [child for child in without_platform
-               if not model(child) and not (child.artifact_type or "").startswith(not_models)]
-    if len(models) == 1 or (not models and len(unknown) == 1):
-        return (models or unknown)[0]
-    listed = ", ".join(describe(child) for child in index.manifests)
-    fix = "pull the model's manifest by digest (REPOSITORY@sha256:...); `crane manifest REF` lists the children"
-    if models:
-        raise errors.UnsupportedFormatError(
-            f"the image index holds {len(models)} model artifacts and names no platform to choose by: {listed}", fix)
-    where = f"no manifest for platform {target} and " if with_platform else ""
-    raise errors.NotFoundError(f"the image index has {where}no model artifact among its children: {listed}", fix)
-
-
 def open_puller(options: FetchOptions, progress: Progress | None = None) -> Puller:
     """The Puller for ``options`` (see options.fetch_options): the command line, the Python API and the vLLM
     loader all get theirs here."""
@@ -160,7 +93,7 @@ class Puller:
     def __init__(self, store: Store, crane: Crane, *, jobs: int = 4, progress: Progress | None = None,
                  subpath: str | None = None, platform: str | None = None) -> None:
         if not 1 <= jobs <= MAX_JOBS:
-            raise ValueError(f"jobs must be 1 to {MAX_JOBS}")
+            raise errors.UsageError(f"jobs must be 1 to {MAX_JOBS}, not {jobs}", f"pass --jobs 1 to {MAX_JOBS}")
         self.subpath = subpath  # the model directory inside an image or artifact (normalised), when the user names it
         self.platform = platform  # the child to choose from an image index; None: the host's
         self.store = store

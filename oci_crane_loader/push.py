@@ -9,7 +9,6 @@ rather than copied, then `crane push LAYOUT REF` sends it byte for byte; the lay
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
 import tempfile
@@ -19,7 +18,9 @@ from pathlib import Path
 from . import errors
 from .cache.store import Store, remove_tree
 from .crane import Crane
-from .pack import collect_files, pack_dmr, pack_modelpack
+from .formats.dmr_pack import pack_dmr
+from .formats.modelpack_pack import pack_modelpack
+from .packing import collect_files, read_hf_config
 from .reference import parse_reference
 from .safetensors_check import check_model_dir
 
@@ -53,13 +54,7 @@ def validate_model_dir(model_dir: Path) -> list[str]:
     files = collect_files(model_dir)
     if "config.json" not in files:
         raise errors.InvalidModelError(f"{model_dir} has no config.json (vLLM needs it to load the model)", fix)
-    try:
-        document = json.loads((model_dir / "config.json").read_bytes())
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise errors.InvalidModelError(f"{model_dir}/config.json is not valid JSON ({exc})",
-                                       "fix config.json (python -m json.tool config.json shows where)") from exc
-    if not isinstance(document, dict):
-        raise errors.InvalidModelError(f"{model_dir}/config.json is not a JSON object", "fix config.json")
+    read_hf_config(model_dir)  # refuses a config.json that is not a JSON object
     if not any(name.endswith(".safetensors") for name in files):
         raise errors.InvalidModelError(
             f"{model_dir} has no .safetensors files (vLLM's loader reads safetensors weights)",

@@ -28,7 +28,7 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel, ConfigDict, StrictStr, ValidationError, field_validator
 
-from oci_crane_loader.errors import InvalidModelError
+from oci_crane_loader.errors import InvalidModelError, describe_validation_error
 
 __all__ = [
     "DTYPE_BITS",
@@ -428,23 +428,7 @@ def _validate(model: type[_Model], data: Any, where: str) -> _Model:
     try:
         return model.model_validate(data)
     except ValidationError as exc:
-        raise InvalidModelError(f"{where}: {_describe(exc)}") from None
-
-
-def _describe(exc: ValidationError) -> str:
-    parts = []
-    for error in exc.errors(include_url=False):
-        field = "".join(f"[{part!r}]" if isinstance(part, str) else f"[{part}]" for part in error["loc"][1:])
-        field = f"{error['loc'][0]}{field}" if error["loc"] else ""
-        # For our own ValueErrors show their text, not pydantic's "Value error, ..." wrapper.
-        error_ctx = error.get("ctx") or {}
-        message = str(error_ctx["error"]) if error["type"] == "value_error" and "error" in error_ctx else error["msg"]
-        if error["type"] == "missing":
-            message = "is missing"
-        parts.append(f"{field} {message}" if field else message)
-    if len(parts) > 3:
-        parts = [*parts[:3], f"and {len(parts) - 3} more problem(s)"]
-    return "; ".join(parts)
+        raise InvalidModelError(f"{where}: {describe_validation_error(exc)}") from None
 
 
 def _json_type(value: Any) -> str:

@@ -15,8 +15,8 @@ from safetensors.numpy import save_file
 
 from oci_crane_loader import errors
 from oci_crane_loader.crane import Crane, find_crane
+from oci_crane_loader.formats.dmr_pack import pack_dmr
 from oci_crane_loader.local_registry import LocalRegistry, serve_registry
-from oci_crane_loader.pack import pack_dmr
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 

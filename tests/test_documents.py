@@ -8,8 +8,9 @@ import pytest
 
 from oci_crane_loader import formats, oci
 from oci_crane_loader.errors import InvalidDocumentError, InvalidModelError, UnsupportedFormatError
-from oci_crane_loader.formats import Action, dmr, safe_relative_path
+from oci_crane_loader.formats import Action, dmr
 from oci_crane_loader.oci import Index, Manifest, parse_manifest_or_index
+from oci_crane_loader.paths import safe_relative_path
 
 
 def _digest(n: int) -> str:

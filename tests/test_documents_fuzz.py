@@ -1,4 +1,4 @@
-"""Fuzzing of manifest, index and config parsing (oci.py, formats/, pull.select_child) with hostile documents.
+"""Fuzzing of manifest, index and config parsing (oci.py, formats/, formats.index.select_child) with hostile documents.
 
 Whatever a registry serves, parsing and planning it either succeeds or raises one OciCraneError (cause and fix):
 never a RecursionError, a ValueError, a UnicodeError or any other traceback. A plan that comes out never names a
@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from oci_crane_loader import formats, oci
 from oci_crane_loader.errors import OciCraneError
 from oci_crane_loader.formats import Action, dmr, image, kitops, modelpack, ollama, oras
-from oci_crane_loader.pull import select_child
+from oci_crane_loader.formats.index import select_child
 
 FUZZ = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow,
                                                                         HealthCheck.data_too_large])
@@ -50,7 +50,7 @@ RANDOM_JSON = st.recursive(_SCALAR, lambda inner: st.lists(inner, max_size=4)
 _MISSING = object()
 _MEDIA_TYPES = sorted({
     oci.OCI_MANIFEST, oci.OCI_INDEX, oci.DOCKER_MANIFEST, oci.DOCKER_MANIFEST_LIST, oci.OCI_EMPTY,
-    *image.CONFIG_TYPES, *image.LAYER_TYPES, *oras.IMAGE_CONFIGS, oras.DEFAULT_ARTIFACT_TYPE,
+    *image.CONFIG_TYPES, *image.LAYER_TYPES, oras.DEFAULT_ARTIFACT_TYPE,
     dmr.CONFIG_V01, dmr.CONFIG_V02, dmr.SAFETENSORS, dmr.GGUF, dmr.DDUF, dmr.VLLM_CONFIG_TAR, dmr.DIR_TAR,
     dmr.LICENSE, dmr.MMPROJ, dmr.CHAT_TEMPLATE, dmr.MODEL_FILE,
     kitops.CONFIG, kitops.ARTIFACT_TYPE, "application/vnd.kitops.modelkit.model.v1.tar+gzip",

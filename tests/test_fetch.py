@@ -14,10 +14,11 @@ from oci_crane_loader import errors
 from oci_crane_loader.cache.store import Store
 from oci_crane_loader.crane import Crane
 from oci_crane_loader.formats import dmr
+from oci_crane_loader.formats.dmr_pack import pack_dmr
 from oci_crane_loader.layout import LayoutWriter
 from oci_crane_loader.oci import OCI_MANIFEST
 from oci_crane_loader.options import fetch_options
-from oci_crane_loader.pack import _config_tar, pack_dmr
+from oci_crane_loader.packing import deterministic_tar
 from oci_crane_loader.pull import Puller, open_puller
 from tests.support.scripted_registry import ScriptedRegistry, digest, serve
 
@@ -88,7 +89,7 @@ def test_v01_shards_without_paths_are_named_from_the_index_by_their_tensors(regi
     shards = sorted(source.glob("*.safetensors"), reverse=True)  # manifest order must not decide the names
     layers = [layout.add_file(dmr.SAFETENSORS, shard) for shard in shards]
     others = [str(p.relative_to(source)) for p in source.rglob("*") if p.is_file() and p.suffix != ".safetensors"]
-    layers.append(layout.add_bytes(dmr.VLLM_CONFIG_TAR, _config_tar(source, others)))
+    layers.append(layout.add_bytes(dmr.VLLM_CONFIG_TAR, deterministic_tar(source, others)))
     config = layout.add_bytes(dmr.CONFIG_V01, json.dumps({"config": {"format": "safetensors"}}).encode())
     layout.add_manifest(config, layers)
     push_layout(layout.root, f"{registry.host}/acme/unnamed:v1")

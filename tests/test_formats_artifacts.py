@@ -17,7 +17,7 @@ from oci_crane_loader import errors
 from oci_crane_loader.crane import Crane
 from oci_crane_loader.formats import Action, kitops, modelpack, oras, recognise
 from oci_crane_loader.layout import LayoutWriter
-from oci_crane_loader.oci import OCI_EMPTY, TITLE, Manifest, sha256_digest
+from oci_crane_loader.oci import OCI_EMPTY, TITLE, Descriptor, Manifest, sha256_digest
 
 MTIME = 1_700_000_000
 GGUF = b"GGUF\x03\x00\x00\x00" + bytes(64)
@@ -109,15 +109,15 @@ def modctl_layer(layout: LayoutWriter, source: Path, name: str, packing: str, *,
     return layout.add_bytes(media_type, make_tar(source, [name], compression, uid=1000, gid=1000), annotations)
 
 
-def modctl_config(layers: list[dict[str, object]], fmt: str = "safetensors") -> bytes:
+def modctl_config(layers: list[Descriptor], fmt: str = "safetensors") -> bytes:
     return json.dumps({
         "descriptor": {"createdAt": "2025-06-01T12:00:00.123456789Z", "family": "tiny", "name": "tiny-test"},
-        "modelfs": {"type": "layers", "diffIds": [layer["digest"] for layer in layers]},
+        "modelfs": {"type": "layers", "diffIds": [layer.digest for layer in layers]},
         "config": {"architecture": "transformer", "format": fmt, "paramSize": "1k", "precision": "float16"},
     }, separators=(",", ":")).encode()
 
 
-def push_modelpack(layout: LayoutWriter, layers: list[dict[str, object]], reference: str, *,
+def push_modelpack(layout: LayoutWriter, layers: list[Descriptor], reference: str, *,
                    artifact_type: str = modelpack.ARTIFACT_TYPE, config_type: str = modelpack.CONFIG,
                    config: bytes | None = None) -> str:
     config_descriptor = layout.add_bytes(config_type, modctl_config(layers) if config is None else config)
@@ -390,10 +390,10 @@ def test_kitops_raw_layers_are_files_at_their_annotated_paths(registry, tmp_path
     layers += [layout.add_file(f"{KIT}.modelpart.v1.raw", context / part, {kitops.FILEPATH: part}) for part in parts]
     layers.append(layout.add_file(f"{KIT}.docs.v1.raw", context / "README.md", {kitops.FILEPATH: "README.md"}))
     kitfile = {"manifestVersion": "1.0.0", "package": {"name": "tiny"},
-               "model": {"path": "model/model.safetensors", "digest": layers[0]["digest"],
-                         "parts": [{"path": part, "digest": layer["digest"]} for part, layer in zip(parts, layers[1:4],
+               "model": {"path": "model/model.safetensors", "digest": layers[0].digest,
+                         "parts": [{"path": part, "digest": layer.digest} for part, layer in zip(parts, layers[1:4],
                                                                                                   strict=True)]},
-               "docs": [{"path": "README.md", "digest": layers[4]["digest"]}]}
+               "docs": [{"path": "README.md", "digest": layers[4].digest}]}
     config = layout.add_bytes(kitops.CONFIG, json.dumps(kitfile).encode())
     layout.add_manifest(config, layers, artifact_type=kitops.ARTIFACT_TYPE)
     reference = f"{registry.host}/acme/rawkit:v1"
@@ -465,7 +465,7 @@ def oras_layout(tmp_path: Path, source: Path, files: list[str], directories: lis
     for media, data in extra or []:
         layers.append(layout.add_bytes(media, data))
     config = layout.add_bytes(OCI_EMPTY, b"{}")
-    config["data"] = "e30="
+    config = Descriptor.model_validate({**config.model_dump(by_alias=True, exclude_unset=True), "data": "e30="})
     digest = layout.add_manifest(config, layers, artifact_type=artifact_type,
                                  annotations={"org.opencontainers.image.created": "2025-06-01T12:00:00Z"})
     return layout, digest
@@ -548,7 +548,7 @@ def test_inspect_modelpack_lists_files_without_downloading_weights(registry, tmp
     assert info["artifact_type"] == modelpack.ARTIFACT_TYPE
     assert {entry["path"]: entry["size"] for entry in info["files"]} == {
         name: len(data) for name, data in tree_bytes(source).items()}
-    weights = [layer["digest"] for layer, name in zip(layers, names, strict=True) if modctl_kind(name) == "weight"]
+    weights = [layer.digest for layer, name in zip(layers, names, strict=True) if modctl_kind(name) == "weight"]
     assert len(weights) == 2
     assert not any(weight in registry.blob_downloads() for weight in weights)
     assert not any(p.name.endswith(".safetensors") for p in cache_dir.rglob("*"))

@@ -20,10 +20,10 @@ from safetensors.numpy import save_file
 from oci_crane_loader import errors
 from oci_crane_loader.crane import Crane
 from oci_crane_loader.formats import Action, image, ollama, recognise
+from oci_crane_loader.formats.dmr_pack import pack_dmr
+from oci_crane_loader.formats.index import host_platform_name, select_child
 from oci_crane_loader.layout import LayoutWriter, canonical_json
-from oci_crane_loader.oci import DOCKER_MANIFEST, OCI_INDEX, Index, Manifest, sha256_digest
-from oci_crane_loader.pack import pack_dmr
-from oci_crane_loader.pull import host_platform_name, select_child
+from oci_crane_loader.oci import DOCKER_MANIFEST, Descriptor, Index, Manifest, sha256_digest
 
 OCI_TAR = "application/vnd.oci.image.layer.v1.tar"
 OCI_GZIP = "application/vnd.oci.image.layer.v1.tar+gzip"
@@ -334,17 +334,16 @@ def test_ollama_model_is_refused_in_one_line_before_any_layer_is_downloaded(regi
               layout.add_bytes(ollama.LICENSE, b"Apache-2.0"), layout.add_bytes(ollama.PARAMS, b'{"stop": ["</s>"]}')]
     config = {"model_format": "gguf", "model_family": "llama", "model_families": ["llama"], "model_type": "135M",
               "file_type": "Q8_0", "architecture": "amd64", "os": "linux",
-              "rootfs": {"type": "layers", "diff_ids": [layer["digest"] for layer in layers]}}
+              "rootfs": {"type": "layers", "diff_ids": [layer.digest for layer in layers]}}
     manifest = {"schemaVersion": 2, "mediaType": DOCKER_MANIFEST,
                 "config": layout.add_bytes(image.DOCKER_CONFIG, canonical_json(config)), "layers": layers}
-    layout.descriptors.append(layout.add_bytes(DOCKER_MANIFEST, canonical_json(manifest)))
-    (layout.root / "index.json").write_bytes(
-        canonical_json({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": layout.descriptors}))
+    layout.descriptors.append(layout.add_document(DOCKER_MANIFEST, Manifest.model_validate(manifest)))
+    layout.write_index()
     reference = f"{registry.host}/library/smollm:135m"
     push_layout(layout.root, reference)
     line = fetch_fails(reference, cache_dir)
     assert "Ollama model" in line and "GGUF" in line and "ollama run" in line and "oci-crane push" in line, line
-    assert str(layers[0]["digest"]) not in registry.blob_downloads()
+    assert layers[0].digest not in registry.blob_downloads()
 
 
 # --- image indexes ---------------------------------------------------------------------------------------------
@@ -374,7 +373,7 @@ def add_signature(layout: LayoutWriter, subject: str) -> str:
                                {"dev.cosignproject.cosign/signature": "MEUCIQ=="})
     empty = layout.add_bytes("application/vnd.oci.empty.v1+json", b"{}")
     digest = layout.add_manifest(empty, [payload], artifact_type=COSIGN)
-    layout.descriptors[-1]["artifactType"] = COSIGN
+    layout.descriptors[-1] = with_fields(layout.descriptors[-1], artifactType=COSIGN)
     return digest
 
 
@@ -384,14 +383,15 @@ def add_attestation(layout: LayoutWriter, subject: str) -> str:
                                  {"in-toto.io/predicate-type": "https://slsa.dev/provenance/v0.2"})
     config = layout.add_bytes(image.OCI_CONFIG, b'{"architecture": "unknown", "os": "unknown"}')
     digest = layout.add_manifest(config, [statement], platform={"os": "unknown", "architecture": "unknown"})
-    layout.descriptors[-1]["annotations"] = {"vnd.docker.reference.type": "attestation-manifest",
-                                             "vnd.docker.reference.digest": subject}
+    layout.descriptors[-1] = with_fields(layout.descriptors[-1],
+                                         annotations={"vnd.docker.reference.type": "attestation-manifest",
+                                                      "vnd.docker.reference.digest": subject})
     return digest
 
 
-def write_index(layout: LayoutWriter) -> None:
-    (layout.root / "index.json").write_bytes(
-        canonical_json({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": layout.descriptors}))
+def with_fields(descriptor: Descriptor, **fields: object) -> Descriptor:
+    """The index entry with fields added or replaced (the layout writer lists manifests without them)."""
+    return Descriptor.model_validate({**descriptor.model_dump(by_alias=True, exclude_unset=True), **fields})
 
 
 @pytest.mark.parametrize("marked", [False, True])
@@ -402,14 +402,13 @@ def test_artifact_index_without_platforms_picks_the_model(registry, tmp_path, ca
         other = LayoutWriter(root)
         add_image(other, [files_of(write_model(tmp_path / "decoy", shards=1, seed=9), "")])
     model_digest = pack_dmr(source, root)
-    layout = LayoutWriter(root)
-    layout.descriptors = json.loads((root / "index.json").read_text())["manifests"]
+    layout = LayoutWriter(root)  # adds to the index.json there
     if marked:
-        model = next(d for d in layout.descriptors if d["digest"] == model_digest)
-        model["artifactType"] = "application/vnd.docker.ai.model.config.v0.2+json"
+        layout.descriptors = [with_fields(d, artifactType="application/vnd.docker.ai.model.config.v0.2+json")
+                              if d.digest == model_digest else d for d in layout.descriptors]
     add_signature(layout, model_digest)
     add_attestation(layout, model_digest)
-    write_index(layout)
+    layout.write_index()
     reference = f"{registry.host}/acme/signed:v1"
     Crane().run("push", str(root), reference, options=["--index"])
     for extra in ((), ("--platform", "linux/arm64")):  # no child names a platform: --platform does not matter
@@ -422,10 +421,9 @@ def test_artifact_index_with_two_candidates_fails_listing_the_children(registry,
     root = tmp_path / "ambiguous"
     first = pack_dmr(write_model(tmp_path / "one", shards=1, seed=1), root)
     second = pack_dmr(write_model(tmp_path / "two", shards=1, seed=2), root)
-    layout = LayoutWriter(root)
-    layout.descriptors = json.loads((root / "index.json").read_text())["manifests"]
+    layout = LayoutWriter(root)  # adds to the index.json there
     add_signature(layout, first)
-    write_index(layout)
+    layout.write_index()
     reference = f"{registry.host}/acme/ambiguous:v1"
     Crane().run("push", str(root), reference, options=["--index"])
     line = fetch_fails(reference, cache_dir)

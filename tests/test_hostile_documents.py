@@ -10,11 +10,12 @@ from pathlib import Path
 
 import pytest
 
-from oci_crane_loader import errors, formats, oci
+from oci_crane_loader import errors, oci
 from oci_crane_loader.crane import Crane
 from oci_crane_loader.errors import InvalidDocumentError, InvalidModelError
 from oci_crane_loader.formats import dmr, oras
-from oci_crane_loader.layout import LayoutWriter, canonical_json
+from oci_crane_loader.layout import LayoutWriter, canonical_json, dump_document
+from oci_crane_loader.paths import safe_relative_path
 from tests.conftest import push_layout, run_cli
 
 BIG_INT = b"1" * 5000  # more digits than Python converts (sys.get_int_max_str_digits: 4300)
@@ -28,13 +29,13 @@ def _layout_with_raw_manifest(root: Path, poison_manifest: bytes = b"", poison_c
     if poison_config:
         config = config[:-1] + b',"x-poison":' + poison_config + b"}"
     layer = layout.add_bytes(dmr.SAFETENSORS, b"not read", {dmr.FILEPATH: "model.safetensors"})
-    manifest = canonical_json({"schemaVersion": 2, "mediaType": oci.OCI_MANIFEST,
-                               "config": layout.add_bytes(dmr.CONFIG_V02, config), "layers": [layer]})
+    manifest = dump_document(oci.Manifest.model_validate({"schemaVersion": 2, "mediaType": oci.OCI_MANIFEST,
+                                                          "config": layout.add_bytes(dmr.CONFIG_V02, config),
+                                                          "layers": [layer]}))
     if poison_manifest:
         manifest = manifest[:-1] + b',"x-poison":' + poison_manifest + b"}"
     layout.descriptors.append(layout.add_bytes(oci.OCI_MANIFEST, manifest))
-    (root / "index.json").write_bytes(canonical_json({"schemaVersion": 2, "mediaType": oci.OCI_INDEX,
-                                                      "manifests": layout.descriptors}))
+    layout.write_index()
     return layout
 
 
@@ -95,7 +96,7 @@ def test_a_size_beyond_int64_is_refused(size: int) -> None:
 def test_a_path_that_is_not_unicode_is_refused(path: str) -> None:
     # Before: accepted, and writing the file raised UnicodeEncodeError (a JSON "\ud800" escape is a lone surrogate).
     with pytest.raises(InvalidModelError, match="is not valid UTF-8"):
-        formats.safe_relative_path(path, "layer 0")
+        safe_relative_path(path, "layer 0")
 
 
 @pytest.mark.parametrize(("cause", "shown"), [
@@ -122,15 +123,14 @@ def test_nested_index_is_refused_in_one_line(registry, tmp_path, cache_dir):
     # An index whose child is itself an index: one level of indexes only, never a loop.
     inner = LayoutWriter(tmp_path / "inner")
     child = inner.add_manifest(inner.add_bytes(dmr.CONFIG_V02, b"{}"), [])
-    inner_index = canonical_json({"schemaVersion": 2, "mediaType": oci.OCI_INDEX,
-                                  "manifests": inner.descriptors})
+    inner_index = (inner.root / "index.json").read_bytes()
     outer_root = tmp_path / "outer"
     outer = LayoutWriter(outer_root)
     for blob in (inner.root / "blobs" / "sha256").iterdir():
         (outer_root / "blobs" / "sha256" / blob.name).write_bytes(blob.read_bytes())
     nested = outer.add_bytes(oci.OCI_INDEX, inner_index)
-    (outer_root / "index.json").write_bytes(canonical_json({"schemaVersion": 2, "mediaType": oci.OCI_INDEX,
-                                                            "manifests": [nested]}))
+    outer.descriptors = [nested]
+    outer.write_index()
     reference = f"{registry.host}/acme/nested:v1"
     Crane().run("push", str(outer_root), reference, options=["--index"])
     line = _one_error_line("fetch", reference, "--cache-dir", str(cache_dir))

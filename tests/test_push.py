@@ -17,13 +17,13 @@ from conftest import run_cli, tool, tree_bytes, write_model
 
 from oci_crane_loader import errors
 from oci_crane_loader.crane import Crane
-from oci_crane_loader.pack import (
+from oci_crane_loader.formats.modelpack_pack import (
     _param_size,
-    collect_files,
     modelpack_media_type,
     modelpack_properties,
     pack_modelpack,
 )
+from oci_crane_loader.packing import collect_files
 from oci_crane_loader.push import push
 
 EPOCH = 1700000000

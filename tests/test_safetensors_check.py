@@ -489,7 +489,7 @@ def test_index_missing_weight_map(tmp_path):
     path.write_text('{"metadata": {}}')
     with pytest.raises(InvalidModelError) as info:
         read_index(path)
-    assert info.value.cause == f"{INDEX_FILENAME}: weight_map is missing"
+    assert info.value.cause == f"{INDEX_FILENAME}: weight_map: Field required"
 
 
 def test_index_empty_weight_map(tmp_path):
@@ -498,7 +498,7 @@ def test_index_empty_weight_map(tmp_path):
 
 
 def test_index_non_string_file(tmp_path):
-    with pytest.raises(InvalidModelError, match=r"weight_map\['w'\] Input should be a valid string"):
+    with pytest.raises(InvalidModelError, match=r"weight_map\.w: Input should be a valid string"):
         read_index(write_index(tmp_path, {"w": 3}))
 
 

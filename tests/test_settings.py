@@ -101,7 +101,7 @@ def test_jobs_out_of_range_is_a_usage_error(cache_dir, jobs):
 
 
 def test_loader_jobs_are_capped_too():
-    with pytest.raises(ValueError, match="from 1 to 64"):
+    with pytest.raises(errors.UsageError, match="from 1 to 64"):
         from_extra_config({"jobs": 100000}, None)
     assert from_extra_config({"jobs": 64}, None).jobs == 64
 

@@ -7,8 +7,10 @@ from typing import Any
 from pydantic import Field
 
 from ..errors import UnsupportedFormatError
-from ..oci import Manifest, _Document, load_json, parse_model
-from . import Action, LayerPlan, Plan, safe_relative_path
+from ..oci import Document, Manifest, parse_document
+from ..paths import safe_relative_path
+from .modelpack import FILEPATH as FILEPATH  # the CNCF annotation: DMR v0.2 names each file with it too
+from .plan import Action, LayerPlan, Plan
 
 CONFIG_V01 = "application/vnd.docker.ai.model.config.v0.1+json"
 CONFIG_V02 = "application/vnd.docker.ai.model.config.v0.2+json"
@@ -22,14 +24,13 @@ MMPROJ = "application/vnd.docker.ai.mmproj"
 CHAT_TEMPLATE = "application/vnd.docker.ai.chat.template.jinja"
 MODEL_FILE = "application/vnd.docker.ai.model.file"
 
-FILEPATH = "org.cncf.model.filepath"
 TAR_TYPES = {VLLM_CONFIG_TAR, DIR_TAR}
 WEIGHT_TYPES = {SAFETENSORS, GGUF, DDUF}
 # v0.1 layers that have a fixed name when they carry no filepath annotation.
 DEFAULT_NAMES = {MMPROJ: "model.mmproj", CHAT_TEMPLATE: "template.jinja", DDUF: "model.dduf", LICENSE: "LICENSE"}
 
 
-class ModelProperties(_Document):
+class ModelProperties(Document):
     format: str | None = None
     quantization: str | None = None
     parameters: str | int | None = None
@@ -40,12 +41,12 @@ class ModelProperties(_Document):
     gguf: dict[str, Any] | None = None
 
 
-class ConfigFile(_Document):
+class ConfigFile(Document):
     diff_id: str = Field(alias="diffID")
     type: str
 
 
-class DMRConfig(_Document):
+class DMRConfig(Document):
     """Both shapes: the tool's (config/descriptor/rootfs) and the written spec's (files/format_version)."""
 
     config: ModelProperties = Field(default_factory=ModelProperties)
@@ -59,7 +60,7 @@ def recognise(manifest: Manifest, config: bytes) -> Plan | None:
     media_type = manifest.config.media_type
     if media_type not in (CONFIG_V01, CONFIG_V02):
         return None
-    parse_model(DMRConfig, load_json(config, "Docker Model Runner config"), "Docker Model Runner config")
+    parse_document(DMRConfig, config, "Docker Model Runner config")
     kinds = {layer.media_type for layer in manifest.layers}
     if not kinds & {SAFETENSORS}:
         if kinds & {GGUF}:

@@ -12,8 +12,8 @@ from typing import Any
 from pydantic import Field
 
 from ..errors import InvalidModelError, UnsupportedFormatError
-from ..oci import Manifest, _Document, load_json, parse_model
-from . import Action, LayerPlan, Plan
+from ..oci import Document, Manifest, parse_document
+from .plan import WEIGHTS_THRESHOLD, Action, LayerPlan, Plan
 
 OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
 DOCKER_CONFIG = "application/vnd.docker.container.image.v1+json"
@@ -32,17 +32,13 @@ LAYER_TYPES = {
     "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip",
 }
 
-# Layers larger than this are fetched with the weights (in parallel, after config and tokenizer) and are never
-# downloaded by `inspect`. Image layers mix files, so this is a size rule, not a media-type rule.
-WEIGHTS_THRESHOLD = 16 << 20
 
-
-class RootFS(_Document):
+class RootFS(Document):
     type: str | None = None
     diff_ids: list[str] = Field(default_factory=list)
 
 
-class ImageConfig(_Document):
+class ImageConfig(Document):
     """The image config (OCI or docker): only read to prove it is one; every field optional, extras kept."""
 
     architecture: str | None = None
@@ -60,7 +56,7 @@ def recognise(manifest: Manifest, config: bytes) -> Plan | None:
         return None
     if manifest.artifact_type and manifest.artifact_type not in CONFIG_TYPES:
         return None  # an artifact of some other kind that borrowed the image config: not a filesystem image
-    parse_model(ImageConfig, load_json(config, "image config"), "image config")
+    parse_document(ImageConfig, config, "image config")
     others = sorted({layer.media_type for layer in manifest.layers if layer.media_type not in LAYER_TYPES})
     if others:
         raise UnsupportedFormatError(

@@ -14,12 +14,13 @@ import re
 from pydantic import Field
 
 from ..errors import UnsupportedFormatError
-from ..oci import TITLE, Descriptor, Manifest, _Document, load_json, parse_model
-from . import Action, LayerPlan, Plan, safe_relative_path
+from ..oci import TITLE, Descriptor, Document, Manifest, parse_document
+from ..paths import safe_relative_path
+from .modelpack import FILEPATH as FILEPATH
+from .plan import Action, LayerPlan, Plan
 
 CONFIG = "application/vnd.kitops.modelkit.config.v1+json"
 ARTIFACT_TYPE = "application/vnd.kitops.modelkit.manifest.v1+json"
-FILEPATH = "org.cncf.model.filepath"
 LAYER_SUBTYPE = "ml.kitops.modelkit.layer-subtype"
 PROMPT = "prompt"
 
@@ -29,7 +30,7 @@ KINDS = {"model", "modelpart", "dataset", "code", "docs"}
 LARGE_KINDS = {"model", "modelpart", "dataset"}
 
 
-class LayerEntry(_Document):
+class LayerEntry(Document):
     """Any Kitfile section that became a layer: its path, and (KitOps >= 0.5) the layer's digest."""
 
     path: str | None = None
@@ -46,7 +47,7 @@ class Model(LayerEntry):
     parts: list[LayerEntry] = Field(default_factory=list)
 
 
-class Kitfile(_Document):
+class Kitfile(Document):
     manifest_version: str | None = Field(default=None, alias="manifestVersion")
     package: dict[str, object] | None = None
     model: Model | None = None
@@ -89,7 +90,7 @@ class _Entries:
 def recognise(manifest: Manifest, config: bytes) -> Plan | None:
     if not claims(manifest):
         return None
-    kitfile = parse_model(Kitfile, load_json(config, "KitOps Kitfile config"), "KitOps Kitfile config")
+    kitfile = parse_document(Kitfile, config, "KitOps Kitfile config")
     digests = {entry.digest for entry in _all_entries(kitfile) if entry.digest}
     entries = _Entries(kitfile)
     layers: list[LayerPlan] = []

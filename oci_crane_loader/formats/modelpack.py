@@ -13,8 +13,9 @@ from typing import Any
 from pydantic import Field
 
 from ..errors import UnsupportedFormatError
-from ..oci import OCI_EMPTY, TITLE, Descriptor, Manifest, _Document, load_json, parse_model
-from . import Action, LayerPlan, Plan, safe_relative_path
+from ..oci import OCI_EMPTY, TITLE, Descriptor, Document, Manifest, parse_document
+from ..paths import safe_relative_path
+from .plan import Action, LayerPlan, Plan
 
 ARTIFACT_TYPE = "application/vnd.cncf.model.manifest.v1+json"
 CONFIG = "application/vnd.cncf.model.config.v1+json"
@@ -23,7 +24,16 @@ LEGACY_CONFIG = "application/vnd.cnai.model.config.v1+json"
 ARTIFACT_TYPES = {ARTIFACT_TYPE, LEGACY_ARTIFACT_TYPE}
 CONFIG_TYPES = {CONFIG, LEGACY_CONFIG}
 
+# The raw layers we write (modelpack/model-spec specs-go/v1/mediatype.go); any kind and packing is read.
+WEIGHT_RAW = "application/vnd.cncf.model.weight.v1.raw"
+WEIGHT_CONFIG_RAW = "application/vnd.cncf.model.weight.config.v1.raw"
+CODE_RAW = "application/vnd.cncf.model.code.v1.raw"
+DOC_RAW = "application/vnd.cncf.model.doc.v1.raw"
+
+# Layer annotations (specs-go/v1/annotations.go). Docker Model Runner v0.2 and KitOps use the first two too.
 FILEPATH = "org.cncf.model.filepath"
+FILE_METADATA = "org.cncf.model.file.metadata+json"
+MEDIATYPE_UNTESTED = "org.cncf.model.file.mediatype.untested"
 LEGACY_FILEPATH = "org.cnai.model.filepath"
 
 # application/vnd.cncf.model.weight.v1.raw, ...weight.config.v1.tar+gzip, ...doc.v1.tar+zstd; cnai the same.
@@ -33,7 +43,7 @@ WEIGHT = "weight"
 LARGE_KINDS = {WEIGHT, "dataset"}  # not needed to describe the model: `inspect` and vLLM's config step skip them
 
 
-class ModelDescriptor(_Document):
+class ModelDescriptor(Document):
     created_at: str | None = Field(default=None, alias="createdAt")
     authors: list[str] | None = None
     vendor: str | None = None
@@ -45,7 +55,7 @@ class ModelDescriptor(_Document):
     licenses: list[str] | None = None
 
 
-class ModelConfig(_Document):
+class ModelConfig(Document):
     architecture: str | None = None
     format: str | None = None
     param_size: str | int | None = Field(default=None, alias="paramSize")
@@ -54,17 +64,31 @@ class ModelConfig(_Document):
     capabilities: dict[str, Any] | None = None
 
 
-class ModelFS(_Document):
+class ModelFS(Document):
     type: str | None = None
     diff_ids: list[str] | None = Field(default=None, alias="diffIds")
 
 
-class ModelPackConfig(_Document):
-    """The whole config is optional in practice: KAITO/aikit push ``{}``."""
+class ModelPackConfig(Document):
+    """The whole config is optional in practice: KAITO/aikit push ``{}``. Fields in the order of Go's v1.Model,
+    as modctl marshals it (and our writer dumps it)."""
 
     descriptor: ModelDescriptor = Field(default_factory=ModelDescriptor)
-    config: ModelConfig = Field(default_factory=ModelConfig)
     modelfs: ModelFS = Field(default_factory=ModelFS)
+    config: ModelConfig = Field(default_factory=ModelConfig)
+
+
+class FileMetadata(Document):
+    """``org.cncf.model.file.metadata+json``: a layer's file as a tar header would describe it (Go's FileMetadata,
+    field order kept). Written, not read: the blob itself is the file."""
+
+    name: str
+    mode: int
+    uid: int
+    gid: int
+    size: int
+    mtime: str
+    typeflag: int
 
 
 def claims(manifest: Manifest) -> bool:
@@ -90,8 +114,8 @@ def recognise(manifest: Manifest, config: bytes) -> Plan | None:
     if not claims(manifest):
         return None
     what = "ModelPack config"
-    data = load_json(config, what) if config.strip() or manifest.config.media_type != OCI_EMPTY else {}
-    properties = parse_model(ModelPackConfig, data, what)
+    empty = not config.strip() and manifest.config.media_type == OCI_EMPTY
+    properties = ModelPackConfig() if empty else parse_document(ModelPackConfig, config, what)
     layers: list[LayerPlan] = []
     skipped: list[Descriptor] = []
     weight_names: list[str] = []

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from ..errors import UnsupportedFormatError
 from ..oci import Manifest
-from . import Plan
+from .plan import Plan
 
 PREFIX = "application/vnd.ollama.image."
 MODEL = PREFIX + "model"

@@ -9,13 +9,13 @@ its media type says (the default ``application/vnd.oci.image.layer.v1.tar`` is N
 from __future__ import annotations
 
 from ..oci import TITLE, Descriptor, Manifest
-from . import Action, LayerPlan, Plan, safe_relative_path
+from ..paths import safe_relative_path
+from .image import CONFIG_TYPES as IMAGE_CONFIG_TYPES
+from .plan import WEIGHTS_THRESHOLD, Action, LayerPlan, Plan
 
 UNPACK = "io.deis.oras.content.unpack"
 DEFAULT_ARTIFACT_TYPE = "application/vnd.unknown.artifact.v1"
 # Configs of container images: those layers are filesystems, unless every one of them is named like a file.
-IMAGE_CONFIGS = {"application/vnd.oci.image.config.v1+json", "application/vnd.docker.container.image.v1+json"}
-LARGE = 16 << 20
 WEIGHT_SUFFIXES = (".safetensors", ".gguf", ".bin", ".pt", ".pth", ".onnx", ".dduf", ".h5", ".msgpack")
 
 
@@ -23,13 +23,13 @@ def claims(manifest: Manifest) -> bool:
     titled = [layer for layer in manifest.layers if layer.annotations.get(TITLE)]
     if not titled:
         return False
-    if manifest.config.media_type in IMAGE_CONFIGS:
+    if manifest.config.media_type in IMAGE_CONFIG_TYPES:
         return len(titled) == len(manifest.layers)
     return True
 
 
 def is_weight(layer: Descriptor, title: str) -> bool:
-    return layer.size > LARGE or title.lower().endswith(WEIGHT_SUFFIXES)
+    return layer.size > WEIGHTS_THRESHOLD or title.lower().endswith(WEIGHT_SUFFIXES)
 
 
 def recognise(manifest: Manifest, config: bytes) -> Plan | None:

@@ -1,0 +1,64 @@
+"""What a format recognises in an artifact: which layer becomes which file(s) under the model directory."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+
+from ..errors import InvalidModelError
+from ..oci import Descriptor
+
+# Layers larger than this are fetched with the weights (in parallel, after config and tokenizer) and are never
+# downloaded by `inspect`, where the format cannot tell by media type (image layers mix files; ORAS names no kind).
+WEIGHTS_THRESHOLD = 16 << 20
+
+
+class Action(str, Enum):
+    FILE = "file"  # the blob is the file: hard-linked into place at ``path``
+    TAR = "tar"  # a tar archive (plain, gzip or zstd: sniffed), extracted under ``path`` (None: the root)
+    IMAGE = "image"  # a container image layer: extracted in manifest order over the earlier ones, whiteouts applied
+    SHARD = "shard"  # an unnamed safetensors shard: named after download (DMR v0.1), see materialize.py
+
+
+@dataclass(frozen=True)
+class LayerPlan:
+    descriptor: Descriptor
+    action: Action
+    path: str | None = None  # FILE: the file's relative path; TAR: the directory to extract into (None: root)
+    weights: bool = False  # large: downloaded in parallel, never needed by `inspect`
+
+
+@dataclass(frozen=True)
+class Plan:
+    format: str
+    layers: list[LayerPlan]
+    skipped: list[Descriptor] = field(default_factory=list)
+    # The model directory is the shallowest directory holding config.json (KitOps, container images), not the
+    # root of what the layers hold; the user may name it instead (--subpath).
+    find_root: bool = False
+
+    @property
+    def streamable(self) -> bool:
+        """Weights that are whole files (one blob each) can be read while later blobs download; weights inside
+        tar or image layers exist only once their archive is extracted, next to the config they may carry."""
+        return not self.find_root and all(layer.action in (Action.FILE, Action.SHARD) for layer in self.weight_layers)
+
+    @property
+    def weight_layers(self) -> list[LayerPlan]:
+        return [layer for layer in self.layers if layer.weights]
+
+    @property
+    def small_layers(self) -> list[LayerPlan]:
+        return [layer for layer in self.layers if not layer.weights]
+
+
+def check_unique_paths(layers: list[LayerPlan]) -> None:
+    seen: dict[str, str] = {}
+    for layer in layers:
+        if layer.path is None or layer.action is not Action.FILE:
+            continue
+        if layer.path in seen:
+            raise InvalidModelError(
+                f"two layers ({seen[layer.path][:19]}, {layer.descriptor.digest[:19]}) both write {layer.path!r}",
+                "re-push the artifact with one layer per file")
+        seen[layer.path] = layer.descriptor.digest
