@@ -1,7 +1,9 @@
-"""Placing a file that already exists on disk (a cached blob, a file being packed) under a second name."""
+"""Files already on disk (a cached blob, a file being packed): their digest, and placing them under a second name.
+Shared by the cache (fetch side) and the layout writer (push side)."""
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import shutil
@@ -10,6 +12,17 @@ from pathlib import Path
 from .errors import InvalidModelError
 
 log = logging.getLogger(__name__)
+
+_HASH_CHUNK = 4 << 20
+
+
+def file_sha256(path: Path) -> str:
+    """``sha256:<hex>`` of a file, read in 4 MiB chunks (flat memory for multi-GB shards)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(_HASH_CHUNK):
+            digest.update(chunk)
+    return "sha256:" + digest.hexdigest()
 
 
 def link_or_copy(source: Path, target: Path) -> None:

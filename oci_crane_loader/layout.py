@@ -12,8 +12,7 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
-from .cache.store import file_sha256
-from .files import link_or_copy
+from .files import file_sha256, link_or_copy
 from .oci import (
     OCI_INDEX,
     OCI_LAYOUT_VERSION,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 from conftest import REPO_ROOT
 
@@ -22,3 +23,45 @@ def test_entry_points_are_declared():
     assert plugins.get("oci_crane") == "oci_crane_loader.vllm_plugin:register"
     scripts = {ep.name: ep.value for ep in entry_points(group="console_scripts")}
     assert scripts.get("oci-crane") == "oci_crane_loader.cli:main"
+
+
+def _package_imports() -> dict[str, set[str]]:
+    """Module -> the package's modules it imports (relative imports, as the package writes them all)."""
+    import ast
+
+    root = Path(__file__).resolve().parent.parent / "oci_crane_loader"
+    modules = {".".join(p.relative_to(root).with_suffix("").parts).removesuffix(".__init__") or "__init__": p
+               for p in root.rglob("*.py")}
+    graph: dict[str, set[str]] = {name: set() for name in modules}
+    for name, path in modules.items():
+        package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.level:
+                parts = [p for p in package.split(".") if p and p != "__init__"]
+                base = parts[: len(parts) - (node.level - 1)] + ([node.module] if node.module else [])
+                for alias in node.names:
+                    for candidate in (".".join([*base, alias.name]), ".".join(base) or "__init__"):
+                        if candidate in modules and candidate != name:
+                            graph[name].add(candidate)
+                            break
+    return graph
+
+
+def test_imports_flow_one_way():
+    """docs/development.md draws the modules as layers: no import cycle, and the leaves import only leaves."""
+    graph = _package_imports()
+    assert "pull" in graph["cli"] and "errors" in graph["oci"]  # the graph was really read
+    done: set[str] = set()
+
+    def visit(name: str, path: tuple[str, ...]) -> None:
+        assert name not in path, f"import cycle: {' -> '.join((*path, name))}"
+        if name in done:
+            return
+        for dependency in graph[name]:
+            visit(dependency, (*path, name))
+        done.add(name)
+
+    for module in graph:
+        visit(module, ())
+    leaves = {"errors", "oci", "reference", "paths", "files", "settings"}
+    assert {leaf: graph[leaf] - leaves for leaf in leaves} == dict.fromkeys(leaves, set())

@@ -35,6 +35,7 @@ from pathlib import Path
 import filelock
 
 from .. import errors
+from ..files import file_sha256
 from ..oci import Descriptor, digest_hex, sha256_digest
 from ..reference import Reference
 from ..settings import settings
@@ -49,7 +50,6 @@ def fsync(fd: int) -> None:
     if not settings().no_fsync:
         os.fsync(fd)
 
-_HASH_CHUNK = 4 << 20
 TAGS, DIGESTS = "@tags", "@digests"  # ref directories under refs/<registry>/<repository>/
 LAYOUT_MARKER = ".layout-2"  # in refs/: the refs were moved to the @tags/ layout
 FETCHING = "fetching-"  # tmp/ marker of a fetch in progress
@@ -119,14 +119,6 @@ def default_cache_dir() -> Path:
         return explicit
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     return Path(base) / "oci-crane-loader"
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while chunk := handle.read(_HASH_CHUNK):
-            digest.update(chunk)
-    return "sha256:" + digest.hexdigest()
 
 
 def fsync_dir(path: Path) -> None:

@@ -8,11 +8,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .. import errors
+from ..files import file_sha256
 from ..formats import Action, recognise
 from ..oci import Manifest, sha256_digest
 from .files import inodes_of, walk_files
 from .reachability import document
-from .store import DigestFile, ModelDir, Store, file_sha256
+from .store import DigestFile, ModelDir, Store
 
 _EMPTY_CONFIG = sha256_digest(b"{}")
 
