@@ -86,6 +86,25 @@ def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 300,
                           timeout=timeout, env=full_env, cwd=REPO_ROOT, check=False, input=input)
 
 
+def fetch(reference: str, cache_dir: Path, *extra: str) -> dict[str, object]:
+    """`fetch --json` that must succeed; its result object."""
+    done = run_cli("fetch", reference, "--cache-dir", str(cache_dir), "--json", *extra)
+    assert done.returncode == 0, done.stderr
+    result: dict[str, object] = json.loads(done.stdout)
+    return result
+
+
+def fetch_fails(reference: str, cache_dir: Path, *extra: str) -> str:
+    """The single error line of a fetch that must fail (--quiet: no progress lines), nothing on stdout."""
+    done = run_cli("fetch", reference, "--cache-dir", str(cache_dir), "--quiet", *extra)
+    assert done.returncode == 1, done.stdout
+    assert done.stdout == ""
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1, done.stderr
+    assert lines[0].startswith("error: ") and " -- fix: " in lines[0], lines[0]
+    return lines[0]
+
+
 def tree_bytes(root: Path) -> dict[str, bytes]:
     return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
 

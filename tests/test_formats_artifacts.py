@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import zstandard
-from conftest import push_layout, run_cli, tool, tree_bytes, write_model
+from conftest import fetch, fetch_fails, push_layout, run_cli, tool, tree_bytes, write_model
 
 from oci_crane_loader import errors
 from oci_crane_loader.crane import Crane
@@ -50,19 +50,6 @@ def relative_files(root: Path) -> list[str]:
     return sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file())
 
 
-def fetch(reference: str, cache_dir: Path) -> dict[str, object]:
-    done = run_cli("fetch", reference, "--cache-dir", str(cache_dir), "--json")
-    assert done.returncode == 0, done.stderr
-    result: dict[str, object] = json.loads(done.stdout)
-    return result
-
-
-def fetch_fails(reference: str, cache_dir: Path) -> str:
-    done = run_cli("fetch", reference, "--cache-dir", str(cache_dir))
-    assert done.returncode == 1, done.stdout
-    lines = done.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: ") and "fix:" in lines[0], done.stderr
-    return lines[0]
 
 
 def nothing_materialised(cache_dir: Path) -> bool:

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import zstandard
-from conftest import push_layout, run_cli, tree_bytes, write_model
+from conftest import fetch, fetch_fails, push_layout, run_cli, tree_bytes, write_model
 from safetensors.numpy import save_file
 
 from oci_crane_loader import errors
@@ -100,22 +100,6 @@ def push_image(tmp_path: Path, reference: str, layers: list[list[Entry]], compre
     return push_layout(layout.root, reference)
 
 
-def fetch(reference: str, cache_dir: Path, *extra: str) -> dict[str, object]:
-    done = run_cli("fetch", reference, "--cache-dir", str(cache_dir), "--json", *extra)
-    assert done.returncode == 0, done.stderr
-    result: dict[str, object] = json.loads(done.stdout)
-    return result
-
-
-def fetch_fails(reference: str, cache_dir: Path, *extra: str) -> str:
-    """The single error line of a failed fetch (--quiet: no progress lines)."""
-    done = run_cli("fetch", reference, "--cache-dir", str(cache_dir), "--quiet", *extra)
-    assert done.returncode == 1, done.stdout
-    assert done.stdout == ""
-    lines = done.stderr.strip().splitlines()
-    assert len(lines) == 1, done.stderr
-    assert lines[0].startswith("error: ") and " -- fix: " in lines[0], lines[0]
-    return lines[0]
 
 
 # A base image's files, dropped with everything outside the model directory. Its config.json lies deeper than any
