@@ -13,7 +13,8 @@ from pathlib import Path
 
 import filelock
 import pytest
-from conftest import push_model, run_cli, tree_bytes, write_model
+from support.commands import run_cli
+from support.models import push_model, tree_bytes, write_model
 
 from oci_crane_loader.crane import find_crane
 

@@ -11,7 +11,8 @@ import sys
 import time
 from pathlib import Path
 
-from conftest import REPO_ROOT, push_model, run_cli, tree_bytes, write_model
+from support.commands import REPO_ROOT, run_cli
+from support.models import push_model, tree_bytes, write_model
 
 GIVE_UP = 600  # seconds: only to keep a broken run from hanging the suite
 

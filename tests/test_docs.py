@@ -5,7 +5,7 @@ from __future__ import annotations
 import ast
 import re
 
-from conftest import REPO_ROOT
+from support.commands import REPO_ROOT
 
 
 def _test_names(path: str) -> set[str]:

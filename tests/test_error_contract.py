@@ -8,7 +8,8 @@ import traceback
 from pathlib import Path
 
 import pytest
-from conftest import push_layout, run_cli, write_model
+from support.commands import run_cli
+from support.models import push_layout, write_model
 
 from oci_crane_loader import errors, oci
 from oci_crane_loader.cache.store import Store

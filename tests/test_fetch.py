@@ -8,7 +8,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import REPO_ROOT, push_layout, push_model, run_cli, tree_bytes, write_model
+from support.commands import REPO_ROOT, run_cli
+from support.models import push_layout, push_model, tree_bytes, write_model
 
 from oci_crane_loader import errors
 from oci_crane_loader.cache.store import Store

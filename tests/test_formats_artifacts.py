@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 import zstandard
-from conftest import fetch, fetch_fails, push_layout, run_cli, tool, tree_bytes, write_model
+from support.commands import fetch, fetch_fails, run_cli, tool
+from support.models import push_layout, tree_bytes, write_model
 
 from oci_crane_loader import errors
 from oci_crane_loader.crane import Crane

@@ -14,8 +14,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import zstandard
-from conftest import fetch, fetch_fails, push_layout, run_cli, tree_bytes, write_model
 from safetensors.numpy import save_file
+from support.commands import fetch, fetch_fails, run_cli
+from support.models import push_layout, tree_bytes, write_model
 
 from oci_crane_loader import errors
 from oci_crane_loader.crane import Crane

@@ -10,7 +10,8 @@ import tarfile
 from pathlib import Path
 
 import pytest
-from conftest import push_layout, run_cli, tree_bytes, write_model
+from support.commands import run_cli
+from support.models import push_layout, tree_bytes, write_model
 
 from oci_crane_loader import errors
 from oci_crane_loader.cache.store import Store

@@ -14,11 +14,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from support.commands import REPO_ROOT, run_cli
+from support.models import write_model
 
 from oci_crane_loader import errors
 from oci_crane_loader.crane import Crane
 from oci_crane_loader.reference import parse_reference
-from tests.conftest import REPO_ROOT, run_cli, write_model
 
 LOOKS_LIKE_A_FLAG = "--Bad"  # crane's parser refuses it as a reference (uppercase), so no network is involved
 

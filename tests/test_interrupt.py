@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from conftest import REPO_ROOT, run_cli
+from support.commands import REPO_ROOT, run_cli
 from support.scripted_registry import ScriptedRegistry, digest
 from support.scripted_registry import serve as serve_handler
 

@@ -6,7 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from conftest import REPO_ROOT
+from support.commands import REPO_ROOT
 
 
 def test_import_does_not_import_vllm_or_torch():

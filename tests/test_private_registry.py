@@ -9,8 +9,9 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import push_model, run_cli, tree_bytes, write_model
+from support.commands import run_cli
 from support.distribution import binary_path, distribution_registry
+from support.models import push_model, tree_bytes, write_model
 
 pytestmark = pytest.mark.skipif(binary_path() is None,
                                 reason="Debian's docker-registry is not installed: run bin/install-test-deps")

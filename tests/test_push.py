@@ -13,7 +13,8 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import run_cli, tool, tree_bytes, write_model
+from support.commands import run_cli, tool
+from support.models import tree_bytes, write_model
 
 from oci_crane_loader import errors
 from oci_crane_loader.crane import Crane

@@ -11,7 +11,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from conftest import REPO_ROOT, push_model, run_cli, tree_bytes, unshare_mount, write_model
+from support.commands import REPO_ROOT, run_cli, unshare_mount
+from support.models import push_model, tree_bytes, write_model
 
 OFFLINE = {"OCI_CRANE_BINARY": "/nonexistent/crane"}  # crane must not even start
 

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import run_cli
+from support.commands import run_cli
 from support.scripted_registry import ScriptedRegistry, serve
 
 SECRET = "Pl41n-S3cret-value"

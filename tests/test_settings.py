@@ -12,8 +12,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import REPO_ROOT, push_model, run_cli, unshare_mount, write_model
 from safetensors.numpy import save_file
+from support.commands import REPO_ROOT, run_cli, unshare_mount
+from support.models import push_model, write_model
 
 from oci_crane_loader import errors
 from oci_crane_loader.options import from_extra_config

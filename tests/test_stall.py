@@ -8,7 +8,7 @@ import time
 from collections.abc import Iterator
 
 import pytest
-from conftest import run_cli
+from support.commands import run_cli
 
 from oci_crane_loader.formats import dmr
 from oci_crane_loader.oci import OCI_MANIFEST

@@ -14,10 +14,11 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import REPO_ROOT, push_layout, push_model, tree_bytes
+from support.commands import REPO_ROOT
+from support.models import push_layout, push_model, tree_bytes
 
 pytest.importorskip("vllm", reason="vLLM is not installed: `nox -s tests` installs its CPU build")
-from vllm_support import CPU_ENV, get, minilm_dir, post, vllm_command, vllm_server, write_tiny_llama
+from support.vllm_server import CPU_ENV, get, minilm_dir, post, vllm_command, vllm_server, write_tiny_llama
 
 pytestmark = [pytest.mark.vllm]
 
@@ -170,8 +171,8 @@ def test_stream_weights_reads_each_tensor_once_from_the_file_the_index_names(reg
     """No server: the loader's iterator, on an artifact with a consolidated copy the index does not name."""
     import numpy as np
     import torch
-    from conftest import write_model
     from safetensors.numpy import load_file, save_file
+    from support.models import write_model
 
     from oci_crane_loader.loader import stream_weights
     from oci_crane_loader.options import from_extra_config
@@ -200,7 +201,7 @@ def test_first_shard_is_read_while_later_shards_are_still_downloading(registry, 
     """The last shard's download is held until the loader has yielded a tensor: only a streaming loader passes."""
     import threading
 
-    from conftest import write_model
+    from support.models import write_model
 
     from oci_crane_loader.cache.store import Store
     from oci_crane_loader.crane import Crane
@@ -253,7 +254,7 @@ def test_missing_weights_are_named(registry, tmp_path, cache_dir):
     """The loader checks that every parameter the model declares came from the artifact."""
     from types import SimpleNamespace
 
-    from conftest import write_model
+    from support.models import write_model
     from vllm.config.load import LoadConfig
 
     from oci_crane_loader.loader import OciCraneModelLoader

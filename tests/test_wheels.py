@@ -18,9 +18,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from support.commands import REPO_ROOT
+from support.models import push_model, write_model
 
 from oci_crane_loader.executable import executable_platform, host_platform
-from tests.conftest import REPO_ROOT, push_model, write_model
 
 pytestmark = [pytest.mark.wheels, pytest.mark.slow]
 
