@@ -247,6 +247,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _run(args)
     except errors.OciCraneError as exc:
         if args.debug:
+            note = getattr(exc, "note", None)
+            if note and not hasattr(exc, "add_note"):  # Python 3.10: no exception notes in tracebacks
+                print(note, file=sys.stderr)
             raise
         print(f"error: {exc.one_line()}", file=sys.stderr)
         return EXIT_FAILURE

@@ -69,9 +69,12 @@ class InvalidDocumentError(OciCraneError, ValueError):
     def __init__(self, cause: str, fix: str | None = None, *, raw: bytes | None = None) -> None:
         super().__init__(cause, fix)
         self.raw = raw[:MAX_RAW_DOCUMENT] if raw is not None else None
+        self.note: str | None = None
         if raw is not None:
             part = f"its first {MAX_RAW_DOCUMENT} of {len(raw)} bytes" if len(raw) > MAX_RAW_DOCUMENT else "as served"
-            self.add_note(f"the document, {part}: {self.raw!r}")
+            self.note = f"the document, {part}: {self.raw!r}"
+            if hasattr(self, "add_note"):  # Python >= 3.11 prints notes under the traceback; cli.py does it on 3.10
+                self.add_note(self.note)
 
 
 MAX_RAW_DOCUMENT = 4096
