@@ -83,16 +83,38 @@ class Index(Document):
     annotations: dict[str, str] = Field(default_factory=dict)
 
 
+MAX_JSON_DEPTH = 200  # real manifests and configs nest a handful of levels
+
+
+def _too_deep(data: Any) -> bool:
+    """Whether ``data`` nests past MAX_JSON_DEPTH, walked without recursion (the point is not to recurse)."""
+    stack = [(data, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if depth > MAX_JSON_DEPTH:
+            return True
+        if isinstance(item, dict):
+            stack.extend((child, depth + 1) for child in item.values())
+        elif isinstance(item, list):
+            stack.extend((child, depth + 1) for child in item)
+    return False
+
+
 def load_json(raw: bytes, what: str) -> Any:
-    """The document as Python data; anything a hostile registry can serve becomes one InvalidDocumentError."""
+    """The document as Python data; anything a hostile registry can serve becomes one InvalidDocumentError.
+    Depth is bounded by MAX_JSON_DEPTH, not by the interpreter: Python 3.13 parses 5000 levels that 3.11 refuses."""
     try:
-        return json.loads(raw)
+        data = json.loads(raw)
     except RecursionError as exc:  # e.g. 100 000 nested arrays
         raise InvalidDocumentError(f"{what} is not valid JSON: it is nested too deeply", raw=raw) from exc
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise InvalidDocumentError(f"{what} is not valid JSON: {exc}", raw=raw) from exc
     except ValueError as exc:  # an integer of more digits than Python converts (sys.get_int_max_str_digits)
         raise InvalidDocumentError(f"{what} is not valid JSON: a number too long ({exc})", raw=raw) from exc
+    if _too_deep(data):
+        raise InvalidDocumentError(f"{what} is not valid JSON: it is nested too deeply (over {MAX_JSON_DEPTH} "
+                                   "levels)", raw=raw)
+    return data
 
 
 _Model = TypeVar("_Model", bound=BaseModel)

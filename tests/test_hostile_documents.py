@@ -72,6 +72,8 @@ def test_served_deep_or_huge_documents_fail_in_one_line(registry, tmp_path, cach
     (b'{"schemaVersion": 2, "config": ' + b'{"a":' * 100_000 + b"1" + b"}" * 100_000 + b"}", "nested too deeply"),
     (b'{"schemaVersion": 2, "x": ' + BIG_INT + b"}", "a number too long"),
     (b'{"schemaVersion": 2, "x": -' + BIG_INT + b"}", "a number too long"),
+    # Deep enough for nothing real, shallow enough that every Python's json parses it: our own bound refuses it.
+    (b'{"schemaVersion": 2, "x": ' + b"[" * 300 + b"]" * 300 + b"}", "nested too deeply (over 200 levels)"),
 ])
 def test_deep_or_huge_documents_are_one_invalid_document_error(raw: bytes, words: str) -> None:
     with pytest.raises(InvalidDocumentError) as info:
