@@ -1,7 +1,7 @@
 """Every OCI_CRANE_* environment setting, parsed and validated once, when first needed (never at import).
 
 A bad value is one clear error naming the variable, not a traceback at import and not a silently disabled
-watchdog (``nan`` or ``inf`` seconds). ``OCI_CRANE_BINARY`` is not here: crane.locate_crane reads it at each
+watchdog (``nan`` or ``inf`` seconds). ``OCI_CRANE_BINARY`` is not here: crane.choose_crane reads it at each
 lookup, as a path needs no parsing.
 """
 
@@ -18,6 +18,7 @@ from typing import Any
 from . import errors
 
 _TRUE = ("1", "true", "yes", "on")
+_FALSE = ("", "0", "false", "no", "off")
 _UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
 
 
@@ -36,7 +37,6 @@ class UnpackLimits:
         return cls(ratio=_positive(env, "OCI_CRANE_MAX_UNPACK_RATIO", default.ratio, float),
                    bytes=_positive(env, "OCI_CRANE_MAX_UNPACK_BYTES", default.bytes, parse_bytes),
                    entries=_positive(env, "OCI_CRANE_MAX_UNPACK_ENTRIES", default.entries, int))
-_FALSE = ("", "0", "false", "no", "off")
 
 
 @dataclass(frozen=True)
@@ -61,17 +61,8 @@ class Settings:
 
 
 def _seconds(env: Mapping[str, str], name: str, default: float) -> float:
-    text = env.get(name, "").strip()
-    if not text:
-        return default
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
-    if not (math.isfinite(value) and value > 0):
-        raise errors.SettingsError(f"{name}={text!r} is not a number of seconds",
-                                   f"set {name} to a positive number of seconds (default {default:g}) or unset it")
-    return value
+    return float(_positive(env, name, default, float, what="a number of seconds",
+                           fix=f"set {name} to a positive number of seconds (default {default:g}) or unset it"))
 
 
 def parse_bytes(text: str) -> int:
@@ -81,7 +72,10 @@ def parse_bytes(text: str) -> int:
     return int(float(lowered[: len(lowered) - len(unit)]) * _UNITS[unit])
 
 
-def _positive(env: Mapping[str, str], name: str, default: float, parse: Callable[[str], Any]) -> Any:
+def _positive(env: Mapping[str, str], name: str, default: float, parse: Callable[[str], Any], *,
+              what: str = "a positive number", fix: str | None = None) -> Any:
+    """``name`` parsed, finite and above zero (nan or inf would silently switch a bound off), else ``default``
+    when unset; anything else is one SettingsError naming the variable."""
     raw = env.get(name, "").strip()
     if not raw:
         return default
@@ -89,8 +83,8 @@ def _positive(env: Mapping[str, str], name: str, default: float, parse: Callable
         value = parse(raw)
     except (ValueError, OverflowError):
         value = None
-    if value is None or not value > 0:
-        raise errors.SettingsError(f"{name}={raw!r} is not a positive number",
+    if value is None or not (math.isfinite(value) and value > 0):
+        raise errors.SettingsError(f"{name}={raw!r} is not {what}", fix or
                                    f"set {name} to a positive number (e.g. {default:g}), or unset it for the default")
     return value
 
