@@ -266,6 +266,17 @@ class Puller:
         """The full model directory, once every weight blob is in the cache (see ``ensure_blobs``)."""
         return materialize(self.store, plan, resolved.digest, subpath=self.subpath)
 
+    def _download_and_materialize(self, resolved: Resolved, plan: Plan, *, weights: bool) -> Path:
+        """Free space checked for the whole model, the small layers downloaded (config, tokenizer: they name the
+        shards and fail fast on a bad artifact), then with ``weights`` the weight layers; the directory made
+        (``weights=False``: the config directory, weights to be streamed later)."""
+        self.check_free_space(plan.layers)
+        self.ensure_blobs(resolved.reference, plan.small_layers)
+        self._check_subpath_in_archives(plan)
+        if weights:
+            self.ensure_blobs(resolved.reference, plan.weight_layers)
+        return materialize(self.store, plan, resolved.digest, weights=weights, subpath=self.subpath)
+
     # --- whole operations --------------------------------------------------------------------------------------
     def fetch(self, text: str) -> FetchResult:
         reference = parse_reference(text)
@@ -276,12 +287,7 @@ class Puller:
             if path.is_dir():
                 self.check_cached(resolved, plan)
             else:
-                self.check_free_space(plan.layers)
-                # Small files first (config, tokenizer): they name the shards and fail fast on a bad artifact.
-                self.ensure_blobs(reference, plan.small_layers)
-                self._check_subpath_in_archives(plan)
-                self.ensure_blobs(reference, plan.weight_layers)
-                path = self.materialize(resolved, plan)
+                path = self._download_and_materialize(resolved, plan, weights=True)
             self.record(resolved)
         files = list_files(path)
         return FetchResult(str(reference), resolved.digest, resolved.pinned, path, plan.format, files,
@@ -305,14 +311,9 @@ class Puller:
             plan = self.plan(resolved)
             if plan.streamable and not plan.weight_layers:
                 raise errors.UnsupportedFormatError(f"{resolved.reference} holds no safetensors weights")
-            self.check_free_space(plan.layers)
-            self.ensure_blobs(resolved.reference, plan.small_layers)
-            self._check_subpath_in_archives(plan)
-            if not plan.streamable:  # materialize() checks that the directory holds safetensors weights
-                self.ensure_blobs(resolved.reference, plan.weight_layers)
-                path = self.materialize(resolved, plan)
-            else:
-                path = materialize(self.store, plan, resolved.digest, weights=False, subpath=self.subpath)
+            # Archive formats hold weights and config together: the whole directory. materialize() then checks
+            # that it holds safetensors weights.
+            path = self._download_and_materialize(resolved, plan, weights=not plan.streamable)
             # Streamed weights are verified blob by blob as they arrive; the tag moves once the config files are.
             self.record(resolved)
         return resolved, plan, path
