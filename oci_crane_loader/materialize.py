@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import IO
 
 from .cache.store import Store, remove_tree
-from .errors import CacheError, InvalidModelError, OciCraneError
+from .errors import CacheError, InvalidModelError, OciCraneError, cache_os_error
 from .files import link_or_copy
 from .formats import Action, LayerPlan, Plan
 from .paths import safe_relative_path
@@ -118,7 +118,7 @@ def extract_tar(archive: Path, root: Path, where: str, *, into: str | None = Non
                 except OSError as exc:
                     if exc.errno is None:
                         raise
-                    raise _write_error(exc, where, relative) from exc
+                    raise _write_error(exc, where, relative, root) from exc
     except OciCraneError:
         raise  # CacheError is an OSError too
     except (tarfile.TarError, EOFError, OSError) as exc:
@@ -190,9 +190,9 @@ def _extract_member(tar: tarfile.TarFile, member: tarfile.TarInfo, base: Path, r
 _DISK_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO}
 
 
-def _write_error(exc: OSError, where: str, relative: str) -> CacheError | InvalidModelError:
-    if exc.errno in _DISK_ERRNOS:
-        return CacheError(f"{where}: cannot write {relative!r}: {exc.strerror}")
+def _write_error(exc: OSError, where: str, relative: str, root: Path) -> CacheError | InvalidModelError:
+    if exc.errno in _DISK_ERRNOS:  # with the fix that fits the errno, as for every other write to the cache
+        return cache_os_error(exc, f"unpack {relative!r} of {where}", root)
     return InvalidModelError(f"{where}: entry {relative!r} cannot be written ({exc.strerror}): it clashes with "
                              "another entry or is not a valid file name", "re-push the artifact")
 
