@@ -92,12 +92,6 @@ def _candidates() -> list[tuple[str, str]]:
     return found
 
 
-def locate_crane() -> tuple[str, str]:
-    """The chosen crane's path and the lookup step that found it (OCI_CRANE_BINARY, bundled or PATH)."""
-    chosen = choose_crane()
-    return chosen.path, chosen.source
-
-
 def check_version(binary: str) -> str:
     """``crane version`` of ``binary`` (run once per binary); refused if older than MINIMUM_VERSION."""
     text = _version_of(binary)

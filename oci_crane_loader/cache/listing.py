@@ -7,9 +7,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..oci import Manifest
-from .files import unique_size, walk_files
 from .reachability import blobs_of, document, manifests_behind, referenced_manifests
 from .store import Store
+from .usage import unique_size, walk_files
 
 
 @dataclass(frozen=True)

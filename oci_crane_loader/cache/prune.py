@@ -15,9 +15,9 @@ from pathlib import Path
 
 from .. import errors
 from ..reference import Reference
-from .files import freed_by, inodes_of, newest_mtime, tree_inodes
 from .reachability import blobs_of, referenced_manifests
 from .store import Store
+from .usage import freed_by, inodes_of, newest_mtime, tree_inodes
 from .verify import verify_cache
 
 TMP_MAX_AGE = 3600.0  # seconds: older tmp/ entries are leftovers of interrupted runs

@@ -11,9 +11,9 @@ from .. import errors
 from ..files import file_sha256
 from ..formats import Action, recognise
 from ..oci import Manifest, sha256_digest
-from .files import inodes_of, walk_files
 from .reachability import document
 from .store import DigestFile, ModelDir, Store
+from .usage import inodes_of, walk_files
 
 _EMPTY_CONFIG = sha256_digest(b"{}")
 
