@@ -14,8 +14,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+from build_crane import TARGETS  # beside this file: `python bin/build_wheels.py` puts bin/ on sys.path
+
 ROOT = Path(__file__).resolve().parent.parent
-TARGETS = ("linux/amd64", "linux/arm64", "darwin/amd64", "darwin/arm64")  # bin/build_crane.py TARGETS, in order
 
 
 def _uv() -> list[str]:
