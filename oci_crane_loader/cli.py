@@ -1,6 +1,7 @@
 """The command line: `oci-crane` and `python -m oci_crane_loader`.
 
-Exit 0 on success; otherwise one line on stderr naming the cause and the fix (a traceback only with --debug).
+Exit 0 on success; otherwise one line on stderr naming the cause and the fix (a traceback only with --debug), and
+the exit status of EXIT_CODES.
 """
 
 from __future__ import annotations
@@ -15,15 +16,31 @@ from collections.abc import Sequence
 
 from . import __version__, errors
 from .cache.store import Store
-from .options import MAX_JOBS, check_cache_dir, check_jobs, fetch_options, normalise_subpath
+from .crane import Crane, check_authfile, check_connection
+from .options import MAX_JOBS, check_cache_dir, check_jobs, check_retries, fetch_options, normalise_subpath
 from .progress import Progress, human
 from .pull import Puller, open_puller
 from .reference import parse_reference
+from .settings import environment_help, settings
 
+EXIT_OK = 0
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
 EXIT_TERMINATED = 143
+EXIT_CODES = {
+    EXIT_OK: "success",
+    EXIT_FAILURE: "failure: the error line on stderr names the cause and the fix",
+    EXIT_USAGE: "usage: an unknown option or a value that cannot be used; nothing was done",
+    EXIT_INTERRUPTED: "interrupted (Ctrl-C, SIGINT); partial downloads were discarded",
+    EXIT_TERMINATED: "terminated (SIGTERM); partial downloads were discarded",
+}
+
+
+def epilog() -> str:
+    codes = "\n".join(f"  {code:<4} {text}" for code, text in EXIT_CODES.items())
+    return (f"exit status:\n{codes}\n\n{environment_help()}\n\ncrane also reads DOCKER_CONFIG, REGISTRY_AUTH_FILE, "
+            "XDG_RUNTIME_DIR (credentials), SSL_CERT_FILE, SSL_CERT_DIR and HTTPS_PROXY / NO_PROXY.")
 
 
 def _common(parser: argparse.ArgumentParser, *, subpath: bool = True) -> None:
@@ -36,22 +53,42 @@ def _common(parser: argparse.ArgumentParser, *, subpath: bool = True) -> None:
         parser.add_argument("--subpath", metavar="DIR",
                             help="the model directory inside an image or artifact, from its root: /models/b/ and "
                                  "models/b are one (default: where config.json is)")
-    parser.add_argument("--insecure", action="store_true",
-                        help="allow plain http and unverified TLS for this registry (crane --insecure)")
+    _connection(parser)
     parser.add_argument("--debug", action="store_true", help="log every step and show tracebacks")
 
 
+def _connection(parser: argparse.ArgumentParser) -> None:
+    """How to reach and authenticate to the registry (fetch, inspect, push): see crane.check_connection."""
+    parser.add_argument("--insecure", action="store_true",
+                        help="skip TLS certificate verification (and allow http) for this registry (crane --insecure)")
+    parser.add_argument("--plain-http", action="store_true",
+                        help="the registry speaks plain http (passed to crane as --insecure, crane's only switch; "
+                             "not needed for localhost, 127.0.0.1 or private 10/172.16/192.168 addresses)")
+    parser.add_argument("--ca-file", metavar="PATH",
+                        help="also trust this CA (PEM) for the registry's TLS certificate (Linux; not on macOS)")
+    parser.add_argument("--authfile", metavar="PATH",
+                        help="read credentials from this file (podman's auth.json or a docker config.json) instead "
+                             "of where crane looks (`oci-crane doctor` shows which)")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="oci-crane", description="Fetch models from OCI registries with crane.")
+    parser = argparse.ArgumentParser(prog="oci-crane", description="Fetch models from OCI registries with crane.",
+                                     epilog=epilog(), formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     fetch = commands.add_parser("fetch", help="download a model into the cache and print its directory")
     fetch.add_argument("reference", metavar="REF", help="e.g. ghcr.io/acme/llama:v1 or oci://127.0.0.1:5000/m:v1")
     fetch.add_argument("--jobs", type=_jobs, default=4, help=f"blobs downloaded at once, 1 to {MAX_JOBS} (default 4)")
-    output = fetch.add_mutually_exclusive_group()
-    output.add_argument("--json", action="store_true", help="print one JSON object instead of the path")
-    output.add_argument("--quiet", "-q", action="store_true", help="no progress on stderr")
+    fetch.add_argument("--json", action="store_true", help="print one JSON object instead of the path")
+    fetch.add_argument("--quiet", "-q", action="store_true",
+                       help="no progress on stderr (also OCI_CRANE_DISABLE_PROGRESS=1); errors still show")
+    fetch.add_argument("--include", action="append", default=[], metavar="PATTERN",
+                       help="fetch only the files whose path matches this glob (repeatable; e.g. '*.json')")
+    fetch.add_argument("--exclude", action="append", default=[], metavar="PATTERN",
+                       help="do not fetch the files whose path matches this glob (repeatable; e.g. '*.safetensors')")
+    fetch.add_argument("--retries", metavar="N",
+                       help="new tries of a download whose stream broke, 0 to 20 (default: OCI_CRANE_RETRIES or 2)")
     _common(fetch)
 
     inspect = commands.add_parser("inspect", help="show digest, format, files and sizes without downloading weights")
@@ -75,7 +112,8 @@ def build_parser() -> argparse.ArgumentParser:
     remove.add_argument("reference", metavar="REF", help="registry/repository:tag as `cache ls` shows it")
     remove.add_argument("--prune", action="store_true", help="then run `cache prune`")
 
-    _local(commands.add_parser("doctor", help="check crane, the cache, credentials and vLLM"))
+    doctor = _local(commands.add_parser("doctor", help="check crane, the cache, credentials and vLLM"))
+    doctor.add_argument("--authfile", metavar="PATH", help="check this credentials file, as fetch --authfile reads it")
     _push_parser(commands)
     _registry_parsers(commands)
     return parser
@@ -106,10 +144,11 @@ def _push_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
     push.add_argument("reference", metavar="REF", help="a tag to push to, e.g. ghcr.io/acme/llama:v1")
     push.add_argument("--format", choices=("modelpack", "dmr"), default="modelpack",
                       help="CNCF ModelPack (default) or Docker Model Runner (config v0.2)")
-    push.add_argument("--insecure", action="store_true",
-                      help="allow plain http and unverified TLS for this registry (crane --insecure)")
+    _connection(push)
     push.add_argument("--cache-dir", help="where the temporary layout goes (default: the cache's tmp/)")
     push.add_argument("--json", action="store_true", help="print one JSON object instead of the pinned reference")
+    push.add_argument("--quiet", "-q", action="store_true",
+                      help="no progress on stderr (also OCI_CRANE_DISABLE_PROGRESS=1)")
     push.add_argument("--debug", action="store_true", help="log every step and show tracebacks")
 
 
@@ -131,14 +170,20 @@ def _local(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
 
 def _puller(args: argparse.Namespace, jobs: int = 4, progress: Progress | None = None) -> Puller:
     options = fetch_options(cache_dir=args.cache_dir, platform=args.platform, offline=args.offline,
-                            insecure=args.insecure, jobs=jobs, subpath=getattr(args, "subpath", None))
+                            insecure=args.insecure, jobs=jobs, subpath=getattr(args, "subpath", None),
+                            plain_http=args.plain_http, ca_file=args.ca_file, authfile=args.authfile,
+                            retries=getattr(args, "retries", None), include=getattr(args, "include", ()),
+                            exclude=getattr(args, "exclude", ()))
     return open_puller(options, progress)
+
+
+def _progress(args: argparse.Namespace) -> Progress:
+    return Progress(enabled=not (args.quiet or settings().disable_progress))
 
 
 def _run(args: argparse.Namespace) -> int:
     if args.command == "fetch":
-        progress = Progress(enabled=not (args.quiet or args.json))
-        result = _puller(args, args.jobs, progress).fetch(args.reference)
+        result = _puller(args, args.jobs, _progress(args)).fetch(args.reference)
         print(json.dumps(result.to_json(), indent=2) if args.json else result.path)
     elif args.command == "inspect":
         info = _puller(args).inspect(args.reference)
@@ -161,7 +206,7 @@ def _run(args: argparse.Namespace) -> int:
     elif args.command == "doctor":
         from .doctor import run_doctor
 
-        report = run_doctor(args.cache_dir)
+        report = run_doctor(args.cache_dir, args.authfile)
         print(json.dumps(report.to_json(), indent=2) if args.json else report.text())
         if not report.ok:
             raise report.error()
@@ -170,8 +215,10 @@ def _run(args: argparse.Namespace) -> int:
     elif args.command == "push":
         from .push import push
 
-        pushed = push(args.directory, args.reference, format=args.format, insecure=args.insecure,
-                      cache_dir=args.cache_dir)
+        crane = Crane(insecure=args.insecure, plain_http=args.plain_http, ca_file=args.ca_file,
+                      authfile=args.authfile)
+        pushed = push(args.directory, args.reference, format=args.format, cache_dir=args.cache_dir, crane=crane,
+                      progress=_progress(args))
         print(json.dumps(pushed.to_json(), indent=2) if args.json else pushed.pinned)
     return 0
 
@@ -237,6 +284,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         check_cache_dir(getattr(args, "cache_dir", None))
         if getattr(args, "subpath", None) is not None:
             normalise_subpath(args.subpath)
+        if hasattr(args, "plain_http"):  # fetch, inspect, push: what crane cannot honour is refused here
+            check_connection(insecure=args.insecure, plain_http=args.plain_http, ca_file=args.ca_file)
+            check_authfile(args.authfile)
+        if getattr(args, "retries", None) is not None:
+            check_retries(args.retries)
     except errors.UsageError as exc:
         parser.error(exc.cause)
     if threading.current_thread() is threading.main_thread():

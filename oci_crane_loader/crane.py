@@ -22,7 +22,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,6 +30,7 @@ from urllib.parse import quote
 
 from . import errors
 from .executable import executable_platform, host_platform
+from .keychain import CredentialSource, crane_environment, find_credentials
 from .settings import settings
 
 log = logging.getLogger(__name__)
@@ -177,9 +178,10 @@ def redact(text: str, secrets: Iterable[str] = ()) -> str:
     return text
 
 
-def configured_secrets(argv: Sequence[str]) -> list[str]:
+def configured_secrets(argv: Sequence[str], env: dict[str, str] | None = None) -> list[str]:
     """The credentials crane would send to the registries named in ``argv``, as `crane auth get` reads them from
-    the docker config (auths, credsStore, credHelpers): asked only when an error is about to be shown."""
+    the credentials file (auths, credsStore, credHelpers) in ``env``: asked only when an error is about to be
+    shown."""
     from .reference import parse_reference
 
     found: list[str] = []
@@ -191,7 +193,7 @@ def configured_secrets(argv: Sequence[str]) -> list[str]:
     for registry in sorted(registries):
         try:
             proc = subprocess.run([argv[0], "auth", "get", "--", registry], capture_output=True, timeout=10,
-                                  env=_environment(), check=False)
+                                  env=env or _environment(), check=False)
             answer = json.loads(proc.stdout) if proc.returncode == 0 else {}
         except Exception:  # best effort: the keyword patterns still apply
             continue
@@ -229,16 +231,67 @@ _RULES = [
 ]
 
 
-def classify(command: Sequence[str], returncode: int, stderr: str, secrets: Iterable[str] = ()) -> errors.CraneError:
-    """Map crane's stderr to one typed error whose cause quotes crane's own (redacted) message."""
+def classify(command: Sequence[str], returncode: int, stderr: str, secrets: Iterable[str] = (),
+             credentials: CredentialSource | None = None) -> errors.CraneError:
+    """Map crane's stderr to one typed error whose cause quotes crane's own (redacted) message; the fix of a
+    credentials error names ``credentials``, the file crane read."""
     clean = redact(stderr.strip(), secrets)
     lines = [line for line in clean.splitlines() if line.strip()]
     message = next((line[len("Error: "):] for line in reversed(lines) if line.startswith("Error: ")),
                    lines[-1] if lines else f"crane exited with status {returncode}")
     for rule in _RULES:
         if rule.pattern.search(clean):
-            return rule.error(f"{rule.what}: {message}", command=list(command), returncode=returncode, stderr=clean)
+            fix = _credentials_fix(rule.error, credentials) if credentials is not None else None
+            return rule.error(f"{rule.what}: {message}", fix, command=list(command), returncode=returncode,
+                              stderr=clean)
     return errors.CraneError(f"crane failed: {message}", command=list(command), returncode=returncode, stderr=clean)
+
+
+def _credentials_fix(error: type[errors.CraneError], source: CredentialSource) -> str | None:
+    if error is errors.CredentialHelperError and source.path is not None:
+        return f"fix or remove the credential helper named in {source.path} (credHelpers / credsStore)"
+    if error is not errors.UnauthorizedError:
+        return None
+    if source.path is None:
+        return (f"log in with `oci-crane login REGISTRY -u USER --password-stdin` (or `docker login REGISTRY`): "
+                f"crane found {source.describe()}")
+    if source.redirect or source.origin in ("REGISTRY_AUTH_FILE", "XDG_RUNTIME_DIR"):
+        return (f"check this registry's credentials in {source.describe()}: `podman login --authfile "
+                f"{source.path} REGISTRY` renews them")
+    return (f"log in with `oci-crane login REGISTRY -u USER --password-stdin` (or `docker login REGISTRY`); "
+            f"crane read {source.describe()}")
+
+
+def check_connection(*, insecure: bool, plain_http: bool, ca_file: str | Path | None) -> Path | None:
+    """Refuse what crane cannot honour; ``ca_file`` as a checked Path. crane has one switch, --insecure, which
+    both allows plain http and skips TLS verification: --plain-http is passed as it, so a CA to verify with
+    means nothing beside either; and on macOS Go verifies with the system keychain only, never a file."""
+    if ca_file is None or str(ca_file) == "":
+        return None
+    if insecure or plain_http:
+        flag = "--insecure" if insecure else "--plain-http"
+        raise errors.UsageError(f"--ca-file and {flag} contradict each other: {flag} makes crane skip TLS "
+                                "verification, so the CA would never be checked",
+                                "keep --ca-file for a registry with a private CA, or drop it for a plain-http one")
+    path = Path(ca_file).expanduser()
+    if sys.platform == "darwin":
+        raise errors.UsageError(
+            "--ca-file cannot be honoured on macOS: crane (Go) verifies TLS with the system keychain only",
+            f"trust the CA in the keychain: sudo security add-trusted-cert -d -r trustRoot -k "
+            f"/Library/Keychains/System.keychain {path}")
+    if not path.is_file():
+        raise errors.UsageError(f"--ca-file {path} is not a file", "name the PEM file of the registry's CA")
+    return path.absolute()
+
+
+def check_authfile(authfile: str | Path | None) -> Path | None:
+    if authfile is None or str(authfile) == "":
+        return None
+    path = Path(authfile).expanduser()
+    if not path.is_file():
+        raise errors.UsageError(f"--authfile {path} is not a file",
+                                "name an auth.json as podman login writes it, or a docker config.json")
+    return path.absolute()
 
 
 # --- running --------------------------------------------------------------------------------------------------
@@ -247,8 +300,13 @@ class Crane:
     """Runs crane. ``offline=True`` is the one switch that forbids the network: every call raises OfflineError."""
 
     def __init__(self, *, insecure: bool = False, offline: bool = False, timeout: float | None = None,
-                 stall_timeout: float | None = None) -> None:
-        self.insecure = insecure
+                 stall_timeout: float | None = None, plain_http: bool = False, ca_file: str | Path | None = None,
+                 authfile: str | Path | None = None) -> None:
+        # How to reach the registry, turned into crane's flags (_argv) and environment (environment) there only.
+        self.insecure = insecure  # skip TLS verification (and allow http): crane --insecure
+        self.plain_http = plain_http  # the registry speaks http: crane has no such flag, --insecure is the nearest
+        self.ca_file = check_connection(insecure=insecure, plain_http=plain_http, ca_file=ca_file)
+        self.authfile = check_authfile(authfile)  # None: the credentials file crane finds (keychain.py)
         self.offline = offline
         self.timeout = timeout or settings().timeout  # OCI_CRANE_TIMEOUT
         # crane blob has no read timeout: a stalled stream hangs forever, so we watch the file grow instead.
@@ -262,11 +320,24 @@ class Crane:
         if self.offline:
             raise errors.OfflineError(f"offline mode forbids `crane {command}`: the model is not fully cached")
         argv = [find_crane(), *command.split(), *options]
-        if self.insecure:
+        if self.insecure or self.plain_http:
             argv.append("--insecure")
         if platform:
             argv += ["--platform", platform]
         return [*argv, "--", *positionals]
+
+    def credentials(self) -> CredentialSource:
+        """The credentials file crane reads for this Crane (looked up at each command: files come and go)."""
+        return find_credentials(self.authfile)
+
+    @contextlib.contextmanager
+    def environment(self) -> Iterator[dict[str, str]]:
+        """crane's environment for one command: the user's, plus the credentials file and CA this Crane names."""
+        with crane_environment(self.credentials(), self.ca_file, _environment()) as env:
+            yield env
+
+    def _failure(self, argv: list[str], returncode: int, stderr: str, env: dict[str, str]) -> errors.CraneError:
+        return classify(argv, returncode, stderr, configured_secrets(argv, env), self.credentials())
 
     def run(self, command: str, *positionals: str, stdin: bytes | None = None, platform: str | None = None,
             options: Sequence[str] = ()) -> bytes:
@@ -274,17 +345,18 @@ class Crane:
         before the ``--`` that ends them; ``positionals`` after it; ``platform`` (os/arch) adds --platform."""
         argv = self._argv(command, *positionals, platform=platform, options=options)
         log.debug("running %s", " ".join(argv))
-        try:
-            proc: subprocess.CompletedProcess[bytes] = subprocess.run(
-                argv, input=stdin, capture_output=True, timeout=self.timeout, env=_environment(),
-                check=False, **_die_with_us())
-        except subprocess.TimeoutExpired as exc:
-            raise errors.CraneTimeoutError(f"`crane {command}` got no answer within {self.timeout:.0f}s",
-                                           command=argv) from exc
-        except FileNotFoundError as exc:
-            raise errors.CraneMissingError(f"crane at {argv[0]} disappeared", command=argv) from exc
-        if proc.returncode != 0:
-            raise classify(argv, proc.returncode, proc.stderr.decode(errors="replace"), configured_secrets(argv))
+        with self.environment() as env:
+            try:
+                proc: subprocess.CompletedProcess[bytes] = subprocess.run(
+                    argv, input=stdin, capture_output=True, timeout=self.timeout, env=env,
+                    check=False, **_die_with_us())
+            except subprocess.TimeoutExpired as exc:
+                raise errors.CraneTimeoutError(f"`crane {command}` got no answer within {self.timeout:.0f}s",
+                                               command=argv) from exc
+            except FileNotFoundError as exc:
+                raise errors.CraneMissingError(f"crane at {argv[0]} disappeared", command=argv) from exc
+            if proc.returncode != 0:
+                raise self._failure(argv, proc.returncode, proc.stderr.decode(errors="replace"), env)
         return proc.stdout
 
     def manifest(self, reference: str) -> bytes:
@@ -304,9 +376,9 @@ class Crane:
         an endless body until its digest check)."""
         argv = self._argv("blob", pinned)
         log.debug("running %s", " ".join(argv))
-        with open(destination, "wb") as out, tempfile.TemporaryFile() as err:
+        with open(destination, "wb") as out, tempfile.TemporaryFile() as err, self.environment() as env:
             try:
-                proc = subprocess.Popen(argv, stdout=out, stderr=err, env=_environment(), **_die_with_us())
+                proc = subprocess.Popen(argv, stdout=out, stderr=err, env=env, **_die_with_us())
             except FileNotFoundError as exc:
                 raise errors.CraneMissingError(f"crane at {argv[0]} disappeared", command=argv) from exc
             if size is not None:
@@ -321,7 +393,7 @@ class Crane:
                 raise _oversized(pinned, size, argv)
             if proc.returncode != 0:
                 err.seek(0)
-                raise classify(argv, proc.returncode, err.read().decode(errors="replace"), configured_secrets(argv))
+                raise self._failure(argv, proc.returncode, err.read().decode(errors="replace"), env)
 
     def _watch(self, proc: subprocess.Popen[bytes], fd: int, progress: Callable[[int], None] | None,
                pinned: str, argv: list[str], limit: int | None = None,

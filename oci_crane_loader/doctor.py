@@ -1,6 +1,6 @@
 """`oci-crane doctor`: check the setup, one line per check. crane and the cache are required; the rest is advice.
 
-Never prints a credential: of the docker config only file names, registry names and helper names are shown.
+Never prints a credential: of the credentials file only its name, registry names and helper names are shown.
 """
 
 from __future__ import annotations
@@ -14,10 +14,10 @@ import sys
 from dataclasses import dataclass
 
 from . import errors
-from .auth import docker_config_path
 from .cache.store import Store, remove_tree
 from .crane import MINIMUM_VERSION, SOURCE_NAMES, choose_crane
 from .executable import host_platform
+from .keychain import find_credentials
 from .progress import human
 
 MIN_FREE_BYTES = 1 << 30  # less than this cannot hold a model worth serving
@@ -94,18 +94,30 @@ def check_cache(cache_dir: str | None) -> Check:
     return Check("cache", True, f"{store.root} writable, {human(free)} free", required=True)
 
 
-def check_docker_config() -> list[Check]:
-    """The file itself, then one check per credential helper it names (credsStore, credHelpers)."""
-    path = docker_config_path()
+CREDENTIALS = "credentials"
+
+
+def check_credentials(authfile: str | None = None) -> list[Check]:
+    """The credentials file crane reads and where that choice comes from (keychain.py: crane's order, and what we
+    add), the files passed over; then one check per credential helper it names (credsStore, credHelpers)."""
+    source = find_credentials(authfile)
+    passed_over = "".join(f"; {line}" for line in source.ignored)
+    path = source.path
+    if path is None:
+        return [Check(CREDENTIALS, True, "no credentials file (looked for $DOCKER_CONFIG/config.json, "
+                                         "~/.docker/config.json, $REGISTRY_AUTH_FILE, $XDG_RUNTIME_DIR/containers/"
+                                         "auth.json, ~/.config/containers/auth.json): anonymous pulls only "
+                                         "(oci-crane login, docker login or podman login create one)")]
     if not path.is_file():
-        return [Check("docker config", True, f"{path} not found: anonymous pulls only (docker login creates it)")]
+        return [Check(CREDENTIALS, False, f"{source.describe()}{passed_over}",
+                      f"create it (oci-crane login), or unset {source.origin}")]
     fix = "fix the JSON or move the file away; crane cannot authenticate until then"
     try:
         data = json.loads(path.read_text())
     except (OSError, ValueError) as exc:  # JSONDecodeError's message holds a position, never the content
-        return [Check("docker config", False, f"{path} cannot be read: {exc}", fix)]
+        return [Check(CREDENTIALS, False, f"{path} cannot be read: {exc}", fix)]
     if not isinstance(data, dict):
-        return [Check("docker config", False, f"{path} cannot be read: not a JSON object", fix)]
+        return [Check(CREDENTIALS, False, f"{path} cannot be read: not a JSON object", fix)]
     auths = data.get("auths")
     registries = len(auths) if isinstance(auths, dict) else 0
     helpers: dict[str, list[str]] = {}  # helper name -> where it is used
@@ -118,8 +130,9 @@ def check_docker_config() -> list[Check]:
             if isinstance(helper, str) and helper:
                 shown = f"***@{registry.rpartition('@')[2]}" if "@" in registry else registry  # user:pass@host
                 helpers.setdefault(helper, []).append(f"credHelpers[{shown}]")
-    checks = [Check("docker config", True, f"{path}: {registries} registr{'y' if registries == 1 else 'ies'} "
-                                           f"in auths, {len(helpers)} credential helper(s)")]
+    handed = "; handed to crane as DOCKER_CONFIG, crane does not look there itself" if source.redirect else ""
+    checks = [Check(CREDENTIALS, True, f"{source.describe()}: {registries} registr{'y' if registries == 1 else 'ies'}"
+                                       f" in auths, {len(helpers)} credential helper(s){handed}{passed_over}")]
     for helper, uses in helpers.items():
         binary = f"docker-credential-{helper}"
         found = shutil.which(binary)
@@ -159,6 +172,6 @@ def check_plugin() -> Check:
     return Check("vllm plugin", True, f"entry point {PLUGIN_NAME} = {found[0].value} ({PLUGIN_GROUP})")
 
 
-def run_doctor(cache_dir: str | None = None) -> DoctorReport:
-    return DoctorReport((check_crane(), check_cache(cache_dir), *check_docker_config(), check_vllm(),
+def run_doctor(cache_dir: str | None = None, authfile: str | None = None) -> DoctorReport:
+    return DoctorReport((check_crane(), check_cache(cache_dir), *check_credentials(authfile), check_vllm(),
                          check_plugin()))

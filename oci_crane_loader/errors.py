@@ -195,13 +195,13 @@ class CraneTimeoutError(NetworkError, TimeoutError):
 
 class TLSError(CraneError, ConnectionError):
     default_fix = (
-        "trust the registry's CA (SSL_CERT_FILE=/path/ca.pem) or, for a registry you control on a trusted "
-        "network, pass --insecure"
+        "trust the registry's CA with --ca-file /path/ca.pem (or SSL_CERT_FILE=/path/ca.pem); a registry that "
+        "speaks plain http: --plain-http; a registry you control on a trusted network: --insecure"
     )
 
 
 class CredentialHelperError(CraneError, PermissionError):
-    default_fix = "fix or remove the credential helper named in ~/.docker/config.json (credHelpers / credsStore)"
+    default_fix = "fix or remove the credential helper named in the docker config (credHelpers / credsStore)"
 
 
 class CraneIntegrityError(CraneError, IntegrityError):

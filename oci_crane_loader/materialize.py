@@ -294,9 +294,11 @@ def shard_names(shards: list[LayerPlan], store: Store, model_dir: Path) -> list[
 
 
 def materialize(store: Store, plan: Plan, manifest_digest: str, *, weights: bool = True,
-                subpath: str | None = None) -> Path:
-    """The model directory (``weights=False``: only config, tokenizer and other small files, under configs/)."""
-    final = store.model_path(manifest_digest, subpath) if weights else store.config_path(manifest_digest, subpath)
+                subpath: str | None = None, variant: str | None = None) -> Path:
+    """The model directory (``weights=False``: only config, tokenizer and other small files, under configs/).
+    ``variant`` names a filtered plan (--include/--exclude): a set of files, not checked as a loadable model."""
+    final = (store.model_path(manifest_digest, subpath, variant) if weights
+             else store.config_path(manifest_digest, subpath))
     if final.is_dir():
         return final
     work = store.new_model_dir(manifest_digest)
@@ -318,13 +320,8 @@ def materialize(store: Store, plan: Plan, manifest_digest: str, *, weights: bool
             for shard, name in zip(shards, shard_names(shards, store, work), strict=True):
                 link_or_copy(store.blob_path(shard.descriptor.digest), work / name)
         model_root = _model_root(work, plan, subpath)
-        if not (model_root / "config.json").is_file():  # vLLM and transformers cannot start without it
-            raise missing_config(plan)
-        if weights:
-            if not check_model_dir(model_root) and plan.find_root:  # the guessed directory may be the wrong one
-                raise missing_safetensors(work, model_root)
-        elif (model_root / INDEX_NAME).exists():
-            read_index(model_root / INDEX_NAME)
+        if variant is None:  # a filtered fetch is the files asked for (digest-verified), not checked as a model
+            _check_model(model_root, work, plan, weights=weights)
         if model_root != work:  # keep only the model directory: move it out of the tree, drop the rest
             chosen = store.temp_path("model-root")
             os.rename(model_root, chosen)
@@ -333,6 +330,16 @@ def materialize(store: Store, plan: Plan, manifest_digest: str, *, weights: bool
         return store.publish_dir(work, final)
     finally:
         remove_tree(work)  # nothing left behind when validation fails; a no-op after publishing
+
+
+def _check_model(model_root: Path, work: Path, plan: Plan, *, weights: bool) -> None:
+    if not (model_root / "config.json").is_file():  # vLLM and transformers cannot start without it
+        raise missing_config(plan)
+    if weights:
+        if not check_model_dir(model_root) and plan.find_root:  # the guessed directory may be the wrong one
+            raise missing_safetensors(work, model_root)
+    elif (model_root / INDEX_NAME).exists():
+        read_index(model_root / INDEX_NAME)
 
 
 def missing_config(plan: Plan) -> InvalidModelError:

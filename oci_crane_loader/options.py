@@ -6,13 +6,15 @@ before anything is downloaded or created; the environment's OCI_CRANE_* settings
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from . import errors
+from .crane import check_authfile, check_connection
 from .paths import safe_relative_path
-from .settings import Settings, settings
+from .settings import Settings, parse_retries, settings
 
 MAX_JOBS = 64  # concurrent crane processes; more only thrashes the registry and the disk
 
@@ -24,19 +26,51 @@ class FetchOptions:
     cache_dir: Path | None = None  # None: OCI_CRANE_LOADER_CACHE or ~/.cache/oci-crane-loader
     platform: str | None = None  # os/arch[/variant] to choose from an image index; None: the host's
     offline: bool = False  # the option or OCI_CRANE_OFFLINE=1: the cache only
-    insecure: bool = False
+    insecure: bool = False  # skip TLS verification (crane --insecure)
     jobs: int = 4
     subpath: str | None = None  # normalised: "models/b", never "/models/b/" (it names the model directory)
+    plain_http: bool = False  # the registry speaks http (crane --insecure: see crane.check_connection)
+    ca_file: Path | None = None  # a private CA to trust besides the system's
+    authfile: Path | None = None  # the credentials file (podman's auth.json or a docker config.json)
+    retries: int = 2  # new tries of a blob download whose stream broke (--retries, OCI_CRANE_RETRIES)
+    include: tuple[str, ...] = ()  # fnmatch patterns on the model's file paths: only these (none: all)
+    exclude: tuple[str, ...] = ()  # ... and not these
     settings: Settings = field(default_factory=Settings)  # the OCI_CRANE_* environment, read once
 
 
 def fetch_options(*, cache_dir: str | Path | None = None, platform: str | None = None, offline: bool = False,
-                  insecure: bool = False, jobs: int = 4, subpath: str | None = None) -> FetchOptions:
-    """The one place the options of a fetch are checked; UsageError names the option and how to fix it."""
+                  insecure: bool = False, jobs: int = 4, subpath: str | None = None, plain_http: bool = False,
+                  ca_file: str | Path | None = None, authfile: str | Path | None = None,
+                  retries: int | None = None, include: Sequence[str] = (),
+                  exclude: Sequence[str] = ()) -> FetchOptions:
+    """The one place the options of a fetch are checked; UsageError names the option and how to fix it.
+    ``retries`` None: OCI_CRANE_RETRIES, else 2."""
     environment = settings()
     return FetchOptions(cache_dir=check_cache_dir(cache_dir), platform=platform or None,
                         offline=offline or environment.offline, insecure=insecure, jobs=check_jobs(jobs),
-                        subpath=normalise_subpath(subpath), settings=environment)
+                        subpath=normalise_subpath(subpath), plain_http=plain_http,
+                        ca_file=check_connection(insecure=insecure, plain_http=plain_http, ca_file=ca_file),
+                        authfile=check_authfile(authfile),
+                        retries=environment.retries if retries is None else check_retries(retries),
+                        include=check_patterns(include, "--include"), exclude=check_patterns(exclude, "--exclude"),
+                        settings=environment)
+
+
+def check_retries(retries: object) -> int:
+    if isinstance(retries, bool) or not isinstance(retries, int | str):
+        raise errors.UsageError(f"--retries {retries!r} is not a number", "pass --retries 0 to 20")
+    try:
+        return parse_retries(retries, "--retries", Settings.retries)
+    except errors.SettingsError as exc:
+        raise errors.UsageError(exc.cause.replace("--retries=", "--retries "), exc.fix) from None
+
+
+def check_patterns(patterns: Sequence[str] | str, option: str) -> tuple[str, ...]:
+    """Glob patterns (fnmatch: ``*``, ``?``, ``[...]``) matched against the model's relative file paths."""
+    if isinstance(patterns, str) or not all(isinstance(pattern, str) and pattern.strip() for pattern in patterns):
+        raise errors.UsageError(f"{option} {patterns!r} is not a list of glob patterns",
+                                f"pass {option} once per pattern, e.g. {option} '*.json'")
+    return tuple(pattern.strip().lstrip("/") for pattern in patterns)
 
 
 def check_jobs(jobs: object) -> int:
@@ -70,7 +104,8 @@ def normalise_subpath(subpath: str | None) -> str | None:
 
 # --- vLLM's --model-loader-extra-config ------------------------------------------------------------------------
 
-_EXTRA_KEYS: dict[str, type] = {"jobs": int, "platform": str, "insecure": bool, "offline": bool, "subpath": str}
+_EXTRA_KEYS: dict[str, type] = {"jobs": int, "platform": str, "insecure": bool, "offline": bool, "subpath": str,
+                                "plain_http": bool, "ca_file": str, "authfile": str, "retries": int}
 
 
 def from_extra_config(extra: dict[str, Any] | str | None, download_dir: str | Path | None) -> FetchOptions:
@@ -98,6 +133,7 @@ def from_extra_config(extra: dict[str, Any] | str | None, download_dir: str | Pa
     try:
         return fetch_options(cache_dir=download_dir or None, **extra)
     except errors.UsageError as exc:  # said in the loader's terms: the option is a key of the extra config
-        cause = exc.cause.replace("--jobs", "model_loader_extra_config['jobs']").replace(
-            "--subpath", "model_loader_extra_config['subpath']")
+        cause = exc.cause
+        for key in ("jobs", "subpath", "plain_http", "ca_file", "authfile", "retries", "insecure"):
+            cause = cause.replace(f"--{key.replace('_', '-')}", f"model_loader_extra_config['{key}']")
         raise errors.UsageError(f"oci-crane: {cause}", exc.fix) from None

@@ -22,6 +22,7 @@ from .cache.store import Store, remove_tree
 from .crane import Crane
 from .formats import Action, LayerPlan, Plan, recognise
 from .formats.index import select_child
+from .formats.plan import filter_key, filter_plan
 from .materialize import extract_tar, list_files, materialize, tar_names
 from .oci import Descriptor, Manifest, parse_manifest_or_index, sha256_digest
 from .options import MAX_JOBS, FetchOptions
@@ -30,7 +31,6 @@ from .reference import Reference, parse_reference
 
 log = logging.getLogger(__name__)
 
-RETRIES = 3  # crane retries until response headers; a body that drops mid-stream is retried here, from zero
 # Manifests and configs are read into memory and parsed whole; real ones are kilobytes (registries cap manifests at
 # 4 MiB), so anything far larger is refused before it is downloaded or parsed.
 MAX_DOCUMENT_SIZE = 8 << 20
@@ -84,14 +84,17 @@ def open_puller(options: FetchOptions, progress: Progress | None = None) -> Pull
     """The Puller for ``options`` (see options.fetch_options): the command line, the Python API and the vLLM
     loader all get theirs here."""
     crane = Crane(insecure=options.insecure, offline=options.offline, timeout=options.settings.timeout,
-                  stall_timeout=options.settings.stall_timeout)
+                  stall_timeout=options.settings.stall_timeout, plain_http=options.plain_http,
+                  ca_file=options.ca_file, authfile=options.authfile)
     return Puller(Store(options.cache_dir), crane, jobs=options.jobs, progress=progress, subpath=options.subpath,
-                  platform=options.platform)
+                  platform=options.platform, retries=options.retries, include=options.include,
+                  exclude=options.exclude)
 
 
 class Puller:
     def __init__(self, store: Store, crane: Crane, *, jobs: int = 4, progress: Progress | None = None,
-                 subpath: str | None = None, platform: str | None = None) -> None:
+                 subpath: str | None = None, platform: str | None = None, retries: int = 2,
+                 include: tuple[str, ...] = (), exclude: tuple[str, ...] = ()) -> None:
         if not 1 <= jobs <= MAX_JOBS:
             raise errors.UsageError(f"jobs must be 1 to {MAX_JOBS}, not {jobs}", f"pass --jobs 1 to {MAX_JOBS}")
         self.subpath = subpath  # the model directory inside an image or artifact (normalised), when the user names it
@@ -100,6 +103,9 @@ class Puller:
         self.crane = crane
         self.jobs = jobs
         self.progress = progress or Progress(enabled=False)
+        # crane retries until response headers; a body that drops mid-stream is tried again here, from zero
+        self.retries = retries
+        self.include, self.exclude = include, exclude  # fetch only: which files (formats/plan.filter_plan)
 
     # --- manifests ---------------------------------------------------------------------------------------------
     def _manifest_by_digest(self, reference: Reference, digest: str) -> bytes:
@@ -154,7 +160,8 @@ class Puller:
         pinned = f"{reference.repository_name}@{descriptor.digest}"
 
         def download(temp: Path) -> None:
-            for attempt in range(1, RETRIES + 1):
+            self.progress.begin(descriptor)
+            for attempt in range(1, self.retries + 2):
                 if cancel is not None and cancel.is_set():
                     raise errors.CancelledError(f"download of {pinned} was cancelled")
                 received = 0
@@ -169,10 +176,10 @@ class Puller:
                     return
                 except errors.NetworkError as exc:  # includes stalls; auth, TLS and integrity are not retried
                     self.progress.advance(-received)
-                    if attempt == RETRIES:
+                    if attempt > self.retries:
                         raise
                     log.warning("download of %s failed (%s); retry %d of %d", pinned, exc.cause, attempt,
-                                RETRIES - 1)
+                                self.retries)
                     if cancel is not None:
                         cancel.wait(attempt)
                     else:
@@ -192,7 +199,8 @@ class Puller:
     def ensure_blobs(self, reference: Reference, layers: Iterable[LayerPlan],
                      on_ready: Callable[[LayerPlan, Path], None] | None = None) -> None:
         layers = list(layers)
-        self.progress.start(sum(layer.descriptor.size for layer in layers), len(layers))
+        self.progress.start(sum(layer.descriptor.size for layer in layers), len(layers),
+                            {layer.descriptor.digest: layer.path for layer in layers if layer.path})
         cancel = threading.Event()
         failures: list[BaseException] = []
 
@@ -266,7 +274,8 @@ class Puller:
         """The full model directory, once every weight blob is in the cache (see ``ensure_blobs``)."""
         return materialize(self.store, plan, resolved.digest, subpath=self.subpath)
 
-    def _download_and_materialize(self, resolved: Resolved, plan: Plan, *, weights: bool) -> Path:
+    def _download_and_materialize(self, resolved: Resolved, plan: Plan, *, weights: bool,
+                                  variant: str | None = None) -> Path:
         """Free space checked for the whole model, the small layers downloaded (config, tokenizer: they name the
         shards and fail fast on a bad artifact), then with ``weights`` the weight layers; the directory made
         (``weights=False``: the config directory, weights to be streamed later)."""
@@ -275,7 +284,8 @@ class Puller:
         self._check_subpath_in_archives(plan)
         if weights:
             self.ensure_blobs(resolved.reference, plan.weight_layers)
-        return materialize(self.store, plan, resolved.digest, weights=weights, subpath=self.subpath)
+        return materialize(self.store, plan, resolved.digest, weights=weights, subpath=self.subpath,
+                           variant=variant)
 
     # --- whole operations --------------------------------------------------------------------------------------
     def fetch(self, text: str) -> FetchResult:
@@ -283,11 +293,14 @@ class Puller:
         resolved = self.resolve(reference)
         with self.store.fetching(resolved.index_digest or resolved.digest):
             plan = self.plan(resolved)
-            path = self.store.model_path(resolved.digest, self.subpath)
+            variant = filter_key(self.include, self.exclude)
+            if variant is not None:
+                plan = filter_plan(plan, self.include, self.exclude)
+            path = self.store.model_path(resolved.digest, self.subpath, variant)
             if path.is_dir():
                 self.check_cached(resolved, plan)
             else:
-                path = self._download_and_materialize(resolved, plan, weights=True)
+                path = self._download_and_materialize(resolved, plan, weights=True, variant=variant)
             self.record(resolved)
         files = list_files(path)
         return FetchResult(str(reference), resolved.digest, resolved.pinned, path, plan.format, files,

@@ -21,6 +21,7 @@ from .crane import Crane
 from .formats.dmr_pack import pack_dmr
 from .formats.modelpack_pack import pack_modelpack
 from .packing import collect_files, read_hf_config
+from .progress import Progress, human
 from .reference import parse_reference
 from .safetensors_check import check_model_dir
 
@@ -85,9 +86,11 @@ def _scratch_dir(model_dir: Path, store: Store) -> Path:
 
 
 def push(model_dir: str | os.PathLike[str], reference: str, *, format: str = "modelpack", insecure: bool = False,
-         cache_dir: str | os.PathLike[str] | None = None, crane: Crane | None = None) -> PushResult:
+         cache_dir: str | os.PathLike[str] | None = None, crane: Crane | None = None,
+         progress: Progress | None = None) -> PushResult:
     """Validate ``model_dir``, pack it (``format``: "modelpack" or "dmr") and push it to ``reference`` (a tag).
 
+    ``progress`` shows each step with its time: `crane push` reports no byte counts, so there is no bar.
     Raises InvalidModelError for a directory that is not a loadable model, InvalidReferenceError for a reference
     without a tag to push to, and the CraneError subclasses for registry failures. Nothing is pushed unless the
     directory is valid."""
@@ -101,20 +104,24 @@ def push(model_dir: str | os.PathLike[str], reference: str, *, format: str = "mo
             f"cannot push to {reference!r}: a digest reference names an existing manifest, a push needs a tag",
             f"push to a tag, e.g. {parsed.repository_name}:v1; the pinned repo@sha256:... is printed afterwards")
     store = Store(Path(cache_dir) if cache_dir is not None else None)
+    progress = progress or Progress(enabled=False)
+    size = sum((directory / name).stat().st_size for name in files)
+    what = f"{len(files)} files, {human(size)}"
     layout = _scratch_dir(directory, store)
     try:
-        if format == "modelpack":
-            digest = pack_modelpack(directory, layout)
-        else:
-            digest = pack_dmr(directory, layout, version="v0.2")
+        with progress.working(f"packing {what} as {format}"):  # hashes every file: minutes for large weights
+            if format == "modelpack":
+                digest = pack_modelpack(directory, layout)
+            else:
+                digest = pack_dmr(directory, layout, version="v0.2")
         log.debug("packed %s as %s: manifest %s in %s", directory, format, digest, layout)
-        pinned = (crane or Crane(insecure=insecure)).push(layout, parsed.name)
+        with progress.working(f"pushing {what} to {parsed.name} (crane reports no byte counts)"):
+            pinned = (crane or Crane(insecure=insecure)).push(layout, parsed.name)
     finally:
         remove_tree(layout)
     pushed = pinned.rpartition("@")[2]
     if pushed != digest:
         raise errors.IntegrityError(f"crane reported manifest {pushed} but the packed manifest is {digest}",
                                     "run again with --debug; check the crane version (oci-crane doctor)")
-    size = sum((directory / name).stat().st_size for name in files)
     return PushResult(reference=str(parsed), pinned=pinned, digest=digest, format=_FORMAT_NAMES[format],
                       files=files, bytes=size)

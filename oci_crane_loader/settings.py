@@ -48,6 +48,8 @@ class Settings:
     no_fsync: bool = False  # OCI_CRANE_NO_FSYNC: skip fsync, for throwaway caches
     cache_dir: Path | None = None  # OCI_CRANE_LOADER_CACHE: the cache root
     unpack: UnpackLimits = UnpackLimits()  # OCI_CRANE_MAX_UNPACK_RATIO / _BYTES / _ENTRIES
+    retries: int = 2  # OCI_CRANE_RETRIES: new tries of a blob download whose stream broke (0: none)
+    disable_progress: bool = False  # OCI_CRANE_DISABLE_PROGRESS: no progress on stderr, as --quiet
 
     @classmethod
     def from_environment(cls, env: Mapping[str, str]) -> Settings:
@@ -57,7 +59,23 @@ class Settings:
                    lock_timeout=_seconds(env, "OCI_CRANE_LOCK_TIMEOUT", cls.lock_timeout),
                    offline=_flag(env, "OCI_CRANE_OFFLINE"), no_fsync=_flag(env, "OCI_CRANE_NO_FSYNC"),
                    cache_dir=Path(cache).expanduser() if cache else None,
-                   unpack=UnpackLimits.from_environment(env))
+                   unpack=UnpackLimits.from_environment(env), retries=parse_retries(
+                       env.get("OCI_CRANE_RETRIES", ""), "OCI_CRANE_RETRIES", cls.retries),
+                   disable_progress=_flag(env, "OCI_CRANE_DISABLE_PROGRESS"))
+
+
+MAX_RETRIES = 20
+
+
+def parse_retries(text: str | int, name: str, default: int) -> int:
+    """A count of new tries, 0 to MAX_RETRIES (``--retries`` and OCI_CRANE_RETRIES alike); "" is the default."""
+    raw = str(text).strip()
+    if not raw:
+        return default
+    if raw.isdigit() and int(raw) <= MAX_RETRIES:
+        return int(raw)
+    raise errors.SettingsError(f"{name}={raw!r} is not a number of retries from 0 to {MAX_RETRIES}",
+                               f"set {name} to 0 (no retry) .. {MAX_RETRIES} (default {default})")
 
 
 def _seconds(env: Mapping[str, str], name: str, default: float) -> float:
@@ -95,6 +113,31 @@ def _flag(env: Mapping[str, str], name: str) -> bool:
         raise errors.SettingsError(f"{name}={text!r} is neither on nor off",
                                    f"set {name} to 1 (on) or 0 (off), or unset it")
     return text in _TRUE
+
+
+# Every variable this package reads, for `oci-crane --help` (a test checks that none is missing).
+VARIABLES = {
+    "OCI_CRANE_LOADER_CACHE": "the cache root (default ~/.cache/oci-crane-loader; --cache-dir wins)",
+    "OCI_CRANE_OFFLINE": "1: the cache only, never the network (as --offline)",
+    "OCI_CRANE_RETRIES": f"new tries of a blob download whose stream broke, 0-{MAX_RETRIES} (default "
+                         f"{Settings.retries}; --retries wins)",
+    "OCI_CRANE_TIMEOUT": f"seconds a crane command (manifest, push) may take (default {Settings.timeout:g})",
+    "OCI_CRANE_STALL_TIMEOUT": f"seconds a download may go without a byte (default {Settings.stall_timeout:g})",
+    "OCI_CRANE_LOCK_TIMEOUT": f"seconds to wait for another process's cache lock (default "
+                              f"{Settings.lock_timeout:g})",
+    "OCI_CRANE_DISABLE_PROGRESS": "1: no progress on stderr (as --quiet)",
+    "OCI_CRANE_NO_FSYNC": "1: skip fsync, for throwaway caches",
+    "OCI_CRANE_MAX_UNPACK_RATIO": f"unpacked bytes per archive byte (default {UnpackLimits.ratio:g})",
+    "OCI_CRANE_MAX_UNPACK_BYTES": "unpacked bytes of one archive, e.g. 2T (default 1T)",
+    "OCI_CRANE_MAX_UNPACK_ENTRIES": f"files in one archive (default {UnpackLimits.entries})",
+    "OCI_CRANE_BINARY": "the crane executable to run (default: the bundled copy, then PATH)",
+}
+
+
+def environment_help() -> str:
+    """The variables, one a line, for the end of `oci-crane --help`."""
+    width = max(map(len, VARIABLES))
+    return "environment:\n" + "\n".join(f"  {name:<{width}}  {text}" for name, text in VARIABLES.items())
 
 
 @functools.cache

@@ -298,7 +298,7 @@ def test_doctor_names_a_missing_credential_helper_and_never_prints_auth(crane_bi
     assert "FAIL  credential helper oci-crane-test-missing: docker-credential-oci-crane-test-missing is not on PATH" \
         in text.stdout
     found = checks(as_json)
-    assert found["docker config"]["ok"] is True and "1 registry in auths" in str(found["docker config"]["detail"])
+    assert found["credentials"]["ok"] is True and "1 registry in auths" in str(found["credentials"]["detail"])
     assert found["credential helper oci-crane-test-missing"]["ok"] is False
     helper = found["credential helper ocicranefake"]
     assert helper["ok"] is True and str(fake) in str(helper["detail"]) and "reg.example.com" in str(helper["detail"])

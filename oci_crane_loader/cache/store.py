@@ -55,7 +55,7 @@ LAYOUT_MARKER = ".layout-2"  # in refs/: the refs were moved to the @tags/ layou
 FETCHING = "fetching-"  # tmp/ marker of a fetch in progress
 _HEX = re.compile(r"[a-f0-9]{64}")
 _DIGEST = re.compile(r"sha256:[a-f0-9]{64}")
-_DIR_NAME = re.compile(r"([a-f0-9]{64})(-[a-f0-9]+)?")  # a manifest digest, plus a hash of --subpath if chosen
+_DIR_NAME = re.compile(r"([a-f0-9]{64})(-[a-f0-9]+)?")  # a manifest digest, plus a hash of --subpath/filters
 _DIR_KINDS = (("model", "models"), ("config", "configs"))
 
 
@@ -107,9 +107,11 @@ class ScratchEntry:
     fetching: str | None  # for a fetch marker: the digest whose blobs and directories the running fetch needs
 
 
-def _model_name(manifest_digest: str, subpath: str | None) -> str:
-    """A model directory's name: the manifest digest's hex, plus ``-<hash of --subpath>`` when one was chosen."""
-    suffix = f"-{hashlib.sha256(subpath.encode()).hexdigest()[:12]}" if subpath else ""
+def _model_name(manifest_digest: str, subpath: str | None, variant: str | None = None) -> str:
+    """A model directory's name: the manifest digest's hex, plus ``-<hash of --subpath>`` when one was chosen, or
+    of --subpath and ``variant`` (the --include/--exclude filters) when filtered: never the full model's name."""
+    key = f"{subpath or ''}\n{variant}" if variant else subpath
+    suffix = f"-{hashlib.sha256(key.encode()).hexdigest()[:12]}" if key else ""
     return digest_hex(manifest_digest) + suffix
 
 
@@ -149,8 +151,8 @@ class Store:
     def manifest_path(self, digest: str) -> Path:
         return self.root / "manifests" / "sha256" / digest_hex(digest)
 
-    def model_path(self, manifest_digest: str, subpath: str | None = None) -> Path:
-        return self.root / "models" / "sha256" / _model_name(manifest_digest, subpath)
+    def model_path(self, manifest_digest: str, subpath: str | None = None, variant: str | None = None) -> Path:
+        return self.root / "models" / "sha256" / _model_name(manifest_digest, subpath, variant)
 
     def config_path(self, manifest_digest: str, subpath: str | None = None) -> Path:
         """Config and tokenizer files only: what vLLM reads as `model` before the weights stream in."""

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
+import fnmatch
+import functools
+import json
 from dataclasses import dataclass, field
 from enum import Enum
 
-from ..errors import InvalidModelError
+from ..errors import InvalidModelError, UsageError
 from ..oci import Descriptor
 
 # Layers larger than this are fetched with the weights (in parallel, after config and tokenizer) and are never
@@ -62,3 +66,35 @@ def check_unique_paths(layers: list[LayerPlan]) -> None:
                 f"two layers ({seen[layer.path][:19]}, {layer.descriptor.digest[:19]}) both write {layer.path!r}",
                 "re-push the artifact with one layer per file")
         seen[layer.path] = layer.descriptor.digest
+
+
+def filter_plan(plan: Plan, include: tuple[str, ...], exclude: tuple[str, ...]) -> Plan:
+    """Only the file layers whose path (as `oci-crane inspect` lists it) matches an ``include`` pattern (all, when
+    none) and no ``exclude`` pattern, fnmatch-style as `hf download` does. Small archives (config, tokenizer) are
+    kept whole: their files are named only inside. Weights named only inside an archive or once downloaded
+    (unnamed shards, image layers) cannot be chosen by name: refused, rather than downloading what was filtered
+    out."""
+    unnamed = [layer for layer in plan.layers if layer.path is None or layer.action is not Action.FILE]
+    if plan.find_root or any(layer.weights for layer in unnamed):
+        raise UsageError(f"--include/--exclude choose files by name, but this {plan.format} artifact holds weights "
+                         "named only inside archives or once downloaded",
+                         "fetch it without --include/--exclude (`oci-crane inspect REF` lists its layers)")
+
+    def wanted(layer: LayerPlan) -> bool:
+        if layer.path is None or layer.action is not Action.FILE:
+            return True  # a small archive, kept whole
+        matches = functools.partial(fnmatch.fnmatchcase, layer.path)
+        return (not include or any(map(matches, include))) and not any(map(matches, exclude))
+
+    kept = [layer for layer in plan.layers if wanted(layer)]
+    if not any(layer.action is Action.FILE for layer in kept):
+        raise UsageError(f"--include/--exclude match none of the {plan.format} artifact's files",
+                         "`oci-crane inspect REF` lists them; quote the patterns so that the shell leaves them alone")
+    return dataclasses.replace(plan, layers=kept)
+
+
+def filter_key(include: tuple[str, ...], exclude: tuple[str, ...]) -> str | None:
+    """The filters as one text (pattern order aside), naming the model directory of a filtered fetch."""
+    if not include and not exclude:
+        return None
+    return json.dumps({"include": sorted(set(include)), "exclude": sorted(set(exclude))})

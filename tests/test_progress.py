@@ -1,0 +1,122 @@
+"""What a person sees while `fetch` and `push` run: bars on a terminal (under tmux), a line per file on a pipe,
+nothing with --quiet or OCI_CRANE_DISABLE_PROGRESS=1."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import numpy as np
+import pytest
+from safetensors.numpy import save_file
+from support.commands import REPO_ROOT, run_cli
+from support.throttle import throttled
+
+SHARDS = ("model-00001-of-00003.safetensors", "model-00002-of-00003.safetensors", "model-00003-of-00003.safetensors")
+
+
+def write_large_model(directory: Path) -> Path:
+    """Three 2 MiB safetensors shards, config and tokenizer: enough bytes for a bar at a throttled rate."""
+    directory.mkdir(parents=True)
+    rng = np.random.default_rng(7)
+    weight_map = {}
+    for number, name in enumerate(SHARDS):
+        tensors = {f"layers.{number}.weight": rng.standard_normal((512, 1024)).astype(np.float32)}
+        save_file(tensors, str(directory / name), metadata={"format": "pt"})
+        weight_map.update(dict.fromkeys(tensors, name))
+    (directory / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
+    (directory / "config.json").write_text(json.dumps({"architectures": ["TestModel"], "hidden_size": 8}))
+    (directory / "tokenizer_config.json").write_text(json.dumps({"model_max_length": 128}))
+    return directory
+
+
+@pytest.fixture
+def pushed(registry, tmp_path):
+    """The model pushed with `oci-crane push` (its progress on a pipe checked on the way); the reference."""
+    reference = f"{registry.host}/progress/model:v1"
+    done = run_cli("push", str(write_large_model(tmp_path / "model")), reference)
+    assert done.returncode == 0, done.stderr
+    lines = done.stderr.splitlines()
+    assert any(re.fullmatch(r"packing 6 files, 6\.0 MiB as modelpack: done in [\d.]+s", line) for line in lines), lines
+    assert any(re.fullmatch(rf"pushing 6 files, 6\.0 MiB to {re.escape(reference)} \(crane reports no byte counts\): "
+                            r"done in [\d.]+s", line) for line in lines), lines
+    return reference
+
+
+def test_pipe_gets_one_plain_line_per_file_and_no_rich(pushed, cache_dir):
+    done = subprocess.run([sys.executable, "-X", "importtime", "-m", "oci_crane_loader", "fetch", pushed,
+                           "--cache-dir", str(cache_dir), "--jobs", "2"], capture_output=True, text=True,
+                          cwd=REPO_ROOT, timeout=300, check=False)
+    assert done.returncode == 0, done.stderr
+    lines = [line for line in done.stderr.splitlines() if not line.startswith("import time:")]
+    imported = {line.rsplit("|", 1)[-1].strip() for line in done.stderr.splitlines() if line.startswith("import time:")}
+    assert not {name for name in imported if name.split(".")[0] == "rich"}  # a pipe never loads the bar library
+    fetched = [line for line in lines if line.startswith("fetched ")]
+    names = {re.match(r"fetched (\S+) \(", line)[1] for line in fetched}  # type: ignore[index]
+    assert names == {*SHARDS, "config.json", "tokenizer_config.json", "model.safetensors.index.json"}
+    assert len(fetched) == len(lines) == 6  # nothing else: no bar, no carriage return, no escape sequence
+    assert all(re.fullmatch(r"fetched \S+ \([\d.]+ (B|KiB|MiB)\) \[\d/\d\]", line) for line in fetched), fetched
+
+
+@pytest.mark.parametrize("silence", [["--quiet"], ["--quiet", "--json"], ["--json"]])
+def test_quiet_and_the_switch_leave_stderr_empty(pushed, cache_dir, silence):
+    env = {"OCI_CRANE_DISABLE_PROGRESS": "1"} if silence == ["--json"] else {}
+    done = run_cli("fetch", pushed, "--cache-dir", str(cache_dir), *silence, env=env)
+    assert done.returncode == 0, done.stderr
+    assert done.stderr == ""
+    if "--json" in silence:
+        assert Path(json.loads(done.stdout)["path"]).is_dir()
+
+
+def test_help_does_not_import_rich():
+    done = subprocess.run([sys.executable, "-X", "importtime", "-m", "oci_crane_loader", "--help"],
+                          capture_output=True, text=True, cwd=REPO_ROOT, timeout=60, check=False)
+    assert done.returncode == 0 and "import time:" in done.stderr
+    assert not re.search(r"\|\s+rich(\.|$)", done.stderr, re.MULTILINE)
+
+
+@pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux is not installed (apt-get install tmux)")
+def test_terminal_shows_bars_with_percent_rate_and_names(pushed, registry, cache_dir, tmp_path):
+    """A person's terminal (tmux, 150x40): per-file bars named after the files, percent, bytes, rate, ETA."""
+    socket_name = f"oci-crane-test-{uuid.uuid4().hex[:8]}"  # a private tmux server: nothing else is touched
+    tmux = ["tmux", "-L", socket_name]
+    with throttled(registry.host, rate=1 << 20) as slow:
+        reference = pushed.replace(registry.host, slow)
+        script = tmp_path / "fetch.sh"
+        command = [sys.executable, "-m", "oci_crane_loader", "fetch", reference, "--cache-dir", str(cache_dir),
+                   "--jobs", "2"]
+        script.write_text(f"cd {shlex.quote(str(REPO_ROOT))}\n{shlex.join(command)}\necho EXIT=$?\nsleep 600\n")
+        env = {**os.environ, "TERM": "xterm-256color"}
+        env.pop("NO_COLOR", None)
+        subprocess.run([*tmux, "new-session", "-d", "-x", "150", "-y", "40", "-s", "fetch", f"bash {script}"],
+                       check=True, env=env)
+        try:
+            screens: list[str] = []
+            deadline = time.monotonic() + 240
+            while time.monotonic() < deadline:
+                screen = subprocess.run([*tmux, "capture-pane", "-p", "-t", "fetch"], capture_output=True,
+                                        text=True, check=True).stdout
+                screens.append(screen)
+                if "EXIT=" in screen:
+                    break
+                time.sleep(0.3)
+            final = screens[-1]
+        finally:
+            subprocess.run([*tmux, "kill-server"], check=False)
+    assert "EXIT=0" in final, final
+    during = [screen for screen in screens if "EXIT=" not in screen]
+    bars = [screen for screen in during if re.search(r"\d+%", screen) and re.search(r"[\d.]+ [kMG]?B/s", screen)]
+    assert bars, screens[-3:]  # a bar with its percent and its rate was on screen while bytes flowed
+    drawn = "\n".join(bars)
+    assert re.search(r"total \(3 files\)", drawn) and any(name in drawn for name in SHARDS), drawn
+    assert re.search(r"[\d.]+/[\d.]+ MiB", drawn), drawn  # bytes done / total
+    for name in SHARDS:  # each finished file leaves its line above the bars
+        assert re.search(rf"fetched {re.escape(name)} \(2\.0 MiB\) \[\d/3\]", final), final
