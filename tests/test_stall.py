@@ -59,11 +59,18 @@ def stalling_registry() -> Iterator[str]:
         yield host
 
 
-def test_stalled_download_is_stopped_retried_and_reported(stalling_registry, cache_dir, crane_binary):
-    done = run_cli("fetch", f"{stalling_registry}/acme/stall:v1", "--cache-dir", str(cache_dir), "-q",
-                   env={"OCI_CRANE_STALL_TIMEOUT": "2"}, timeout=120)
+@pytest.mark.parametrize(("retries", "attempts"), [((), 3), (("--retries", "0"), 1),
+                                                   (("OCI_CRANE_RETRIES", "1"), 2),
+                                                   (("OCI_CRANE_RETRIES", "5", "--retries", "1"), 2)])
+def test_stalled_download_is_stopped_retried_and_reported(stalling_registry, cache_dir, crane_binary, retries,
+                                                          attempts):
+    env = {"OCI_CRANE_STALL_TIMEOUT": "2"}
+    if retries[:1] == ("OCI_CRANE_RETRIES",):
+        env["OCI_CRANE_RETRIES"], retries = retries[1], retries[2:]
+    done = run_cli("fetch", f"{stalling_registry}/acme/stall:v1", "--cache-dir", str(cache_dir), "-q", *retries,
+                   env=env, timeout=120)
     assert done.returncode == 1
     assert "stalled" in done.stderr and "OCI_CRANE_STALL_TIMEOUT" in done.stderr, done.stderr
-    assert len(StallingRegistry.blob_starts) == 3  # three attempts, each restarted from zero
+    assert len(StallingRegistry.blob_starts) == attempts  # each attempt restarted from zero
     assert not list((cache_dir / "blobs" / "sha256").glob(digest(WEIGHTS).split(":")[1]))
     assert list((cache_dir / "tmp").iterdir()) == []
