@@ -128,7 +128,7 @@ def test_registry_auth_file_and_what_shadows_it(private, session, model, tmp_pat
 def test_podman_default_files(private, session, model, tmp_path, place):
     """$XDG_RUNTIME_DIR/containers/auth.json crane reads itself; ~/.config/containers/auth.json (podman's default
     on macOS, its fallback on Linux) crane never reads: it is handed over as a private DOCKER_CONFIG."""
-    reference, _, podman = model
+    reference = model[0]
     directory = tmp_path / place.lower()
     auth_json(directory / "containers" / "auth.json", private.host, private.username, private.password)
     env = {place: str(directory)}
