@@ -19,6 +19,7 @@ from oci_crane_loader import crane, errors
 from oci_crane_loader.crane import Crane, classify, find_crane, parse_version, redact
 from oci_crane_loader.doctor import check_crane
 from oci_crane_loader.executable import host_platform
+from oci_crane_loader.keychain import find_credentials
 
 REF = "127.0.0.1:5000/x/y:latest"
 PINNED = "127.0.0.1:5000/x/y@sha256:" + "ab" * 32
@@ -142,7 +143,10 @@ def test_stderr_is_classified(fp, binary, stderr, cls, standard, what):
     assert isinstance(exc, errors.OciCraneError)
     # The cause quotes crane's own message, without its "Error: " prefix.
     assert exc.cause == f"{what}: {stderr.removeprefix('Error: ')}"
-    assert exc.fix == cls.default_fix
+    # A credentials error's fix names the file crane read (keychain.py); the others keep their class's fix.
+    assert exc.fix == (crane._credentials_fix(cls, find_credentials()) or cls.default_fix)
+    if cls is errors.UnauthorizedError:
+        assert "oci-crane login REGISTRY" in exc.fix and find_credentials().describe() in exc.fix
 
 
 def test_classification_covers_every_rule():

@@ -54,7 +54,7 @@ def sha256(data: bytes) -> str:
 
 def push_cli(source: Path, reference: str, cache_dir: Path, *extra: str,
              env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return run_cli("push", str(source), reference, "--cache-dir", str(cache_dir), *extra, env=env)
+    return run_cli("push", str(source), reference, "--cache-dir", str(cache_dir), "--quiet", *extra, env=env)
 
 
 def manifest_puts(registry) -> list[str]:
@@ -383,7 +383,7 @@ def _bad_reference(tmp_path: Path, host: str) -> tuple[str, str, str]:
                                   _escaping_symlink, _bad_reference], ids=lambda case: case.__name__.strip("_"))
 def test_refusals_are_one_line_and_push_nothing(registry, tmp_path, cache_dir, case):
     directory, reference, expected = case(tmp_path, registry.host)
-    done = run_cli("push", directory, reference, "--cache-dir", str(cache_dir))
+    done = run_cli("push", directory, reference, "--cache-dir", str(cache_dir), "--quiet")
     assert done.returncode == 1, done.stdout
     assert done.stdout == ""
     lines = done.stderr.strip().splitlines()
@@ -391,13 +391,13 @@ def test_refusals_are_one_line_and_push_nothing(registry, tmp_path, cache_dir, c
     assert lines[0].startswith("error: ") and " -- fix: " in lines[0] and expected in lines[0], lines[0]
     assert manifest_puts(registry) == [] and uploads(registry) == [], registry.log()
     assert tmp_leftovers(cache_dir) == []
-    debug = run_cli("push", directory, reference, "--cache-dir", str(cache_dir), "--debug")
+    debug = run_cli("push", directory, reference, "--cache-dir", str(cache_dir), "--debug", "--quiet")
     assert debug.returncode != 0 and "Traceback" in debug.stderr
 
 
 def test_registry_failure_is_one_line_and_leaves_no_layout(tmp_path, cache_dir, crane_binary):
     source = write_model(tmp_path / "src", shards=1)
-    done = run_cli("push", str(source), "127.0.0.1:1/acme/tiny:v1", "--cache-dir", str(cache_dir))
+    done = run_cli("push", str(source), "127.0.0.1:1/acme/tiny:v1", "--cache-dir", str(cache_dir), "--quiet")
     assert done.returncode == 1
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and "cannot reach the registry" in lines[0] and "fix:" in lines[0], done.stderr
