@@ -233,3 +233,19 @@ def test_a_read_only_file_system_says_so(tmp_path):
                           cwd=REPO_ROOT, timeout=300, check=False)
     assert done.returncode == 1
     assert "Read-only file system" in done.stderr and "is on a read-only file system" in done.stderr, done.stderr
+
+
+def test_the_loader_takes_the_registry_options_and_retries(tmp_path):
+    ca = tmp_path / "ca.pem"
+    ca.write_text("not checked here: Go reads it")
+    options = from_extra_config({"authfile": str(ca), "ca_file": str(ca), "plain_http": False, "retries": 0}, None)
+    assert (options.authfile, options.ca_file, options.retries) == (ca, ca, 0)
+    with pytest.raises(errors.UsageError, match=r"model_loader_extra_config\['retries'\]"):
+        from_extra_config({"retries": 21}, None)
+    with pytest.raises(errors.UsageError, match=r"model_loader_extra_config\['ca_file'\] and "
+                                                r"model_loader_extra_config\['insecure'\] contradict"):
+        from_extra_config({"ca_file": str(ca), "insecure": True}, None)
+    with pytest.raises(errors.UsageError, match=r"model_loader_extra_config\['authfile'\] .* is not a file"):
+        from_extra_config({"authfile": str(tmp_path / "none.json")}, None)
+    with pytest.raises(errors.UsageError, match=r"model_loader_extra_config\['retries'\] True is not a number"):
+        from_extra_config({"retries": True}, None)
