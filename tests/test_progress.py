@@ -120,3 +120,23 @@ def test_terminal_shows_bars_with_percent_rate_and_names(pushed, registry, cache
     assert re.search(r"[\d.]+/[\d.]+ MiB", drawn), drawn  # bytes done / total
     for name in SHARDS:  # each finished file leaves its line above the bars
         assert re.search(rf"fetched {re.escape(name)} \(2\.0 MiB\) \[\d/3\]", final), final
+
+
+def test_a_shard_without_a_name_is_shown_by_its_digest_and_names_cannot_drive_the_terminal():
+    import io
+
+    from oci_crane_loader.oci import Descriptor
+    from oci_crane_loader.progress import Progress
+
+    stream = io.StringIO()  # not a terminal: the plain lines
+    progress = Progress(stream=stream)
+    shard = Descriptor(mediaType="application/vnd.docker.ai.safetensors", digest="sha256:" + "ab" * 32, size=2048)
+    named = Descriptor(mediaType="application/octet-stream", digest="sha256:" + "cd" * 32, size=10)
+    progress.start(2058, 2, {named.digest: "evil\x1b[2Jname.json"})
+    for descriptor in (shard, named):
+        progress.begin(descriptor)
+        progress.advance(descriptor.size)
+        progress.finished(descriptor)
+    progress.close()
+    assert stream.getvalue().splitlines() == ["fetched sha256:abababababab (2.0 KiB) [1/2]",
+                                              "fetched evil\\x1b[2Jname.json (10 B) [2/2]"]
