@@ -87,7 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="fetch only the files whose path matches this glob (repeatable; e.g. '*.json')")
     fetch.add_argument("--exclude", action="append", default=[], metavar="PATTERN",
                        help="do not fetch the files whose path matches this glob (repeatable; e.g. '*.safetensors')")
-    fetch.add_argument("--retries", metavar="N",
+    fetch.add_argument("--retries", metavar="N", type=_retries,
                        help="new tries of a download whose stream broke, 0 to 20 (default: OCI_CRANE_RETRIES or 2)")
     _common(fetch)
 
@@ -157,6 +157,13 @@ def _jobs(text: str) -> int:
         return check_jobs(int(text))
     except (ValueError, errors.UsageError):
         raise argparse.ArgumentTypeError(f"{text!r} is not a number from 1 to {MAX_JOBS}") from None
+
+
+def _retries(text: str) -> int:
+    try:
+        return check_retries(text)
+    except errors.UsageError as exc:
+        raise argparse.ArgumentTypeError(exc.cause) from None
 
 
 def _local(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -287,8 +294,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         if hasattr(args, "plain_http"):  # fetch, inspect, push: what crane cannot honour is refused here
             check_connection(insecure=args.insecure, plain_http=args.plain_http, ca_file=args.ca_file)
             check_authfile(args.authfile)
-        if getattr(args, "retries", None) is not None:
-            check_retries(args.retries)
     except errors.UsageError as exc:
         parser.error(exc.cause)
     if threading.current_thread() is threading.main_thread():

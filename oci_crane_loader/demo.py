@@ -59,7 +59,7 @@ def run_demo(cache_dir: str | None = None) -> str:
             # The user's real cache: the printed directory stays for them to look at. The registry is this
             # process's own, on loopback: OCI_CRANE_OFFLINE does not keep the demo from it.
             options = replace(fetch_options(cache_dir=cache_dir), offline=False)
-            result = open_puller(options, Progress()).fetch(reference)
+            result = open_puller(options, Progress(enabled=not options.settings.disable_progress)).fetch(reference)
         same = filecmp.dircmp(source, result.path)
         if same.left_only or same.right_only or same.diff_files or not all(
                 filecmp.cmp(source / name, result.path / name, shallow=False) for name in result.files):
