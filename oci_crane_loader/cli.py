@@ -17,7 +17,7 @@ from . import __version__, errors
 from .cache.store import Store
 from .options import MAX_JOBS, check_cache_dir, check_jobs, fetch_options, normalise_subpath
 from .progress import Progress, human
-from .pull import Puller, open_puller
+from .pull import FetchResult, Puller, open_puller
 from .reference import parse_reference
 
 EXIT_FAILURE = 1
@@ -49,6 +49,9 @@ def build_parser() -> argparse.ArgumentParser:
     fetch = commands.add_parser("fetch", help="download a model into the cache and print its directory")
     fetch.add_argument("reference", metavar="REF", help="e.g. ghcr.io/acme/llama:v1 or oci://127.0.0.1:5000/m:v1")
     fetch.add_argument("--jobs", type=_jobs, default=4, help=f"blobs downloaded at once, 1 to {MAX_JOBS} (default 4)")
+    fetch.add_argument("--local-dir", metavar="DIR",
+                       help="also place the model's files in DIR (hard links to the cache where DIR is on its file "
+                            "system, copies otherwise) and print DIR")
     output = fetch.add_mutually_exclusive_group()
     output.add_argument("--json", action="store_true", help="print one JSON object instead of the path")
     output.add_argument("--quiet", "-q", action="store_true", help="no progress on stderr")
@@ -139,7 +142,10 @@ def _run(args: argparse.Namespace) -> int:
     if args.command == "fetch":
         progress = Progress(enabled=not (args.quiet or args.json))
         result = _puller(args, args.jobs, progress).fetch(args.reference)
-        print(json.dumps(result.to_json(), indent=2) if args.json else result.path)
+        if args.local_dir is not None:
+            _fetch_into(result, args.local_dir, args.json)
+        else:
+            print(json.dumps(result.to_json(), indent=2) if args.json else result.path)
     elif args.command == "inspect":
         info = _puller(args).inspect(args.reference)
         if args.json:
@@ -174,6 +180,19 @@ def _run(args: argparse.Namespace) -> int:
                       cache_dir=args.cache_dir)
         print(json.dumps(pushed.to_json(), indent=2) if args.json else pushed.pinned)
     return 0
+
+
+def _fetch_into(result: FetchResult, local_dir: str, as_json: bool) -> None:
+    from .local_dir import place_model
+
+    placed = place_model(result.path, result.files, local_dir)
+    for line in placed.warnings():
+        print(f"warning: {errors.printable(line)}", file=sys.stderr)
+    if as_json:
+        print(json.dumps({**result.to_json(), "path": str(placed.path), "cache_path": str(result.path),
+                          "local_dir": placed.to_json()}, indent=2))
+    else:
+        print(placed.path)
 
 
 def _registry_command(args: argparse.Namespace) -> None:
