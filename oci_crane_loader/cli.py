@@ -8,6 +8,8 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
+import shlex
 import signal
 import sys
 import threading
@@ -81,7 +83,32 @@ def build_parser() -> argparse.ArgumentParser:
     _local(commands.add_parser("doctor", help="check crane, the cache, credentials and vLLM"))
     _push_parser(commands)
     _registry_parsers(commands)
+    _deploy_parsers(commands)
     return parser
+
+
+def _deploy_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """serve and kserve-init: the entry points of container images and Kubernetes recipes (docs/deploy.md)."""
+    serve = commands.add_parser(
+        "serve", help="exec `vllm serve`, configured by VLLM_MODEL, VLLM_ARGS and USE_ALL_GPUS",
+        description="Start `vllm serve` for REF (default: $VLLM_MODEL) with $VLLM_ARGS, then the arguments after --. "
+                    "An OCI reference (oci://..., or one naming its registry host) gets --load-format oci-crane and "
+                    "--download-dir <cache> unless given; USE_ALL_GPUS=1 adds --tensor-parallel-size <GPUs>.")
+    serve.add_argument("reference", metavar="REF", nargs="?",
+                       help="an OCI reference, Hugging Face id or directory (default: $VLLM_MODEL)")
+    serve.add_argument("--dry-run", action="store_true", help="print the vllm command line instead of running it")
+    serve.add_argument("--debug", action="store_true", help="show tracebacks")
+    kserve = commands.add_parser("kserve-init", help="KServe storage initializer: fetch URI into DEST, as pairs",
+                                 description="Run by KServe as the storage initializer of a ClusterStorageContainer: "
+                                             "fetch each oci-artifact://REF into its DEST directory.")
+    kserve.add_argument("pairs", metavar="URI DEST", nargs="+", help="oci-artifact://REF and the model directory")
+    kserve.add_argument("--cache-dir",
+                        help="cache root (default: $OCI_CRANE_LOADER_CACHE, else a scratch cache inside DEST, "
+                             "removed at the end)")
+    kserve.add_argument("--platform", help="os/arch[/variant] to pick from a multi-platform index (default: host)")
+    kserve.add_argument("--insecure", action="store_true",
+                        help="allow plain http and unverified TLS for this registry (crane --insecure)")
+    kserve.add_argument("--debug", action="store_true", help="log every step and show tracebacks")
 
 
 def _registry_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -171,6 +198,8 @@ def _run(args: argparse.Namespace) -> int:
         print(json.dumps(report.to_json(), indent=2) if args.json else report.text())
         if not report.ok:
             raise report.error()
+    elif args.command in ("serve", "kserve-init"):
+        _deploy_command(args)
     elif args.command in ("login", "logout", "ls"):
         _registry_command(args)
     elif args.command == "push":
@@ -180,6 +209,27 @@ def _run(args: argparse.Namespace) -> int:
                       cache_dir=args.cache_dir)
         print(json.dumps(pushed.to_json(), indent=2) if args.json else pushed.pinned)
     return 0
+
+
+def _deploy_command(args: argparse.Namespace) -> None:
+    if args.command == "serve":
+        from .serve import build_argv, exec_vllm
+
+        argv = build_argv(args.reference, args.vllm_args, os.environ)
+        if args.dry_run:
+            print(shlex.join(argv))
+            return
+        print(f"exec {shlex.join(argv)}", file=sys.stderr, flush=True)
+        sys.stdout.flush()
+        exec_vllm(argv)
+    else:
+        from .kserve import initialize
+
+        cache = args.cache_dir or os.environ.get("OCI_CRANE_LOADER_CACHE", "").strip() or None
+        for report in initialize(args.pairs, cache, insecure=args.insecure, platform=args.platform):
+            for line in report.warnings():
+                print(f"warning: {errors.printable(line)}", file=sys.stderr)
+            print(report.path)
 
 
 def _fetch_into(result: FetchResult, local_dir: str, as_json: bool) -> None:
@@ -250,8 +300,14 @@ def _terminate(signum: int, frame: object) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    words = list(sys.argv[1:] if argv is None else argv)
+    passthrough: list[str] = []
+    if words[:1] == ["serve"] and "--" in words:  # what follows -- is vLLM's, unseen by our parser
+        cut = words.index("--")
+        words, passthrough = words[:cut], words[cut + 1 :]
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(words)
+    args.vllm_args = passthrough
     try:  # the options of a fetch are checked again, in the same place, when its Puller is built
         check_cache_dir(getattr(args, "cache_dir", None))
         if getattr(args, "subpath", None) is not None:

@@ -72,8 +72,10 @@ def _some(names: list[str], shown: int = 5) -> str:
     return ", ".join(names[:shown]) + more
 
 
-def place_model(model_dir: Path, files: list[str], target: Path | str) -> LocalDirReport:
-    """Make ``target`` hold the cached model's ``files`` (relative paths under ``model_dir``)."""
+def place_model(model_dir: Path, files: list[str], target: Path | str, *, unreported: str | None = None
+                ) -> LocalDirReport:
+    """Make ``target`` hold the cached model's ``files`` (relative paths under ``model_dir``). ``unreported``: a
+    directory right under ``target`` that is not counted among the extra files (a cache placed there)."""
     if not str(target).strip():
         raise LocalDirError("--local-dir is empty", "name the directory the model should go to")
     target = Path(target).expanduser()
@@ -94,7 +96,8 @@ def place_model(model_dir: Path, files: list[str], target: Path | str) -> LocalD
                 _place(model_dir / name, root, name, target, report)
             except OSError as exc:
                 raise _os_error(exc, target / name) from None
-        report.extra = sorted(_walk_files(root, "", target) - wanted)
+        report.extra = sorted(name for name in _walk_files(root, "", target) - wanted
+                              if unreported is None or name.split("/", 1)[0] != unreported)
     return report
 
 
