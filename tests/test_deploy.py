@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import re
 import subprocess
+import sys
 import threading
 from pathlib import Path
 
@@ -265,6 +266,27 @@ def test_dockerfile_installs_our_wheel_and_serves_by_environment():
 def test_ci_builds_the_image_and_runs_the_kind_recipe():
     workflow = yaml.safe_load((REPO_ROOT / ".github" / "workflows" / "ci.yml").read_text())
     docker = " ".join(step.get("run", "") for step in workflow["jobs"]["docker"]["steps"])
-    assert "docker build" in docker and "serve --dry-run" in docker and "--version" in docker
+    assert "docker build" in docker and "--dry-run" in docker and "--load-format oci-crane" in docker
+    assert "--version" in docker
     kind = " ".join(step.get("run", "") for step in workflow["jobs"]["kind"]["steps"])
-    assert "deploy/init-container.yaml" in kind and "oci-crane push" in kind and "kubectl wait" in kind
+    assert "deploy/init-container.yaml" in kind and re.search(r'oci-crane"? push', kind)
+    assert "bin/kind_recipe.py" in kind and "kubectl rollout status" in kind
+
+
+def test_the_kind_jobs_adapted_recipe_is_still_valid_and_its_init_container_runs(pushed, tmp_path):
+    reference, source = pushed
+    adapted = subprocess.run([sys.executable, "bin/kind_recipe.py", reference, "oci-crane-loader:ci", "vllm-cpu:ci"],
+                             input=(DEPLOY / "init-container.yaml").read_text(), capture_output=True, text=True,
+                             cwd=REPO_ROOT, check=True).stdout
+    documents = list(yaml.safe_load_all(adapted))
+    for document in documents:
+        key = (document["apiVersion"], document["kind"])
+        assert typed_round_trip(document, MODELS[key]) == document
+    pod = documents[0]["spec"]["template"]["spec"]
+    (init,) = pod["initContainers"]
+    assert init["command"] == ["oci-crane", "fetch", reference, "--local-dir", "/models/llama", "--insecure"]
+    assert "resources" not in pod["containers"][0] and pod["containers"][0]["image"] == "vllm-cpu:ci"
+    volumes = volume_dirs(pod, tmp_path)
+    done = run_container(init, mount_map(init, volumes), reference)
+    assert done.returncode == 0, done.stderr
+    assert tree_bytes(volumes["models"] / "llama") == tree_bytes(source)
