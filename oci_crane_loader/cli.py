@@ -225,8 +225,7 @@ def _deploy_command(args: argparse.Namespace) -> None:
     else:
         from .kserve import initialize
 
-        cache = args.cache_dir or os.environ.get("OCI_CRANE_LOADER_CACHE", "").strip() or None
-        for report in initialize(args.pairs, cache, insecure=args.insecure, platform=args.platform):
+        for report in initialize(args.pairs, args.cache_dir, insecure=args.insecure, platform=args.platform):
             for line in report.warnings():
                 print(f"warning: {errors.printable(line)}", file=sys.stderr)
             print(report.path)

@@ -31,10 +31,14 @@ def reference_of(uri: str) -> str:
 
 def initialize(arguments: Sequence[str], cache_dir: str | Path | None, *, insecure: bool = False,
                platform: str | None = None) -> list[LocalDirReport]:
-    """Fetch each ``URI DEST`` pair of ``arguments`` into DEST."""
+    """Fetch each ``URI DEST`` pair of ``arguments`` into DEST; the cache is ``cache_dir``, else
+    OCI_CRANE_LOADER_CACHE, else a scratch directory in each DEST."""
     from .cache.store import remove_tree
     from .options import fetch_options
     from .pull import open_puller
+    from .settings import settings
+
+    cache_dir = cache_dir or settings().cache_dir  # OCI_CRANE_LOADER_CACHE
 
     if not arguments or len(arguments) % 2:
         raise errors.UsageError(f"kserve-init takes URI DEST pairs, got {len(arguments)} argument(s)",

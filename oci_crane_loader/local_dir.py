@@ -23,6 +23,7 @@ from pathlib import Path
 
 from .errors import OciCraneError
 from .paths import safe_relative_path
+from .settings import settings
 
 log = logging.getLogger(__name__)
 
@@ -199,7 +200,8 @@ def _copy(source: Path, source_stat: os.stat_result, folder: int, temporary: str
         while chunk := data.read(_COPY_CHUNK):
             out.write(chunk)
         out.flush()
-        os.fsync(out.fileno())
+        if not settings().no_fsync:
+            os.fsync(out.fileno())
         os.utime(out.fileno(), ns=(source_stat.st_atime_ns, source_stat.st_mtime_ns))
 
 

@@ -15,10 +15,9 @@ from collections.abc import Callable, Mapping, Sequence
 
 from . import errors
 from .reference import parse_reference
+from .settings import flag
 
 LOAD_FORMAT = "oci-crane"
-_TRUE = ("1", "true", "yes", "on")
-_FALSE = ("", "0", "false", "no", "off")
 
 
 def is_oci_reference(model: str) -> bool:
@@ -85,7 +84,7 @@ def build_argv(reference: str | None, extra: Sequence[str], env: Mapping[str, st
             added += ["--load-format", LOAD_FORMAT]
         if not _given(user_args, "--download-dir"):
             added += ["--download-dir", (cache_dir or _default_cache)()]
-    if _use_all_gpus(env) and not _given(user_args, "--tensor-parallel-size", "-tp"):
+    if flag(env, "USE_ALL_GPUS") and not _given(user_args, "--tensor-parallel-size", "-tp"):
         found = gpus()
         if found < 1:
             raise errors.UsageError("USE_ALL_GPUS is set but no GPU is visible here (nvidia-smi -L and "
@@ -94,13 +93,6 @@ def build_argv(reference: str | None, extra: Sequence[str], env: Mapping[str, st
                                     "limit), or unset USE_ALL_GPUS")
         added += ["--tensor-parallel-size", str(found)]
     return ["vllm", "serve", model, *added, *user_args]
-
-
-def _use_all_gpus(env: Mapping[str, str]) -> bool:
-    text = env.get("USE_ALL_GPUS", "").strip().lower()
-    if text not in _TRUE + _FALSE:
-        raise errors.SettingsError(f"USE_ALL_GPUS={text!r} is neither true nor false", "set USE_ALL_GPUS=1 or unset it")
-    return text in _TRUE
 
 
 def _default_cache() -> str:

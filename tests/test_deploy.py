@@ -66,8 +66,9 @@ def test_kubernetes_objects_load_into_the_clients_typed_models_unchanged(name):
 def test_kserve_objects_match_the_crd_fields():
     storage = find("kserve.yaml", "ClusterStorageContainer")
     assert storage["apiVersion"] == "serving.kserve.io/v1alpha1"
-    # ClusterStorageContainer spec (KServe >= 0.11): container, supportedUriFormats, workloadType.
-    assert set(storage["spec"]) <= {"container", "supportedUriFormats", "workloadType"}
+    # ClusterStorageContainer spec (KServe >= 0.11): container, supportedUriFormats, workloadType, and (newer)
+    # supportsMultiModelDownload.
+    assert set(storage["spec"]) <= {"container", "supportedUriFormats", "workloadType", "supportsMultiModelDownload"}
     container = storage["spec"]["container"]
     assert container["name"] == "storage-initializer"  # how KServe finds the init container
     assert typed_round_trip(container, "V1Container") == container
