@@ -13,7 +13,7 @@ FROM python:3.12-slim-bookworm AS fetch
 # Our wheel from dist/ only (never a namesake from PyPI; pip's tags pick this CPU's), then its dependencies. The bind
 # mount keeps the other platforms' wheels out of the image.
 RUN --mount=type=bind,source=dist,target=/tmp/dist \
-    python3 -m pip install --no-cache-dir --no-index --no-deps --find-links /tmp/dist oci-crane-loader \
+    python3 -m pip install --no-cache-dir --no-index --no-deps --only-binary :all: --find-links /tmp/dist oci-crane-loader \
     && python3 -m pip install --no-cache-dir --find-links /tmp/dist oci-crane-loader \
     && oci-crane --version
 USER 65532:65532
@@ -24,7 +24,7 @@ ENTRYPOINT ["oci-crane"]
 FROM vllm/vllm-openai:v0.32.0
 RUN --mount=type=bind,source=dist,target=/tmp/dist \
     (command -v uv >/dev/null || python3 -m pip install --no-cache-dir uv) \
-    && uv pip install --python python3 --no-cache --no-index --no-deps --find-links /tmp/dist oci-crane-loader \
+    && uv pip install --python python3 --no-cache --no-index --no-deps --only-binary :all: --find-links /tmp/dist oci-crane-loader \
     && uv pip install --python python3 --no-cache --find-links /tmp/dist oci-crane-loader \
     && oci-crane --version
 # The cache, and vLLM's --download-dir for OCI references: mount a volume here to keep models between runs.

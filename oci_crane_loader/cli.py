@@ -311,6 +311,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         check_cache_dir(getattr(args, "cache_dir", None))
         if getattr(args, "subpath", None) is not None:
             normalise_subpath(args.subpath)
+        if getattr(args, "local_dir", None) is not None and not args.local_dir.strip():
+            raise errors.UsageError("--local-dir is empty: name the directory the model should go to")
     except errors.UsageError as exc:
         parser.error(exc.cause)
     if threading.current_thread() is threading.main_thread():

@@ -259,7 +259,7 @@ def test_dockerfile_installs_our_wheel_and_serves_by_environment():
     assert entrypoints[-1] == ["oci-crane", "serve"]
     runs = " ".join(argument for name, argument in final if name == "RUN")
     # ours from dist/ only (--no-index), never PyPI's namesake; then checked to start
-    assert re.search(r"--no-index --no-deps --find-links /tmp/dist oci-crane-loader", runs)
+    assert re.search(r"--no-index --no-deps --only-binary :all: --find-links /tmp/dist oci-crane-loader", runs)
     assert "source=dist" in runs and "oci-crane --version" in runs
     assert (REPO_ROOT / ".dockerignore").read_text().split("\n")[1:3] == ["*", "!dist/"]
 

@@ -167,6 +167,8 @@ def test_a_file_where_the_directory_should_be_is_one_clear_error(pushed, cache_d
     blocker.write_text("a file")
     done = run_cli("fetch", reference, "--cache-dir", str(cache_dir), "--local-dir", str(blocker), "--quiet")
     assert done.returncode == 1 and "is not a directory" in done.stderr and blocker.read_text() == "a file"
+    empty = run_cli("fetch", reference, "--cache-dir", str(cache_dir), "--local-dir", "", "--quiet")
+    assert empty.returncode == 2 and "--local-dir is empty" in empty.stderr  # a usage error, before any download
     with pytest.raises(LocalDirError, match="empty"):
         place_model(tmp_path, [], " ")
 
