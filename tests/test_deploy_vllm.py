@@ -10,15 +10,14 @@ import sys
 import pytest
 from support.manifests import container_argv, container_env, find, mount_map, volume_dirs
 from support.models import push_model, tree_bytes
-
-pytest.importorskip("vllm", reason="vLLM is not installed: `nox -s tests` installs its CPU build")
-pytest.importorskip("yaml", reason="pyyaml is in the test extra: pip install -e '.[test]'")
 from support.vllm_server import get, post, vllm_server, write_tiny_llama
 
+# Marked, and vLLM looked for inside the test: `-m "not vllm"` (nox -s fast) deselects it instead of skipping it.
 pytestmark = [pytest.mark.vllm]
 
 
 def test_shared_cache_recipe_serves_vllm_model_from_the_environment(registry, tmp_path):
+    pytest.importorskip("vllm", reason="vLLM is not installed: `nox -s tests` installs its CPU build")
     source = write_tiny_llama(tmp_path / "tiny")
     reference = f"{registry.host}/acme/tiny:v1"
     push_model(source, reference, tmp_path)
