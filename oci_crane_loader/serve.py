@@ -73,6 +73,9 @@ def build_argv(reference: str | None, extra: Sequence[str], env: Mapping[str, st
     if not model:
         raise errors.UsageError("no model to serve: give REF (oci-crane serve ghcr.io/acme/llama:v1) or set "
                                 "VLLM_MODEL", "set VLLM_MODEL=<reference or Hugging Face id>, or pass REF")
+    if model.startswith("-"):  # vLLM would read it as one of its options
+        raise errors.UsageError(f"the model {model!r} starts with '-', like an option",
+                                "put vLLM's options after -- (or in VLLM_ARGS), and the model in REF or VLLM_MODEL")
     try:
         user_args = [*shlex.split(env.get("VLLM_ARGS", "")), *extra]
     except ValueError as exc:

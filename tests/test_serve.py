@@ -87,6 +87,8 @@ def test_no_model_and_an_unbalanced_quote_are_one_error_each():
         argv(None, VLLM_MODEL="  ")
     with pytest.raises(errors.SettingsError, match="VLLM_ARGS"):
         argv("gpt2", VLLM_ARGS="--chat-template 'unclosed")
+    with pytest.raises(errors.UsageError, match="like an option"):
+        argv(None, VLLM_MODEL="--max-model-len")
 
 
 def fake_program(directory: Path, name: str, script: str) -> Path:
