@@ -7,6 +7,7 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
+import logging
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -18,15 +19,26 @@ __all__ = ["OciCraneError", "__version__", "fetch"]
 def fetch(reference: str, *, cache_dir: str | Path | None = None, platform: str | None = None, jobs: int = 4,
           offline: bool = False, insecure: bool = False, subpath: str | None = None, plain_http: bool = False,
           ca_file: str | Path | None = None, authfile: str | Path | None = None, retries: int | None = None,
-          include: Sequence[str] = (), exclude: Sequence[str] = ()) -> Path:
+          include: Sequence[str] = (), exclude: Sequence[str] = (),
+          local_dir: str | Path | None = None) -> Path:
     """Download (or reuse from the cache) the model at ``reference`` and return its directory.
 
     The keyword arguments are the command line's options (``oci-crane fetch --help``), checked the same way
-    (a bad one raises UsageError), and the OCI_CRANE_* environment applies as it does there."""
+    (a bad one raises UsageError), and the OCI_CRANE_* environment applies as it does there. With ``local_dir``
+    the model's files are also placed there (``--local-dir``: hard links or copies) and ``local_dir`` is returned;
+    files replaced or left alone there are logged as warnings."""
     from .options import fetch_options
     from .pull import open_puller
 
     options = fetch_options(cache_dir=cache_dir, platform=platform, offline=offline, insecure=insecure, jobs=jobs,
                             subpath=subpath, plain_http=plain_http, ca_file=ca_file, authfile=authfile,
                             retries=retries, include=include, exclude=exclude)
-    return open_puller(options).fetch(reference).path
+    result = open_puller(options).fetch(reference)
+    if local_dir is None:
+        return result.path
+    from .local_dir import place_model
+
+    placed = place_model(result.path, result.files, local_dir)
+    for line in placed.warnings():
+        logging.getLogger(__name__).warning("%s", line)
+    return placed.path

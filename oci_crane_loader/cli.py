@@ -9,6 +9,8 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
+import shlex
 import signal
 import sys
 import threading
@@ -19,7 +21,7 @@ from .cache.store import Store
 from .crane import Crane, check_authfile, check_connection
 from .options import MAX_JOBS, check_cache_dir, check_jobs, check_retries, fetch_options, normalise_subpath
 from .progress import Progress, human
-from .pull import Puller, open_puller
+from .pull import FetchResult, Puller, open_puller
 from .reference import parse_reference
 from .settings import environment_help, settings
 
@@ -89,6 +91,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="do not fetch the files whose path matches this glob (repeatable; e.g. '*.safetensors')")
     fetch.add_argument("--retries", metavar="N", type=_retries,
                        help="new tries of a download whose stream broke, 0 to 20 (default: OCI_CRANE_RETRIES or 2)")
+    fetch.add_argument("--local-dir", metavar="DIR",
+                       help="also place the model's files in DIR (hard links to the cache where DIR is on its file "
+                            "system, copies otherwise) and print DIR")
     _common(fetch)
 
     inspect = commands.add_parser("inspect", help="show digest, format, files and sizes without downloading weights")
@@ -116,7 +121,32 @@ def build_parser() -> argparse.ArgumentParser:
     doctor.add_argument("--authfile", metavar="PATH", help="check this credentials file, as fetch --authfile reads it")
     _push_parser(commands)
     _registry_parsers(commands)
+    _deploy_parsers(commands)
     return parser
+
+
+def _deploy_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """serve and kserve-init: the entry points of container images and Kubernetes recipes (docs/deploy.md)."""
+    serve = commands.add_parser(
+        "serve", help="exec `vllm serve`, configured by VLLM_MODEL, VLLM_ARGS and USE_ALL_GPUS",
+        description="Start `vllm serve` for REF (default: $VLLM_MODEL) with $VLLM_ARGS, then the arguments after --. "
+                    "An OCI reference (oci://..., or one naming its registry host) gets --load-format oci-crane and "
+                    "--download-dir <cache> unless given; USE_ALL_GPUS=1 adds --tensor-parallel-size <GPUs>.")
+    serve.add_argument("reference", metavar="REF", nargs="?",
+                       help="an OCI reference, Hugging Face id or directory (default: $VLLM_MODEL)")
+    serve.add_argument("--dry-run", action="store_true", help="print the vllm command line instead of running it")
+    serve.add_argument("--debug", action="store_true", help="show tracebacks")
+    kserve = commands.add_parser("kserve-init", help="KServe storage initializer: fetch URI into DEST, as pairs",
+                                 description="Run by KServe as the storage initializer of a ClusterStorageContainer: "
+                                             "fetch each oci-artifact://REF into its DEST directory.")
+    kserve.add_argument("pairs", metavar="URI DEST", nargs="+", help="oci-artifact://REF and the model directory")
+    kserve.add_argument("--cache-dir",
+                        help="cache root (default: $OCI_CRANE_LOADER_CACHE, else a scratch cache inside DEST, "
+                             "removed at the end)")
+    kserve.add_argument("--platform", help="os/arch[/variant] to pick from a multi-platform index (default: host)")
+    kserve.add_argument("--insecure", action="store_true",
+                        help="allow plain http and unverified TLS for this registry (crane --insecure)")
+    kserve.add_argument("--debug", action="store_true", help="log every step and show tracebacks")
 
 
 def _registry_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -191,7 +221,10 @@ def _progress(args: argparse.Namespace) -> Progress:
 def _run(args: argparse.Namespace) -> int:
     if args.command == "fetch":
         result = _puller(args, args.jobs, _progress(args)).fetch(args.reference)
-        print(json.dumps(result.to_json(), indent=2) if args.json else result.path)
+        if args.local_dir is not None:
+            _fetch_into(result, args.local_dir, args.json)
+        else:
+            print(json.dumps(result.to_json(), indent=2) if args.json else result.path)
     elif args.command == "inspect":
         info = _puller(args).inspect(args.reference)
         if args.json:
@@ -217,6 +250,8 @@ def _run(args: argparse.Namespace) -> int:
         print(json.dumps(report.to_json(), indent=2) if args.json else report.text())
         if not report.ok:
             raise report.error()
+    elif args.command in ("serve", "kserve-init"):
+        _deploy_command(args)
     elif args.command in ("login", "logout", "ls"):
         _registry_command(args)
     elif args.command == "push":
@@ -228,6 +263,39 @@ def _run(args: argparse.Namespace) -> int:
                       progress=_progress(args))
         print(json.dumps(pushed.to_json(), indent=2) if args.json else pushed.pinned)
     return 0
+
+
+def _deploy_command(args: argparse.Namespace) -> None:
+    if args.command == "serve":
+        from .serve import build_argv, exec_vllm
+
+        argv = build_argv(args.reference, args.vllm_args, os.environ)
+        if args.dry_run:
+            print(shlex.join(argv))
+            return
+        print(f"exec {shlex.join(argv)}", file=sys.stderr, flush=True)
+        sys.stdout.flush()
+        exec_vllm(argv)
+    else:
+        from .kserve import initialize
+
+        for report in initialize(args.pairs, args.cache_dir, insecure=args.insecure, platform=args.platform):
+            for line in report.warnings():
+                print(f"warning: {errors.printable(line)}", file=sys.stderr)
+            print(report.path)
+
+
+def _fetch_into(result: FetchResult, local_dir: str, as_json: bool) -> None:
+    from .local_dir import place_model
+
+    placed = place_model(result.path, result.files, local_dir)
+    for line in placed.warnings():
+        print(f"warning: {errors.printable(line)}", file=sys.stderr)
+    if as_json:
+        print(json.dumps({**result.to_json(), "path": str(placed.path), "cache_path": str(result.path),
+                          "local_dir": placed.to_json()}, indent=2))
+    else:
+        print(placed.path)
 
 
 def _registry_command(args: argparse.Namespace) -> None:
@@ -285,8 +353,14 @@ def _terminate(signum: int, frame: object) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    words = list(sys.argv[1:] if argv is None else argv)
+    passthrough: list[str] = []
+    if words[:1] == ["serve"] and "--" in words:  # what follows -- is vLLM's, unseen by our parser
+        cut = words.index("--")
+        words, passthrough = words[:cut], words[cut + 1 :]
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(words)
+    args.vllm_args = passthrough
     try:  # the options of a fetch are checked again, in the same place, when its Puller is built
         check_cache_dir(getattr(args, "cache_dir", None))
         if getattr(args, "subpath", None) is not None:
@@ -294,6 +368,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if hasattr(args, "plain_http"):  # fetch, inspect, push: what crane cannot honour is refused here
             check_connection(insecure=args.insecure, plain_http=args.plain_http, ca_file=args.ca_file)
             check_authfile(args.authfile)
+        if getattr(args, "local_dir", None) is not None and not args.local_dir.strip():
+            raise errors.UsageError("--local-dir is empty: name the directory the model should go to")
     except errors.UsageError as exc:
         parser.error(exc.cause)
     if threading.current_thread() is threading.main_thread():

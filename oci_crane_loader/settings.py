@@ -57,7 +57,7 @@ class Settings:
         return cls(timeout=_seconds(env, "OCI_CRANE_TIMEOUT", cls.timeout),
                    stall_timeout=_seconds(env, "OCI_CRANE_STALL_TIMEOUT", cls.stall_timeout),
                    lock_timeout=_seconds(env, "OCI_CRANE_LOCK_TIMEOUT", cls.lock_timeout),
-                   offline=_flag(env, "OCI_CRANE_OFFLINE"), no_fsync=_flag(env, "OCI_CRANE_NO_FSYNC"),
+                   offline=flag(env, "OCI_CRANE_OFFLINE"), no_fsync=flag(env, "OCI_CRANE_NO_FSYNC"),
                    cache_dir=Path(cache).expanduser() if cache else None,
                    unpack=UnpackLimits.from_environment(env), retries=parse_retries(
                        env.get("OCI_CRANE_RETRIES", ""), "OCI_CRANE_RETRIES", cls.retries),
@@ -107,7 +107,8 @@ def _positive(env: Mapping[str, str], name: str, default: float, parse: Callable
     return value
 
 
-def _flag(env: Mapping[str, str], name: str) -> bool:
+def flag(env: Mapping[str, str], name: str) -> bool:
+    """An on/off variable (1, true, yes, on / 0, false, no, off, unset); also USE_ALL_GPUS for `oci-crane serve`."""
     text = env.get(name, "").strip().lower()
     if text not in _TRUE + _FALSE:
         raise errors.SettingsError(f"{name}={text!r} is neither on nor off",

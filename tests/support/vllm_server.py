@@ -68,10 +68,12 @@ def vllm_command() -> list[str]:
 
 @contextmanager
 def vllm_server(model: str, *args: str, env: dict[str, str] | None = None, log: Path,
-                timeout: float = 600) -> Iterator[str]:
-    """Run `vllm serve` on 127.0.0.1 and yield its base URL; always stop it and its children."""
+                timeout: float = 600, launcher: list[str] | None = None) -> Iterator[str]:
+    """Run `vllm serve` on 127.0.0.1 and yield its base URL; always stop it and its children. ``launcher``: what
+    comes before vLLM's options instead of `vllm serve MODEL` (e.g. `oci-crane serve --`)."""
     port = free_port()
-    command = [*vllm_command(), "serve", model, "--host", "127.0.0.1", "--port", str(port), *SERVE_FLAGS, *args]
+    command = [*(launcher or [*vllm_command(), "serve", model]), "--host", "127.0.0.1", "--port", str(port),
+               *SERVE_FLAGS, *args]
     with open(log, "wb") as out:
         process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, **CPU_ENV,
                                    **(env or {})}, start_new_session=True)
