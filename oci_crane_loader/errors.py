@@ -53,6 +53,8 @@ class UsageError(OciCraneError, ValueError):
 class SettingsError(OciCraneError, ValueError):
     """An OCI_CRANE_* environment variable holds a value we cannot use."""
 
+    default_fix = "set the variable as the message says, or unset it for its default"
+
 
 class InvalidReferenceError(OciCraneError, ValueError):
     """The reference cannot be parsed, or names something no registry serves (uppercase repository, credentials in
