@@ -59,14 +59,6 @@ EXAMPLES: dict[str, tuple[str, str | None]] = {
                             "127.0.0.1:5000/acme/tiny@sha256:0913dc526325... promises; download stopped", None),
 }
 
-EXIT_MEANINGS = {
-    "EXIT_FAILURE": "an error from the list below; one line on stderr, `error: <cause> -- fix: <what to do>`",
-    "EXIT_USAGE": "the command line itself is wrong (unknown option, `--jobs` out of range, a `--subpath` such as "
-                  "`../x`); nothing was created or downloaded",
-    "EXIT_INTERRUPTED": "Ctrl-C: running downloads were stopped and their partial files removed",
-    "EXIT_TERMINATED": "SIGTERM: as Ctrl-C",
-}
-
 HEADER = """\
 # Troubleshooting
 
@@ -119,12 +111,12 @@ def _markdown(text: str) -> str:
 
 def render() -> str:
     problems: list[str] = []
-    lines = [HEADER, "## Exit codes", "", "| code | meaning |", "| --- | --- |",
-             "| 0 | success (`cache verify`: nothing damaged; `doctor`: crane and the cache are fine) |"]
-    for name, value in sorted(exit_codes().items(), key=lambda item: item[1]):
-        if name not in EXIT_MEANINGS:
-            problems.append(f"cli.{name} has no meaning in EXIT_MEANINGS")
-        lines.append(f"| {value} | {EXIT_MEANINGS.get(name, '?')} (`cli.{name}`) |")
+    lines = [HEADER, "## Exit codes", "", "| code | meaning |", "| --- | --- |"]
+    names = {value: name for name, value in exit_codes().items()}
+    for value, meaning in sorted(cli.EXIT_CODES.items()):  # the table `oci-crane --help` prints, one source
+        lines.append(f"| {value} | {_markdown(meaning)} (`cli.{names[value]}`) |")
+    problems += [f"cli.{name} is missing from cli.EXIT_CODES" for name, value in exit_codes().items()
+                 if value not in cli.EXIT_CODES]
     lines += ["", "## Errors", ""]
     for cls in error_classes():
         doc = inspect.cleandoc(cls.__dict__.get("__doc__") or "")
