@@ -61,7 +61,7 @@ class Settings:
                    cache_dir=Path(cache).expanduser() if cache else None,
                    unpack=UnpackLimits.from_environment(env), retries=parse_retries(
                        env.get("OCI_CRANE_RETRIES", ""), "OCI_CRANE_RETRIES", cls.retries),
-                   disable_progress=_flag(env, "OCI_CRANE_DISABLE_PROGRESS"))
+                   disable_progress=flag(env, "OCI_CRANE_DISABLE_PROGRESS"))
 
 
 MAX_RETRIES = 20
