@@ -33,6 +33,8 @@ EXAMPLES: dict[str, tuple[str, str | None]] = {
         "run it with `docker model run` or llama.cpp, or push a safetensors build of the model"),
     "InvalidModelError": ("layer sha256:5b2a53a7e879: unsafe path '/etc/passwd' (absolute, empty or with backslashes)",
                           "re-push the artifact with relative file paths"),
+    "LocalDirError": ("--local-dir /models/llama exists and is not a directory",
+                      "choose another --local-dir, or move what is in the way"),
     "IntegrityError": ("1 damaged cache entry: blobs/sha256/0913dc526325...",
                        "run `oci-crane cache prune --damaged`, then fetch the model again"),
     "OfflineError": ("127.0.0.1:5000/acme/tiny:v1 is not in the cache at /home/me/.cache/oci-crane-loader", None),

@@ -229,6 +229,12 @@ class TLSError(CraneError, ConnectionError):
     )
 
 
+class LocalDirError(OciCraneError, OSError):
+    """The --local-dir directory cannot take the model as asked."""
+
+    default_fix = "choose another --local-dir, or move what is in the way"
+
+
 class CredentialHelperError(CraneError, PermissionError):
     """A docker credential helper (credsStore / credHelpers) failed or is not installed; what it printed is never
     shown, since it may hold the secret."""

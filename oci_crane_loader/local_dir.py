@@ -21,7 +21,7 @@ from contextlib import ExitStack, contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import OciCraneError
+from .errors import LocalDirError
 from .paths import safe_relative_path
 from .settings import settings
 
@@ -33,12 +33,6 @@ _COPY_CHUNK = 8 << 20
 # fs.protected_hardlinks, the link count limit. A copy is the answer to each.
 _CANNOT_LINK = {errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP, errno.EOPNOTSUPP}
 _DIR_FLAGS = os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | getattr(os, "O_NOFOLLOW", 0)
-
-
-class LocalDirError(OciCraneError, OSError):
-    """The --local-dir directory cannot take the model as asked."""
-
-    default_fix = "choose another --local-dir, or move what is in the way"
 
 
 @dataclass

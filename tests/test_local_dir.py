@@ -15,7 +15,8 @@ from support.models import push_model, tree_bytes, write_model
 
 import oci_crane_loader
 from oci_crane_loader import errors
-from oci_crane_loader.local_dir import LocalDirError, place_model
+from oci_crane_loader.errors import LocalDirError
+from oci_crane_loader.local_dir import place_model
 
 
 @pytest.fixture
