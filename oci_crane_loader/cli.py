@@ -12,13 +12,14 @@ import signal
 import sys
 import threading
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from . import __version__, errors
-from .cache.store import Store
 from .options import MAX_JOBS, check_cache_dir, check_jobs, fetch_options, normalise_subpath
-from .progress import Progress, human
-from .pull import Puller, open_puller
-from .reference import parse_reference
+
+if TYPE_CHECKING:  # the pull machinery (pydantic, filelock) is imported by the commands that use it: --help is fast
+    from .progress import Progress
+    from .pull import Puller
 
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
@@ -130,6 +131,8 @@ def _local(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
 
 
 def _puller(args: argparse.Namespace, jobs: int = 4, progress: Progress | None = None) -> Puller:
+    from .pull import open_puller
+
     options = fetch_options(cache_dir=args.cache_dir, platform=args.platform, offline=args.offline,
                             insecure=args.insecure, jobs=jobs, subpath=getattr(args, "subpath", None))
     return open_puller(options, progress)
@@ -137,10 +140,14 @@ def _puller(args: argparse.Namespace, jobs: int = 4, progress: Progress | None =
 
 def _run(args: argparse.Namespace) -> int:
     if args.command == "fetch":
+        from .progress import Progress
+
         progress = Progress(enabled=not (args.quiet or args.json))
         result = _puller(args, args.jobs, progress).fetch(args.reference)
         print(json.dumps(result.to_json(), indent=2) if args.json else result.path)
     elif args.command == "inspect":
+        from .progress import human
+
         info = _puller(args).inspect(args.reference)
         if args.json:
             print(json.dumps(info.to_json(), indent=2))
@@ -195,7 +202,9 @@ def _registry_command(args: argparse.Namespace) -> None:
 def _cache(args: argparse.Namespace) -> None:
     # imported here: `fetch` starts faster without them
     from .cache import listing, prune, verify
+    from .cache.store import Store
     from .cli_format import format_info, format_prune, format_verify
+    from .reference import parse_reference
 
     store = Store(args.cache_dir)
     if args.action == "ls":

@@ -5,9 +5,10 @@ from __future__ import annotations
 import sys
 import threading
 import time
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
-from .oci import Descriptor
+if TYPE_CHECKING:  # for annotations only: the command line imports this without pydantic
+    from .oci import Descriptor
 
 
 def human(size: float) -> str:
