@@ -218,6 +218,8 @@ def _puller(args: argparse.Namespace, jobs: int = 4, progress: Progress | None =
 
 
 def _progress(args: argparse.Namespace) -> Progress:
+    from .progress import Progress
+
     return Progress(enabled=not (args.quiet or settings().disable_progress))
 
 
