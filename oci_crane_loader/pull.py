@@ -17,7 +17,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import errors
+from . import errors, transfer
 from .cache.store import Store, remove_tree
 from .crane import Crane
 from .formats import Action, LayerPlan, Plan, recognise
@@ -27,10 +27,12 @@ from .oci import Descriptor, Manifest, parse_manifest_or_index, sha256_digest
 from .options import MAX_JOBS, FetchOptions
 from .progress import Progress, human
 from .reference import Reference, parse_reference
+from .settings import settings
 
 log = logging.getLogger(__name__)
 
-RETRIES = 3  # crane retries until response headers; a body that drops mid-stream is retried here, from zero
+RETRIES = 3  # crane retries until response headers; a body that drops mid-stream is retried here (crane blob from
+# zero, a ranged download from the bytes on disk)
 # Manifests and configs are read into memory and parsed whole; real ones are kilobytes (registries cap manifests at
 # 4 MiB), so anything far larger is refused before it is downloaded or parsed.
 MAX_DOCUMENT_SIZE = 8 << 20
@@ -152,8 +154,23 @@ class Puller:
         """The blob's cache path; downloaded (once, across threads and processes) if missing. Setting ``cancel``
         stops the download (crane is stopped, the temp file removed) with CancelledError."""
         pinned = f"{reference.repository_name}@{descriptor.digest}"
+        ranged = not settings().no_ranges and descriptor.size >= settings().range_threshold
 
-        def download(temp: Path) -> None:
+        def fetch_once(temp: Path, count: Callable[[int], None]) -> str:
+            """One attempt; the digest of the bytes written (crane blob exits non-zero unless they match)."""
+            nonlocal ranged
+            if ranged:  # parallel byte ranges, resumed from the partial file a failed attempt left
+                try:
+                    return transfer.fetch_blob(self.crane, reference, descriptor,
+                                               self.store.partial_path(descriptor.digest), temp,
+                                               parts=settings().range_parts, progress=count, cancel=cancel)
+                except transfer.Unsupported as exc:
+                    log.info("ranged download of %s unavailable (%s): using crane blob", pinned, exc)
+                    ranged = False
+            self.crane.blob(pinned, temp, count, size=descriptor.size, cancel=cancel)
+            return descriptor.digest
+
+        def download(temp: Path) -> str:
             for attempt in range(1, RETRIES + 1):
                 if cancel is not None and cancel.is_set():
                     raise errors.CancelledError(f"download of {pinned} was cancelled")
@@ -165,8 +182,7 @@ class Puller:
                     self.progress.advance(delta)
 
                 try:
-                    self.crane.blob(pinned, temp, count, size=descriptor.size, cancel=cancel)
-                    return
+                    return fetch_once(temp, count)
                 except errors.NetworkError as exc:  # includes stalls; auth, TLS and integrity are not retried
                     self.progress.advance(-received)
                     if attempt == RETRIES:
@@ -182,6 +198,7 @@ class Puller:
                         raise errors.cache_os_error(OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)),
                                                     f"download {pinned}", self.store.root) from exc
                     raise
+            raise AssertionError("unreachable: the last attempt returns or raises")
 
         if self.store.write_blob(descriptor, download, source=f"blob {pinned}"):
             self.progress.finished(descriptor)

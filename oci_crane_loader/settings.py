@@ -47,6 +47,9 @@ class Settings:
     offline: bool = False  # OCI_CRANE_OFFLINE: the cache only, never the network (CLI and vLLM loader alike)
     no_fsync: bool = False  # OCI_CRANE_NO_FSYNC: skip fsync, for throwaway caches
     cache_dir: Path | None = None  # OCI_CRANE_LOADER_CACHE: the cache root
+    no_ranges: bool = False  # OCI_CRANE_NO_RANGES: every blob through `crane blob`, never the ranged download
+    range_threshold: int = 64 << 20  # OCI_CRANE_RANGE_THRESHOLD: smaller blobs go through `crane blob`
+    range_parts: int = 4  # OCI_CRANE_RANGE_PARTS: parallel byte ranges per large blob
     unpack: UnpackLimits = UnpackLimits()  # OCI_CRANE_MAX_UNPACK_RATIO / _BYTES / _ENTRIES
 
     @classmethod
@@ -57,6 +60,9 @@ class Settings:
                    lock_timeout=_seconds(env, "OCI_CRANE_LOCK_TIMEOUT", cls.lock_timeout),
                    offline=_flag(env, "OCI_CRANE_OFFLINE"), no_fsync=_flag(env, "OCI_CRANE_NO_FSYNC"),
                    cache_dir=Path(cache).expanduser() if cache else None,
+                   no_ranges=_flag(env, "OCI_CRANE_NO_RANGES"),
+                   range_threshold=_positive(env, "OCI_CRANE_RANGE_THRESHOLD", cls.range_threshold, parse_bytes),
+                   range_parts=_positive(env, "OCI_CRANE_RANGE_PARTS", cls.range_parts, int),
                    unpack=UnpackLimits.from_environment(env))
 
 
