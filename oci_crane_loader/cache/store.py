@@ -24,6 +24,7 @@ re-hashed when the next Store opens, before anything is served from it.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import functools
 import hashlib
@@ -528,14 +529,16 @@ def _fsync_file(path: Path) -> None:
 
 
 class BackgroundSync:
-    """One daemon thread that fsyncs blobs after their rename, then drops their unsynced markers. A process
-    that exits first leaves the markers; the next Store to open settles them (recover_unsynced)."""
+    """One daemon thread that fsyncs blobs after their rename, then drops their unsynced markers. A normal exit
+    waits for it (the model was handed out already); a killed process leaves the markers, and the next Store to
+    open settles them (recover_unsynced)."""
 
     def __init__(self) -> None:
         self._queue: queue.Queue[tuple[Path, Path]] = queue.Queue()
         self._idle = threading.Event()
         self._idle.set()
         threading.Thread(target=self._run, name="oci-crane-fsync", daemon=True).start()
+        atexit.register(self.wait)
 
     def submit(self, blob: Path, marker: Path) -> None:
         self._idle.clear()
