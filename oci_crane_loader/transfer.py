@@ -42,7 +42,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 MIN_PART = 1 << 20  # no range smaller than this (OCI_CRANE_RANGE_THRESHOLD keeps small blobs off this path)
-CHUNK = 1 << 20
+CHUNK = 1 << 20  # the hashing thread's reads are up to 4 of these
 STATE_EVERY = 0.5  # seconds between saves of the state file
 MAX_REDIRECTS = 5
 _CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+|\*)")
@@ -73,7 +73,16 @@ def fetch_blob(crane: Crane, reference: Reference, descriptor: Descriptor, parti
         raise Unsupported("httpx is not installed") from exc
     session = _Session(crane, reference, httpx)
     try:
-        return _Download(session, descriptor, partial, parts, progress, cancel).run(destination)
+        download = _Download(session, descriptor, partial, parts, progress, cancel)
+        try:
+            return download.run(destination)
+        except errors.IntegrityError:
+            if not download.resumed:
+                raise
+            # Bytes an earlier attempt left were wrong (a power loss under the partial file): once more, from zero.
+            log.warning("the resumed download of %s did not verify; downloading it again", descriptor.digest)
+            progress(-download.counted)
+            return _Download(session, descriptor, partial, parts, progress, cancel).run(destination)
     finally:
         session.close()
 
@@ -102,14 +111,22 @@ def _may_fall_back_to_http(crane: Crane, host: str) -> bool:
     """crane (ggcr) tries https then http for --insecure, loopback and private addresses."""
     if crane.insecure:
         return True
+    if _is_loopback(host):
+        return True
+    try:
+        return ipaddress.ip_address(urlsplit(f"//{host}").hostname or "").is_private
+    except ValueError:
+        return False
+
+
+def _is_loopback(host: str) -> bool:
     name = urlsplit(f"//{host}").hostname or ""
     if name == "localhost" or name.endswith(".localhost"):
         return True
     try:
-        address = ipaddress.ip_address(name)
+        return ipaddress.ip_address(name).is_loopback
     except ValueError:
         return False
-    return address.is_loopback or address.is_private
 
 
 class _Session:
@@ -120,11 +137,10 @@ class _Session:
         self.reference = reference
         self.httpx = httpx_module
         self.host = "index.docker.io" if reference.registry == "docker.io" else reference.registry
-        loopback = _may_fall_back_to_http(crane, self.host) and not crane.insecure
         # Go's proxy rules never proxy loopback; HTTP(S)_PROXY / NO_PROXY otherwise apply as they do for crane.
         timeout = httpx_module.Timeout(crane.timeout, read=crane.stall_timeout)
         self.client: httpx.Client = httpx_module.Client(
-            verify=tls_verify(crane), trust_env=not loopback, follow_redirects=False, timeout=timeout,
+            verify=tls_verify(crane), trust_env=not _is_loopback(self.host), follow_redirects=False, timeout=timeout,
             limits=httpx_module.Limits(max_connections=64, max_keepalive_connections=16))
         self.schemes = ["http"] if getattr(crane, "plain_http", False) else (
             ["https", "http"] if _may_fall_back_to_http(crane, self.host) else ["https"])
@@ -144,7 +160,7 @@ class _Session:
         it); any other answer raises the typed error crane's path would."""
         url = self.blob_url() + digest
         for _hop in range(MAX_REDIRECTS + 2):
-            headers = {"Range": f"bytes={first}-{last}"}
+            headers = {"Range": f"bytes={first}-{last}", "Accept-Encoding": "identity"}  # ranges of the stored bytes
             to_registry = urlsplit(url).netloc == self.host
             if self.authorization and to_registry:
                 headers["Authorization"] = self.authorization
@@ -240,6 +256,8 @@ class _Download:
         self.stop = threading.Event()
         self.moved = threading.Condition()
         self.failures: list[BaseException] = []
+        self.counted = 0  # bytes reported to progress, for a caller that starts again
+        self.resumed = 0  # bytes on disk from an earlier attempt
         self.parts = self._resume() or self._plan(parts)
 
     def _plan(self, parts: int) -> list[Part]:
@@ -263,10 +281,15 @@ class _Download:
         if not parts or parts[0].start != 0 or parts[-1].end != self.descriptor.size - 1 or any(
                 part.remaining < 0 or part.done < 0 for part in parts):
             return None
-        resumed = sum(part.done for part in parts)
-        log.info("resuming %s from %d of %d bytes on disk", self.descriptor.digest, resumed, self.descriptor.size)
-        self.progress(resumed)
+        self.resumed = sum(part.done for part in parts)
+        log.info("resuming %s from %d of %d bytes on disk", self.descriptor.digest, self.resumed,
+                 self.descriptor.size)
         return parts
+
+    def _advance(self, delta: int) -> None:
+        with self.moved:
+            self.counted += delta
+        self.progress(delta)
 
     def _save_state(self) -> None:
         state = {"digest": self.descriptor.digest, "parts": [[p.start, p.end, p.done] for p in self.parts]}
@@ -281,12 +304,19 @@ class _Download:
         if pending:
             # The first request tells whether ranges work at all, before any other starts or a byte is written.
             start = pending[0].start + pending[0].done
-            first = self.session.open(self.descriptor.digest, start, pending[0].end)
-            if first.status_code == 200 and not (start == 0 and pending[0].end == self.descriptor.size - 1):
-                first.close()
-                if not any(part.done for part in self.parts):
-                    discard(self.partial)
-                raise Unsupported("the registry ignores Range requests")
+            try:
+                first = self.session.open(self.descriptor.digest, start, pending[0].end)
+                if first.status_code == 200 and not (start == 0 and pending[0].end == self.descriptor.size - 1):
+                    first.close()
+                    raise Unsupported("the registry ignores Range requests")
+                if urlsplit(str(first.url)).netloc == self.session.host and not self.resumed:
+                    first.close()
+                    raise Unsupported("the registry serves the blob itself, where one crane stream is faster")
+            except BaseException:
+                if not self.resumed:
+                    discard(self.partial)  # nothing to resume: no file left behind
+                raise
+        self._advance(self.resumed)
         hasher = _Hasher(self)
         workers = [threading.Thread(target=self._worker, args=(part, first if index == 0 else None),
                                     name="oci-crane-range", daemon=True) for index, part in enumerate(pending)]
@@ -340,7 +370,7 @@ class _Download:
                 if response is None:
                     response = self.session.open(self.descriptor.digest, part.start + part.done, part.end)
                 self._check_range(response, part)
-                for chunk in response.iter_bytes(CHUNK):
+                for chunk in response.iter_bytes():  # as read from the socket: a cut loses no buffered bytes
                     if self.stop.is_set():
                         return
                     if len(chunk) > part.remaining:
@@ -351,7 +381,7 @@ class _Download:
                     with self.moved:
                         part.done += len(chunk)
                         self.moved.notify_all()
-                    self.progress(len(chunk))
+                    self._advance(len(chunk))
                 if part.remaining:
                     raise errors.NetworkError(f"the download of {self.descriptor.digest} ended early: "
                                               f"{part.remaining} bytes of a range missing")

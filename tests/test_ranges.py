@@ -90,6 +90,18 @@ def test_ranges_through_a_storage_host_give_the_right_file(registry: LocalRegist
     assert not list((cache_dir / "tmp").glob("*.partial*"))
 
 
+def test_bearer_token_registry_gets_its_token_from_crane(registry: LocalRegistry, pushed: tuple[Path, str],
+                                                         cache_dir: Path) -> None:
+    source, name = pushed
+    with StorageProxy(registry.host, bearer_token="t0ken-from-the-realm") as proxy:
+        path = fetch(cache_dir, f"{proxy.address}/{name}")
+        ranged_gets = [r for r in proxy.front_requests if r[2] and "/blobs/" in r[1]]
+    assert (path / "model.safetensors").read_bytes() == (source / "model.safetensors").read_bytes()
+    assert [r[3] for r in ranged_gets].count(True) == 4  # after the first 401, every range carried the token
+    assert len([r for r in proxy.requests if r[2]]) == 4
+    assert not any(r[3] for r in proxy.requests)
+
+
 @pytest.mark.skipif(binary_path() is None, reason="Debian's docker-registry is not installed: bin/install-test-deps")
 def test_basic_auth_and_tls_registry_behind_a_storage_host(tmp_path: Path, cache_dir: Path,
                                                            monkeypatch: pytest.MonkeyPatch) -> None:
@@ -120,7 +132,8 @@ def test_basic_auth_and_tls_registry_behind_a_storage_host(tmp_path: Path, cache
 def test_a_dropped_stream_resumes_from_the_bytes_on_disk(registry: LocalRegistry, pushed: tuple[Path, str],
                                                          cache_dir: Path) -> None:
     source, name = pushed
-    with StorageProxy(registry.host, cut_at_fraction=0.8) as proxy:
+    # paced, so that little sits in socket buffers when the cut comes (those bytes are lost to the client too)
+    with StorageProxy(registry.host, cut_at_fraction=0.8, rate_per_connection=4e6) as proxy:
         descriptor = shard_descriptor(cache_dir, f"{proxy.address}/{name}")
         path = fetch(cache_dir, f"{proxy.address}/{name}")
         served = proxy.bytes_served
@@ -185,6 +198,20 @@ def test_cancel_stops_a_ranged_download(registry: LocalRegistry, pushed: tuple[P
     assert not [p for p in (cache_dir / "tmp").iterdir() if p.name.endswith(".incomplete")]
 
 
+def test_wrong_bytes_left_on_disk_are_downloaded_again(registry: LocalRegistry, pushed: tuple[Path, str],
+                                                       cache_dir: Path) -> None:
+    """A partial file whose state says "all there" but whose bytes never reached the disk (a power loss)."""
+    source, name = pushed
+    descriptor = shard_descriptor(cache_dir, f"{registry.host}/{name}")
+    partial = cache_dir / "tmp" / f"{descriptor.digest.removeprefix('sha256:')}.partial"
+    partial.write_bytes(b"\0" * descriptor.size)
+    half = descriptor.size // 2
+    partial.with_name(partial.name + ".json").write_text(json.dumps(
+        {"digest": descriptor.digest, "parts": [[0, half - 1, half], [half, descriptor.size - 1, 0]]}))
+    path = fetch(cache_dir, f"{registry.host}/{name}")
+    assert (path / "model.safetensors").read_bytes() == (source / "model.safetensors").read_bytes()
+
+
 KILLABLE = """
 import sys
 from oci_crane_loader.options import fetch_options
@@ -205,7 +232,7 @@ def test_a_stopped_process_leaves_no_final_file_and_the_next_fetch_resumes(
                                  env={**os.environ, "PYTHONPATH": str(REPO_ROOT)}, stderr=subprocess.PIPE)
         try:
             deadline = time.monotonic() + GIVE_UP
-            while not (state.exists() and on_disk(state) > descriptor.size // 4):
+            while not (state.exists() and on_disk(state) > descriptor.size // 2):
                 assert child.poll() is None and time.monotonic() < deadline, child.stderr
                 time.sleep(0.05)
             child.send_signal(how)
@@ -219,7 +246,7 @@ def test_a_stopped_process_leaves_no_final_file_and_the_next_fetch_resumes(
         path = fetch(cache_dir, reference)
         again = proxy.bytes_served - before
     assert (path / "model.safetensors").read_bytes() == (source / "model.safetensors").read_bytes()
-    assert again < descriptor.size * 0.8, (again, descriptor.size)  # resumed, not from zero
+    assert again < descriptor.size * 0.75, (again, descriptor.size)  # resumed, not from zero
 
 
 def on_disk(state: Path) -> int:

@@ -242,8 +242,8 @@ class Store:
         Under the blob's lock (one download per blob across threads and processes) the cache is checked again,
         then ``fill`` writes a unique temp file and returns the sha256 digest (a str) of the bytes it wrote when
         it hashed them as they arrived (anything else: the file is hashed here, one more pass). Size and digest
-        are checked before the file gets its final, read-only name. The temp file is removed whatever happens. ``source``
-        names the blob in errors."""
+        are checked before the file gets its final, read-only name. The temp file is removed whatever happens.
+        ``source`` names the blob in errors."""
         if self.has_blob(descriptor):
             return False
         with self._lock(digest_hex(descriptor.digest)):
