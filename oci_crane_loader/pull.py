@@ -102,6 +102,7 @@ class Puller:
         self.crane = crane
         self.jobs = jobs
         self.progress = progress or Progress(enabled=False)
+        self.range_parts = settings().range_parts  # byte ranges per large blob; ensure_blobs shares out the slots
 
     # --- manifests ---------------------------------------------------------------------------------------------
     def _manifest_by_digest(self, reference: Reference, digest: str) -> bytes:
@@ -154,7 +155,8 @@ class Puller:
         """The blob's cache path; downloaded (once, across threads and processes) if missing. Setting ``cancel``
         stops the download (crane is stopped, the temp file removed) with CancelledError."""
         pinned = f"{reference.repository_name}@{descriptor.digest}"
-        ranged = not settings().no_ranges and descriptor.size >= settings().range_threshold
+        parts = self.range_parts
+        ranged = not settings().no_ranges and descriptor.size >= settings().range_threshold and parts > 1
 
         def fetch_once(temp: Path, count: Callable[[int], None]) -> str:
             """One attempt; the digest of the bytes written (crane blob exits non-zero unless they match)."""
@@ -163,7 +165,7 @@ class Puller:
                 try:
                     return transfer.fetch_blob(self.crane, reference, descriptor,
                                                self.store.partial_path(descriptor.digest), temp,
-                                               parts=settings().range_parts, progress=count, cancel=cancel)
+                                               parts=parts, progress=count, cancel=cancel)
                 except transfer.Unsupported as exc:
                     log.info("ranged download of %s unavailable (%s): using crane blob", pinned, exc)
                     ranged = False
@@ -210,6 +212,11 @@ class Puller:
                      on_ready: Callable[[LayerPlan, Path], None] | None = None) -> None:
         layers = list(layers)
         self.progress.start(sum(layer.descriptor.size for layer in layers), len(layers))
+        # Ranges pay where download slots would idle: one large blob gets them all, as many as slots get one each
+        # (then crane blob, faster per stream).
+        large = sum(1 for layer in layers if layer.descriptor.size >= settings().range_threshold
+                    and not self.store.has_blob(layer.descriptor))
+        self.range_parts = min(settings().range_parts, max(1, self.jobs // max(1, large)))
         cancel = threading.Event()
         failures: list[BaseException] = []
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import functools
 import hashlib
 import ipaddress
 import json
@@ -52,6 +53,9 @@ class Unsupported(Exception):
     """The HTTP path cannot fetch this blob; `crane blob` can."""
 
 
+_SERVES_BLOBS_ITSELF: set[str] = set()  # registries seen answering a blob GET without a redirect (this process)
+
+
 @dataclass
 class Part:
     start: int
@@ -67,6 +71,8 @@ def fetch_blob(crane: Crane, reference: Reference, descriptor: Descriptor, parti
                parts: int, progress: Callable[[int], None], cancel: threading.Event | None = None) -> str:
     """Download ``descriptor``'s blob into ``destination`` by way of ``partial`` (kept on failure, for resuming);
     returns its sha256 digest, checked against the descriptor (IntegrityError and the partial deleted if not)."""
+    if reference.registry in _SERVES_BLOBS_ITSELF and not partial.exists():
+        raise Unsupported(f"{reference.registry} serves blobs itself, where one crane stream is faster")
     try:
         import httpx
     except ImportError as exc:
@@ -104,7 +110,13 @@ def tls_verify(crane: Crane) -> ssl.SSLContext | bool:
     if crane.insecure:
         return False
     ca_file = getattr(crane, "ca_file", None)
-    return ssl.create_default_context(cafile=str(ca_file) if ca_file else None)
+    return _context(str(ca_file) if ca_file else None, os.environ.get("SSL_CERT_FILE"), os.environ.get("SSL_CERT_DIR"))
+
+
+@functools.cache
+def _context(ca_file: str | None, *_environment: str | None) -> ssl.SSLContext:
+    """Loading the trust store takes a good part of a second: once per setting (the environment is in the key)."""
+    return ssl.create_default_context(cafile=ca_file)
 
 
 def _may_fall_back_to_http(crane: Crane, host: str) -> bool:
@@ -311,6 +323,7 @@ class _Download:
                     raise Unsupported("the registry ignores Range requests")
                 if urlsplit(str(first.url)).netloc == self.session.host and not self.resumed:
                     first.close()
+                    _SERVES_BLOBS_ITSELF.add(self.session.reference.registry)
                     raise Unsupported("the registry serves the blob itself, where one crane stream is faster")
             except BaseException:
                 if not self.resumed:

@@ -160,6 +160,18 @@ def test_registry_that_ignores_range_falls_back_to_crane(registry: LocalRegistry
     assert not list((cache_dir / "tmp").glob("*.partial*"))
 
 
+def test_a_registry_serving_blobs_itself_gets_crane_blob(registry: LocalRegistry, pushed: tuple[Path, str],
+                                                         cache_dir: Path) -> None:
+    """No redirect, no connection cap: one Go stream beats Python reading several (docs/fetching.md numbers)."""
+    source, name = pushed
+    with StorageProxy(registry.host, redirect_blobs=False) as proxy:
+        path = fetch(cache_dir, f"{proxy.address}/{name}")
+        big_gets = [r[2] for r in proxy.front_requests if r[0] == "GET" and "/blobs/" in r[1]]
+    assert (path / "model.safetensors").read_bytes() == (source / "model.safetensors").read_bytes()
+    assert len([r for r in big_gets if r]) == 1  # the one range request that found out, then crane's GETs
+    assert not list((cache_dir / "tmp").glob("*.partial*"))
+
+
 def test_wrong_bytes_from_the_storage_host_are_an_integrity_error(registry: LocalRegistry,
                                                                   pushed: tuple[Path, str],
                                                                   cache_dir: Path) -> None:
