@@ -373,7 +373,8 @@ class _Download:
                 return
             alive[0].join(timeout=0.1)
             if time.monotonic() - last_save > STATE_EVERY:
-                self._save_state()
+                with contextlib.suppress(OSError):  # only resuming would suffer; the download goes on
+                    self._save_state()
                 last_save = time.monotonic()
 
     def _worker(self, part: Part, opened: httpx.Response | None) -> None:
@@ -400,6 +401,9 @@ class _Download:
                                               f"{part.remaining} bytes of a range missing")
         except self.session.httpx.HTTPError as exc:
             self.failures.append(self.session.network_error(exc, self.session.blob_url()))
+        except OSError as exc:  # a full disk, say: the fix that fits its errno
+            self.failures.append(errors.cache_os_error(exc, f"write the download of {self.descriptor.digest}",
+                                                       self.partial.parent.parent))
         except BaseException as exc:
             self.failures.append(exc)
         finally:
@@ -452,13 +456,16 @@ class _Hasher:
                             continue
                     while ready > 0:
                         data = os.pread(source.fileno(), min(ready, 4 * CHUNK), offset)
-                        if not data:
-                            raise OSError(f"{download.partial} is shorter than {offset + ready} bytes")
+                        if not data:  # someone truncated it under us
+                            download.failures.append(errors.IntegrityError(
+                                f"{download.partial} shrank below {offset + ready} bytes while downloading"))
+                            return
                         sha.update(data)
                         offset += len(data)
                         ready -= len(data)
         except OSError as exc:
-            download.failures.append(exc)
+            download.failures.append(errors.cache_os_error(exc, f"hash the download of {download.descriptor.digest}",
+                                                           download.partial.parent.parent))
             return
         if offset == download.descriptor.size:
             self.digest = "sha256:" + sha.hexdigest()

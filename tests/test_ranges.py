@@ -124,9 +124,12 @@ def test_basic_auth_and_tls_registry_behind_a_storage_host(tmp_path: Path, cache
             assert len([r for r in proxy.requests if r[2]]) == 4
             assert not any(r[3] for r in proxy.requests)  # the storage host never did
 
+            descriptor = shard_descriptor(cache_dir, f"{proxy.address}/acme/big:v1")
             (private.docker_config / "config.json").write_text(json.dumps({"auths": {}}))
-            with pytest.raises(errors.UnauthorizedError):
-                fetch(tmp_path / "other-cache", f"{proxy.address}/acme/big:v1")
+            puller = open_puller(fetch_options(cache_dir=tmp_path / "other-cache"))
+            with pytest.raises(errors.UnauthorizedError):  # the ranged path's own 401, typed as crane's
+                puller.ensure_blob(parse_reference(f"{proxy.address}/acme/big:v1"), descriptor)
+            assert not final_blob(tmp_path / "other-cache", descriptor).exists()
 
 
 def test_a_dropped_stream_resumes_from_the_bytes_on_disk(registry: LocalRegistry, pushed: tuple[Path, str],
@@ -299,12 +302,13 @@ def test_blobs_are_synced_in_the_background_and_markers_settle(tmp_path: Path) -
     descriptor = Descriptor(mediaType="x", digest="sha256:" + hashlib.sha256(data).hexdigest(), size=len(data))
     assert store.write_blob(descriptor, lambda temp: temp.write_bytes(data))
     assert store_module.background_sync().wait(timeout=GIVE_UP)
-    assert not list((store.root / "tmp").glob("unsynced-*"))  # synced: the marker is gone
+    assert not list((store.root / "unsynced").iterdir())  # synced: the marker is gone
     assert store.blob_path(descriptor.digest).read_bytes() == data
 
 
 def write_marker(store: Store, digest: str, boot: str, pid: int) -> Path:
-    marker = store.root / "tmp" / f"unsynced-{digest.removeprefix('sha256:')}"
+    marker = store.root / "unsynced" / digest.removeprefix("sha256:")
+    marker.parent.mkdir(exist_ok=True)
     marker.write_text(f"{boot} {pid}\n")
     return marker
 
@@ -321,7 +325,7 @@ def test_after_a_power_loss_a_torn_blob_is_deleted_before_anything_serves_it(tmp
     Store(store.root)  # the next process to open the cache
     assert store.blob_path(good).read_bytes() == data
     assert not store.blob_path(torn).exists()
-    assert not list((store.root / "tmp").glob("unsynced-*"))
+    assert not list((store.root / "unsynced").iterdir())
 
 
 def test_markers_of_a_live_process_are_left_alone_and_of_a_dead_one_settled(tmp_path: Path) -> None:

@@ -8,6 +8,7 @@
     models/sha256/<hex>/          materialised model directory (hard links to blobs, extracted tar files)
     configs/sha256/<hex>/         the same without weights, for vLLM's `model` while weights stream in
     tmp/                          temp files, scratch directories, fetch markers (fetching-*)
+    unsynced/<hex>                a blob renamed into place whose bytes may not be on disk yet
     locks/<hex>.lock, locks/prune.lock
 
 This module is the only code that knows these paths: everything else asks the Store, and lists the cache through
@@ -17,7 +18,7 @@ Correctness comes from atomic renames (temp file, os.replace), not from the lock
 processes downloading the same blob twice. A half-written file is never visible under its final name.
 
 A blob is renamed into place before its bytes are on disk (fsync would stall every download: see
-docs/fetching.md): first a small durable marker tmp/unsynced-<hex> names it and this boot, a background thread
+docs/fetching.md): first a small durable marker unsynced/<hex> names it and this boot, a background thread
 fsyncs it and then drops the marker. A marker left by an earlier boot (power lost before the sync) gets its blob
 re-hashed when the next Store opens, before anything is served from it.
 """
@@ -62,7 +63,6 @@ def fsync(fd: int) -> None:
 TAGS, DIGESTS = "@tags", "@digests"  # ref directories under refs/<registry>/<repository>/
 LAYOUT_MARKER = ".layout-2"  # in refs/: the refs were moved to the @tags/ layout
 FETCHING = "fetching-"  # tmp/ marker of a fetch in progress
-UNSYNCED = "unsynced-"  # tmp/ marker of a blob renamed into place whose bytes may not be on disk yet
 _HEX = re.compile(r"[a-f0-9]{64}")
 _DIGEST = re.compile(r"sha256:[a-f0-9]{64}")
 _DIR_NAME = re.compile(r"([a-f0-9]{64})(-[a-f0-9]+)?")  # a manifest digest, plus a hash of --subpath if chosen
@@ -278,7 +278,8 @@ class Store:
     def _mark_unsynced(self, digest: str) -> Path:
         """A durable note, made before the blob's rename, that its bytes may not be on disk yet (two small
         fsyncs: milliseconds, where the blob's own fsync takes as long as the disk needs to write it)."""
-        marker = self.root / "tmp" / f"{UNSYNCED}{digest_hex(digest)}"
+        marker = self.root / "unsynced" / digest_hex(digest)
+        marker.parent.mkdir(exist_ok=True)  # made when first needed: a read-only cache of an older version opens
         with open(marker, "w") as handle:
             handle.write(f"{boot_id()} {os.getpid()}\n")
             handle.flush()
@@ -497,16 +498,14 @@ def recover_unsynced(store: Store) -> None:
     """Settle the unsynced markers a process left (killed, or gone before its background sync ended): from this
     boot the bytes are in the page cache, so fsync them; from an earlier boot (a power loss or crash came first)
     re-hash the blob and delete it if torn. A marker of a live process is its own business."""
-    for path in _sorted_entries(store.root / "tmp"):
-        if not path.name.startswith(UNSYNCED):
-            continue
+    for path in _sorted_entries(store.root / "unsynced"):
         try:
             boot, pid = path.read_text().split()
         except (OSError, ValueError):
             boot, pid = "", "0"
-        digest = f"sha256:{path.name[len(UNSYNCED):]}"
-        if not _HEX.fullmatch(digest_hex(digest)):
+        if not _HEX.fullmatch(path.name):
             continue
+        digest = f"sha256:{path.name}"
         this_boot = boot != "" and boot == boot_id()
         if this_boot and pid.isdigit() and _alive(int(pid)):
             continue
