@@ -153,7 +153,8 @@ class Puller:
     def ensure_blob(self, reference: Reference, descriptor: Descriptor,
                     cancel: threading.Event | None = None) -> Path:
         """The blob's cache path; downloaded (once, across threads and processes) if missing. Setting ``cancel``
-        stops the download (crane is stopped, the temp file removed) with CancelledError."""
+        stops the download (crane is stopped, the temp file removed; a ranged download keeps its partial file
+        under tmp/ for the next attempt) with CancelledError."""
         pinned = f"{reference.repository_name}@{descriptor.digest}"
         parts = self.range_parts
         ranged = not settings().no_ranges and descriptor.size >= settings().range_threshold and parts > 1

@@ -516,7 +516,8 @@ def recover_unsynced(store: Store) -> None:
                 blob.unlink()
             elif this_boot:
                 _fsync_file(blob)
-        path.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # a read-only cache: its blobs were checked, the marker may stay
+            path.unlink(missing_ok=True)
 
 
 def _fsync_file(path: Path) -> None:
