@@ -77,6 +77,8 @@ def fetch_blob(crane: Crane, reference: Reference, descriptor: Descriptor, parti
         import httpx
     except ImportError as exc:
         raise Unsupported("httpx is not installed") from exc
+    for name in ("httpx", "httpcore"):  # they log every URL (a presigned one's signature too) and headers
+        logging.getLogger(name).setLevel(logging.WARNING)
     session = _Session(crane, reference, httpx)
     try:
         download = _Download(session, descriptor, partial, parts, progress, cancel)

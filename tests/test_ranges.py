@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -91,13 +92,15 @@ def test_ranges_through_a_storage_host_give_the_right_file(registry: LocalRegist
 
 
 def test_bearer_token_registry_gets_its_token_from_crane(registry: LocalRegistry, pushed: tuple[Path, str],
-                                                         cache_dir: Path) -> None:
+                                                         cache_dir: Path, caplog: pytest.LogCaptureFixture) -> None:
     source, name = pushed
+    caplog.set_level(logging.DEBUG)
     with StorageProxy(registry.host, bearer_token="t0ken-from-the-realm") as proxy:
         path = fetch(cache_dir, f"{proxy.address}/{name}")
         ranged_gets = [r for r in proxy.front_requests if r[2] and "/blobs/" in r[1]]
     assert (path / "model.safetensors").read_bytes() == (source / "model.safetensors").read_bytes()
     assert [r[3] for r in ranged_gets].count(True) == 4  # after the first 401, every range carried the token
+    assert "t0ken-from-the-realm" not in caplog.text and "/storage/" not in caplog.text  # nor storage URLs
     assert len([r for r in proxy.requests if r[2]]) == 4
     assert not any(r[3] for r in proxy.requests)
 
