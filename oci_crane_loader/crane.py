@@ -369,6 +369,27 @@ class Crane:
     def push(self, layout: Path, reference: str) -> str:
         return self.run("push", str(layout), reference).decode().strip()
 
+    def auth_token(self, repository: str) -> str:
+        """A pull token for ``registry/repository`` from a bearer-token registry: `crane auth token` does the
+        exchange with the keychain's credentials and prints {"token": ...}. For the ranged download
+        (transfer.py) only: the token is never logged, shown or put on a command line."""
+        answer = json.loads(self.run("auth token", repository))
+        token = answer.get("token") or answer.get("access_token") if isinstance(answer, dict) else None
+        if not isinstance(token, str) or not token:
+            raise errors.CraneError(f"`crane auth token` printed no token for {repository}")
+        return token
+
+    def auth_basic(self, registry: str) -> tuple[str, str] | None:
+        """The keychain's username and secret for a basic-auth ``registry`` (`crane auth get`, which reads the
+        docker config and its credential helpers); None when none is configured."""
+        try:
+            answer = json.loads(self.run("auth get", registry))
+        except errors.CraneError as exc:
+            if type(exc) is errors.CraneError and not exc.stderr.strip():  # exit 1: "credentials not found"
+                return None
+            raise
+        return str(answer.get("Username") or ""), str(answer.get("Secret") or "")
+
     def blob(self, pinned: str, destination: Path, progress: Callable[[int], None] | None = None, *,
              size: int | None = None, cancel: threading.Event | None = None) -> None:
         """Stream ``repo@sha256:...`` into ``destination`` (a temp file), stopping crane if the stream stalls,

@@ -17,7 +17,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import errors
+from . import errors, transfer
 from .cache.store import Store, remove_tree
 from .crane import Crane
 from .formats import Action, LayerPlan, Plan, recognise
@@ -28,6 +28,7 @@ from .oci import Descriptor, Manifest, parse_manifest_or_index, sha256_digest
 from .options import MAX_JOBS, FetchOptions
 from .progress import Progress, human
 from .reference import Reference, parse_reference
+from .settings import settings
 
 log = logging.getLogger(__name__)
 
@@ -103,9 +104,11 @@ class Puller:
         self.crane = crane
         self.jobs = jobs
         self.progress = progress or Progress(enabled=False)
-        # crane retries until response headers; a body that drops mid-stream is tried again here, from zero
+        # crane retries until response headers; a body that drops mid-stream is tried again here (crane blob
+        # from zero, a ranged download from the bytes on disk)
         self.retries = retries
         self.include, self.exclude = include, exclude  # fetch only: which files (formats/plan.filter_plan)
+        self.range_parts = settings().range_parts  # byte ranges per large blob; ensure_blobs shares out the slots
 
     # --- manifests ---------------------------------------------------------------------------------------------
     def _manifest_by_digest(self, reference: Reference, digest: str) -> bytes:
@@ -156,10 +159,27 @@ class Puller:
     def ensure_blob(self, reference: Reference, descriptor: Descriptor,
                     cancel: threading.Event | None = None) -> Path:
         """The blob's cache path; downloaded (once, across threads and processes) if missing. Setting ``cancel``
-        stops the download (crane is stopped, the temp file removed) with CancelledError."""
+        stops the download (crane is stopped, the temp file removed; a ranged download keeps its partial file
+        under tmp/ for the next attempt) with CancelledError."""
         pinned = f"{reference.repository_name}@{descriptor.digest}"
+        parts = self.range_parts
+        ranged = not settings().no_ranges and descriptor.size >= settings().range_threshold and parts > 1
 
-        def download(temp: Path) -> None:
+        def fetch_once(temp: Path, count: Callable[[int], None]) -> str:
+            """One attempt; the digest of the bytes written (crane blob exits non-zero unless they match)."""
+            nonlocal ranged
+            if ranged:  # parallel byte ranges, resumed from the partial file a failed attempt left
+                try:
+                    return transfer.fetch_blob(self.crane, reference, descriptor,
+                                               self.store.partial_path(descriptor.digest), temp,
+                                               parts=parts, progress=count, cancel=cancel)
+                except transfer.Unsupported as exc:
+                    log.info("ranged download of %s unavailable (%s): using crane blob", pinned, exc)
+                    ranged = False
+            self.crane.blob(pinned, temp, count, size=descriptor.size, cancel=cancel)
+            return descriptor.digest
+
+        def download(temp: Path) -> str:
             self.progress.begin(descriptor)
             for attempt in range(1, self.retries + 2):
                 if cancel is not None and cancel.is_set():
@@ -172,8 +192,7 @@ class Puller:
                     self.progress.advance(delta)
 
                 try:
-                    self.crane.blob(pinned, temp, count, size=descriptor.size, cancel=cancel)
-                    return
+                    return fetch_once(temp, count)
                 except errors.NetworkError as exc:  # includes stalls; auth, TLS and integrity are not retried
                     self.progress.advance(-received)
                     if attempt > self.retries:
@@ -189,6 +208,7 @@ class Puller:
                         raise errors.cache_os_error(OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)),
                                                     f"download {pinned}", self.store.root) from exc
                     raise
+            raise AssertionError("unreachable: the last attempt returns or raises")
 
         if self.store.write_blob(descriptor, download, source=f"blob {pinned}"):
             self.progress.finished(descriptor)
@@ -201,6 +221,11 @@ class Puller:
         layers = list(layers)
         self.progress.start(sum(layer.descriptor.size for layer in layers), len(layers),
                             {layer.descriptor.digest: layer.path for layer in layers if layer.path})
+        # Ranges pay where download slots would idle: one large blob gets them all, as many as slots get one each
+        # (then crane blob, faster per stream).
+        large = sum(1 for layer in layers if layer.descriptor.size >= settings().range_threshold
+                    and not self.store.has_blob(layer.descriptor))
+        self.range_parts = min(settings().range_parts, max(1, self.jobs // max(1, large)))
         cancel = threading.Event()
         failures: list[BaseException] = []
 

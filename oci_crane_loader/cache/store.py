@@ -8,25 +8,35 @@
     models/sha256/<hex>/          materialised model directory (hard links to blobs, extracted tar files)
     configs/sha256/<hex>/         the same without weights, for vLLM's `model` while weights stream in
     tmp/                          temp files, scratch directories, fetch markers (fetching-*)
+    unsynced/<hex>                a blob renamed into place whose bytes may not be on disk yet
     locks/<hex>.lock, locks/prune.lock
 
 This module is the only code that knows these paths: everything else asks the Store, and lists the cache through
 its typed iterators (``blobs``, ``manifests``, ``refs``, ``model_dirs``, ``scratch_entries``).
 
-Correctness comes from atomic renames (temp file, fsync, os.replace), not from the locks: locks only stop two
+Correctness comes from atomic renames (temp file, os.replace), not from the locks: locks only stop two
 processes downloading the same blob twice. A half-written file is never visible under its final name.
+
+A blob is renamed into place before its bytes are on disk (fsync would stall every download: see
+docs/fetching.md): first a small durable marker unsynced/<hex> names it and this boot, a background thread
+fsyncs it and then drops the marker. A marker left by an earlier boot (power lost before the sync) gets its blob
+re-hashed when the next Store opens, before anything is served from it.
 """
 
 from __future__ import annotations
 
+import atexit
 import contextlib
+import functools
 import hashlib
 import logging
 import os
+import queue
 import re
 import shutil
 import stat
 import tempfile
+import threading
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -44,9 +54,9 @@ log = logging.getLogger(__name__)
 
 
 def fsync(fd: int) -> None:
-    # fsync makes a blob durable before it gets its final name (a crash must not leave a zero-filled file there).
-    # It costs disk write-back time (about 40% of a cold loopback fetch, see `nox -s bench`); a throwaway cache
-    # (CI, an ephemeral pod) may skip it with OCI_CRANE_NO_FSYNC=1.
+    # fsync makes a small file (manifest, ref, unsynced marker) durable before it gets its final name. Blobs are
+    # synced in the background instead (BackgroundSync). A throwaway cache (CI, an ephemeral pod) may skip all of
+    # it with OCI_CRANE_NO_FSYNC=1: a killed process still never leaves a partial file, a power loss may.
     if not settings().no_fsync:
         os.fsync(fd)
 
@@ -141,6 +151,7 @@ class Store:
             for sub in ("blobs/sha256", "manifests/sha256", "refs", "models/sha256", "configs/sha256", "tmp", "locks"):
                 (self.root / sub).mkdir(parents=True, exist_ok=True)
             self._try_migrate_refs()
+            recover_unsynced(self)
         except OSError as exc:
             raise errors.cache_os_error(exc, f"create the cache at {self.root}", self.root) from exc
 
@@ -165,6 +176,10 @@ class Store:
             return repository / DIGESTS / digest_hex(reference.digest)
         assert reference.tag is not None
         return repository / TAGS / reference.tag
+
+    def partial_path(self, digest: str) -> Path:
+        """A download in progress that a later attempt, or another process, may resume (under the blob's lock)."""
+        return self.root / "tmp" / f"{digest_hex(digest)}.partial"
 
     def temp_path(self, hint: str) -> Path:
         """Unique per process and call, inside the cache so that os.replace and os.link stay on one filesystem."""
@@ -222,12 +237,15 @@ class Store:
         except FileNotFoundError:
             return False
 
-    def write_blob(self, descriptor: Descriptor, fill: Callable[[Path], object], *, source: str | None = None) -> bool:
+    def write_blob(self, descriptor: Descriptor, fill: Callable[[Path], object], *,
+                   source: str | None = None) -> bool:
         """Store a blob unless it is cached already; True when this call wrote it.
 
         Under the blob's lock (one download per blob across threads and processes) the cache is checked again,
-        then ``fill`` writes a unique temp file, whose size and digest are verified before it gets its final,
-        read-only name. The temp file is removed whatever happens. ``source`` names the blob in errors."""
+        then ``fill`` writes a unique temp file and returns the sha256 digest (a str) of the bytes it wrote when
+        it hashed them as they arrived (anything else: the file is hashed here, one more pass). Size and digest
+        are checked before the file gets its final, read-only name. The temp file is removed whatever happens.
+        ``source`` names the blob in errors."""
         if self.has_blob(descriptor):
             return False
         with self._lock(digest_hex(descriptor.digest)):
@@ -235,27 +253,41 @@ class Store:
                 return False
             temp = self.temp_path(digest_hex(descriptor.digest))
             try:
-                fill(temp)
-                self._commit_blob(temp, descriptor, source or f"blob {descriptor.digest}")
+                hashed = fill(temp)
+                self._commit_blob(temp, descriptor, source or f"blob {descriptor.digest}",
+                                  hashed if isinstance(hashed, str) else None)
             finally:
                 temp.unlink(missing_ok=True)
         return True
 
-    def _commit_blob(self, temp: Path, descriptor: Descriptor, source: str) -> None:
-        """Verify size and digest of a written temp file, then give it its final, read-only name."""
+    def _commit_blob(self, temp: Path, descriptor: Descriptor, source: str, hashed: str | None = None) -> None:
+        """Verify size and digest of a written temp file, then give it its final, read-only name; its bytes
+        reach the disk in the background (see the module docstring)."""
         size = temp.stat().st_size
         if size != descriptor.size:
             raise errors.IntegrityError(
                 f"{source} is {size} bytes but its descriptor says {descriptor.size} ({descriptor.digest})")
-        actual = file_sha256(temp)
+        actual = hashed or file_sha256(temp)
         if actual != descriptor.digest:
             raise errors.IntegrityError(f"{source} has digest {actual}, expected {descriptor.digest}")
         final = self.blob_path(descriptor.digest)
-        with open(temp, "rb+") as handle:
-            fsync(handle.fileno())
+        marker = None if settings().no_fsync else self._mark_unsynced(descriptor.digest)
         os.chmod(temp, stat.S_IRUSR | stat.S_IRGRP | stat.S_IROTH)  # shared by hard links: protect it
         os.replace(temp, final)
-        fsync_dir(final.parent)
+        if marker is not None:
+            background_sync().submit(final, marker)
+
+    def _mark_unsynced(self, digest: str) -> Path:
+        """A durable note, made before the blob's rename, that its bytes may not be on disk yet (two small
+        fsyncs: milliseconds, where the blob's own fsync takes as long as the disk needs to write it)."""
+        marker = self.root / "unsynced" / digest_hex(digest)
+        marker.parent.mkdir(exist_ok=True)  # made when first needed: a read-only cache of an older version opens
+        with open(marker, "w") as handle:
+            handle.write(f"{boot_id()} {os.getpid()}\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+        fsync_dir(marker.parent)
+        return marker
 
     # --- manifests and refs ------------------------------------------------------------------------------------
     def _atomic_write(self, final: Path, data: bytes) -> None:
@@ -443,6 +475,97 @@ class Store:
                     text = path.read_text().strip()
                     fetching = text if _DIGEST.fullmatch(text) else None
             yield ScratchEntry(path, fetching)
+
+
+def boot_id() -> str:
+    """This boot's id (Linux); elsewhere "" which no marker matches, so every marker of a dead process counts as
+    from an earlier boot and its blob is re-hashed (safe, only slower)."""
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return ""
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def recover_unsynced(store: Store) -> None:
+    """Settle the unsynced markers a process left (killed, or gone before its background sync ended): from this
+    boot the bytes are in the page cache, so fsync them; from an earlier boot (a power loss or crash came first)
+    re-hash the blob and delete it if torn. A marker of a live process is its own business."""
+    for path in _sorted_entries(store.root / "unsynced"):
+        try:
+            boot, pid = path.read_text().split()
+        except (OSError, ValueError):
+            boot, pid = "", "0"
+        if not _HEX.fullmatch(path.name):
+            continue
+        digest = f"sha256:{path.name}"
+        this_boot = boot != "" and boot == boot_id()
+        if this_boot and pid.isdigit() and _alive(int(pid)):
+            continue
+        blob = store.blob_path(digest)
+        with contextlib.suppress(FileNotFoundError):
+            if not this_boot and file_sha256(blob) != digest:
+                log.warning("blob %s was torn by a crash before it reached the disk: deleted", digest)
+                blob.unlink()
+            elif this_boot:
+                _fsync_file(blob)
+        with contextlib.suppress(OSError):  # a read-only cache: its blobs were checked, the marker may stay
+            path.unlink(missing_ok=True)
+
+
+def _fsync_file(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class BackgroundSync:
+    """One daemon thread that fsyncs blobs after their rename, then drops their unsynced markers. A normal exit
+    waits for it (the model was handed out already); a killed process leaves the markers, and the next Store to
+    open settles them (recover_unsynced)."""
+
+    def __init__(self) -> None:
+        self._queue: queue.Queue[tuple[Path, Path]] = queue.Queue()
+        self._idle = threading.Event()
+        self._idle.set()
+        threading.Thread(target=self._run, name="oci-crane-fsync", daemon=True).start()
+        atexit.register(self.wait)
+
+    def submit(self, blob: Path, marker: Path) -> None:
+        self._idle.clear()
+        self._queue.put((blob, marker))
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """True once every submitted blob is synced (tests, and callers that want durability now)."""
+        return self._idle.wait(timeout)
+
+    def _run(self) -> None:
+        while True:
+            blob, marker = self._queue.get()
+            try:
+                _fsync_file(blob)
+                fsync_dir(blob.parent)
+                marker.unlink(missing_ok=True)
+            except OSError as exc:  # the marker stays: the next Store settles it
+                log.debug("background fsync of %s failed: %s", blob, exc)
+            if self._queue.empty():
+                self._idle.set()
+
+
+@functools.cache
+def background_sync() -> BackgroundSync:
+    return BackgroundSync()
 
 
 def _sorted_entries(directory: Path) -> list[Path]:

@@ -22,6 +22,7 @@ are 127.0.0.1 and localhost); ``upstream_ca`` is the CA to trust when the upstre
 from __future__ import annotations
 
 import http.client
+import json
 import re
 import secrets
 import shutil
@@ -45,7 +46,7 @@ class StorageProxy:
     def __init__(self, upstream: str, *, rate_per_connection: float | None = None, redirect_blobs: bool = True,
                  honour_range: bool = True, cut_at_fraction: float | None = None,
                  corrupt_blobs: bool = False, certificate: tuple[Path, Path] | None = None,
-                 upstream_ca: Path | None = None) -> None:
+                 upstream_ca: Path | None = None, bearer_token: str | None = None) -> None:
         scheme, _, host = upstream.rpartition("://")
         self.upstream_host = host
         self.upstream_tls = (scheme or ("https" if upstream_ca else "http")) == "https"
@@ -56,6 +57,9 @@ class StorageProxy:
         self.cut_at_fraction = cut_at_fraction
         self.corrupt_blobs = corrupt_blobs  # the storage host flips one byte in the middle of every blob
         self.certificate = certificate
+        # A token registry (as ghcr.io or Docker Hub for public pulls): /v2/ wants "Bearer <token>", /token hands
+        # it out to anyone; the upstream then sees no Authorization header.
+        self.bearer_token = bearer_token
         self.bytes_served = 0
         self.requests: list[tuple[str, str, str | None, bool]] = []  # what the storage host was asked
         self.front_requests: list[tuple[str, str, str | None, bool]] = []
@@ -190,21 +194,44 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 class _FrontHandler(_Handler):
+    def send_json(self, document: dict[str, Any]) -> None:
+        body = json.dumps(document).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
     def forward(self) -> None:
         proxy = self.server.proxy
         body = self.body()
         proxy.front_requests.append((self.command, self.path, self.headers.get("Range"),
                                      "Authorization" in self.headers))
         headers = {k: v for k, v in self.headers.items() if k.lower() not in HOP_BY_HOP}
+        if proxy.bearer_token is not None:
+            if self.path.startswith("/token"):
+                self.send_json({"token": proxy.bearer_token, "expires_in": 300})
+                return
+            if self.headers.get("Authorization") != f"Bearer {proxy.bearer_token}":
+                self.send_response(401)
+                self.send_header("WWW-Authenticate",
+                                 f'Bearer realm="{proxy.scheme}://{proxy.address}/token",service="storage-proxy"')
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return
+            headers.pop("Authorization", None)
         blob = BLOB_GET.match(self.path.split("?")[0]) if self.command == "GET" else None
         if blob is not None and proxy.redirect_blobs:
             headers.pop("Range", None)  # the storage host answers the range; the registry only says yes or no
+        redirect = blob is not None and proxy.redirect_blobs
         connection = proxy.upstream()
         try:
-            connection.request(self.command, self.path, body=body, headers=headers)
+            # A blob the storage host holds already costs the registry a HEAD (its auth still decides), not a GET.
+            held = redirect and blob is not None and proxy.blob_file(blob["digest"]).exists()
+            connection.request("HEAD" if held else self.command, self.path, body=body, headers=headers)
             response = connection.getresponse()
-            if blob is None or not proxy.redirect_blobs or response.status != 200:
-                self.relay(response)
+            if blob is None or not redirect or response.status != 200:
+                self.relay(response, b"" if held else None)
                 return
             digest = blob["digest"]
             with proxy.fill_lock(digest):
@@ -214,8 +241,6 @@ class _FrontHandler(_Handler):
                     with partial.open("wb") as out:
                         shutil.copyfileobj(response, out, CHUNK)
                     partial.rename(target)
-                else:
-                    response.read()
         finally:
             connection.close()
         ticket = proxy.issue_ticket(blob["name"], digest)

@@ -1,0 +1,477 @@
+"""Large blobs as parallel byte ranges over HTTP, resumable, hashed while they arrive (DESIGN.md "Bytes of large
+blobs"): object stores cap each connection, and `crane blob` pulls one stream that a dropped connection restarts.
+
+crane stays the registry client. This module GETs one blob with the credentials crane hands over (`crane auth
+token` for bearer-token registries, `crane auth get` for basic auth), follows the registry's redirect to its
+storage host without the registry's Authorization header, and writes ranges into one preallocated partial file
+(tmp/<hex>.partial, under the blob's lock; a state file beside it records how far each range got), which
+survives a failed attempt and a killed process: the next attempt resumes from the bytes on disk. Every byte is
+hashed before the file is handed back, so a wrong resumed byte costs a retry, never a bad blob.
+
+Whatever this path cannot do (the registry ignores Range, an unknown auth scheme, no httpx) raises Unsupported
+before any byte is written, and the caller uses `crane blob`. Errors map to the same typed errors as crane's.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import functools
+import hashlib
+import ipaddress
+import json
+import logging
+import os
+import re
+import ssl
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urljoin, urlsplit
+
+from . import errors
+from .crane import Crane, redact
+from .oci import Descriptor
+from .reference import Reference
+
+if TYPE_CHECKING:
+    import httpx
+
+log = logging.getLogger(__name__)
+
+MIN_PART = 1 << 20  # no range smaller than this (OCI_CRANE_RANGE_THRESHOLD keeps small blobs off this path)
+CHUNK = 1 << 20  # the hashing thread's reads are up to 4 of these
+STATE_EVERY = 0.5  # seconds between saves of the state file
+MAX_REDIRECTS = 5
+_CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+|\*)")
+
+
+class Unsupported(Exception):
+    """The HTTP path cannot fetch this blob; `crane blob` can."""
+
+
+_SERVES_BLOBS_ITSELF: set[str] = set()  # registries seen answering a blob GET without a redirect (this process)
+
+
+@dataclass
+class Part:
+    start: int
+    end: int  # inclusive
+    done: int = 0  # bytes written from start on (never more than pwrite has returned)
+
+    @property
+    def remaining(self) -> int:
+        return self.end - self.start + 1 - self.done
+
+
+def fetch_blob(crane: Crane, reference: Reference, descriptor: Descriptor, partial: Path, destination: Path, *,
+               parts: int, progress: Callable[[int], None], cancel: threading.Event | None = None) -> str:
+    """Download ``descriptor``'s blob into ``destination`` by way of ``partial`` (kept on failure, for resuming);
+    returns its sha256 digest, checked against the descriptor (IntegrityError and the partial deleted if not)."""
+    if reference.registry in _SERVES_BLOBS_ITSELF and not partial.exists():
+        raise Unsupported(f"{reference.registry} serves blobs itself, where one crane stream is faster")
+    try:
+        import httpx
+    except ImportError as exc:
+        raise Unsupported("httpx is not installed") from exc
+    for name in ("httpx", "httpcore"):  # they log every URL (a presigned one's signature too) and headers
+        logging.getLogger(name).setLevel(logging.WARNING)
+    session = _Session(crane, reference, httpx)
+    try:
+        download = _Download(session, descriptor, partial, parts, progress, cancel)
+        try:
+            return download.run(destination)
+        except errors.IntegrityError:
+            if not download.resumed:
+                raise
+            # Bytes an earlier attempt left were wrong (a power loss under the partial file): once more, from zero.
+            log.warning("the resumed download of %s did not verify; downloading it again", descriptor.digest)
+            progress(-download.counted)
+            return _Download(session, descriptor, partial, parts, progress, cancel).run(destination)
+    finally:
+        session.close()
+
+
+def discard(partial: Path) -> None:
+    partial.unlink(missing_ok=True)
+    _state_path(partial).unlink(missing_ok=True)
+
+
+def _state_path(partial: Path) -> Path:
+    return partial.with_name(partial.name + ".json")
+
+
+# --- HTTP: scheme, TLS, credentials, redirects ------------------------------------------------------------------
+
+def tls_verify(crane: Crane) -> ssl.SSLContext | bool:
+    """The one place that reads TLS settings from the Crane: --insecure (no verification), a CA file when the
+    Crane has one (``ca_file``), else the system store, which honours SSL_CERT_FILE / SSL_CERT_DIR as crane does."""
+    if crane.insecure:
+        return False
+    ca_file = crane.ca_file
+    return _context(str(ca_file) if ca_file else None, os.environ.get("SSL_CERT_FILE"), os.environ.get("SSL_CERT_DIR"))
+
+
+@functools.cache
+def _context(ca_file: str | None, *_environment: str | None) -> ssl.SSLContext:
+    """Loading the trust store takes a good part of a second: once per setting (the environment is in the key).
+    --ca-file adds to the system store, as it does for crane (SSL_CERT_DIR): storage hosts keep their public CAs."""
+    context = ssl.create_default_context()
+    if ca_file is not None:
+        context.load_verify_locations(cafile=ca_file)
+    return context
+
+
+def _may_fall_back_to_http(crane: Crane, host: str) -> bool:
+    """crane (ggcr) tries https then http for --insecure, loopback and private addresses."""
+    if crane.insecure:
+        return True
+    if _is_loopback(host):
+        return True
+    try:
+        return ipaddress.ip_address(urlsplit(f"//{host}").hostname or "").is_private
+    except ValueError:
+        return False
+
+
+def _is_loopback(host: str) -> bool:
+    name = urlsplit(f"//{host}").hostname or ""
+    if name == "localhost" or name.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
+
+
+class _Session:
+    """One registry repository: its scheme, its Authorization header (asked of crane once, on the first 401)."""
+
+    def __init__(self, crane: Crane, reference: Reference, httpx_module: Any) -> None:
+        self.crane = crane
+        self.reference = reference
+        self.httpx = httpx_module
+        self.host = "index.docker.io" if reference.registry == "docker.io" else reference.registry
+        # Go's proxy rules never proxy loopback; HTTP(S)_PROXY / NO_PROXY otherwise apply as they do for crane.
+        timeout = httpx_module.Timeout(crane.timeout, read=crane.stall_timeout)
+        self.client: httpx.Client = httpx_module.Client(
+            verify=tls_verify(crane), trust_env=not _is_loopback(self.host), follow_redirects=False, timeout=timeout,
+            limits=httpx_module.Limits(max_connections=64, max_keepalive_connections=16))
+        self.schemes = ["http"] if crane.plain_http else (
+            ["https", "http"] if _may_fall_back_to_http(crane, self.host) else ["https"])
+        self.authorization: str | None = None
+        self._lock = threading.Lock()
+        self._secrets: list[str] = []
+
+    def close(self) -> None:
+        self.client.close()
+
+    def blob_url(self) -> str:
+        return f"{self.schemes[0]}://{self.host}/v2/{self.reference.repository}/blobs/"
+
+    def open(self, digest: str, first: int, last: int) -> httpx.Response:
+        """GET bytes first..last of the blob, following redirects; the Authorization header goes to the registry
+        host only, never to a storage host. Returns the open, streaming response (200 or 206: the caller closes
+        it); any other answer raises the typed error crane's path would."""
+        url = self.blob_url() + digest
+        for _hop in range(MAX_REDIRECTS + 2):
+            headers = {"Range": f"bytes={first}-{last}", "Accept-Encoding": "identity"}  # ranges of the stored bytes
+            to_registry = urlsplit(url).netloc == self.host
+            if self.authorization and to_registry:
+                headers["Authorization"] = self.authorization
+            response, url = self._request(url, headers)
+            if response.status_code in (301, 302, 303, 307, 308) and "location" in response.headers:
+                response.close()
+                url = urljoin(url, response.headers["location"])
+                continue
+            if response.status_code == 401 and to_registry and "Authorization" not in headers:
+                challenge = response.headers.get("www-authenticate", "")
+                response.close()
+                self._authorize(challenge)
+                continue
+            if response.status_code in (200, 206):
+                return response
+            response.close()
+            raise self._status_error(response.status_code, url)
+        raise errors.NetworkError(f"more than {MAX_REDIRECTS} redirects for {_shown(url)}")
+
+    def _request(self, url: str, headers: dict[str, str]) -> tuple[httpx.Response, str]:
+        while True:
+            try:
+                return self.client.send(self.client.build_request("GET", url, headers=headers), stream=True), url
+            except self.httpx.ConnectError as exc:
+                # crane's fallback: a loopback or private registry that does not speak TLS is asked over http
+                if url.startswith("https:") and len(self.schemes) > 1 and urlsplit(url).netloc == self.host:
+                    with self._lock:
+                        if self.schemes[0] == "https":
+                            self.schemes.pop(0)
+                    url = "http" + url[len("https"):]
+                    continue
+                raise self.network_error(exc, url) from None
+            except self.httpx.HTTPError as exc:
+                raise self.network_error(exc, url) from None
+
+    def _authorize(self, challenge: str) -> None:
+        with self._lock:
+            if self.authorization is not None:
+                raise errors.UnauthorizedError(f"the registry refused our credentials for {self.reference}")
+            scheme = challenge.split(" ", 1)[0].lower()
+            if scheme == "bearer":
+                token = self.crane.auth_token(self.reference.repository_name)
+                self._secrets.append(token)
+                self.authorization = f"Bearer {token}"
+            elif scheme == "basic":
+                found = self.crane.auth_basic(self.host)
+                if found is None:
+                    raise errors.UnauthorizedError(f"{self.host} asks for a login and none is configured "
+                                                   f"(pulling {self.reference})")
+                encoded = base64.b64encode(f"{found[0]}:{found[1]}".encode()).decode()
+                self._secrets += [found[1], encoded]
+                self.authorization = f"Basic {encoded}"
+            else:
+                raise Unsupported(f"unknown auth challenge {scheme!r}")
+
+    def _status_error(self, status: int, url: str) -> errors.OciCraneError:
+        where = f"{_shown(url)} answered {status}"
+        if status in (401, 403):
+            return errors.UnauthorizedError(f"the registry refused our credentials: {where}")
+        if status == 404:
+            return errors.NotFoundError(f"not found in the registry: {where}")
+        if status == 416:
+            return errors.IntegrityError(f"the blob is smaller than its descriptor says: {where}")
+        if status == 429:
+            return errors.RateLimitedError(f"the registry is rate limiting us: {where}")
+        return errors.NetworkError(f"cannot download the blob: {where}")
+
+    def network_error(self, exc: BaseException, url: str) -> errors.CraneError:
+        text = redact(f"{type(exc).__name__}: {exc}", self._secrets)
+        if isinstance(exc, self.httpx.TimeoutException):
+            return errors.CraneTimeoutError(f"download from {_shown(url)} stalled or timed out ({text})")
+        if re.search(r"CERTIFICATE|SSL|TLS|certificate", text):
+            return errors.TLSError(f"TLS handshake with {_shown(url)} failed: {text}")
+        return errors.NetworkError(f"download from {_shown(url)} failed: {text}")
+
+
+def _shown(url: str) -> str:
+    """A URL fit for an error: no query string (presigned storage URLs carry their signature there)."""
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}{parts.path}"
+
+
+# --- the download ---------------------------------------------------------------------------------------------
+
+class _Download:
+    def __init__(self, session: _Session, descriptor: Descriptor, partial: Path, parts: int,
+                 progress: Callable[[int], None], cancel: threading.Event | None) -> None:
+        self.session = session
+        self.descriptor = descriptor
+        self.partial = partial
+        self.progress = progress
+        self.cancel = cancel
+        self.stop = threading.Event()
+        self.moved = threading.Condition()
+        self.failures: list[BaseException] = []
+        self.counted = 0  # bytes reported to progress, for a caller that starts again
+        self.resumed = 0  # bytes on disk from an earlier attempt
+        self.parts = self._resume() or self._plan(parts)
+
+    def _plan(self, parts: int) -> list[Part]:
+        size = self.descriptor.size
+        count = max(1, min(parts, size // MIN_PART))
+        step = -(-size // count)
+        discard(self.partial)
+        with open(self.partial, "wb") as handle:
+            handle.truncate(size)  # preallocated (sparse): every range writes at its own offset
+        return [Part(start, min(start + step, size) - 1) for start in range(0, size, step)]
+
+    def _resume(self) -> list[Part] | None:
+        """The parts of an earlier attempt on this blob, if its partial file and state agree with the descriptor."""
+        try:
+            state = json.loads(_state_path(self.partial).read_text())
+            if state["digest"] != self.descriptor.digest or self.partial.stat().st_size != self.descriptor.size:
+                return None
+            parts = [Part(int(a), int(b), int(c)) for a, b, c in state["parts"]]
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+        if not parts or parts[0].start != 0 or parts[-1].end != self.descriptor.size - 1 or any(
+                part.remaining < 0 or part.done < 0 for part in parts):
+            return None
+        self.resumed = sum(part.done for part in parts)
+        log.info("resuming %s from %d of %d bytes on disk", self.descriptor.digest, self.resumed,
+                 self.descriptor.size)
+        return parts
+
+    def _advance(self, delta: int) -> None:
+        with self.moved:
+            self.counted += delta
+        self.progress(delta)
+
+    def _save_state(self) -> None:
+        state = {"digest": self.descriptor.digest, "parts": [[p.start, p.end, p.done] for p in self.parts]}
+        path = _state_path(self.partial)
+        temp = path.with_name(path.name + ".new")
+        temp.write_text(json.dumps(state))
+        os.replace(temp, path)
+
+    def run(self, destination: Path) -> str:
+        pending = [part for part in self.parts if part.remaining > 0]
+        first = None
+        if pending:
+            # The first request tells whether ranges work at all, before any other starts or a byte is written.
+            start = pending[0].start + pending[0].done
+            try:
+                first = self.session.open(self.descriptor.digest, start, pending[0].end)
+                if first.status_code == 200 and not (start == 0 and pending[0].end == self.descriptor.size - 1):
+                    first.close()
+                    raise Unsupported("the registry ignores Range requests")
+                if urlsplit(str(first.url)).netloc == self.session.host and not self.resumed:
+                    first.close()
+                    _SERVES_BLOBS_ITSELF.add(self.session.reference.registry)
+                    raise Unsupported("the registry serves the blob itself, where one crane stream is faster")
+            except BaseException:
+                if not self.resumed:
+                    discard(self.partial)  # nothing to resume: no file left behind
+                raise
+        self._advance(self.resumed)
+        hasher = _Hasher(self)
+        workers = [threading.Thread(target=self._worker, args=(part, first if index == 0 else None),
+                                    name="oci-crane-range", daemon=True) for index, part in enumerate(pending)]
+        try:
+            for thread in [hasher.thread, *workers]:
+                thread.start()
+            self._wait(workers)
+            if not self.failures:
+                hasher.thread.join()
+        finally:
+            self.stop.set()
+            with self.moved:
+                self.moved.notify_all()
+            for thread in workers:
+                thread.join(timeout=5)
+            with contextlib.suppress(OSError):
+                self._save_state()
+        if self.failures:
+            raise self.failures[0]
+        if hasher.digest != self.descriptor.digest:
+            discard(self.partial)
+            raise errors.IntegrityError(
+                f"blob {self.session.reference.repository_name}@{self.descriptor.digest} has digest "
+                f"{hasher.digest}")
+        os.replace(self.partial, destination)
+        _state_path(self.partial).unlink(missing_ok=True)
+        return hasher.digest
+
+    def _cancelled(self) -> bool:
+        if self.cancel is not None and self.cancel.is_set():
+            self.failures.append(errors.CancelledError(f"download of {self.descriptor.digest} was cancelled"))
+            return True
+        return False
+
+    def _wait(self, workers: list[threading.Thread]) -> None:
+        """Until every range is in, a range failed or ``cancel`` is set; saves the state file now and then."""
+        last_save = time.monotonic()
+        while not self._cancelled() and not self.failures:
+            alive = [thread for thread in workers if thread.is_alive()]
+            if not alive:
+                return
+            alive[0].join(timeout=0.1)
+            if time.monotonic() - last_save > STATE_EVERY:
+                with contextlib.suppress(OSError):  # only resuming would suffer; the download goes on
+                    self._save_state()
+                last_save = time.monotonic()
+
+    def _worker(self, part: Part, opened: httpx.Response | None) -> None:
+        response = opened
+        try:
+            with open(self.partial, "r+b") as out:
+                if response is None:
+                    response = self.session.open(self.descriptor.digest, part.start + part.done, part.end)
+                self._check_range(response, part)
+                for chunk in response.iter_bytes():  # as read from the socket: a cut loses no buffered bytes
+                    if self.stop.is_set():
+                        return
+                    if len(chunk) > part.remaining:
+                        raise errors.IntegrityError(
+                            f"the registry sent more than the {self.descriptor.size} bytes the descriptor of "
+                            f"{self.descriptor.digest} promises; download stopped")
+                    os.pwrite(out.fileno(), chunk, part.start + part.done)
+                    with self.moved:
+                        part.done += len(chunk)
+                        self.moved.notify_all()
+                    self._advance(len(chunk))
+                if part.remaining:
+                    raise errors.NetworkError(f"the download of {self.descriptor.digest} ended early: "
+                                              f"{part.remaining} bytes of a range missing")
+        except self.session.httpx.HTTPError as exc:
+            self.failures.append(self.session.network_error(exc, self.session.blob_url()))
+        except OSError as exc:  # a full disk, say: the fix that fits its errno
+            self.failures.append(errors.cache_os_error(exc, f"write the download of {self.descriptor.digest}",
+                                                       self.partial.parent.parent))
+        except BaseException as exc:
+            self.failures.append(exc)
+        finally:
+            if response is not None:
+                response.close()
+            with self.moved:
+                self.moved.notify_all()
+
+    def _check_range(self, response: httpx.Response, part: Part) -> None:
+        if response.status_code == 200:
+            return  # the whole blob, asked for as one range from 0 (run() checked)
+        match = _CONTENT_RANGE.fullmatch(response.headers.get("content-range", ""))
+        if match is None or int(match[1]) != part.start + part.done:
+            raise errors.NetworkError(f"the storage host answered a range request for {self.descriptor.digest} "
+                                      f"with the wrong range ({response.headers.get('content-range')!r})")
+        if match[3] != "*" and int(match[3]) != self.descriptor.size:
+            raise errors.IntegrityError(f"blob {self.descriptor.digest} is {match[3]} bytes but its descriptor "
+                                        f"says {self.descriptor.size}")
+
+
+class _Hasher:
+    """Hashes the file in order, following the downloaded bytes: while later ranges still arrive, the bytes
+    before them are read back from the page cache, so hashing overlaps the download instead of following it."""
+
+    def __init__(self, download: _Download) -> None:
+        self.download = download
+        self.digest = ""
+        self.thread = threading.Thread(target=self._run, name="oci-crane-hash", daemon=True)
+
+    def _available(self, offset: int) -> int:
+        """How many bytes from ``offset`` on are on disk."""
+        for part in self.download.parts:
+            if part.start <= offset <= part.end:
+                return part.start + part.done - offset
+        return 0
+
+    def _run(self) -> None:
+        download = self.download
+        sha = hashlib.sha256()
+        offset = 0
+        try:
+            with open(download.partial, "rb") as source:
+                while offset < download.descriptor.size and not download.stop.is_set():
+                    with download.moved:
+                        ready = self._available(offset)
+                        if ready <= 0:
+                            if download.failures:
+                                return
+                            download.moved.wait(timeout=0.2)
+                            continue
+                    while ready > 0:
+                        data = os.pread(source.fileno(), min(ready, 4 * CHUNK), offset)
+                        if not data:  # someone truncated it under us
+                            download.failures.append(errors.IntegrityError(
+                                f"{download.partial} shrank below {offset + ready} bytes while downloading"))
+                            return
+                        sha.update(data)
+                        offset += len(data)
+                        ready -= len(data)
+        except OSError as exc:
+            download.failures.append(errors.cache_os_error(exc, f"hash the download of {download.descriptor.digest}",
+                                                           download.partial.parent.parent))
+            return
+        if offset == download.descriptor.size:
+            self.digest = "sha256:" + sha.hexdigest()
