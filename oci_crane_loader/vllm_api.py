@@ -106,10 +106,10 @@ def warn_if_unsupported(version: str | None) -> bool:
     return True
 
 
-def check_installed(names: tuple[VllmName, ...] = VLLM_NAMES) -> None:
-    """Every required name in the installed vLLM, with the parameters and abstract methods we rely on; else one
-    VllmIncompatibleError naming the first that differs."""
-    for name in names:
+def check_installed(names: tuple[VllmName, ...] | None = None) -> None:
+    """Every required name (default: VLLM_NAMES) in the installed vLLM, with the parameters and abstract methods
+    we rely on; else one VllmIncompatibleError naming the first that differs."""
+    for name in VLLM_NAMES if names is None else names:
         problem = _problem(name)
         if problem is not None and not name.optional:
             version = installed_version() or "of unknown version"

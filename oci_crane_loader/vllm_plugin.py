@@ -161,8 +161,9 @@ _PREFETCHES_LOCK = threading.Lock()
 
 def start_weight_prefetch(puller: Puller, resolved: Resolved, layers: list[LayerPlan]) -> threading.Thread | None:
     """Download ``layers`` (the weight blobs) in a daemon thread; None when all are cached or a download of this
-    model already runs. A failure is only logged: the loader downloads again and reports it properly. At exit
-    the downloads are stopped (crane ended, temp files removed) instead of being cut off mid-write."""
+    model already runs. A failure is only logged: the loader downloads again and reports it properly. When the
+    process exits, the downloads are stopped (crane ended, temp files removed), neither awaited nor left half
+    written."""
     missing = [layer for layer in layers if not puller.store.has_blob(layer.descriptor)]
     if not missing:
         log.info("oci-crane: the weights of %s are in the cache already", resolved.pinned)
@@ -175,7 +176,9 @@ def start_weight_prefetch(puller: Puller, resolved: Resolved, layers: list[Layer
         thread = threading.Thread(target=_prefetch, args=(puller, resolved, missing, cancel), daemon=True,
                                   name="oci-crane-prefetch")
         _PREFETCHES[resolved.digest] = thread
-    atexit.register(_stop_prefetch, cancel, thread)
+    # threading's exit hook (what concurrent.futures uses) runs before the interpreter joins the download pool's
+    # threads; an atexit handler would run only after that join, i.e. once every download had finished.
+    getattr(threading, "_register_atexit", atexit.register)(cancel.set)
     thread.start()
     return thread
 
@@ -210,8 +213,3 @@ def _prefetch(puller: Puller, resolved: Resolved, layers: list[LayerPlan], cance
     elapsed = max(time.monotonic() - started, 1e-3)
     log.info("oci-crane: weights of %s downloaded: %s in %.1f s (%s/s)", resolved.pinned, human(tally.downloaded),
              elapsed, human(tally.downloaded / elapsed))
-
-
-def _stop_prefetch(cancel: threading.Event, thread: threading.Thread) -> None:
-    cancel.set()
-    thread.join(timeout=30)
