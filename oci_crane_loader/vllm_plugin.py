@@ -34,7 +34,7 @@ LOAD_FORMAT = "oci-crane"
 # vLLM's OCI proposal (docs/vllm.md) spells it `oci`; ours only where vLLM has no loader of that name.
 ALIASES = ("oci",)
 _WRAPPED = "_oci_crane_wrapped"
-_OURS: set[str] = set()  # the load formats that name our loader in this process
+_our_formats: set[str] = set()  # the load formats that name our loader in this process
 
 log = logging.getLogger(LOGGER_NAME)
 
@@ -57,7 +57,7 @@ def register() -> None:
             continue  # vLLM's own loader of that name stays; `oci-crane` still names ours
         if current is not OciCraneModelLoader:
             model_loader.register_model_loader(load_format)(OciCraneModelLoader)
-        _OURS.add(load_format)
+        _our_formats.add(load_format)
     _wrap_create_engine_config()
     _tolerate_references_in_hf_offline_mode()
 
@@ -112,7 +112,7 @@ def _wrap_create_engine_config() -> None:
 
     @functools.wraps(original)
     def create_engine_config(self: Any, *args: Any, **kwargs: Any) -> Any:
-        if self.load_format in _OURS:
+        if self.load_format in _our_formats:
             from .errors import OciCraneError
 
             try:
