@@ -142,7 +142,7 @@ def resolve_engine_args(args: Any) -> None:
     reference = args.model_weights or args.model
     resolved, plan, config_dir = puller.prepare(reference)
     log.info("oci-crane: %s resolved to %s; config files in %s", reference, resolved.pinned, config_dir)
-    if plan.streamable:
+    if plan.streamable:  # its own Puller: the thread counts its bytes through the Puller's progress
         start_weight_prefetch(open_puller(puller_options), resolved, plan.weight_layers)
     if args.tokenizer in (None, "", args.model):
         args.tokenizer = str(config_dir)
