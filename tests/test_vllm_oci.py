@@ -5,14 +5,15 @@ a registry means Docker Hub, which tests cannot reach: that defaulting is checke
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 from support.models import push_model
-from test_vllm import PROMPTS, run_python, tiny_llama  # noqa: F401 (a fixture, used by name)
+from support.vllm_server import write_tiny_llama
 
 from oci_crane_loader.reference import parse_reference
 
-pytestmark = [pytest.mark.vllm]
+NO_VLLM = "vLLM is not installed: `nox -s tests` installs its CPU build"
 
 
 @pytest.mark.parametrize(("written", "registry", "repository", "tag", "digest"), [
@@ -55,7 +56,16 @@ print("RESULT " + json.dumps(outputs))
 """
 
 
-def test_the_pages_examples_serve_with_load_format_oci(registry, tmp_path, tiny_llama):  # noqa: F811
+@pytest.fixture
+def tiny_llama(tmp_path) -> Path:
+    return write_tiny_llama(tmp_path / "tiny-llama")
+
+
+@pytest.mark.vllm
+def test_the_pages_examples_serve_with_load_format_oci(registry, tmp_path, tiny_llama):
+    pytest.importorskip("vllm", reason=NO_VLLM)
+    from test_vllm import PROMPTS, run_python
+
     tagged = f"{registry.host}/username/model:tag"
     pinned = push_model(tiny_llama, tagged, tmp_path)
     assert "@sha256:" in pinned
@@ -69,8 +79,10 @@ def test_the_pages_examples_serve_with_load_format_oci(registry, tmp_path, tiny_
         assert (model_dir / "config.json").is_file()
 
 
+@pytest.mark.vllm
 def test_oci_never_replaces_a_loader_vllm_has(monkeypatch):
     """Should vLLM ship its own `oci` loader, it keeps it; `oci-crane` still names ours."""
+    pytest.importorskip("vllm", reason=NO_VLLM)
     from vllm.model_executor import model_loader
     from vllm.model_executor.model_loader.base_loader import BaseModelLoader
 
