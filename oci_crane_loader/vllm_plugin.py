@@ -44,7 +44,12 @@ def register() -> None:
     from . import vllm_api
 
     vllm_api.warn_if_unsupported(vllm_api.installed_version())
-    vllm_api.check_installed()
+    try:
+        vllm_api.check_installed()
+    except vllm_api.VllmIncompatibleError as exc:
+        if _in_vllm_cli():  # vLLM calls plugins unguarded: one line, not a traceback through its startup
+            raise SystemExit(f"error: {exc.one_line()}") from None
+        raise
 
     from vllm.model_executor import model_loader
 

