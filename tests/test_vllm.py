@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -54,9 +55,17 @@ def test_serve_reference_matches_serving_the_local_directory(registry, tmp_path,
     # The loader left a complete, verified model directory in --download-dir, equal to the source.
     (model_dir,) = (cache / "models" / "sha256").iterdir()
     assert tree_bytes(model_dir) == tree_bytes(tiny_llama)
-    # Each weight blob was downloaded once although the API server, engine core and worker all resolved REF.
+    # Each weight blob was downloaded once although the API server, engine core and worker all resolved REF, and
+    # the API server's background download overlapped the engine's start with the worker's loader.
     fetched = registry.blob_downloads()
     assert len(fetched) == len(set(fetched)) == len(tree_bytes(tiny_llama)) + 1, registry.log()
+    # vLLM's log (our logger is a child of its own) says what was downloaded, how fast, and when loading began.
+    log = (tmp_path / "oci.log").read_text()
+    shards = len(list(tiny_llama.glob("*.safetensors")))
+    assert f"oci-crane: downloading {shards} weight blob(s)" in log, log[-6000:]
+    assert re.search(r"oci-crane: weights of \S+@sha256:\w+ downloaded: [\d.]+ \w?i?B in [\d.]+ s \([\d.]+ \w?i?B/s\)",
+                     log), log[-6000:]
+    assert re.search(r"oci-crane: first weight shard of \S+ \(\S+\.safetensors\) started loading [\d.]+ s after", log)
 
 
 def test_embeddings_of_real_weights_match_transformers(registry, tmp_path):
