@@ -137,11 +137,7 @@ def fsync_dir(path: Path) -> None:
     if settings().no_fsync:
         return
     with contextlib.suppress(OSError):  # not every platform lets you open a directory
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        _fsync_file(path)
 
 
 class Store:
