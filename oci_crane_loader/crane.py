@@ -366,8 +366,35 @@ class Crane:
     def digest(self, reference: str) -> str:
         return self.run("digest", reference).decode().strip()
 
-    def push(self, layout: Path, reference: str) -> str:
-        return self.run("push", str(layout), reference).decode().strip()
+    def push(self, layout: Path, reference: str, progress: Callable[[int], None] | None = None, *,
+             size: int | None = None) -> str:
+        """Push an OCI image layout to ``reference``; the pinned reference crane prints.
+
+        crane reports no byte counts, but it reads each blob of the layout once, as it uploads it: on Linux the
+        bytes it has read (/proc/PID/io) go to ``progress``, and the push is stopped only when they stall
+        (OCI_CRANE_STALL_TIMEOUT) before ``size`` bytes were read, since a multi-GB upload outlasts any fixed
+        OCI_CRANE_TIMEOUT (after that, the registry may take its time to check the last blob). Elsewhere (macOS),
+        no counts: a plain run under OCI_CRANE_TIMEOUT."""
+        if progress is None or _bytes_read(os.getpid()) is None:
+            return self.run("push", str(layout), reference).decode().strip()
+        argv = self._argv("push", str(layout), reference)
+        log.debug("running %s", " ".join(argv))
+        with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err, self.environment() as env:
+            try:
+                proc = subprocess.Popen(argv, stdout=out, stderr=err, env=env, **_die_with_us())
+            except FileNotFoundError as exc:
+                raise errors.CraneMissingError(f"crane at {argv[0]} disappeared", command=argv) from exc
+            try:
+                self._watch(proc, lambda: _bytes_read(proc.pid), progress, f"push to {reference}", argv,
+                            stall_until=size)
+            finally:
+                if proc.poll() is None:
+                    _stop(proc)
+            if proc.returncode != 0:
+                err.seek(0)
+                raise self._failure(argv, proc.returncode, err.read().decode(errors="replace"), env)
+            out.seek(0)
+            return out.read().decode().strip()
 
     def auth_token(self, repository: str) -> str:
         """A pull token for ``registry/repository`` from a bearer-token registry: `crane auth token` does the
@@ -406,31 +433,36 @@ class Crane:
                 # The limit binds every file crane writes, its stderr file too: leave room for an error message.
                 _limit_file_size(proc.pid, max(size + 1, STDERR_ROOM))
             try:
-                self._watch(proc, out.fileno(), progress, pinned, argv, size, cancel)
+                fd = out.fileno()
+                self._watch(proc, lambda: os.fstat(fd).st_size, progress, f"download of {pinned}", argv,
+                            size, cancel)
             finally:
                 if proc.poll() is None:
                     _stop(proc)
             if size is not None and os.fstat(out.fileno()).st_size > size:
-                raise _oversized(pinned, size, argv)
+                raise _oversized(f"download of {pinned}", size, argv)
             if proc.returncode != 0:
                 err.seek(0)
                 raise self._failure(argv, proc.returncode, err.read().decode(errors="replace"), env)
 
-    def _watch(self, proc: subprocess.Popen[bytes], fd: int, progress: Callable[[int], None] | None,
-               pinned: str, argv: list[str], limit: int | None = None,
-               cancel: threading.Event | None = None) -> None:
+    def _watch(self, proc: subprocess.Popen[bytes], measure: Callable[[], int | None],
+               progress: Callable[[int], None] | None, what: str, argv: list[str], limit: int | None = None,
+               cancel: threading.Event | None = None, stall_until: int | None = None) -> None:
+        """Wait for crane, reporting the growth of ``measure()`` (bytes written, or read) to ``progress``; stop it
+        when they stall (while fewer than ``stall_until`` have moved, if given), when ``cancel`` is set, or past
+        ``limit``."""
         size, last_growth = 0, time.monotonic()
         while True:
             if cancel is not None and cancel.is_set():
                 _stop(proc)
-                raise errors.CancelledError(f"download of {pinned} was cancelled", command=argv)
+                raise errors.CancelledError(f"{what} was cancelled", command=argv)
             try:
                 proc.wait(timeout=0.2)
                 finished = True
             except subprocess.TimeoutExpired:
                 finished = False
-            current = os.fstat(fd).st_size
-            if current != size:
+            current = measure()  # None: not known now (a reaped process has no /proc entry)
+            if current is not None and current != size:
                 if progress:
                     progress(current - size)
                 size, last_growth = current, time.monotonic()
@@ -438,17 +470,31 @@ class Crane:
                 return
             if limit is not None and size > limit:
                 _stop(proc)
-                raise _oversized(pinned, limit, argv)
-            if time.monotonic() - last_growth > self.stall_timeout:
+                raise _oversized(what, limit, argv)
+            if (time.monotonic() - last_growth > self.stall_timeout
+                    and (stall_until is None or size < stall_until)):
                 _stop(proc)
                 raise errors.CraneTimeoutError(
-                    f"download of {pinned} stalled: no bytes for {self.stall_timeout:.0f}s after {size} bytes",
+                    f"{what} stalled: no bytes for {self.stall_timeout:.0f}s after {size} bytes",
                     command=argv)
 
 
-def _oversized(pinned: str, size: int, argv: list[str]) -> errors.CraneIntegrityError:
+def _bytes_read(pid: int) -> int | None:
+    """What process ``pid`` has read so far (``rchar`` of /proc/PID/io: files and sockets alike); None where the
+    OS does not say (no /proc, or the process is gone)."""
+    try:
+        with open(f"/proc/{pid}/io", "rb") as counters:
+            for line in counters:
+                if line.startswith(b"rchar:"):
+                    return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+def _oversized(what: str, size: int, argv: list[str]) -> errors.CraneIntegrityError:
     return errors.CraneIntegrityError(
-        f"the registry sent more than the {size} bytes the descriptor of {pinned} promises; download stopped",
+        f"the registry sent more than the {size} bytes its descriptor promises; {what} stopped",
         command=argv)
 
 

@@ -13,7 +13,7 @@ import contextlib
 import sys
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any, TextIO
 
 from .errors import printable
@@ -111,8 +111,8 @@ class Progress:
 
     @contextlib.contextmanager
     def working(self, doing: str) -> Iterator[None]:
-        """A step without byte counts (packing, `crane push`): a spinner and the time elapsed on a terminal, a line
-        when it starts and one when it ends elsewhere."""
+        """A step without byte counts (packing; `crane push` where the OS does not count its reads): a spinner and
+        the time elapsed on a terminal, a line when it starts and one when it ends elsewhere."""
         started = time.monotonic()
         if not self.enabled:
             yield
@@ -125,6 +125,30 @@ class Progress:
         else:
             print(f"{printable(doing)} ...", file=self.stream, flush=True)
             yield
+        print(f"{printable(doing)}: done in {time.monotonic() - started:.1f}s", file=self.stream, flush=True)
+
+    @contextlib.contextmanager
+    def transfer(self, doing: str, total: int) -> Iterator[Callable[[int], None]]:
+        """A step whose bytes are counted (`crane push`): on a terminal one bar with percent, bytes, rate and ETA;
+        elsewhere the lines of ``working``. Yields the function that takes each delta (capped at ``total``: what
+        is counted may include a little more than the payload)."""
+        if not self.interactive:
+            with self.working(doing):
+                yield lambda delta: None
+            return
+        started = time.monotonic()
+        bars = _terminal_bars(self.stream)
+        task = bars.add_task(printable(doing), total=total)
+        done = 0
+
+        def advance(delta: int) -> None:
+            nonlocal done
+            step = max(0, min(delta, total - done))
+            done += step
+            bars.advance(task, step)
+
+        with bars:
+            yield advance
         print(f"{printable(doing)}: done in {time.monotonic() - started:.1f}s", file=self.stream, flush=True)
 
 

@@ -90,7 +90,7 @@ def push(model_dir: str | os.PathLike[str], reference: str, *, format: str = "mo
          progress: Progress | None = None) -> PushResult:
     """Validate ``model_dir``, pack it (``format``: "modelpack" or "dmr") and push it to ``reference`` (a tag).
 
-    ``progress`` shows each step with its time: `crane push` reports no byte counts, so there is no bar.
+    ``progress`` shows each step with its time, and the upload's bytes where the OS counts crane's reads (Linux).
     Raises InvalidModelError for a directory that is not a loadable model, InvalidReferenceError for a reference
     without a tag to push to, and the CraneError subclasses for registry failures. Nothing is pushed unless the
     directory is valid."""
@@ -115,8 +115,8 @@ def push(model_dir: str | os.PathLike[str], reference: str, *, format: str = "mo
             else:
                 digest = pack_dmr(directory, layout, version="v0.2")
         log.debug("packed %s as %s: manifest %s in %s", directory, format, digest, layout)
-        with progress.working(f"pushing {what} to {parsed.name} (crane reports no byte counts)"):
-            pinned = (crane or Crane(insecure=insecure)).push(layout, parsed.name)
+        with progress.transfer(f"pushing {what} to {parsed.name}", size) as advance:
+            pinned = (crane or Crane(insecure=insecure)).push(layout, parsed.name, advance, size=size)
     finally:
         remove_tree(layout)
     pushed = pinned.rpartition("@")[2]

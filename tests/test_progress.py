@@ -23,10 +23,11 @@ from support.throttle import throttled
 SHARDS = ("model-00001-of-00003.safetensors", "model-00002-of-00003.safetensors", "model-00003-of-00003.safetensors")
 
 
-def write_large_model(directory: Path) -> Path:
-    """Three 2 MiB safetensors shards, config and tokenizer: enough bytes for a bar at a throttled rate."""
+def write_large_model(directory: Path, seed: int = 7) -> Path:
+    """Three 2 MiB safetensors shards, config and tokenizer: enough bytes for a bar at a throttled rate (another
+    ``seed``, other weights: a registry that holds a blob already is not sent it again)."""
     directory.mkdir(parents=True)
-    rng = np.random.default_rng(7)
+    rng = np.random.default_rng(seed)
     weight_map = {}
     for number, name in enumerate(SHARDS):
         tensors = {f"layers.{number}.weight": rng.standard_normal((512, 1024)).astype(np.float32)}
@@ -46,7 +47,7 @@ def pushed(registry, tmp_path):
     assert done.returncode == 0, done.stderr
     lines = done.stderr.splitlines()
     assert any(re.fullmatch(r"packing 6 files, 6\.0 MiB as modelpack: done in [\d.]+s", line) for line in lines), lines
-    assert any(re.fullmatch(rf"pushing 6 files, 6\.0 MiB to {re.escape(reference)} \(crane reports no byte counts\): "
+    assert any(re.fullmatch(rf"pushing 6 files, 6\.0 MiB to {re.escape(reference)}: "
                             r"done in [\d.]+s", line) for line in lines), lines
     return reference
 
@@ -86,34 +87,13 @@ def test_help_does_not_import_rich():
 @pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux is not installed (apt-get install tmux)")
 def test_terminal_shows_bars_with_percent_rate_and_names(pushed, registry, cache_dir, tmp_path):
     """A person's terminal (tmux, 150x40): per-file bars named after the files, percent, bytes, rate, ETA."""
-    socket_name = f"oci-crane-test-{uuid.uuid4().hex[:8]}"  # a private tmux server: nothing else is touched
-    tmux = ["tmux", "-L", socket_name]
     with throttled(registry.host, rate=1 << 20) as slow:
         reference = pushed.replace(registry.host, slow)
-        script = tmp_path / "fetch.sh"
-        command = [sys.executable, "-m", "oci_crane_loader", "fetch", reference, "--cache-dir", str(cache_dir),
-                   "--jobs", "2"]
-        script.write_text(f"cd {shlex.quote(str(REPO_ROOT))}\n{shlex.join(command)}\necho EXIT=$?\nsleep 600\n")
-        env = {**os.environ, "TERM": "xterm-256color"}
-        env.pop("NO_COLOR", None)
-        subprocess.run([*tmux, "new-session", "-d", "-x", "150", "-y", "40", "-s", "fetch", f"bash {script}"],
-                       check=True, env=env)
-        try:
-            screens: list[str] = []
-            deadline = time.monotonic() + 240
-            while time.monotonic() < deadline:
-                screen = subprocess.run([*tmux, "capture-pane", "-p", "-t", "fetch"], capture_output=True,
-                                        text=True, check=True).stdout
-                screens.append(screen)
-                if "EXIT=" in screen:
-                    break
-                time.sleep(0.3)
-            final = screens[-1]
-        finally:
-            subprocess.run([*tmux, "kill-server"], check=False)
+        screens = screens_under_tmux([sys.executable, "-m", "oci_crane_loader", "fetch", reference, "--cache-dir",
+                                      str(cache_dir), "--jobs", "2"], tmp_path)
+    final = screens[-1]
     assert "EXIT=0" in final, final
-    during = [screen for screen in screens if "EXIT=" not in screen]
-    bars = [screen for screen in during if re.search(r"\d+%", screen) and re.search(r"[\d.]+ [kMG]?B/s", screen)]
+    bars = bars_on(screens)
     assert bars, screens[-3:]  # a bar with its percent and its rate was on screen while bytes flowed
     drawn = "\n".join(bars)
     assert re.search(r"total \(3 files\)", drawn) and any(name in drawn for name in SHARDS), drawn
@@ -140,3 +120,54 @@ def test_a_shard_without_a_name_is_shown_by_its_digest_and_names_cannot_drive_th
     progress.close()
     assert stream.getvalue().splitlines() == ["fetched sha256:abababababab (2.0 KiB) [1/2]",
                                               "fetched evil\\x1b[2Jname.json (10 B) [2/2]"]
+
+
+def screens_under_tmux(command: list[str], tmp_path: Path) -> list[str]:
+    """What a 150x40 terminal (tmux, a private server) showed while ``command`` ran, every 0.3 s; the last screen
+    ends with EXIT=<status>."""
+    tmux = ["tmux", "-L", f"oci-crane-test-{uuid.uuid4().hex[:8]}"]  # a private tmux server: nothing else is touched
+    script = tmp_path / "command.sh"
+    script.write_text(f"cd {shlex.quote(str(REPO_ROOT))}\n{shlex.join(command)}\necho EXIT=$?\nsleep 600\n")
+    env = {**os.environ, "TERM": "xterm-256color"}
+    env.pop("NO_COLOR", None)
+    subprocess.run([*tmux, "new-session", "-d", "-x", "150", "-y", "40", "-s", "run", f"bash {script}"],
+                   check=True, env=env)
+    screens: list[str] = []
+    try:
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline:
+            screen = subprocess.run([*tmux, "capture-pane", "-p", "-t", "run"], capture_output=True, text=True,
+                                    check=True).stdout
+            screens.append(screen)
+            if "EXIT=" in screen:
+                break
+            time.sleep(0.3)
+    finally:
+        subprocess.run([*tmux, "kill-server"], check=False)
+    return screens
+
+
+def bars_on(screens: list[str]) -> list[str]:
+    """The screens, before the command ended, that show a bar's percent and rate."""
+    return [screen for screen in screens if "EXIT=" not in screen and re.search(r"\d+%", screen)
+            and re.search(r"[\d.]+ [kMG]?B/s", screen)]
+
+
+@pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux is not installed (apt-get install tmux)")
+def test_terminal_push_shows_one_bar_with_percent_rate_and_bytes(registry, tmp_path):
+    """crane push says nothing while it uploads: the bar counts what crane has read (Linux's /proc/PID/io)."""
+    if not Path("/proc/self/io").exists():
+        pytest.skip("this OS does not count a process's reads (/proc/PID/io): a push shows a spinner only")
+    model = write_large_model(tmp_path / "model", seed=int.from_bytes(os.urandom(4), "little"))
+    with throttled(registry.host, rate=512 << 10, requests_too=True) as slow:  # kernel buffers take some MiB
+        screens = screens_under_tmux([sys.executable, "-m", "oci_crane_loader", "push", str(model),
+                                      f"{slow}/progress/pushed:v1", "--cache-dir", str(tmp_path / "cache")],
+                                     tmp_path)
+    final = screens[-1]
+    assert "EXIT=0" in final, final
+    bars = bars_on(screens)
+    assert bars, screens[-3:]
+    drawn = "\n".join(bars)
+    assert re.search(r"pushing 6 files, 6\.0 MiB to 127\.0\.0\.1:\d+/progress/pushed:v1", drawn), drawn
+    assert re.search(r"[\d.]+/6\.0 MiB", drawn), drawn  # bytes sent / total
+    assert re.search(r"pushing 6 files, 6\.0 MiB to \S+: done in [\d.]+s", final), final

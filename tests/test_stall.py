@@ -74,3 +74,29 @@ def test_stalled_download_is_stopped_retried_and_reported(stalling_registry, cac
     assert len(StallingRegistry.blob_starts) == attempts  # each attempt restarted from zero
     assert not list((cache_dir / "blobs" / "sha256").glob(digest(WEIGHTS).split(":")[1]))
     assert list((cache_dir / "tmp").iterdir()) == []
+
+
+def test_a_push_whose_upload_stalls_is_stopped_with_one_error(registry, tmp_path):
+    """crane push has no read timeout either: a registry that stops taking bytes mid-upload is left after
+    OCI_CRANE_STALL_TIMEOUT without a byte read (Linux counts crane's reads), not after a fixed time."""
+    import os
+    from pathlib import Path
+
+    import numpy as np
+    from safetensors.numpy import save_file
+    from support.throttle import throttled
+
+    if not Path("/proc/self/io").exists():
+        pytest.skip("this OS does not count a process's reads (/proc/PID/io): a push has a fixed time limit there")
+    model = tmp_path / "model"
+    model.mkdir()
+    # More than the kernel's socket buffers hold on both sides of the proxy, so that crane's reads must stall.
+    weights = np.random.default_rng(3).integers(0, 255, size=48 << 20, dtype=np.uint8)
+    save_file({"w": weights}, str(model / "model.safetensors"))
+    (model / "config.json").write_text('{"architectures": ["TestModel"]}')
+    with throttled(registry.host, rate=1, requests_too=True) as stuck:
+        done = run_cli("push", str(model), f"{stuck}/stall/push:v1", "--quiet", "--cache-dir", str(tmp_path / "c"),
+                       env={**os.environ, "OCI_CRANE_STALL_TIMEOUT": "2"}, timeout=120)
+    assert done.returncode == 1, done.stderr
+    assert f"push to {stuck}/stall/push:v1 stalled: no bytes for 2s" in done.stderr, done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1, done.stderr

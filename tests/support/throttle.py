@@ -13,9 +13,10 @@ CHUNK = 16 << 10
 
 
 @contextlib.contextmanager
-def throttled(upstream: str, rate: int) -> Iterator[str]:
-    """Proxy to ``upstream`` (host:port); each connection's answers flow at ``rate`` bytes per second. Yields
-    ``127.0.0.1:PORT``; every socket and thread is closed on exit."""
+def throttled(upstream: str, rate: int, *, requests_too: bool = False) -> Iterator[str]:
+    """Proxy to ``upstream`` (host:port); each connection's answers (with ``requests_too`` its requests as well,
+    for uploads) flow at ``rate`` bytes per second. Yields ``127.0.0.1:PORT``; every socket and thread is closed
+    on exit."""
     host, _, port = upstream.rpartition(":")
     listener = socket.create_server(("127.0.0.1", 0))
     listener.settimeout(0.2)  # a blocked accept() is not woken by close(): poll for the stop instead
@@ -44,7 +45,7 @@ def throttled(upstream: str, rate: int) -> Iterator[str]:
             client.settimeout(None)
             server = socket.create_connection((host, int(port)))
             opened.extend((client, server))
-            threading.Thread(target=pump, args=(client, server, None), daemon=True).start()
+            threading.Thread(target=pump, args=(client, server, rate if requests_too else None), daemon=True).start()
             threading.Thread(target=pump, args=(server, client, rate), daemon=True).start()
 
     thread = threading.Thread(target=accept, daemon=True)
