@@ -370,12 +370,12 @@ class Crane:
              size: int | None = None) -> str:
         """Push an OCI image layout to ``reference``; the pinned reference crane prints.
 
-        crane reports no byte counts, but it reads each blob of the layout once, as it uploads it: on Linux the
-        bytes it has read (/proc/PID/io) go to ``progress``, and the push is stopped only when they stall
+        crane reports no byte counts, but it reads each blob of the layout once, as it uploads it: on Linux how
+        far it is through them (_UploadMeter) goes to ``progress``, and the push is stopped only when that stalls
         (OCI_CRANE_STALL_TIMEOUT) before ``size`` bytes were read, since a multi-GB upload outlasts any fixed
         OCI_CRANE_TIMEOUT (after that, the registry may take its time to check the last blob). Elsewhere (macOS),
         no counts: a plain run under OCI_CRANE_TIMEOUT."""
-        if progress is None or _bytes_read(os.getpid()) is None:
+        if progress is None or not _UploadMeter.available():
             return self.run("push", str(layout), reference).decode().strip()
         argv = self._argv("push", str(layout), reference)
         log.debug("running %s", " ".join(argv))
@@ -385,7 +385,7 @@ class Crane:
             except FileNotFoundError as exc:
                 raise errors.CraneMissingError(f"crane at {argv[0]} disappeared", command=argv) from exc
             try:
-                self._watch(proc, lambda: _bytes_read(proc.pid), progress, f"push to {reference}", argv,
+                self._watch(proc, _UploadMeter(proc.pid, layout), progress, f"push to {reference}", argv,
                             stall_until=size)
             finally:
                 if proc.poll() is None:
@@ -479,17 +479,43 @@ class Crane:
                     command=argv)
 
 
-def _bytes_read(pid: int) -> int | None:
-    """What process ``pid`` has read so far (``rchar`` of /proc/PID/io: files and sockets alike); None where the
-    OS does not say (no /proc, or the process is gone)."""
-    try:
-        with open(f"/proc/{pid}/io", "rb") as counters:
-            for line in counters:
-                if line.startswith(b"rchar:"):
-                    return int(line.split()[1])
-    except (OSError, ValueError, IndexError):
-        return None
-    return None
+class _UploadMeter:
+    """How far crane is through the files under ``directory`` (an OCI layout it pushes): the offset of each file it
+    has open (/proc/PID/fdinfo `pos`, which moves with read, sendfile and splice alike: Go sends files to sockets
+    with splice, which the read counters of /proc/PID/io never see), plus the whole size of each it has closed."""
+
+    def __init__(self, pid: int, directory: Path) -> None:
+        self.pid = pid
+        self.prefix = str(directory.resolve()) + os.sep
+        self.open: dict[str, int] = {}  # path -> offset, for the files open at the last look
+        self.done: dict[str, int] = {}  # path -> size, for those closed since
+
+    @staticmethod
+    def available() -> bool:
+        return os.path.isdir("/proc/self/fdinfo")
+
+    def __call__(self) -> int | None:
+        """Bytes through so far; None once crane is gone (its /proc entry with it)."""
+        try:
+            descriptors = os.listdir(f"/proc/{self.pid}/fd")
+        except OSError:
+            return None
+        now: dict[str, int] = {}
+        for fd in descriptors:
+            try:
+                path = os.readlink(f"/proc/{self.pid}/fd/{fd}")
+                if not path.startswith(self.prefix) or path in self.done:
+                    continue
+                with open(f"/proc/{self.pid}/fdinfo/{fd}") as info:
+                    offset = next(int(line.split()[1]) for line in info if line.startswith("pos:"))
+            except (OSError, StopIteration, ValueError, IndexError):  # closed meanwhile
+                continue
+            now[path] = max(offset, now.get(path, 0))
+        for path in self.open.keys() - now.keys():  # closed since the last look: sent whole
+            with contextlib.suppress(OSError):
+                self.done[path] = os.path.getsize(path)
+        self.open = now
+        return sum(self.done.values()) + sum(now.values())
 
 
 def _oversized(what: str, size: int, argv: list[str]) -> errors.CraneIntegrityError:

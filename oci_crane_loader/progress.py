@@ -149,6 +149,7 @@ class Progress:
 
         with bars:
             yield advance
+            bars.update(task, completed=total)  # done: what crane skipped (blobs the registry had) or sent last
         print(f"{printable(doing)}: done in {time.monotonic() - started:.1f}s", file=self.stream, flush=True)
 
 

@@ -155,11 +155,17 @@ def bars_on(screens: list[str]) -> list[str]:
 
 @pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux is not installed (apt-get install tmux)")
 def test_terminal_push_shows_one_bar_with_percent_rate_and_bytes(registry, tmp_path):
-    """crane push says nothing while it uploads: the bar counts what crane has read (Linux's /proc/PID/io)."""
-    if not Path("/proc/self/io").exists():
-        pytest.skip("this OS does not count a process's reads (/proc/PID/io): a push shows a spinner only")
-    model = write_large_model(tmp_path / "model", seed=int.from_bytes(os.urandom(4), "little"))
-    with throttled(registry.host, rate=512 << 10, requests_too=True) as slow:  # kernel buffers take some MiB
+    """crane push says nothing while it uploads: the bar counts how far crane is through the layout's files
+    (/proc/PID/fdinfo)."""
+    if not Path("/proc/self/fdinfo").is_dir():
+        pytest.skip("this OS does not show a process's file offsets (/proc/PID/fdinfo): a push shows a spinner only")
+    model = tmp_path / "model"
+    model.mkdir()
+    rng = np.random.default_rng()
+    for name in SHARDS:  # larger than the kernel's socket buffers, which take the first MiB of each upload at once
+        save_file({name.split("-")[1]: rng.integers(0, 255, size=24 << 20, dtype=np.uint8)}, str(model / name))
+    (model / "config.json").write_text(json.dumps({"architectures": ["TestModel"]}))
+    with throttled(registry.host, rate=4 << 20, requests_too=True) as slow:
         screens = screens_under_tmux([sys.executable, "-m", "oci_crane_loader", "push", str(model),
                                       f"{slow}/progress/pushed:v1", "--cache-dir", str(tmp_path / "cache")],
                                      tmp_path)
@@ -168,6 +174,6 @@ def test_terminal_push_shows_one_bar_with_percent_rate_and_bytes(registry, tmp_p
     bars = bars_on(screens)
     assert bars, screens[-3:]
     drawn = "\n".join(bars)
-    assert re.search(r"pushing 6 files, 6\.0 MiB to 127\.0\.0\.1:\d+/progress/pushed:v1", drawn), drawn
-    assert re.search(r"[\d.]+/6\.0 MiB", drawn), drawn  # bytes sent / total
-    assert re.search(r"pushing 6 files, 6\.0 MiB to \S+: done in [\d.]+s", final), final
+    assert re.search(r"pushing 4 files, 72\.0 MiB to 127\.0\.0\.1:\d+/progress/pushed:v1", drawn), drawn
+    assert re.search(r"[\d.]+/72\.0 MiB", drawn), drawn  # bytes sent / total
+    assert re.search(r"pushing 4 files, 72\.0 MiB to \S+: done in [\d.]+s", final), final
