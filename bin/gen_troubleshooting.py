@@ -35,6 +35,9 @@ EXAMPLES: dict[str, tuple[str, str | None]] = {
                           "re-push the artifact with relative file paths"),
     "LocalDirError": ("--local-dir /models/llama exists and is not a directory",
                       "choose another --local-dir, or move what is in the way"),
+    "VllmIncompatibleError": ("oci-crane: the installed vLLM 0.9.2 has no vllm.engine.arg_utils.EngineArgs."
+                              "model_weights; the plugin needs it as vLLM >=0.14.0 and <0.34 define it",
+                              "install a vLLM in the supported range: pip install 'vllm>=0.14.0,<0.34'"),
     "IntegrityError": ("1 damaged cache entry: blobs/sha256/0913dc526325...",
                        "run `oci-crane cache prune --damaged`, then fetch the model again"),
     "OfflineError": ("127.0.0.1:5000/acme/tiny:v1 is not in the cache at /home/me/.cache/oci-crane-loader", None),
@@ -76,9 +79,25 @@ Python callers can catch broadly (`except LookupError`) or narrowly (`except Not
 """
 
 
+def _import_every_module() -> None:
+    """The classes found are those loaded: load them all (a module that needs vLLM, absent here, is passed over),
+    so that the page does not depend on what else the process imported."""
+    import contextlib
+    import importlib
+    import pkgutil
+
+    import oci_crane_loader
+
+    for module in pkgutil.walk_packages(oci_crane_loader.__path__, "oci_crane_loader."):
+        if not module.name.endswith("__main__"):  # that one runs the command line
+            with contextlib.suppress(ImportError):
+                importlib.import_module(module.name)
+
+
 def error_classes() -> list[type[errors.OciCraneError]]:
     """OciCraneError and every subclass the package defines, in the order errors.py defines them (then any
     defined elsewhere in the package, by module)."""
+    _import_every_module()
     found: list[type[errors.OciCraneError]] = []
     pending = [errors.OciCraneError]
     while pending:

@@ -246,3 +246,9 @@ class CraneIntegrityError(CraneError, IntegrityError):
     """crane saw bytes that do not match their digest, or a download grew past the size its descriptor promises."""
 
     default_fix = IntegrityError.default_fix
+
+
+class VllmIncompatibleError(OciCraneError, ImportError):
+    """The installed vLLM lacks a name the plugin needs, or has it with other parameters."""
+
+    default_fix = "install a vLLM in the supported range (docs/vllm.md, Compatibility), or a newer oci-crane-loader"

@@ -17,7 +17,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from .errors import OciCraneError
+from .errors import VllmIncompatibleError
 
 # The range pyproject.toml's `vllm` extra states (tests/test_vllm_api.py checks they agree); docs/vllm.md says how
 # each end was tested.
@@ -71,10 +71,6 @@ VLLM_NAMES: tuple[VllmName, ...] = (
     VllmName(_BASE_LOADER, "BaseModelLoader.download_model", ("self", "model_config")),
     VllmName(_BASE_LOADER, "BaseModelLoader.load_weights", ("self", "model", "model_config")),
 )
-
-
-class VllmIncompatibleError(OciCraneError, ImportError):
-    """The installed vLLM lacks a name the plugin needs, or has it with other parameters."""
 
 
 def version_tuple(text: str) -> tuple[int, ...]:

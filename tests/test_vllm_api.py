@@ -20,7 +20,8 @@ from support.commands import REPO_ROOT
 from support.vllm_sources import problems, wheel_sources
 
 from oci_crane_loader import vllm_api
-from oci_crane_loader.vllm_api import SUPPORTED_RANGE, VLLM_OLDEST, VllmIncompatibleError, VllmName
+from oci_crane_loader.errors import VllmIncompatibleError
+from oci_crane_loader.vllm_api import SUPPORTED_RANGE, VLLM_OLDEST, VllmName
 
 NEWEST_GPU_RELEASE = "0.33.0"
 WHEELS = REPO_ROOT / ".cache" / "vllm-wheels"
