@@ -41,12 +41,12 @@ log = logging.getLogger(LOGGER_NAME)
 
 def register() -> None:
     """Entry point of group ``vllm.general_plugins``."""
-    from . import vllm_api
+    from . import errors, vllm_api
 
     vllm_api.warn_if_unsupported(vllm_api.installed_version())
     try:
         vllm_api.check_installed()
-    except vllm_api.VllmIncompatibleError as exc:
+    except errors.VllmIncompatibleError as exc:
         if _in_vllm_cli():  # vLLM calls plugins unguarded: one line, not a traceback through its startup
             raise SystemExit(f"error: {exc.one_line()}") from None
         raise

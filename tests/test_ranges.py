@@ -344,5 +344,6 @@ def test_markers_of_a_live_process_are_left_alone_and_of_a_dead_one_settled(tmp_
     assert live.exists()  # its own process syncs it
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     write_marker(store, digest, boot, int(dead.stdout))
-    Store(store.root)
+    Store(store.root)  # a dead process's marker: synced by this process's background thread, not on its way in
+    assert store_module.background_sync().wait(timeout=60)
     assert not live.exists() and store.blob_path(digest).read_bytes() == data

@@ -136,13 +136,17 @@ def newest_gpu_wheel() -> Path:
     cached = sorted(WHEELS.glob(f"vllm-{NEWEST_GPU_RELEASE}-*x86_64.whl"))
     if cached:
         return cached[0]
+    # PyPI's simple index in its JSON form (PEP 691): what pip and uv read, so mirrors serve it too.
+    index = urllib.request.Request("https://pypi.org/simple/vllm/",
+                                   headers={"Accept": "application/vnd.pypi.simple.v1+json"})
     try:
-        with urllib.request.urlopen(f"https://pypi.org/pypi/vllm/{NEWEST_GPU_RELEASE}/json", timeout=30) as answer:
-            files = json.load(answer)["urls"]
+        with urllib.request.urlopen(index, timeout=30) as answer:
+            files = json.load(answer)["files"]
     except OSError as exc:
         pytest.skip(f"PyPI is not reachable ({exc}): put vllm-{NEWEST_GPU_RELEASE}'s wheel in {WHEELS} "
                     f"(pip download vllm=={NEWEST_GPU_RELEASE} --no-deps -d {WHEELS})")
-    (wheel,) = [f for f in files if re.search(r"manylinux[\w.]*_x86_64\.whl$", f["filename"])]
+    name = re.compile(rf"vllm-{re.escape(NEWEST_GPU_RELEASE)}-[\w.-]*manylinux[\w.]*_x86_64\.whl")
+    (wheel,) = [f for f in files if name.fullmatch(f["filename"])]
     WHEELS.mkdir(parents=True, exist_ok=True)
     partial = WHEELS / f"{wheel['filename']}.{hashlib.sha256(str(WHEELS).encode()).hexdigest()[:8]}.partial"
     try:
@@ -151,7 +155,7 @@ def newest_gpu_wheel() -> Path:
             while chunk := answer.read(1 << 20):
                 digest.update(chunk)
                 out.write(chunk)
-        assert digest.hexdigest() == wheel["digests"]["sha256"], "the wheel's sha256 is not PyPI's"
+        assert digest.hexdigest() == wheel["hashes"]["sha256"], "the wheel's sha256 is not PyPI's"
         return partial.replace(WHEELS / wheel["filename"])
     finally:
         partial.unlink(missing_ok=True)

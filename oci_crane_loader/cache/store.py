@@ -508,12 +508,14 @@ def recover_unsynced(store: Store) -> None:
         if this_boot and pid.isdigit() and _alive(int(pid)):
             continue
         blob = store.blob_path(digest)
+        if this_boot:  # the bytes are in the page cache: synced in the background, not on this command's path
+            if blob.exists():
+                background_sync().submit(blob, path)
+            continue
         with contextlib.suppress(FileNotFoundError):
-            if not this_boot and file_sha256(blob) != digest:
+            if file_sha256(blob) != digest:
                 log.warning("blob %s was torn by a crash before it reached the disk: deleted", digest)
                 blob.unlink()
-            elif this_boot:
-                _fsync_file(blob)
         with contextlib.suppress(OSError):  # a read-only cache: its blobs were checked, the marker may stay
             path.unlink(missing_ok=True)
 
@@ -528,19 +530,42 @@ def _fsync_file(path: Path) -> None:
 
 class BackgroundSync:
     """One daemon thread that fsyncs blobs after their rename, then drops their unsynced markers. A normal exit
-    waits for it (the model was handed out already); a killed process leaves the markers, and the next Store to
-    open settles them (recover_unsynced)."""
+    does not wait for it: what is left is handed to a detached process (``_hand_over``), so that a command returns
+    once its model is ready; a killed process leaves the markers, and the next Store to open settles them
+    (recover_unsynced)."""
 
     def __init__(self) -> None:
         self._queue: queue.Queue[tuple[Path, Path]] = queue.Queue()
+        self._pending: dict[Path, Path] = {}  # marker -> blob, submitted and not synced yet
+        self._lock = threading.Lock()
         self._idle = threading.Event()
         self._idle.set()
         threading.Thread(target=self._run, name="oci-crane-fsync", daemon=True).start()
-        atexit.register(self.wait)
+        atexit.register(self._hand_over)
 
     def submit(self, blob: Path, marker: Path) -> None:
-        self._idle.clear()
+        with self._lock:
+            if marker in self._pending:
+                return
+            self._pending[marker] = blob
+            self._idle.clear()
         self._queue.put((blob, marker))
+
+    def _hand_over(self) -> None:
+        """At exit: the blobs not synced yet go to a detached Python process that syncs them and drops their
+        markers (if it dies too, the markers stay for the next Store to settle)."""
+        with self._lock:
+            pending = [str(each) for pair in self._pending.items() for each in (pair[1], pair[0])]
+            self._pending.clear()
+        if not pending:
+            return
+        import subprocess
+        import sys
+
+        with contextlib.suppress(OSError):
+            subprocess.Popen([sys.executable, "-c", _SYNC_LATER, *pending], stdin=subprocess.DEVNULL,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+                             close_fds=True)
 
     def wait(self, timeout: float | None = None) -> bool:
         """True once every submitted blob is synced (tests, and callers that want durability now)."""
@@ -555,8 +580,32 @@ class BackgroundSync:
                 marker.unlink(missing_ok=True)
             except OSError as exc:  # the marker stays: the next Store settles it
                 log.debug("background fsync of %s failed: %s", blob, exc)
-            if self._queue.empty():
-                self._idle.set()
+            with self._lock:
+                self._pending.pop(marker, None)
+                if not self._pending:
+                    self._idle.set()
+
+
+# The detached syncer's whole program (argv: blob marker blob marker ...): standard library only, quick to start.
+_SYNC_LATER = """
+import os, sys
+args = sys.argv[1:]
+for blob, marker in zip(args[::2], args[1::2]):
+    try:
+        fd = os.open(blob, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        fd = os.open(os.path.dirname(blob), os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.unlink(marker)
+    except OSError:
+        pass
+"""
 
 
 @functools.cache
