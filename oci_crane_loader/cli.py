@@ -383,6 +383,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(exc.cause)
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, _terminate)
+        # Ctrl-C and `kill -INT` interrupt, even where SIGINT came ignored (a shell starts background jobs with it
+        # ignored, and Python then installs no handler): partial downloads are discarded either way.
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     logging.basicConfig(level=logging.DEBUG if args.debug else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     try:

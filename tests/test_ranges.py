@@ -231,7 +231,8 @@ def test_wrong_bytes_left_on_disk_are_downloaded_again(registry: LocalRegistry, 
 
 
 KILLABLE = """
-import sys
+import signal, sys
+signal.signal(signal.SIGINT, signal.default_int_handler)  # as a terminal would have it, wherever the test runs
 from oci_crane_loader.options import fetch_options
 from oci_crane_loader.pull import open_puller
 open_puller(fetch_options(cache_dir=sys.argv[1])).fetch(sys.argv[2])
