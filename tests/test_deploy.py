@@ -29,7 +29,7 @@ from support.manifests import (
     typed_round_trip,
     volume_dirs,
 )
-from support.models import push_model, tree_bytes, write_model
+from support.models import push_model, pushed_model, tree_bytes, write_model
 from support.project import optional_dependencies
 
 yaml = pytest.importorskip("yaml", reason="pyyaml is in the test extra: pip install -e '.[test]'")
@@ -40,10 +40,7 @@ RECIPES = sorted(path.name for path in DEPLOY.glob("*.yaml"))
 
 @pytest.fixture
 def pushed(registry, tmp_path: Path) -> tuple[str, Path]:
-    source = write_model(tmp_path / "source")
-    reference = f"{registry.host}/acme/llama:v1"
-    push_model(source, reference, tmp_path)
-    return reference, source
+    return pushed_model(registry.host, tmp_path, "acme/llama:v1")
 
 
 # --- the manifests themselves -----------------------------------------------------------------------------------

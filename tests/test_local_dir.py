@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 from support.commands import REPO_ROOT, run_cli, unshare_mount
-from support.models import push_model, tree_bytes, write_model
+from support.models import push_model, pushed_model, tree_bytes, write_model
 
 import oci_crane_loader
 from oci_crane_loader import errors
@@ -21,10 +21,7 @@ from oci_crane_loader.local_dir import place_model
 
 @pytest.fixture
 def pushed(registry, tmp_path: Path) -> tuple[str, Path]:
-    source = write_model(tmp_path / "source")
-    reference = f"{registry.host}/acme/local:v1"
-    push_model(source, reference, tmp_path)
-    return reference, source
+    return pushed_model(registry.host, tmp_path, "acme/local:v1")
 
 
 def fetch_into(reference: str, cache: Path, target: Path, *extra: str) -> tuple[dict, str]:

@@ -49,3 +49,11 @@ def push_model(model: Path, reference: str, tmp_path: Path, *, version: str = "v
 
 def tree_bytes(root: Path) -> dict[str, bytes]:
     return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def pushed_model(registry_host: str, tmp_path: Path, repository: str) -> tuple[str, Path]:
+    """write_model's model pushed to ``registry_host/repository``: the reference and the source directory."""
+    source = write_model(tmp_path / "source")
+    reference = f"{registry_host}/{repository}"
+    push_model(source, reference, tmp_path)
+    return reference, source
