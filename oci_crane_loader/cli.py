@@ -23,8 +23,10 @@ from .options import MAX_JOBS, check_cache_dir, check_jobs, check_retries, fetch
 from .settings import environment_help, settings
 
 if TYPE_CHECKING:  # the pull machinery (pydantic, filelock) is imported by the commands that use it: --help is fast
+    from .cached import FetchResult
+    from .options import FetchOptions
     from .progress import Progress
-    from .pull import FetchResult, Puller
+    from .pull import Puller
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
@@ -206,15 +208,18 @@ def _local(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     return parser
 
 
-def _puller(args: argparse.Namespace, jobs: int = 4, progress: Progress | None = None) -> Puller:
+def _options(args: argparse.Namespace, jobs: int = 4) -> FetchOptions:
+    return fetch_options(cache_dir=args.cache_dir, platform=args.platform, offline=args.offline,
+                         insecure=args.insecure, jobs=jobs, subpath=getattr(args, "subpath", None),
+                         plain_http=args.plain_http, ca_file=args.ca_file, authfile=args.authfile,
+                         retries=getattr(args, "retries", None), include=getattr(args, "include", ()),
+                         exclude=getattr(args, "exclude", ()))
+
+
+def _puller(args: argparse.Namespace) -> Puller:
     from .pull import open_puller
 
-    options = fetch_options(cache_dir=args.cache_dir, platform=args.platform, offline=args.offline,
-                            insecure=args.insecure, jobs=jobs, subpath=getattr(args, "subpath", None),
-                            plain_http=args.plain_http, ca_file=args.ca_file, authfile=args.authfile,
-                            retries=getattr(args, "retries", None), include=getattr(args, "include", ()),
-                            exclude=getattr(args, "exclude", ()))
-    return open_puller(options, progress)
+    return open_puller(_options(args))
 
 
 def _progress(args: argparse.Namespace) -> Progress:
@@ -225,7 +230,9 @@ def _progress(args: argparse.Namespace) -> Progress:
 
 def _run(args: argparse.Namespace) -> int:
     if args.command == "fetch":
-        result = _puller(args, args.jobs, _progress(args)).fetch(args.reference)
+        from .fetching import fetch
+
+        result = fetch(_options(args, args.jobs), args.reference, _progress(args))
         if args.local_dir is not None:
             _fetch_into(result, args.local_dir, args.json)
         else:

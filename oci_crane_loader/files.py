@@ -36,3 +36,8 @@ def link_or_copy(source: Path, target: Path) -> None:
     except OSError as exc:
         log.warning("cannot hard-link %s (%s); copying instead", target.name, exc.strerror)
         shutil.copyfile(source, target)
+
+
+def list_files(directory: Path) -> list[str]:
+    """The regular files under ``directory``, as sorted relative paths (a model directory's contents)."""
+    return sorted(str(path.relative_to(directory)) for path in directory.rglob("*") if path.is_file())

@@ -360,7 +360,3 @@ def _model_root(tree: Path, plan: Plan, subpath: str | None) -> Path:
                                     "run `oci-crane inspect REF` to see its files")
         return root
     return find_model_root(tree) if plan.find_root else tree
-
-
-def list_files(model_dir: Path) -> list[str]:
-    return sorted(str(path.relative_to(model_dir)) for path in model_dir.rglob("*") if path.is_file())

@@ -5,13 +5,13 @@ Unknown fields are tolerated (registries and tools add their own); wrong types a
 
 from __future__ import annotations
 
-import hashlib
 import json
-import re
 from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
 
+from .digests import digest_hex as digest_hex  # re-exported: their old home
+from .digests import sha256_digest as sha256_digest
 from .errors import InvalidDocumentError, describe_validation_error
 
 # Manifests and indexes
@@ -31,18 +31,8 @@ Digest = Annotated[str, StringConstraints(pattern=r"^sha256:[a-f0-9]{64}$")]
 MAX_SIZE = 2**63 - 1  # the spec's int64; a larger size is a lie that would overflow float arithmetic (progress)
 
 
-def sha256_digest(data: bytes) -> str:
-    return "sha256:" + hashlib.sha256(data).hexdigest()
-
-
-def digest_hex(digest: str) -> str:
-    if not re.fullmatch(r"sha256:[a-f0-9]{64}", digest):
-        raise InvalidDocumentError(f"unsupported digest {digest!r}: only sha256:<64 hex> is accepted")
-    return digest.split(":", 1)[1]
-
-
 class Document(BaseModel):
-    model_config = ConfigDict(extra="allow", populate_by_name=True, frozen=True)
+    model_config = ConfigDict(extra="allow", populate_by_name=True, frozen=True, defer_build=True)
 
 
 class Platform(Document):

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from . import errors
-from .crane import check_authfile, check_connection
+from .crane import Crane, check_authfile, check_connection
 from .paths import safe_relative_path
 from .settings import Settings, parse_retries, settings
 
@@ -54,6 +54,13 @@ def fetch_options(*, cache_dir: str | Path | None = None, platform: str | None =
                         retries=environment.retries if retries is None else check_retries(retries),
                         include=check_patterns(include, "--include"), exclude=check_patterns(exclude, "--exclude"),
                         settings=environment)
+
+
+def open_crane(options: FetchOptions) -> Crane:
+    """The Crane a fetch with ``options`` talks to the registry through."""
+    return Crane(insecure=options.insecure, offline=options.offline, timeout=options.settings.timeout,
+                 stall_timeout=options.settings.stall_timeout, plain_http=options.plain_http,
+                 ca_file=options.ca_file, authfile=options.authfile)
 
 
 def check_retries(retries: object) -> int:

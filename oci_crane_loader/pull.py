@@ -19,22 +19,21 @@ from pathlib import Path
 
 from . import errors, transfer
 from .cache.store import Store, remove_tree
+from .cached import MAX_DOCUMENT_SIZE, FetchResult, record_key, save_record
 from .crane import Crane
+from .files import list_files
 from .formats import Action, LayerPlan, Plan, recognise
 from .formats.index import select_child
 from .formats.plan import filter_key, filter_plan
-from .materialize import extract_tar, list_files, materialize, tar_names
+from .materialize import extract_tar, materialize, tar_names
 from .oci import Descriptor, Manifest, parse_manifest_or_index, sha256_digest
-from .options import MAX_JOBS, FetchOptions
+from .options import MAX_JOBS, FetchOptions, open_crane
 from .progress import Progress, human
 from .reference import Reference, parse_reference
 from .settings import settings
 
 log = logging.getLogger(__name__)
 
-# Manifests and configs are read into memory and parsed whole; real ones are kilobytes (registries cap manifests at
-# 4 MiB), so anything far larger is refused before it is downloaded or parsed.
-MAX_DOCUMENT_SIZE = 8 << 20
 @dataclass(frozen=True)
 class Resolved:
     reference: Reference
@@ -45,22 +44,6 @@ class Resolved:
     @property
     def pinned(self) -> str:
         return f"{self.reference.repository_name}@{self.digest}"
-
-
-@dataclass(frozen=True)
-class FetchResult:
-    reference: str
-    digest: str
-    pinned: str
-    path: Path
-    format: str
-    files: list[str]
-    bytes: int
-    index_digest: str | None = None
-
-    def to_json(self) -> dict[str, object]:
-        return {"reference": self.reference, "digest": self.digest, "pinned": self.pinned, "path": str(self.path),
-                "format": self.format, "files": self.files, "bytes": self.bytes, "index_digest": self.index_digest}
 
 
 @dataclass(frozen=True)
@@ -84,11 +67,8 @@ class InspectResult:
 def open_puller(options: FetchOptions, progress: Progress | None = None) -> Puller:
     """The Puller for ``options`` (see options.fetch_options): the command line, the Python API and the vLLM
     loader all get theirs here."""
-    crane = Crane(insecure=options.insecure, offline=options.offline, timeout=options.settings.timeout,
-                  stall_timeout=options.settings.stall_timeout, plain_http=options.plain_http,
-                  ca_file=options.ca_file, authfile=options.authfile)
-    return Puller(Store(options.cache_dir), crane, jobs=options.jobs, progress=progress, subpath=options.subpath,
-                  platform=options.platform, retries=options.retries, include=options.include,
+    return Puller(Store(options.cache_dir), open_crane(options), jobs=options.jobs, progress=progress,
+                  subpath=options.subpath, platform=options.platform, retries=options.retries, include=options.include,
                   exclude=options.exclude)
 
 
@@ -122,9 +102,11 @@ class Puller:
         self.store.save_manifest(raw)
         return raw
 
-    def resolve(self, reference: Reference) -> Resolved:
-        if reference.digest:
-            digest = reference.digest
+    def resolve(self, reference: Reference, digest: str | None = None) -> Resolved:
+        """``digest``: what the reference's tag named a moment ago (cached.fetch asked), its manifest cached."""
+        if reference.digest or digest:
+            digest = reference.digest or digest
+            assert digest is not None
             raw = self._manifest_by_digest(reference, digest)
         elif self.crane.offline:
             cached = self.store.load_ref(reference)
@@ -316,9 +298,10 @@ class Puller:
                            variant=variant)
 
     # --- whole operations --------------------------------------------------------------------------------------
-    def fetch(self, text: str) -> FetchResult:
+    def fetch(self, text: str, digest: str | None = None) -> FetchResult:
+        """The model directory, downloaded and made if the cache lacks it. ``digest``: see ``resolve``."""
         reference = parse_reference(text)
-        resolved = self.resolve(reference)
+        resolved = self.resolve(reference, digest)
         with self.store.fetching(resolved.index_digest or resolved.digest):
             plan = self.plan(resolved)
             variant = filter_key(self.include, self.exclude)
@@ -331,8 +314,14 @@ class Puller:
                 path = self._download_and_materialize(resolved, plan, weights=True, variant=variant)
             self.record(resolved)
         files = list_files(path)
-        return FetchResult(str(reference), resolved.digest, resolved.pinned, path, plan.format, files,
-                           sum((path / name).stat().st_size for name in files), resolved.index_digest)
+        result = FetchResult(str(reference), resolved.digest, resolved.pinned, path, plan.format, files,
+                             sum((path / name).stat().st_size for name in files), resolved.index_digest)
+        # The next fetch of the same thing answers from this record (cached.py), without parsing anything.
+        linked = [(layer.descriptor.digest, layer.descriptor.size) for layer in plan.layers
+                  if layer.action in (Action.FILE, Action.SHARD)]
+        save_record(self.store, record_key(resolved.index_digest or resolved.digest, self.platform, self.subpath,
+                                           self.include, self.exclude), result, linked)
+        return result
 
     def check_cached(self, resolved: Resolved, plan: Plan) -> None:
         """A cheap look (sizes, no hashing) at the blobs a cached model directory links: a truncated or deleted

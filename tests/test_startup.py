@@ -20,7 +20,8 @@ from oci_crane_loader.crane import find_crane
 
 # Imported where they are used: tensors when vLLM loads, zstd when a layer is zstd, the rest not by a fast command.
 HEAVY = ("pydantic", "safetensors", "zstandard", "rich", "httpx", "filelock")
-NOT_FOR_A_CACHED_FETCH = ("safetensors", "zstandard", "rich", "httpx")
+# A cached fetch answers from the record its first fetch left (cached.py): no manifest parsing, no lock.
+NOT_FOR_A_CACHED_FETCH = HEAVY
 
 
 def _loaded_after(code: str, env: dict[str, str] | None = None) -> list[str]:
@@ -44,10 +45,11 @@ def test_the_command_line_starts_without_heavy_imports(code):
     assert _loaded_after(code) == []
 
 
-def test_the_fetch_command_still_loads_its_machinery():
-    """The other side of the test above: the check sees imports (a fetch does need pydantic for manifests)."""
-    loaded = _loaded_after("from oci_crane_loader.cli import main; main(['fetch', 'r.example/a:b', '--offline', "
-                           "'--cache-dir', '/nonexistent-oci-crane-cache', '-q'])")
+def test_the_fetch_command_still_loads_its_machinery(tmp_path):
+    """The other side of the test above: the check sees imports (a fetch the cache cannot answer parses
+    manifests with pydantic)."""
+    loaded = _loaded_after("from oci_crane_loader.cli import main; main(['fetch', 'r.example/acme/model:v1', "
+                           f"'--offline', '--cache-dir', {str(tmp_path / 'cache')!r}, '-q'])")
     assert "pydantic" in loaded
 
 
@@ -62,22 +64,38 @@ def _recording_crane(tmp_path: Path) -> tuple[Path, Path]:
     return wrapper, log
 
 
-def test_a_cached_offline_fetch_starts_no_crane_and_loads_no_downloader(registry, tmp_path, cache_dir):
-    source = write_model(tmp_path / "src")
+@pytest.fixture
+def cached_model(registry, tmp_path, cache_dir):
+    """A model fetched once through a crane that records its calls: (reference, environment, the call log, the
+    first fetch's output); the log is emptied after that fetch."""
     reference = f"{registry.host}/acme/tiny:v1"
-    push_model(source, reference, tmp_path)
+    push_model(write_model(tmp_path / "src"), reference, tmp_path)
     wrapper, log = _recording_crane(tmp_path)
     env = {"OCI_CRANE_BINARY": str(wrapper), "PATH": f"{wrapper.parent}{os.pathsep}{os.environ['PATH']}"}
-    online = run_cli("fetch", reference, "--cache-dir", str(cache_dir), "-q", env=env)
-    assert online.returncode == 0, online.stderr
+    first = run_cli("fetch", reference, "--cache-dir", str(cache_dir), "-q", env=env)
+    assert first.returncode == 0, first.stderr
     assert "manifest" in log.read_text()  # the wrapper is the crane in use
     log.unlink()
+    return reference, env, log, first.stdout
 
+
+def test_a_cached_offline_fetch_starts_no_crane_and_loads_no_downloader(cached_model, cache_dir):
+    reference, env, log, first_output = cached_model
     offline = run_cli("fetch", reference, "--cache-dir", str(cache_dir), "-q", "--offline", env=env)
     assert offline.returncode == 0, offline.stderr
-    assert offline.stdout == online.stdout
+    assert offline.stdout == first_output
     assert not log.exists(), f"crane was started: {log.read_text()}"
     code = (f"from oci_crane_loader.cli import main; main(['fetch', {reference!r}, '--offline', "
             f"'--cache-dir', {str(cache_dir)!r}, '-q'])")
     assert [name for name in _loaded_after(code, env) if name in NOT_FOR_A_CACHED_FETCH] == []
     assert not log.exists()
+
+
+def test_a_cached_fetch_asks_the_registry_for_the_tag_only(cached_model, cache_dir):
+    """Online, a cached model costs one `crane manifest` (the tag may have moved) and no heavy import."""
+    reference, env, log, _first_output = cached_model
+    code = (f"from oci_crane_loader.cli import main; main(['fetch', {reference!r}, '--cache-dir', "
+            f"{str(cache_dir)!r}, '-q'])")
+    assert _loaded_after(code, env) == []
+    calls = [line.split()[0] for line in log.read_text().splitlines()]
+    assert sorted(set(calls)) == ["manifest", "version"] and calls.count("manifest") == 1, calls

@@ -127,6 +127,8 @@ def prune_cache(store: Store, *, dry_run: bool = False, damaged: bool = False,
                 if not dry_run:
                     _delete(store, removal)
                 removed.append(removal)
+        if not dry_run:
+            store.drop_stale_records()
     return PruneReport(dry_run, tuple(removed), tuple(skipped))
 
 

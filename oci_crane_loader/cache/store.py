@@ -9,6 +9,8 @@
     configs/sha256/<hex>/         the same without weights, for vLLM's `model` while weights stream in
     tmp/                          temp files, scratch directories, fetch markers (fetching-*)
     unsynced/<hex>                a blob renamed into place whose bytes may not be on disk yet
+    records/<hex>.json            what a finished fetch made (its model directory, the blobs it links), under a
+                                  hash of what was asked: a cached fetch answers from it (cached.py)
     locks/<hex>.lock, locks/prune.lock
 
 This module is the only code that knows these paths: everything else asks the Store, and lists the cache through
@@ -29,6 +31,7 @@ import atexit
 import contextlib
 import functools
 import hashlib
+import json
 import logging
 import os
 import queue
@@ -37,18 +40,21 @@ import shutil
 import stat
 import tempfile
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-
-import filelock
+from typing import TYPE_CHECKING
 
 from .. import errors
+from ..digests import digest_hex, sha256_digest
 from ..files import file_sha256
-from ..oci import Descriptor, digest_hex, sha256_digest
 from ..reference import Reference
 from ..settings import settings
+
+if TYPE_CHECKING:
+    from ..oci import Descriptor
 
 log = logging.getLogger(__name__)
 
@@ -187,6 +193,8 @@ class Store:
 
     @contextlib.contextmanager
     def _lock(self, name: str) -> Iterator[None]:
+        import filelock  # here: a cached fetch takes no lock
+
         lock = filelock.FileLock(str(self._lock_file(name)))
         try:
             lock.acquire(timeout=1)
@@ -215,6 +223,8 @@ class Store:
         if not create and not lock_file.exists():
             yield True
             return
+        import filelock
+
         lock = filelock.FileLock(str(lock_file))
         try:
             lock.acquire(timeout=0)
@@ -228,8 +238,14 @@ class Store:
 
     # --- blobs -------------------------------------------------------------------------------------------------
     def has_blob(self, descriptor: Descriptor) -> bool:
+        return self.has_blob_sized(descriptor.digest, descriptor.size)
+
+    def has_blob_sized(self, digest: object, size: object) -> bool:
+        """Whether the blob is cached with this size (a cheap look: no hashing; a bad digest is not cached)."""
+        if not isinstance(digest, str) or not isinstance(size, int) or not _DIGEST.fullmatch(digest):
+            return False
         try:
-            return self.blob_path(descriptor.digest).stat().st_size == descriptor.size
+            return self.blob_path(digest).stat().st_size == size
         except FileNotFoundError:
             return False
 
@@ -249,7 +265,8 @@ class Store:
                 return False
             temp = self.temp_path(digest_hex(descriptor.digest))
             try:
-                hashed = fill(temp)
+                with background_sync().downloading():
+                    hashed = fill(temp)
                 self._commit_blob(temp, descriptor, source or f"blob {descriptor.digest}",
                                   hashed if isinstance(hashed, str) else None)
             finally:
@@ -393,6 +410,44 @@ class Store:
         finally:
             marker.unlink(missing_ok=True)
 
+    # --- fetch records ------------------------------------------------------------------------------------------
+    def _record_path(self, key: str) -> Path:
+        return self.root / "records" / f"{hashlib.sha256(key.encode()).hexdigest()}.json"
+
+    def save_record(self, key: str, record: dict[str, object]) -> None:
+        """Best effort and not fsynced: a record lost or torn is a slower fetch, never a wrong one."""
+        final = self._record_path(key)
+        temp = self.temp_path("record")
+        try:
+            final.parent.mkdir(exist_ok=True)
+            temp.write_text(json.dumps(record))
+            os.replace(temp, final)
+        except OSError as exc:  # a read-only cache
+            log.debug("cannot save the fetch record %s: %s", final, exc)
+        finally:
+            temp.unlink(missing_ok=True)
+
+    def load_record(self, key: str) -> dict[str, object] | None:
+        try:
+            record = json.loads(self._record_path(key).read_text())
+        except (OSError, ValueError):
+            return None
+        return record if isinstance(record, dict) else None
+
+    def model_dir_named(self, name: object) -> Path | None:
+        """models/sha256/<name> when ``name`` is a model directory's name (never a path) and it exists."""
+        if not isinstance(name, str) or not _DIR_NAME.fullmatch(name):
+            return None
+        path = self.root / "models" / "sha256" / name
+        return path if path.is_dir() else None
+
+    def drop_stale_records(self) -> None:
+        """Records whose model directory is gone (pruned): they would only make a fetch look twice."""
+        for path in _sorted_entries(self.root / "records"):
+            with contextlib.suppress(OSError, ValueError, AttributeError):
+                if self.model_dir_named(json.loads(path.read_text()).get("dir")) is None:
+                    path.unlink()
+
     # --- scratch space -----------------------------------------------------------------------------------------
     def scratch_dir(self, prefix: str) -> Path:
         """A new empty directory in tmp/, for the caller to remove (`cache prune` removes it once an hour old)."""
@@ -529,15 +584,22 @@ def _fsync_file(path: Path) -> None:
 
 
 class BackgroundSync:
-    """One daemon thread that fsyncs blobs after their rename, then drops their unsynced markers. A normal exit
-    does not wait for it: what is left is handed to a detached process (``_hand_over``), so that a command returns
-    once its model is ready; a killed process leaves the markers, and the next Store to open settles them
-    (recover_unsynced)."""
+    """One daemon thread that fsyncs blobs after their rename, then drops their unsynced markers. It starts only
+    once no download has run for SETTLE seconds: an fsync while bytes still arrive competes with them for the disk,
+    and a process cannot exit while one of its threads is inside fsync. A normal exit does not wait for it: what is
+    left is handed to a detached process (``_hand_over``), so that a command returns once its model is ready; a
+    killed process leaves the markers, and the next Store to open settles them (recover_unsynced)."""
+
+    SETTLE = 2.0  # seconds; a CLI fetch exits before that, a long-lived process (vLLM) syncs after its downloads
 
     def __init__(self) -> None:
         self._queue: queue.Queue[tuple[Path, Path]] = queue.Queue()
         self._pending: dict[Path, Path] = {}  # marker -> blob, submitted and not synced yet
         self._lock = threading.Lock()
+        self._changed = threading.Condition(self._lock)
+        self._downloads = 0  # downloads running now (``downloading``)
+        self._quiet_since = time.monotonic()
+        self._urgent = False  # ``wait`` was called: sync now, quiet or not
         self._idle = threading.Event()
         self._idle.set()
         threading.Thread(target=self._run, name="oci-crane-fsync", daemon=True).start()
@@ -550,6 +612,19 @@ class BackgroundSync:
             self._pending[marker] = blob
             self._idle.clear()
         self._queue.put((blob, marker))
+
+    @contextlib.contextmanager
+    def downloading(self) -> Iterator[None]:
+        """Around a download: the fsyncs wait for it (and SETTLE seconds more)."""
+        with self._lock:
+            self._downloads += 1
+        try:
+            yield
+        finally:
+            with self._changed:
+                self._downloads -= 1
+                self._quiet_since = time.monotonic()
+                self._changed.notify_all()
 
     def _hand_over(self) -> None:
         """At exit: the blobs not synced yet go to a detached Python process that syncs them and drops their
@@ -568,12 +643,24 @@ class BackgroundSync:
                              close_fds=True)
 
     def wait(self, timeout: float | None = None) -> bool:
-        """True once every submitted blob is synced (tests, and callers that want durability now)."""
+        """True once every submitted blob is synced (tests, and callers that want durability now: no settling)."""
+        with self._changed:
+            self._urgent = True
+            self._changed.notify_all()
         return self._idle.wait(timeout)
+
+    def _wait_for_quiet(self) -> None:
+        with self._changed:
+            while not self._urgent:
+                left = None if self._downloads else self._quiet_since + self.SETTLE - time.monotonic()
+                if left is not None and left <= 0:
+                    return
+                self._changed.wait(left)
 
     def _run(self) -> None:
         while True:
             blob, marker = self._queue.get()
+            self._wait_for_quiet()
             try:
                 _fsync_file(blob)
                 fsync_dir(blob.parent)

@@ -8,9 +8,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .. import errors
+from ..digests import sha256_digest
 from ..files import file_sha256
 from ..formats import Action, recognise
-from ..oci import Manifest, sha256_digest
+from ..oci import Manifest
 from .reachability import document
 from .store import DigestFile, ModelDir, Store
 from .usage import inodes_of, walk_files

@@ -1,0 +1,92 @@
+"""A cached fetch answers from the record its first fetch left (cached.py), and the record never decides alone:
+a moved tag, a pruned directory, a damaged blob, a filter and a tampered record all get what the full path
+gives. (What a cached fetch imports and starts: test_startup.py.)"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from support.commands import fetch, fetch_fails, run_cli
+from support.models import push_model, write_model
+
+
+def records(cache_dir: Path) -> list[Path]:
+    return sorted((cache_dir / "records").glob("*.json"))
+
+
+def test_a_cached_fetch_answers_as_the_first_one_did(registry, tmp_path, cache_dir):
+    reference = f"{registry.host}/acme/tiny:v1"
+    push_model(write_model(tmp_path / "src"), reference, tmp_path)
+    first = fetch(reference, cache_dir)
+    assert len(records(cache_dir)) == 1
+    downloads = len(registry.blob_downloads())
+    again = fetch(reference, cache_dir)
+    offline = fetch(reference, cache_dir, "--offline")
+    assert again == first and offline == first
+    assert len(registry.blob_downloads()) == downloads  # not even the config blob again
+
+
+def test_a_moved_tag_gets_the_new_model_not_the_record(registry, tmp_path, cache_dir):
+    reference = f"{registry.host}/acme/moving:v1"
+    push_model(write_model(tmp_path / "one", seed=1), reference, tmp_path)
+    old = fetch(reference, cache_dir)
+    push_model(write_model(tmp_path / "two", seed=2), reference, tmp_path, version="v0.1")
+    new = fetch(reference, cache_dir)
+    assert new["digest"] != old["digest"] and new["path"] != old["path"]
+    assert len(records(cache_dir)) == 2
+    assert fetch(reference, cache_dir, "--offline") == new  # the tag's ref moved with it
+
+
+def test_a_pruned_model_is_fetched_again_and_prune_drops_its_record(registry, tmp_path, cache_dir):
+    reference = f"{registry.host}/acme/pruned:v1"
+    push_model(write_model(tmp_path / "src"), reference, tmp_path)
+    first = fetch(reference, cache_dir)
+    removed = run_cli("cache", "rm", reference, "--prune", "--cache-dir", str(cache_dir))
+    assert removed.returncode == 0, removed.stderr
+    assert not Path(str(first["path"])).exists() and records(cache_dir) == []
+    downloads = len(registry.blob_downloads())
+    assert fetch(reference, cache_dir) == first
+    assert len(registry.blob_downloads()) > downloads
+
+
+def test_a_truncated_blob_is_not_served_from_the_record(registry, tmp_path, cache_dir):
+    reference = f"{registry.host}/acme/damaged:v1"
+    push_model(write_model(tmp_path / "src"), reference, tmp_path)
+    first = fetch(reference, cache_dir)
+    shard = Path(str(first["path"])) / "model-00001-of-00002.safetensors"
+    os.chmod(shard, 0o644)
+    with open(shard, "r+b") as handle:  # a hard link: the blob in blobs/ is cut too
+        handle.truncate(100)
+    line = fetch_fails(reference, cache_dir)
+    assert "is damaged" in line and "oci-crane cache prune --damaged" in line
+
+
+def test_a_filtered_fetch_and_a_full_one_keep_apart(registry, tmp_path, cache_dir):
+    reference = f"{registry.host}/acme/filtered:v1"
+    push_model(write_model(tmp_path / "src"), reference, tmp_path)
+    only_json = fetch(reference, cache_dir, "--include", "*.json")
+    full = fetch(reference, cache_dir)
+    assert only_json["path"] != full["path"]
+    assert all(str(name).endswith(".json") for name in only_json["files"])  # type: ignore[union-attr]
+    assert any(str(name).endswith(".safetensors") for name in full["files"])  # type: ignore[union-attr]
+    assert fetch(reference, cache_dir, "--include", "*.json") == only_json
+    assert fetch(reference, cache_dir) == full
+
+
+def test_a_tampered_record_is_ignored(registry, tmp_path, cache_dir):
+    """A record is a shortcut in the user's own cache, still never trusted to name a path: a directory outside
+    models/, or garbage, makes the full path run."""
+    reference = f"{registry.host}/acme/tampered:v1"
+    push_model(write_model(tmp_path / "src"), reference, tmp_path)
+    first = fetch(reference, cache_dir)
+    (record,) = records(cache_dir)
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    for bad in ({**json.loads(record.read_text()), "dir": str(outside)},
+                {**json.loads(record.read_text()), "dir": "../../elsewhere"},
+                {**json.loads(record.read_text()), "blobs": [["sha256:" + "0" * 64, 1]]},
+                "not json"):
+        record.write_text(bad if isinstance(bad, str) else json.dumps(bad))
+        assert fetch(reference, cache_dir) == first
