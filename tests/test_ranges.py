@@ -19,9 +19,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 from safetensors.numpy import save_file
-from support.commands import REPO_ROOT
+from support.commands import REPO_ROOT, run_cli
 from support.distribution import binary_path, distribution_registry
-from support.models import push_model
+from support.models import push_model, write_model
 from support.storage_proxy import StorageProxy
 
 from oci_crane_loader import errors
@@ -330,6 +330,32 @@ def test_after_a_power_loss_a_torn_blob_is_deleted_before_anything_serves_it(tmp
     assert store.blob_path(good).read_bytes() == data
     assert not store.blob_path(torn).exists()
     assert not list((store.root / "unsynced").iterdir())
+
+
+def fetched_path(reference: str, cache_dir: Path) -> Path:
+    done = run_cli("fetch", reference, "--cache-dir", str(cache_dir), "-q")
+    assert done.returncode == 0, done.stderr
+    return Path(done.stdout.strip())
+
+
+def test_after_a_power_loss_a_model_linking_a_torn_blob_is_built_again(registry, tmp_path: Path) -> None:
+    """The model directory's hard link is the torn inode too: it goes with the blob, and the next fetch downloads
+    the blob and builds the directory again (instead of reporting a damaged cache)."""
+    reference = f"{registry.host}/acme/torn:v1"
+    source = write_model(tmp_path / "src")
+    push_model(source, reference, tmp_path)
+    cache_dir = tmp_path / "cache"
+    first = fetched_path(reference, cache_dir)
+    deadline = time.monotonic() + GIVE_UP  # the fetch's detached syncer drops its markers: let it finish first
+    while any((cache_dir / "unsynced").iterdir()) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    shard = first / "model-00001-of-00002.safetensors"
+    good = shard.read_bytes()
+    shard.chmod(0o644)
+    shard.write_bytes(b"\0" * len(good))  # the right size, never written back: what a power loss leaves
+    write_marker(Store(cache_dir), "sha256:" + hashlib.sha256(good).hexdigest(), "an-earlier-boot", 1)
+    again = fetched_path(reference, cache_dir)
+    assert again == first and (again / "model-00001-of-00002.safetensors").read_bytes() == good
 
 
 def test_markers_of_a_live_process_are_left_alone_and_of_a_dead_one_settled(tmp_path: Path) -> None:

@@ -550,7 +550,10 @@ def _alive(pid: int) -> bool:
 def recover_unsynced(store: Store) -> None:
     """Settle the unsynced markers a process left (killed, or gone before its background sync ended): from this
     boot the bytes are in the page cache, so fsync them; from an earlier boot (a power loss or crash came first)
-    re-hash the blob and delete it if torn. A marker of a live process is its own business."""
+    re-hash the blob and delete it if torn, with the model and config directories that link it (their copy of
+    the bytes is the same torn inode): the next fetch downloads and builds them again. A marker of a live process
+    is its own business."""
+    torn: set[tuple[int, int]] = set()
     for path in _sorted_entries(store.root / "unsynced"):
         try:
             boot, pid = path.read_text().split()
@@ -570,9 +573,24 @@ def recover_unsynced(store: Store) -> None:
         with contextlib.suppress(FileNotFoundError):
             if file_sha256(blob) != digest:
                 log.warning("blob %s was torn by a crash before it reached the disk: deleted", digest)
+                found = blob.stat()
+                torn.add((found.st_dev, found.st_ino))
                 blob.unlink()
         with contextlib.suppress(OSError):  # a read-only cache: its blobs were checked, the marker may stay
             path.unlink(missing_ok=True)
+    if torn:
+        _discard_dirs_linking(store, torn)
+
+
+def _discard_dirs_linking(store: Store, inodes: set[tuple[int, int]]) -> None:
+    for directory in list(store.model_dirs()):
+        for root, _dirs, files in os.walk(directory.path):
+            if any((found.st_dev, found.st_ino) in inodes
+                   for found in (os.stat(os.path.join(root, name), follow_symlinks=False) for name in files)):
+                log.warning("%s links a torn blob: deleted, the next fetch builds it again", directory.path)
+                store.discard_dir(directory.path)
+                break
+    store.drop_stale_records()
 
 
 def _fsync_file(path: Path) -> None:
