@@ -286,14 +286,17 @@ class Puller:
 
     def _download_and_materialize(self, resolved: Resolved, plan: Plan, *, weights: bool,
                                   variant: str | None = None) -> Path:
-        """Free space checked for the whole model, the small layers downloaded (config, tokenizer: they name the
-        shards and fail fast on a bad artifact), then with ``weights`` the weight layers; the directory made
+        """Free space checked for the whole model, the small layers downloaded first (config, tokenizer: they name
+        the shards and fail fast on a bad artifact), then with ``weights`` the weight layers; the directory made
         (``weights=False``: the config directory, weights to be streamed later)."""
         self.check_free_space(plan.layers)
-        self.ensure_blobs(resolved.reference, plan.small_layers)
-        self._check_subpath_in_archives(plan)
-        if weights:
-            self.ensure_blobs(resolved.reference, plan.weight_layers)
+        if weights and self.subpath is None:  # one pool, small layers first: no wait between the two
+            self.ensure_blobs(resolved.reference, [*plan.small_layers, *plan.weight_layers])
+        else:
+            self.ensure_blobs(resolved.reference, plan.small_layers)
+            self._check_subpath_in_archives(plan)  # the archives' names, before any weight is downloaded
+            if weights:
+                self.ensure_blobs(resolved.reference, plan.weight_layers)
         return materialize(self.store, plan, resolved.digest, weights=weights, subpath=self.subpath,
                            variant=variant)
 

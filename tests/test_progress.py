@@ -96,10 +96,10 @@ def test_terminal_shows_bars_with_percent_rate_and_names(pushed, registry, cache
     bars = bars_on(screens)
     assert bars, screens[-3:]  # a bar with its percent and its rate was on screen while bytes flowed
     drawn = "\n".join(bars)
-    assert re.search(r"total \(3 files\)", drawn) and any(name in drawn for name in SHARDS), drawn
+    assert re.search(r"total \(6 files\)", drawn) and any(name in drawn for name in SHARDS), drawn
     assert re.search(r"[\d.]+/[\d.]+ MiB", drawn), drawn  # bytes done / total
     for name in SHARDS:  # each finished file leaves its line above the bars
-        assert re.search(rf"fetched {re.escape(name)} \(2\.0 MiB\) \[\d/3\]", final), final
+        assert re.search(rf"fetched {re.escape(name)} \(2\.0 MiB\) \[\d/6\]", final), final
 
 
 def test_a_shard_without_a_name_is_shown_by_its_digest_and_names_cannot_drive_the_terminal():
