@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 from safetensors.numpy import save_file
 from support.commands import REPO_ROOT, run_cli
-from support.distribution import binary_path, distribution_registry
+from support.distribution import binary_path, distribution_registry, make_certificates
 from support.models import push_model, write_model
 from support.storage_proxy import StorageProxy
 
@@ -133,6 +133,23 @@ def test_basic_auth_and_tls_registry_behind_a_storage_host(tmp_path: Path, cache
             with pytest.raises(errors.UnauthorizedError):  # the ranged path's own 401, typed as crane's
                 puller.ensure_blob(parse_reference(f"{proxy.address}/acme/big:v1"), descriptor)
             assert not final_blob(tmp_path / "other-cache", descriptor).exists()
+
+
+def test_insecure_reaches_a_storage_host_whose_certificate_nobody_trusts(registry: LocalRegistry,
+                                                                         pushed: tuple[Path, str], cache_dir: Path,
+                                                                         tmp_path: Path) -> None:
+    """--insecure holds on the ranged path too (registry and storage host alike), not only for crane."""
+    source, name = pushed
+    make_certificates(tmp_path / "tls")  # a CA that is in no trust store
+    tls = tmp_path / "tls"
+    with StorageProxy(registry.host, certificate=(tls / "server.pem", tls / "server.key")) as proxy:
+        reference = f"{proxy.address}/{name}"
+        with pytest.raises(errors.TLSError):
+            fetch(cache_dir, reference)
+        path = open_puller(fetch_options(cache_dir=cache_dir, insecure=True)).fetch(reference).path
+        ranges = [r[2] for r in proxy.requests if r[2]]
+    assert (path / "model.safetensors").read_bytes() == (source / "model.safetensors").read_bytes()
+    assert len(ranges) == 4, proxy.requests  # the storage host served the ranges: no fallback to crane blob
 
 
 def test_a_dropped_stream_resumes_from_the_bytes_on_disk(registry: LocalRegistry, pushed: tuple[Path, str],

@@ -63,7 +63,7 @@ def distribution_registry(
 
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
-    ca_file = _make_certificates(workdir / "tls") if tls else None
+    ca_file = make_certificates(workdir / "tls") if tls else None
     htpasswd = workdir / "htpasswd"
     if auth:
         htpasswd.write_text(_bcrypt_htpasswd(username, password))
@@ -115,7 +115,7 @@ def _run(*args: str, input: str | None = None) -> str:
     return result.stdout
 
 
-def _make_certificates(directory: Path) -> Path:
+def make_certificates(directory: Path) -> Path:
     """Self-signed CA plus a server cert for 127.0.0.1/localhost; returns the CA PEM."""
     directory.mkdir(parents=True, exist_ok=True)
     ca_key, ca_pem = directory / "ca.key", directory / "ca.pem"
