@@ -95,6 +95,22 @@ def fetch_blob(crane: Crane, reference: Reference, descriptor: Descriptor, parti
         session.close()
 
 
+def warm_up(crane: Crane) -> threading.Thread:
+    """Import httpx and load the trust store in a daemon thread, while the caller fetches the small layers: the
+    first ranged download (or the probe that finds a registry serving blobs itself) then starts without paying
+    for them (about 0.1 s on 2 cores)."""
+
+    def load() -> None:
+        with contextlib.suppress(Exception):  # best effort: the download itself reports what is wrong
+            import httpx  # noqa: F401
+
+            tls_verify(crane)
+
+    thread = threading.Thread(target=load, name="oci-crane-warm-up", daemon=True)
+    thread.start()
+    return thread
+
+
 def discard(partial: Path) -> None:
     partial.unlink(missing_ok=True)
     _state_path(partial).unlink(missing_ok=True)
