@@ -302,3 +302,28 @@ def test_doctor_names_a_missing_credential_helper_and_never_prints_auth(crane_bi
     assert found["credential helper oci-crane-test-missing"]["ok"] is False
     helper = found["credential helper ocicranefake"]
     assert helper["ok"] is True and str(fake) in str(helper["detail"]) and "reg.example.com" in str(helper["detail"])
+
+
+def test_ls_and_verify_tell_a_filtered_directory_from_the_model(registry, tmp_path, cache_dir):
+    """A fetch with --include gets a directory of some files: `cache ls` never calls it the model directory, and
+    `cache verify` does not ask it for the weights it left out."""
+    reference = f"{registry.host}/acme/tiny:v1"
+    push_model(write_model(tmp_path / "src"), reference, tmp_path)
+    done = run_cli("fetch", reference, "--cache-dir", str(cache_dir), "--json", "-q", "--include", "*.json")
+    assert done.returncode == 0, done.stderr
+    filtered = Path(json.loads(done.stdout)["path"])
+    assert not any(name.endswith(".safetensors") for name in names(filtered))
+
+    (entry,) = cache_json(cache_dir, "ls")["entries"]
+    assert (entry["reference"], entry["model_dir"], entry["models"], entry["filtered"]) == (
+        reference, False, [], [str(filtered)])
+    (row,) = [line for line in cache(cache_dir, "ls").stdout.splitlines() if line.startswith(reference)]
+    assert row.split()[2] == "filtered", row
+    checked = cache(cache_dir, "verify")
+    assert checked.returncode == 0 and "all intact" in checked.stdout, checked.stdout + checked.stderr
+
+    whole = fetch(registry.host, cache_dir, "acme/tiny:v1")
+    (entry,) = cache_json(cache_dir, "ls")["entries"]
+    assert (entry["model_dir"], entry["models"], entry["filtered"]) == (True, [str(whole.path)], [str(filtered)])
+    (row,) = [line for line in cache(cache_dir, "ls").stdout.splitlines() if line.startswith(reference)]
+    assert "yes, filtered" in row, row
