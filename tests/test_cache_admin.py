@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
 import os
 import stat
@@ -327,3 +328,47 @@ def test_ls_and_verify_tell_a_filtered_directory_from_the_model(registry, tmp_pa
     assert (entry["model_dir"], entry["models"], entry["filtered"]) == (True, [str(whole.path)], [str(filtered)])
     (row,) = [line for line in cache(cache_dir, "ls").stdout.splitlines() if line.startswith(reference)]
     assert "yes, filtered" in row, row
+
+
+def installed_vllm(site: Path, version: str, init: str = "") -> dict[str, str]:
+    """A `vllm` distribution of ``version`` (metadata and a package, as pip lays them out) first on sys.path."""
+    (site / "vllm").mkdir(parents=True)
+    (site / "vllm" / "__init__.py").write_text(init)
+    info = site / f"vllm-{version}.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: vllm\nVersion: {version}\n")
+    return {"PYTHONPATH": os.pathsep.join(filter(None, [str(site), os.environ.get("PYTHONPATH")]))}
+
+
+@pytest.mark.parametrize(("version", "ok", "in_range"), [("0.20.1+cpu", True, True), ("0.9.2", False, False),
+                                                         ("0.34.0", False, False)])
+def test_doctor_shows_the_vllm_version_against_the_supported_range(crane_binary, tmp_path, cache_dir, version, ok,
+                                                                   in_range):
+    from oci_crane_loader.vllm_api import SUPPORTED_RANGE
+
+    env = installed_vllm(tmp_path / "site", version)
+    done = doctor(cache_dir, "--json", env=env)
+    assert done.returncode == 0, done.stderr  # vLLM is advice, not a required check
+    found = checks(done)["vllm"]
+    assert (found["ok"], found["version"], found["supported"], found["in_range"]) == (
+        ok, version, SUPPORTED_RANGE, in_range)
+    (line,) = [line for line in doctor(cache_dir, env=env).stdout.splitlines() if line.startswith(("OK", "FAIL"))
+               and " vllm: " in line]
+    if ok:
+        assert line == f"OK    vllm: version {version}, in the supported range vllm{SUPPORTED_RANGE}"
+    else:
+        assert line.startswith(f"FAIL  vllm: version {version}, outside the supported range vllm{SUPPORTED_RANGE}")
+        assert line.endswith(f"-- fix: install a vLLM in the supported range: pip install 'vllm{SUPPORTED_RANGE}'")
+
+
+def test_doctor_without_vllm_shows_the_supported_range_and_a_broken_one_why(crane_binary, tmp_path, cache_dir):
+    from oci_crane_loader.vllm_api import SUPPORTED_RANGE
+
+    if importlib.util.find_spec("vllm") is None:
+        found = checks(doctor(cache_dir, "--json"))["vllm"]
+        assert (found["ok"], found["version"], found["in_range"]) == (True, None, None)
+        assert found["detail"] == f"not installed (optional; the plugin supports vllm{SUPPORTED_RANGE})"
+    env = installed_vllm(tmp_path / "site", "0.20.0", init="raise ImportError('libcudart.so.12: cannot open')\n")
+    broken = checks(doctor(cache_dir, "--json", env=env))["vllm"]
+    assert broken["ok"] is False and broken["version"] == "0.20.0"
+    assert "installed but `import vllm` fails: ImportError: libcudart.so.12: cannot open" in str(broken["detail"])
