@@ -39,7 +39,7 @@ import stat
 import tempfile
 import threading
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -183,6 +183,31 @@ class Store:
     def partial_path(self, digest: str) -> Path:
         """A download in progress that a later attempt, or another process, may resume (under the blob's lock)."""
         return self.root / "tmp" / f"{digest_hex(digest)}.partial"
+
+    def partial_bytes(self, descriptor: Descriptor) -> int:
+        """Bytes of the blob that its ranged download has on disk (its partial file's allocated blocks: the file is
+        preallocated, sparse, to the blob's size); 0 without a partial file of that size."""
+        try:
+            info = self.partial_path(descriptor.digest).stat()
+        except FileNotFoundError:
+            return 0
+        return min(info.st_blocks * 512, descriptor.size) if info.st_size == descriptor.size else 0
+
+    def unwritten_partial_bytes(self, exclude: Collection[str] = ()) -> int:
+        """Bytes that ranged downloads running now (their blob's lock is held) have yet to write into their
+        preallocated partial files, blobs in ``exclude`` aside. A partial file nobody downloads does not grow."""
+        total = 0
+        for path in _sorted_entries(self.root / "tmp"):
+            hex_digest = path.name.removesuffix(".partial")
+            if not (path.name.endswith(".partial") and _HEX.fullmatch(hex_digest)) or f"sha256:{hex_digest}" in exclude:
+                continue
+            with self.try_blob_lock(f"sha256:{hex_digest}", create=False) as free:
+                if free:
+                    continue
+            with contextlib.suppress(FileNotFoundError):  # finished meanwhile
+                info = path.stat()
+                total += max(0, info.st_size - info.st_blocks * 512)
+        return total
 
     def temp_path(self, hint: str) -> Path:
         """Unique per process and call, inside the cache so that os.replace and os.link stay on one filesystem."""
