@@ -160,14 +160,19 @@ def _registry_parsers(commands: argparse._SubParsersAction[argparse.ArgumentPars
     login.add_argument("--password-stdin", action="store_true",
                        help="read the password or token from standard input (without it: asked on a terminal)")
     login.add_argument("--insecure", action="store_true", help="the registry is plain http or has untrusted TLS")
+    login.add_argument("--authfile", metavar="PATH",
+                       help="store them in this file instead (podman's auth.json or a docker config.json; made 0600 "
+                            "if missing); fetch, inspect and push read it with the same --authfile")
     login.add_argument("--debug", action="store_true", help="show tracebacks")
     logout = commands.add_parser("logout", help="remove the stored credentials for a registry")
     logout.add_argument("registry", metavar="REGISTRY")
+    logout.add_argument("--authfile", metavar="PATH", help="remove them from this file (as login --authfile)")
     logout.add_argument("--debug", action="store_true", help="show tracebacks")
     tags = commands.add_parser("ls", help="list the tags of a repository")
     tags.add_argument("repository", metavar="REPOSITORY", help="e.g. ghcr.io/acme/llama")
     tags.add_argument("--json", action="store_true", help="print a JSON list")
     tags.add_argument("--insecure", action="store_true", help="the registry is plain http or has untrusted TLS")
+    tags.add_argument("--authfile", metavar="PATH", help="read credentials from this file (as fetch --authfile)")
     tags.add_argument("--debug", action="store_true", help="show tracebacks")
 
 
@@ -317,14 +322,14 @@ def _registry_command(args: argparse.Namespace) -> None:
 
     if args.command == "login":
         config = auth.login(args.registry, args.username, auth.read_password(args.password_stdin),
-                            insecure=args.insecure)
+                            insecure=args.insecure, authfile=args.authfile)
         print(f"logged in to {args.registry} as {args.username} (credentials in {config}, or the helper it names)",
               file=sys.stderr)
     elif args.command == "logout":
-        config = auth.logout(args.registry)
+        config = auth.logout(args.registry, authfile=args.authfile)
         print(f"logged out of {args.registry} ({config})", file=sys.stderr)
     else:
-        found = auth.list_tags(args.repository, insecure=args.insecure)
+        found = auth.list_tags(args.repository, insecure=args.insecure, authfile=args.authfile)
         print(json.dumps(found) if args.json else "\n".join(found))
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .cache.listing import CacheInfo
+from .cache.listing import CacheEntry, CacheInfo
 from .cache.prune import PruneReport
 from .cache.verify import VerifyReport
 from .progress import human
@@ -12,10 +12,20 @@ def _short(digest: str | None) -> str:
     return digest[:19] if digest else "(unreadable)"
 
 
+def _directories(entry: CacheEntry) -> str:
+    """The MODEL DIR column: "yes" only for a whole model; a filtered fetch's directory holds some files only."""
+    found = ["yes"] if entry.has_model_dir else []
+    if entry.filtered_dirs:
+        found.append(f"filtered ({len(entry.filtered_dirs)})" if len(entry.filtered_dirs) > 1 else "filtered")
+    if not found and entry.config_dirs:
+        found.append("config only")
+    return ", ".join(found) or "no"
+
+
 def format_info(info: CacheInfo) -> str:
     rows = [("REFERENCE", "DIGEST", "MODEL DIR", "SIZE")]
     for entry in info.entries:
-        model = "yes" if entry.has_model_dir else "config only" if entry.config_dirs else "no"
+        model = _directories(entry)
         rows.append((entry.reference or "(no ref)", _short(entry.digest), model, human(entry.size)))
     widths = [max(len(row[column]) for row in rows) for column in range(3)]
     lines = [f"{r[0]:<{widths[0]}}  {r[1]:<{widths[1]}}  {r[2]:<{widths[2]}}  {r[3]:>10}".rstrip() for r in rows]

@@ -301,12 +301,13 @@ class Crane:
 
     def __init__(self, *, insecure: bool = False, offline: bool = False, timeout: float | None = None,
                  stall_timeout: float | None = None, plain_http: bool = False, ca_file: str | Path | None = None,
-                 authfile: str | Path | None = None) -> None:
+                 authfile: str | Path | None = None, writes_authfile: bool = False) -> None:
         # How to reach the registry, turned into crane's flags (_argv) and environment (environment) there only.
         self.insecure = insecure  # skip TLS verification (and allow http): crane --insecure
         self.plain_http = plain_http  # the registry speaks http: crane has no such flag, --insecure is the nearest
         self.ca_file = check_connection(insecure=insecure, plain_http=plain_http, ca_file=ca_file)
         self.authfile = check_authfile(authfile)  # None: the credentials file crane finds (keychain.py)
+        self.writes_authfile = writes_authfile  # `crane auth login|logout` rewrite it (keychain.crane_environment)
         self.offline = offline
         self.timeout = timeout or settings().timeout  # OCI_CRANE_TIMEOUT
         # crane blob has no read timeout: a stalled stream hangs forever, so we watch the file grow instead.
@@ -333,7 +334,7 @@ class Crane:
     @contextlib.contextmanager
     def environment(self) -> Iterator[dict[str, str]]:
         """crane's environment for one command: the user's, plus the credentials file and CA this Crane names."""
-        with crane_environment(self.credentials(), self.ca_file, _environment()) as env:
+        with crane_environment(self.credentials(), self.ca_file, _environment(), writes=self.writes_authfile) as env:
             yield env
 
     def _failure(self, argv: list[str], returncode: int, stderr: str, env: dict[str, str]) -> errors.CraneError:

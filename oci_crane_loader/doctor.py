@@ -11,7 +11,8 @@ import json
 import shutil
 import subprocess
 import sys
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 
 from . import errors
 from .cache.store import Store, remove_tree
@@ -19,6 +20,7 @@ from .crane import MINIMUM_VERSION, SOURCE_NAMES, choose_crane
 from .executable import host_platform
 from .keychain import find_credentials
 from .progress import human
+from .vllm_api import SUPPORTED_RANGE, in_supported_range, installed_version
 
 MIN_FREE_BYTES = 1 << 30  # less than this cannot hold a model worth serving
 PLUGIN_GROUP = "vllm.general_plugins"
@@ -32,10 +34,11 @@ class Check:
     detail: str
     fix: str | None = None
     required: bool = False
+    facts: Mapping[str, object] = field(default_factory=dict)  # more keys for --json (the vllm check's version)
 
     def to_json(self) -> dict[str, object]:
         return {"name": self.name, "ok": self.ok, "required": self.required, "detail": self.detail,
-                "fix": None if self.ok else self.fix}
+                "fix": None if self.ok else self.fix, **self.facts}
 
     def line(self) -> str:
         text = f"{'OK' if self.ok else 'FAIL':<4}  {self.name}: {self.detail}"
@@ -147,21 +150,40 @@ def check_credentials(authfile: str | None = None) -> list[Check]:
 
 
 def check_vllm() -> Check:
-    if importlib.util.find_spec("vllm") is None:
-        return Check("vllm", True, "not installed (optional)")
-    # A separate interpreter: importing vLLM is slow and logs to stdout, which would spoil --json.
-    script = "import vllm, sys; sys.stdout.write('\\nOCI_CRANE_VLLM=' + vllm.__version__ + '\\n')"
+    """The installed vLLM's version (its distribution's metadata) against the supported range, then whether it
+    imports. Outside the range is advice: the plugin still tries (vllm_api.warn_if_unsupported)."""
+    supported = f"vllm{SUPPORTED_RANGE}"
+    version = installed_version()
+    facts: dict[str, object] = {"version": version, "supported": SUPPORTED_RANGE,
+                                "in_range": None if version is None else in_supported_range(version)}
+    if version is None and importlib.util.find_spec("vllm") is None:
+        return Check("vllm", True, f"not installed (optional; the plugin supports {supported})", facts=facts)
+    failure = _import_failure()
+    if failure is not None:
+        return Check("vllm", False, f"{'version ' + version + ' ' if version else ''}installed but {failure}",
+                     "reinstall vLLM (pip install 'oci-crane-loader[vllm]')", facts=facts)
+    if version is None:  # importable without a distribution (a source checkout on sys.path): no version to compare
+        return Check("vllm", True, f"installed without package metadata: its version is unknown (the plugin "
+                                   f"supports {supported})", facts=facts)
+    if not in_supported_range(version):
+        return Check("vllm", False, f"version {version}, outside the supported range {supported} (the plugin tries "
+                                    "anyway, and stops with one error if vLLM lacks what it needs)",
+                     f"install a vLLM in the supported range: pip install '{supported}'", facts=facts)
+    return Check("vllm", True, f"version {version}, in the supported range {supported}", facts=facts)
+
+
+def _import_failure() -> str | None:
+    """Why `import vllm` fails, or None. In a separate interpreter: importing vLLM is slow and logs to stdout,
+    which would spoil --json."""
     try:
-        proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
+        proc = subprocess.run([sys.executable, "-c", "import vllm"], capture_output=True, text=True, timeout=300,
                               check=False)
     except subprocess.TimeoutExpired:
-        return Check("vllm", False, "`import vllm` did not finish within 300 s", "check the vLLM installation")
-    marker = [line for line in proc.stdout.splitlines() if line.startswith("OCI_CRANE_VLLM=")]
-    if proc.returncode != 0 or not marker:
+        return "`import vllm` did not finish within 300 s"
+    if proc.returncode != 0:
         last = (proc.stderr.strip().splitlines() or [f"exit status {proc.returncode}"])[-1]
-        return Check("vllm", False, f"installed but `import vllm` fails: {last}",
-                     "reinstall vLLM (pip install 'oci-crane-loader[vllm]')")
-    return Check("vllm", True, f"version {marker[-1].split('=', 1)[1]}")
+        return f"`import vllm` fails: {last}"
+    return None
 
 
 def check_plugin() -> Check:

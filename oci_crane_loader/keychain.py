@@ -72,21 +72,24 @@ def find_credentials(authfile: str | Path | None = None, env: Mapping[str, str] 
 
 
 @contextlib.contextmanager
-def crane_environment(source: CredentialSource, ca_file: Path | None,
-                      env: Mapping[str, str]) -> Iterator[dict[str, str]]:
+def crane_environment(source: CredentialSource, ca_file: Path | None, env: Mapping[str, str], *,
+                      writes: bool = False) -> Iterator[dict[str, str]]:
     """``env`` for one crane command: DOCKER_CONFIG pointing at ``source`` when crane would not find it itself,
     and ``ca_file`` added to the CAs Go trusts (SSL_CERT_DIR: the system bundle, which SSL_CERT_FILE would
     replace, stays trusted, so blob redirects to public storage still verify). Both as symlinks in one private
-    directory, removed afterwards."""
+    directory, removed afterwards. ``writes`` (`crane auth login|logout`): crane saves the file by renaming a temp
+    file made beside DOCKER_CONFIG's config.json onto the symlink's target, so the private directory is made
+    beside the file's real path, on its file system (a rename cannot cross file systems)."""
     result = dict(env)
     if not ((source.redirect and source.path is not None) or ca_file is not None):
         yield result
         return
-    private = Path(tempfile.mkdtemp(prefix="oci-crane-env."))  # 0700: mkdtemp's mode
+    target = source.path.resolve() if writes and source.path is not None else None
+    private = Path(tempfile.mkdtemp(prefix=".oci-crane-env.", dir=target.parent if target else None))  # 0700
     try:
         if source.redirect and source.path is not None:
             (private / "docker").mkdir()
-            (private / "docker" / "config.json").symlink_to(source.path.absolute())
+            (private / "docker" / "config.json").symlink_to(target or source.path.absolute())
             result["DOCKER_CONFIG"] = str(private / "docker")
         if ca_file is not None:
             (private / "certs").mkdir()

@@ -250,15 +250,30 @@ class Puller:
         return self.ensure_blob(resolved.reference, descriptor).read_bytes()
 
     def check_free_space(self, layers: Iterable[LayerPlan]) -> None:
-        """Refuse before downloading when the cache's disk cannot hold the missing blobs plus what the archives
-        unpack to (at least their own size; the bounds on unpacking stop the rest, see materialize.py)."""
+        """Refuse before downloading when the cache's disk cannot hold what is still to be written: the missing
+        blobs, less the bytes a ranged download left in a partial file it resumes from; what the archives unpack to
+        (at least their own size; the bounds on unpacking stop the rest, see materialize.py); and what other
+        processes' ranged downloads still write into their preallocated (sparse) partial files."""
         layers = list(layers)
-        needed = sum(layer.descriptor.size for layer in layers if not self.store.has_blob(layer.descriptor))
+        missing = {layer.descriptor.digest: layer.descriptor for layer in layers
+                   if not self.store.has_blob(layer.descriptor)}
+        threshold = settings().range_threshold
+        # Only a ranged download resumes, and ensure_blobs gives a large blob ranges only where slots are spare.
+        large = sum(1 for descriptor in missing.values() if descriptor.size >= threshold)
+        ranged = not settings().no_ranges and min(settings().range_parts, max(1, self.jobs // max(1, large))) > 1
+
+        def unwritten(descriptor: Descriptor) -> int:
+            resumes = ranged and descriptor.size >= threshold
+            return descriptor.size - (self.store.partial_bytes(descriptor) if resumes else 0)
+
+        needed = sum(map(unwritten, missing.values()))
         needed += sum(layer.descriptor.size for layer in layers if layer.action in (Action.TAR, Action.IMAGE))
+        others = self.store.unwritten_partial_bytes(exclude=missing.keys())
         free = shutil.disk_usage(self.store.root).free
-        if needed > free:
-            raise errors.CacheError(f"the model needs {human(needed)} in the cache at {self.store.root} but only "
-                                    f"{human(free)} is free",
+        if needed + others > free:
+            running = f", and downloads running in other processes still write {human(others)}" if others else ""
+            raise errors.CacheError(f"the model needs {human(needed)} in the cache at {self.store.root}{running} but "
+                                    f"only {human(free)} is free",
                                     f"free disk space on the disk of {self.store.root}, or point --cache-dir "
                                     "(OCI_CRANE_LOADER_CACHE) at a larger disk")
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
 import os
 import stat
@@ -302,3 +303,72 @@ def test_doctor_names_a_missing_credential_helper_and_never_prints_auth(crane_bi
     assert found["credential helper oci-crane-test-missing"]["ok"] is False
     helper = found["credential helper ocicranefake"]
     assert helper["ok"] is True and str(fake) in str(helper["detail"]) and "reg.example.com" in str(helper["detail"])
+
+
+def test_ls_and_verify_tell_a_filtered_directory_from_the_model(registry, tmp_path, cache_dir):
+    """A fetch with --include gets a directory of some files: `cache ls` never calls it the model directory, and
+    `cache verify` does not ask it for the weights it left out."""
+    reference = f"{registry.host}/acme/tiny:v1"
+    push_model(write_model(tmp_path / "src"), reference, tmp_path)
+    done = run_cli("fetch", reference, "--cache-dir", str(cache_dir), "--json", "-q", "--include", "*.json")
+    assert done.returncode == 0, done.stderr
+    filtered = Path(json.loads(done.stdout)["path"])
+    assert not any(name.endswith(".safetensors") for name in names(filtered))
+
+    (entry,) = cache_json(cache_dir, "ls")["entries"]
+    assert (entry["reference"], entry["model_dir"], entry["models"], entry["filtered"]) == (
+        reference, False, [], [str(filtered)])
+    (row,) = [line for line in cache(cache_dir, "ls").stdout.splitlines() if line.startswith(reference)]
+    assert row.split()[2] == "filtered", row
+    checked = cache(cache_dir, "verify")
+    assert checked.returncode == 0 and "all intact" in checked.stdout, checked.stdout + checked.stderr
+
+    whole = fetch(registry.host, cache_dir, "acme/tiny:v1")
+    (entry,) = cache_json(cache_dir, "ls")["entries"]
+    assert (entry["model_dir"], entry["models"], entry["filtered"]) == (True, [str(whole.path)], [str(filtered)])
+    (row,) = [line for line in cache(cache_dir, "ls").stdout.splitlines() if line.startswith(reference)]
+    assert "yes, filtered" in row, row
+
+
+def installed_vllm(site: Path, version: str, init: str = "") -> dict[str, str]:
+    """A `vllm` distribution of ``version`` (metadata and a package, as pip lays them out) first on sys.path."""
+    (site / "vllm").mkdir(parents=True)
+    (site / "vllm" / "__init__.py").write_text(init)
+    info = site / f"vllm-{version}.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: vllm\nVersion: {version}\n")
+    return {"PYTHONPATH": os.pathsep.join(filter(None, [str(site), os.environ.get("PYTHONPATH")]))}
+
+
+@pytest.mark.parametrize(("version", "ok", "in_range"), [("0.20.1+cpu", True, True), ("0.9.2", False, False),
+                                                         ("0.34.0", False, False)])
+def test_doctor_shows_the_vllm_version_against_the_supported_range(crane_binary, tmp_path, cache_dir, version, ok,
+                                                                   in_range):
+    from oci_crane_loader.vllm_api import SUPPORTED_RANGE
+
+    env = installed_vllm(tmp_path / "site", version)
+    done = doctor(cache_dir, "--json", env=env)
+    assert done.returncode == 0, done.stderr  # vLLM is advice, not a required check
+    found = checks(done)["vllm"]
+    assert (found["ok"], found["version"], found["supported"], found["in_range"]) == (
+        ok, version, SUPPORTED_RANGE, in_range)
+    (line,) = [line for line in doctor(cache_dir, env=env).stdout.splitlines() if line.startswith(("OK", "FAIL"))
+               and " vllm: " in line]
+    if ok:
+        assert line == f"OK    vllm: version {version}, in the supported range vllm{SUPPORTED_RANGE}"
+    else:
+        assert line.startswith(f"FAIL  vllm: version {version}, outside the supported range vllm{SUPPORTED_RANGE}")
+        assert line.endswith(f"-- fix: install a vLLM in the supported range: pip install 'vllm{SUPPORTED_RANGE}'")
+
+
+def test_doctor_without_vllm_shows_the_supported_range_and_a_broken_one_why(crane_binary, tmp_path, cache_dir):
+    from oci_crane_loader.vllm_api import SUPPORTED_RANGE
+
+    if importlib.util.find_spec("vllm") is None:
+        found = checks(doctor(cache_dir, "--json"))["vllm"]
+        assert (found["ok"], found["version"], found["in_range"]) == (True, None, None)
+        assert found["detail"] == f"not installed (optional; the plugin supports vllm{SUPPORTED_RANGE})"
+    env = installed_vllm(tmp_path / "site", "0.20.0", init="raise ImportError('libcudart.so.12: cannot open')\n")
+    broken = checks(doctor(cache_dir, "--json", env=env))["vllm"]
+    assert broken["ok"] is False and broken["version"] == "0.20.0"
+    assert "installed but `import vllm` fails: ImportError: libcudart.so.12: cannot open" in str(broken["detail"])

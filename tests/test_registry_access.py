@@ -33,7 +33,7 @@ class Session:
         for directory in (self.home, self.tmp):
             directory.mkdir(parents=True)
 
-    def run(self, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    def run(self, *args: str, input: str | None = None, **env: str) -> subprocess.CompletedProcess[str]:
         import os
 
         clean = {key: value for key, value in os.environ.items() if key not in LEAKY}
@@ -42,7 +42,7 @@ class Session:
         if args[0] in ("fetch", "inspect"):
             command += ["--cache-dir", str(self.cache)]
         return subprocess.run(command, capture_output=True, text=True, env=clean, cwd=REPO_ROOT, timeout=300,
-                              check=False)
+                              check=False, input=input)
 
     def doctor(self, *args: str, **env: str) -> dict[str, dict[str, object]]:
         done = self.run("doctor", "--json", "--cache-dir", str(self.cache), *args, **env)
@@ -122,6 +122,45 @@ def test_registry_auth_file_and_what_shadows_it(private, session, model, tmp_pat
     assert refused.returncode == 1 and f"crane read {docker} (from ~/.docker/config.json)" in refused.stderr
     assert session.run("fetch", reference, "--ca-file", ca, "--authfile", str(podman), "--quiet",
                        "--cache-dir", str(tmp_path / "other"), **env).returncode == 0
+
+
+def test_login_and_logout_with_authfile_write_that_file_only(private, session, model, tmp_path):
+    """`login --authfile` stores the credentials in the file named (podman's way: a new file 0600 in a new 0700
+    directory; an existing one keeps its other registries), which fetch and ls then read with the same option;
+    the password goes on stdin only. `logout --authfile` takes them out of it again."""
+    reference, source, _ = model
+    host, ca = private.host, str(private.ca_file)
+    new = tmp_path / "creds" / "team" / "auth.json"
+    login = session.run("login", host, "-u", private.username, "--password-stdin", "--authfile", str(new),
+                        "--debug", input=private.password + "\n")
+    assert login.returncode == 0, login.stderr
+    assert f"logged in to {host} as {private.username} (credentials in {new}" in login.stderr
+    assert private.password not in login.stdout + login.stderr  # --debug logs crane's argv: no password in it
+    assert list(json.loads(new.read_text())["auths"]) == [host]
+    assert (new.stat().st_mode & 0o777, new.parent.stat().st_mode & 0o777) == (0o600, 0o700)
+    assert [p.name for p in new.parent.iterdir()] == ["auth.json"]  # crane's private directory is gone
+    assert not (session.home / ".docker").exists() and list(session.tmp.iterdir()) == []  # no docker config made
+
+    fetched = session.run("fetch", reference, "--authfile", str(new), "--ca-file", ca, "--json")
+    assert fetched.returncode == 0, fetched.stderr
+    assert tree_bytes(Path(json.loads(fetched.stdout)["path"])) == tree_bytes(source)
+    tags = session.run("ls", reference.rsplit(":", 1)[0], "--authfile", str(new), "--json", SSL_CERT_FILE=ca)
+    assert tags.returncode == 0 and json.loads(tags.stdout) == ["v1"], tags.stderr
+
+    shared = auth_json(tmp_path / "shared" / "auth.json", "other.example.com", "someone", "elsewhere")
+    assert session.run("login", host, "-u", private.username, "--password-stdin", "--authfile", str(shared),
+                       input=private.password).returncode == 0
+    assert set(json.loads(shared.read_text())["auths"]) == {"other.example.com", host}
+    logout = session.run("logout", host, "--authfile", str(shared))
+    assert logout.returncode == 0 and str(shared) in logout.stderr, logout.stderr
+    assert set(json.loads(shared.read_text())["auths"]) == {"other.example.com"}
+    refused = session.run("fetch", reference, "--authfile", str(shared), "--ca-file", ca, "--quiet",
+                          "--cache-dir", str(tmp_path / "other-cache"))
+    assert refused.returncode == 1 and "refused our credentials" in refused.stderr
+
+    missing = session.run("logout", host, "--authfile", str(tmp_path / "none.json"))
+    assert missing.returncode == 1 and "is not a file" in missing.stderr
+    assert not (tmp_path / "none.json").exists()
 
 
 @pytest.mark.parametrize("place", ["XDG_RUNTIME_DIR", "XDG_CONFIG_HOME"])

@@ -5,7 +5,8 @@
     refs/<registry>/<repo>/@tags/<tag>        manifest digest of the tag's last successful fetch (--offline)
     refs/<registry>/<repo>/@digests/<hex>     a fetch by digest, so that prune keeps it
                                               ('@' is in no repository or tag name: no path can collide)
-    models/sha256/<hex>/          materialised model directory (hard links to blobs, extracted tar files)
+    models/sha256/<hex>/          materialised model directory (hard links to blobs, extracted tar files);
+                                  <hex>-<hash>/ for a --subpath, <hex>-filtered-<hash>/ for --include/--exclude
     configs/sha256/<hex>/         the same without weights, for vLLM's `model` while weights stream in
     tmp/                          temp files, scratch directories, fetch markers (fetching-*)
     unsynced/<hex>                a blob renamed into place whose bytes may not be on disk yet
@@ -42,7 +43,7 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -71,7 +72,9 @@ LAYOUT_MARKER = ".layout-2"  # in refs/: the refs were moved to the @tags/ layou
 FETCHING = "fetching-"  # tmp/ marker of a fetch in progress
 _HEX = re.compile(r"[a-f0-9]{64}")
 _DIGEST = re.compile(r"sha256:[a-f0-9]{64}")
-_DIR_NAME = re.compile(r"([a-f0-9]{64})(-[a-f0-9]+)?")  # a manifest digest, plus a hash of --subpath/filters
+FILTERED = "filtered-"  # in a model directory's name: the files --include/--exclude chose, not the model
+# A model or config directory: the manifest digest's hex, then -<hash of --subpath> or -filtered-<hash of both>
+_DIR_NAME = re.compile(r"([a-f0-9]{64})(?:-(filtered-)?[a-f0-9]+)?")
 _DIR_KINDS = (("model", "models"), ("config", "configs"))
 
 
@@ -113,6 +116,7 @@ class ModelDir:
     kind: str
     path: Path
     manifest_digest: str
+    filtered: bool = False  # made by a fetch with --include/--exclude: some of the model's files only
 
 
 @dataclass(frozen=True)
@@ -125,10 +129,13 @@ class ScratchEntry:
 
 def _model_name(manifest_digest: str, subpath: str | None, variant: str | None = None) -> str:
     """A model directory's name: the manifest digest's hex, plus ``-<hash of --subpath>`` when one was chosen, or
-    of --subpath and ``variant`` (the --include/--exclude filters) when filtered: never the full model's name."""
+    of --subpath and ``variant`` (the --include/--exclude filters) after "filtered-" when filtered: never the full
+    model's name, and `cache ls` can tell it apart."""
     key = f"{subpath or ''}\n{variant}" if variant else subpath
-    suffix = f"-{hashlib.sha256(key.encode()).hexdigest()[:12]}" if key else ""
-    return digest_hex(manifest_digest) + suffix
+    if not key:
+        return digest_hex(manifest_digest)
+    marker = FILTERED if variant else ""
+    return f"{digest_hex(manifest_digest)}-{marker}{hashlib.sha256(key.encode()).hexdigest()[:12]}"
 
 
 def default_cache_dir() -> Path:
@@ -182,6 +189,31 @@ class Store:
     def partial_path(self, digest: str) -> Path:
         """A download in progress that a later attempt, or another process, may resume (under the blob's lock)."""
         return self.root / "tmp" / f"{digest_hex(digest)}.partial"
+
+    def partial_bytes(self, descriptor: Descriptor) -> int:
+        """Bytes of the blob that its ranged download has on disk (its partial file's allocated blocks: the file is
+        preallocated, sparse, to the blob's size); 0 without a partial file of that size."""
+        try:
+            info = self.partial_path(descriptor.digest).stat()
+        except FileNotFoundError:
+            return 0
+        return min(info.st_blocks * 512, descriptor.size) if info.st_size == descriptor.size else 0
+
+    def unwritten_partial_bytes(self, exclude: Collection[str] = ()) -> int:
+        """Bytes that ranged downloads running now (their blob's lock is held) have yet to write into their
+        preallocated partial files, blobs in ``exclude`` aside. A partial file nobody downloads does not grow."""
+        total = 0
+        for path in _sorted_entries(self.root / "tmp"):
+            hex_digest = path.name.removesuffix(".partial")
+            if not (path.name.endswith(".partial") and _HEX.fullmatch(hex_digest)) or f"sha256:{hex_digest}" in exclude:
+                continue
+            with self.try_blob_lock(f"sha256:{hex_digest}", create=False) as free:
+                if free:
+                    continue
+            with contextlib.suppress(FileNotFoundError):  # finished meanwhile
+                info = path.stat()
+                total += max(0, info.st_size - info.st_blocks * 512)
+        return total
 
     def temp_path(self, hint: str) -> Path:
         """Unique per process and call, inside the cache so that os.replace and os.link stay on one filesystem."""
@@ -516,7 +548,7 @@ class Store:
             for path in _sorted_entries(self.root / sub / "sha256"):
                 match = _DIR_NAME.fullmatch(path.name)
                 if match and path.is_dir():
-                    yield ModelDir(kind, path, f"sha256:{match[1]}")
+                    yield ModelDir(kind, path, f"sha256:{match[1]}", filtered=match[2] is not None)
 
     def scratch_entries(self) -> Iterator[ScratchEntry]:
         for path in _sorted_entries(self.root / "tmp"):

@@ -100,7 +100,8 @@ def _directory_problems(store: Store, directory: ModelDir, blob_inodes: set[tupl
     allowed = blob_inodes
     if expected is not None:
         linked, missing = expected
-        problems += [Problem(kind, path, f"needs blob {d} which is missing from the cache") for d in missing]
+        if not directory.filtered:  # a filtered fetch's directory needs only the blobs of the files it chose
+            problems += [Problem(kind, path, f"needs blob {d} which is missing from the cache") for d in missing]
         allowed = inodes_of(store.blob_path(d) for d in linked)
     for file in walk_files(path):
         info = file.lstat()
