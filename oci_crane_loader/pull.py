@@ -224,11 +224,13 @@ class Puller:
         layers = list(layers)
         self.progress.start(sum(layer.descriptor.size for layer in layers), len(layers),
                             {layer.descriptor.digest: layer.path for layer in layers if layer.path})
-        # Ranges pay where download slots would idle: one large blob gets them all, as many as slots get one each
-        # (then crane blob, faster per stream).
+        # Storage hosts cap each connection, so the large blobs downloading at once (up to --jobs) share a budget
+        # of connections (OCI_CRANE_RANGE_CONNECTIONS), at least 2 ranges each, at most OCI_CRANE_RANGE_PARTS: one
+        # blob gets 8, four get 4 each. A registry that serves blobs itself gets crane blob anyway (transfer.py).
         large = sum(1 for layer in layers if layer.descriptor.size >= settings().range_threshold
                     and not self.store.has_blob(layer.descriptor))
-        self.range_parts = min(settings().range_parts, max(1, self.jobs // max(1, large)))
+        at_once = max(1, min(large, self.jobs))
+        self.range_parts = min(settings().range_parts, max(2, settings().range_connections // at_once))
         cancel = cancel or threading.Event()
         failures: list[BaseException] = []
 
