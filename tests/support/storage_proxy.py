@@ -11,8 +11,8 @@ once that fraction of it has been sent (once per digest) to simulate a dropped s
 A real CDN spends none of the client's CPU; on a small machine this one shares it. So over plain HTTP it sends
 with ``os.sendfile`` straight from its copy of the blob, in ``SLICE``-sized steps paced by the cap, which costs
 little per byte; TLS and ``corrupt_blobs`` take the copying loop (``CHUNK``-sized reads and writes).
-``proxy.responses`` records each body it sent: (bytes, seconds from the first byte's turn to the last byte's
-send), the proxy's own accounting that tests check the cap against.
+``proxy.responses`` records each body it sent: (bytes, monotonic time of the first byte's turn, of the last
+byte's send), the proxy's own accounting that tests check the cap against.
 
 The storage host keeps a copy of each blob it redirected (fetched from the registry on the first GET, in a
 temporary directory of its own), so the first GET of a blob costs one extra loopback read; benches that time
@@ -73,7 +73,7 @@ class StorageProxy:
         self.bytes_served = 0
         self.requests: list[tuple[str, str, str | None, bool]] = []  # what the storage host was asked
         self.front_requests: list[tuple[str, str, str | None, bool]] = []
-        self.responses: list[tuple[int, float]] = []  # storage bodies sent: (bytes, seconds), for checking the cap
+        self.responses: list[tuple[int, float, float]] = []  # storage bodies: (bytes, began, ended), for the cap
         self._lock = threading.Lock()
         self._tickets: dict[str, tuple[str, str]] = {}  # one-time path -> (name, digest)
         self._sent: dict[str, int] = {}  # digest -> body bytes sent so far, for the cut
@@ -177,11 +177,11 @@ class StorageProxy:
                 self._doomed |= {other for other, name in self._in_flight.items() if name == digest}
             return response not in self._doomed
 
-    def response_done(self, response: int, sent: int, seconds: float) -> None:
+    def response_done(self, response: int, sent: int, began: float) -> None:
         with self._lock:
             self._in_flight.pop(response, None)
             self._doomed.discard(response)
-            self.responses.append((sent, seconds))
+            self.responses.append((sent, began, time.monotonic()))
 
 
 class _Pace:
@@ -371,7 +371,7 @@ class _StorageHandler(_Handler):
         except (BrokenPipeError, ConnectionResetError, ssl.SSLError):
             self.close_connection = True
         finally:
-            proxy.response_done(response, sent, time.monotonic() - began)
+            proxy.response_done(response, sent, began)
 
     def send_file(self, blob: BinaryIO, offset: int, length: int) -> None:
         """``length`` bytes of ``blob`` from ``offset`` to the socket, by the kernel (no copy through Python)."""
