@@ -50,7 +50,7 @@ class Settings:
     no_ranges: bool = False  # OCI_CRANE_NO_RANGES: every blob through `crane blob`, never the ranged download
     range_threshold: int = 64 << 20  # OCI_CRANE_RANGE_THRESHOLD: smaller blobs go through `crane blob`
     range_parts: int = 8  # OCI_CRANE_RANGE_PARTS: parallel byte ranges per large blob, at most
-    range_connections: int = 16  # OCI_CRANE_RANGE_CONNECTIONS: ranges of all large blobs at once, about
+    range_connections: int = 16  # OCI_CRANE_RANGE_CONNECTIONS: shared by the large blobs downloading at once
     unpack: UnpackLimits = UnpackLimits()  # OCI_CRANE_MAX_UNPACK_RATIO / _BYTES / _ENTRIES
     retries: int = 2  # OCI_CRANE_RETRIES: new tries of a blob download whose stream broke (0: none)
     disable_progress: bool = False  # OCI_CRANE_DISABLE_PROGRESS: no progress on stderr, as --quiet
