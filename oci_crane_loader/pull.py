@@ -206,11 +206,12 @@ class Puller:
         layers = list(layers)
         self.progress.start(sum(layer.descriptor.size for layer in layers), len(layers),
                             {layer.descriptor.digest: layer.path for layer in layers if layer.path})
-        # Ranges pay where download slots would idle: one large blob gets them all, as many as slots get one each
-        # (then crane blob, faster per stream).
+        # Storage hosts cap each connection, so the large blobs downloading at once (up to --jobs) share a budget
+        # of connections (OCI_CRANE_RANGE_CONNECTIONS), at least 2 ranges each, at most OCI_CRANE_RANGE_PARTS: one
+        # blob gets 8, four get 4 each. A registry that serves blobs itself gets crane blob anyway (transfer.py).
         large = sum(1 for layer in layers if layer.descriptor.size >= settings().range_threshold
                     and not self.store.has_blob(layer.descriptor))
-        self.range_parts = min(settings().range_parts, max(1, self.jobs // max(1, large)))
+        self.range_parts = self._range_parts(large)
         cancel = cancel or threading.Event()
         failures: list[BaseException] = []
 
@@ -249,6 +250,12 @@ class Puller:
         _check_document_size(descriptor.size, f"config blob {descriptor.digest} ({descriptor.media_type})")
         return self.ensure_blob(resolved.reference, descriptor).read_bytes()
 
+    def _range_parts(self, large: int) -> int:
+        """Byte ranges per large blob when ``large`` of them are missing: those downloading at once (up to --jobs)
+        share OCI_CRANE_RANGE_CONNECTIONS, at least 2 each, at most OCI_CRANE_RANGE_PARTS (1: crane blob only)."""
+        at_once = max(1, min(large, self.jobs))
+        return min(settings().range_parts, max(2, settings().range_connections // at_once))
+
     def check_free_space(self, layers: Iterable[LayerPlan]) -> None:
         """Refuse before downloading when the cache's disk cannot hold what is still to be written: the missing
         blobs, less the bytes a ranged download left in a partial file it resumes from; what the archives unpack to
@@ -260,7 +267,7 @@ class Puller:
         threshold = settings().range_threshold
         # Only a ranged download resumes, and ensure_blobs gives a large blob ranges only where slots are spare.
         large = sum(1 for descriptor in missing.values() if descriptor.size >= threshold)
-        ranged = not settings().no_ranges and min(settings().range_parts, max(1, self.jobs // max(1, large))) > 1
+        ranged = not settings().no_ranges and self._range_parts(large) > 1
 
         def unwritten(descriptor: Descriptor) -> int:
             resumes = ranged and descriptor.size >= threshold

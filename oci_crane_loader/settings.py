@@ -49,7 +49,8 @@ class Settings:
     cache_dir: Path | None = None  # OCI_CRANE_LOADER_CACHE: the cache root
     no_ranges: bool = False  # OCI_CRANE_NO_RANGES: every blob through `crane blob`, never the ranged download
     range_threshold: int = 64 << 20  # OCI_CRANE_RANGE_THRESHOLD: smaller blobs go through `crane blob`
-    range_parts: int = 4  # OCI_CRANE_RANGE_PARTS: parallel byte ranges per large blob
+    range_parts: int = 8  # OCI_CRANE_RANGE_PARTS: parallel byte ranges per large blob, at most
+    range_connections: int = 16  # OCI_CRANE_RANGE_CONNECTIONS: shared by the large blobs downloading at once
     unpack: UnpackLimits = UnpackLimits()  # OCI_CRANE_MAX_UNPACK_RATIO / _BYTES / _ENTRIES
     retries: int = 2  # OCI_CRANE_RETRIES: new tries of a blob download whose stream broke (0: none)
     disable_progress: bool = False  # OCI_CRANE_DISABLE_PROGRESS: no progress on stderr, as --quiet
@@ -65,6 +66,7 @@ class Settings:
                    no_ranges=flag(env, "OCI_CRANE_NO_RANGES"),
                    range_threshold=_positive(env, "OCI_CRANE_RANGE_THRESHOLD", cls.range_threshold, parse_bytes),
                    range_parts=_positive(env, "OCI_CRANE_RANGE_PARTS", cls.range_parts, int),
+                   range_connections=_positive(env, "OCI_CRANE_RANGE_CONNECTIONS", cls.range_connections, int),
                    unpack=UnpackLimits.from_environment(env), retries=parse_retries(
                        env.get("OCI_CRANE_RETRIES", ""), "OCI_CRANE_RETRIES", cls.retries),
                    disable_progress=flag(env, "OCI_CRANE_DISABLE_PROGRESS"))
@@ -135,7 +137,9 @@ VARIABLES = {
     "OCI_CRANE_DISABLE_PROGRESS": "1: no progress on stderr (as --quiet)",
     "OCI_CRANE_NO_FSYNC": "1: no fsync at all (not even in the background), for throwaway caches",
     "OCI_CRANE_RANGE_THRESHOLD": "blobs from this size on may come as parallel byte ranges (default 64M)",
-    "OCI_CRANE_RANGE_PARTS": f"byte ranges per large blob (default {Settings.range_parts})",
+    "OCI_CRANE_RANGE_PARTS": f"byte ranges per large blob at most; 1: none (default {Settings.range_parts})",
+    "OCI_CRANE_RANGE_CONNECTIONS": "connections the byte ranges of all large blobs share, at least 2 per blob "
+                                   f"(default {Settings.range_connections})",
     "OCI_CRANE_NO_RANGES": "1: every blob through crane blob, never byte ranges",
     "OCI_CRANE_MAX_UNPACK_RATIO": f"unpacked bytes per archive byte (default {UnpackLimits.ratio:g})",
     "OCI_CRANE_MAX_UNPACK_BYTES": "unpacked bytes of one archive, e.g. 2T (default 1T)",

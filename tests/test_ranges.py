@@ -91,6 +91,42 @@ def test_ranges_through_a_storage_host_give_the_right_file(registry: LocalRegist
     assert not list((cache_dir / "tmp").glob("*.partial*"))
 
 
+def sharded_model(directory: Path, shards: int = 4) -> Path:
+    """A real safetensors model in ``shards`` shards of 4 MiB of random data each (4 ranges of 1 MiB at most)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(7)
+    for number in range(1, shards + 1):
+        save_file({f"w{number}": rng.integers(0, 256, 4 << 20, dtype=np.uint8)},
+                  str(directory / f"model-{number:05d}-of-{shards:05d}.safetensors"), metadata={"format": "pt"})
+    (directory / "config.json").write_text(json.dumps({"architectures": ["TestModel"]}))
+    return directory
+
+
+@pytest.mark.parametrize(("connections", "per_blob"), [("16", 4), ("4", 2)])
+def test_several_redirected_blobs_each_come_as_several_ranges(
+        registry: LocalRegistry, tmp_path: Path, cache_dir: Path, monkeypatch: pytest.MonkeyPatch,
+        connections: str, per_blob: int) -> None:
+    """Storage hosts cap each connection: four large blobs (--jobs 4) share OCI_CRANE_RANGE_CONNECTIONS, at most
+    OCI_CRANE_RANGE_PARTS (4 here) each and never fewer than 2, instead of one connection per blob as crane pull."""
+    monkeypatch.setenv("OCI_CRANE_RANGE_CONNECTIONS", connections)
+    settings.cache_clear()
+    source = sharded_model(tmp_path / "src")
+    push_model(source, f"{registry.host}/acme/sharded:v1", tmp_path)
+    with StorageProxy(registry.host) as proxy:
+        path = fetch(cache_dir, f"{proxy.address}/acme/sharded:v1")
+        storage = list(proxy.requests)
+    shards = sorted(source.glob("*.safetensors"))
+    assert [(path / shard.name).read_bytes() for shard in shards] == [shard.read_bytes() for shard in shards]
+    ranges: dict[str, set[str]] = {}
+    for _method, storage_path, asked, _authorized in storage:
+        if asked:
+            ranges.setdefault(storage_path.rsplit("/", 1)[1], set()).add(asked)
+    digests = {"sha256:" + hashlib.sha256(shard.read_bytes()).hexdigest() for shard in shards}
+    assert set(ranges) >= digests  # every shard went through the storage host as ranges
+    assert {digest: len(ranges[digest]) for digest in digests} == dict.fromkeys(digests, per_blob), storage
+    assert not any(authorized for *_rest, authorized in storage)
+
+
 def test_bearer_token_registry_gets_its_token_from_crane(registry: LocalRegistry, pushed: tuple[Path, str],
                                                          cache_dir: Path, caplog: pytest.LogCaptureFixture) -> None:
     source, name = pushed
@@ -193,6 +229,20 @@ def test_a_registry_serving_blobs_itself_gets_crane_blob(registry: LocalRegistry
     assert (path / "model.safetensors").read_bytes() == (source / "model.safetensors").read_bytes()
     assert len([r for r in big_gets if r]) == 1  # the one range request that found out, then crane's GETs
     assert not list((cache_dir / "tmp").glob("*.partial*"))
+
+
+def test_a_registry_serving_blobs_itself_is_asked_once_for_several_large_blobs(
+        registry: LocalRegistry, tmp_path: Path, cache_dir: Path) -> None:
+    """Four large blobs start at once; the first one's range request finds out, the others wait for it and use
+    crane blob straight away (a registry that serves blobs itself is not asked for a range per blob)."""
+    source = sharded_model(tmp_path / "src")
+    push_model(source, f"{registry.host}/acme/sharded:v1", tmp_path)
+    with StorageProxy(registry.host, redirect_blobs=False) as proxy:
+        path = fetch(cache_dir, f"{proxy.address}/acme/sharded:v1")
+        ranged = [r for r in proxy.front_requests if r[0] == "GET" and "/blobs/" in r[1] and r[2]]
+    shards = sorted(source.glob("*.safetensors"))
+    assert [(path / shard.name).read_bytes() for shard in shards] == [shard.read_bytes() for shard in shards]
+    assert len(ranged) == 1, ranged
 
 
 def test_wrong_bytes_from_the_storage_host_are_an_integrity_error(registry: LocalRegistry,
