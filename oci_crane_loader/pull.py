@@ -312,10 +312,12 @@ class Puller:
         the shards and fail fast on a bad artifact), then with ``weights`` the weight layers; the directory made
         (``weights=False``: the config directory, weights to be streamed later)."""
         self.check_free_space(plan.layers)
-        if weights and not settings().no_ranges and any(
+        if weights and not settings().no_ranges and self._range_parts(1) > 1 and any(
                 layer.descriptor.size >= settings().range_threshold and not self.store.has_blob(layer.descriptor)
                 for layer in plan.weight_layers):
-            transfer.warm_up(self.crane)  # the HTTP client loads while the small layers download
+            # Whether large blobs may come as ranges, asked with the smallest layer while the small ones download.
+            transfer.probe_early(self.crane, resolved.reference, min(
+                (layer.descriptor for layer in plan.layers), key=lambda descriptor: descriptor.size))
         if weights and self.subpath is None:  # one pool, small layers first: no wait between the two
             self.ensure_blobs(resolved.reference, [*plan.small_layers, *plan.weight_layers])
         else:

@@ -110,20 +110,41 @@ def _fetch(crane: Crane, reference: Reference, descriptor: Descriptor, partial: 
         session.close()
 
 
-def warm_up(crane: Crane) -> threading.Thread:
-    """Import httpx and load the trust store in a daemon thread, while the caller fetches the small layers: the
-    first ranged download (or the probe that finds a registry serving blobs itself) then starts without paying
-    for them (about 0.1 s on 2 cores)."""
+def probe_early(crane: Crane, reference: Reference, small: Descriptor) -> None:
+    """Find out in a background thread, before any large blob starts, whether the registry hands blob GETs to a
+    storage host, by asking for the first byte of a small blob (the config). The large downloads from this
+    registry wait for the answer (_await_probe), so none of them has to ask with a large blob: a registry that
+    reads a whole blob before it answers (`crane registry serve` does) costs no more than a round trip, and the
+    HTTP client loads while the small layers download. Registries redirect all blobs alike (ECR, GHCR, Docker Hub,
+    a distribution registry on S3); one that served only small blobs itself would just get `crane blob` for all.
+    A probe that fails (auth, TLS, a refused range) decides nothing: each large download finds out itself."""
+    if reference.registry in _SERVES_BLOBS_ITSELF:
+        return
+    with _PROBED_LOCK:
+        if reference.registry in _PROBED:
+            return
+        _PROBED[reference.registry] = threading.Event()
 
-    def load() -> None:
-        with contextlib.suppress(Exception):  # best effort: the download itself reports what is wrong
-            import httpx  # noqa: F401
+    def ask() -> None:
+        try:
+            import httpx
 
-            tls_verify(crane)
+            for name in ("httpx", "httpcore"):  # they log every URL (a presigned one's signature too)
+                logging.getLogger(name).setLevel(logging.WARNING)
+            session = _Session(crane, reference, httpx)
+            try:
+                response = session.open(small.digest, 0, 0)
+                if urlsplit(str(response.url)).netloc == session.host:
+                    _SERVES_BLOBS_ITSELF.add(reference.registry)
+                response.close()
+            finally:
+                session.close()
+        except Exception as exc:  # best effort: undecided, each large download finds out for itself
+            log.debug("probing %s for a storage host failed: %s", reference.registry, exc)
+        finally:
+            _probe_done(reference.registry)
 
-    thread = threading.Thread(target=load, name="oci-crane-warm-up", daemon=True)
-    thread.start()
-    return thread
+    threading.Thread(target=ask, name="oci-crane-probe", daemon=True).start()
 
 
 def _await_probe(registry: str, cancel: threading.Event | None) -> None:
