@@ -336,7 +336,7 @@ def vllm_part(registry: str, size_mib: int, scratch: Path, repeat: int) -> list[
         for attempt in range(repeat):
             shutil.rmtree(scratch / "vllm-cache", ignore_errors=True)
             start = time.perf_counter()
-            with vllm_server(target, *extra, log=scratch / f"vllm-{attempt}.log"):
+            with vllm_server(target, *extra, log=scratch / f"vllm-{attempt}.log", poll=0.1):
                 row.seconds.append(time.perf_counter() - start)
         print(f"  vllm      {tool:34} {row.median:8.2f} s  ({', '.join(f'{s:.2f}' for s in row.seconds)})",
               flush=True)

@@ -17,9 +17,11 @@ the blob's lock for one still arriving: each blob is downloaded once).
 from __future__ import annotations
 
 import atexit
+import contextlib
 import functools
 import logging
 import os
+import sys
 import threading
 import time
 from typing import TYPE_CHECKING, Any
@@ -160,6 +162,7 @@ def resolve_engine_args(args: Any) -> None:
     args.download_dir = str(puller.cache_root)
 
 
+PREFETCH_NICENESS = 10  # added to the download thread's nice value (Linux): see _prefetch
 _PREFETCHES: dict[str, threading.Thread] = {}  # manifest digest -> its download thread, one per model
 _PREFETCHES_LOCK = threading.Lock()
 
@@ -205,6 +208,12 @@ def _prefetch(puller: Puller, resolved: Resolved, layers: list[LayerPlan], cance
     log.info("oci-crane: downloading %d weight blob(s) (%s) of %s while vLLM starts", len(layers), human(size),
              resolved.pinned)
     started = time.monotonic()
+    # Below vLLM's own start in CPU priority (this thread, the download threads it starts and their crane
+    # processes inherit it; on Linux the nice value is per thread): where the CPU is scarce the download takes what
+    # vLLM leaves, and once vLLM waits for the weights it has the CPU to itself.
+    if sys.platform == "linux":  # elsewhere it is per process: vLLM itself would slow down
+        with contextlib.suppress(OSError):
+            os.setpriority(os.PRIO_PROCESS, 0, min(19, os.getpriority(os.PRIO_PROCESS, 0) + PREFETCH_NICENESS))
     try:
         puller.ensure_blobs(resolved.reference, layers, cancel=cancel)
     except CancelledError:

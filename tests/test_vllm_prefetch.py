@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import subprocess
 import sys
 import textwrap
@@ -16,15 +17,17 @@ from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
 
+import pytest
 from support.models import push_model, write_model
 from test_stall import WEIGHTS, StallingRegistry, stalling_registry  # noqa: F401 (a fixture, used by name)
 
 from oci_crane_loader.cache.store import Store
+from oci_crane_loader.crane import find_crane
 from oci_crane_loader.options import from_extra_config
 from oci_crane_loader.pull import open_puller
 from oci_crane_loader.reference import parse_reference
 from oci_crane_loader.vllm_api import LOGGER_NAME
-from oci_crane_loader.vllm_plugin import resolve_engine_args, start_weight_prefetch
+from oci_crane_loader.vllm_plugin import PREFETCH_NICENESS, resolve_engine_args, start_weight_prefetch
 
 DEADLINE = 300  # seconds; generous, for a loaded machine: nothing here measures speed
 
@@ -121,3 +124,27 @@ def test_the_process_exits_mid_download_and_leaves_no_partial_file(stalling_regi
     assert len(StallingRegistry.blob_starts) == 1, done.stderr[-4000:]
     assert leftovers(cache_dir) == []
     assert not Store(cache_dir).blob_path("sha256:" + hashlib.sha256(WEIGHTS).hexdigest()).exists()
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="the nice value is per thread only on Linux; elsewhere untouched")
+def test_the_prefetch_runs_below_vllms_cpu_priority(registry, tmp_path, cache_dir, monkeypatch):
+    """The download's crane processes run niced, vLLM's own threads (here: this test's) do not: where the CPU is
+    scarce the download takes what vLLM's start leaves."""
+    source = write_model(tmp_path / "src", shards=2)
+    reference = f"{registry.host}/acme/nice:v1"
+    push_model(source, reference, tmp_path)
+    log = tmp_path / "nice.log"
+    wrapper = tmp_path / "crane"
+    wrapper.write_text(f'#!/bin/sh\nif [ "$1" = blob ]; then cut -d" " -f19 /proc/$$/stat >> "{log}"; fi\n'
+                       f'exec "{find_crane()}" "$@"\n')
+    wrapper.chmod(0o755)
+    monkeypatch.setenv("OCI_CRANE_BINARY", str(wrapper))
+    before = os.getpriority(os.PRIO_PROCESS, 0)
+    resolve_engine_args(engine_args(reference, cache_dir))
+    store = Store(cache_dir)
+    blobs = [store.blob_path("sha256:" + hashlib.sha256(shard.read_bytes()).hexdigest())
+             for shard in source.glob("*.safetensors")]
+    wait_for(lambda: all(blob.is_file() for blob in blobs), "every weight blob in the cache")
+    weight_downloads = [int(value) for value in log.read_text().split()][-len(blobs):]
+    assert weight_downloads and all(value >= before + PREFETCH_NICENESS for value in weight_downloads), log.read_text()
+    assert os.getpriority(os.PRIO_PROCESS, 0) == before

@@ -68,9 +68,10 @@ def vllm_command() -> list[str]:
 
 @contextmanager
 def vllm_server(model: str, *args: str, env: dict[str, str] | None = None, log: Path,
-                timeout: float = 600, launcher: list[str] | None = None) -> Iterator[str]:
+                timeout: float = 600, launcher: list[str] | None = None, poll: float = 1.0) -> Iterator[str]:
     """Run `vllm serve` on 127.0.0.1 and yield its base URL; always stop it and its children. ``launcher``: what
-    comes before vLLM's options instead of `vllm serve MODEL` (e.g. `oci-crane serve --`)."""
+    comes before vLLM's options instead of `vllm serve MODEL` (e.g. `oci-crane serve --`). ``poll``: seconds
+    between readiness checks (the bench times to a tenth of a second)."""
     port = free_port()
     command = [*(launcher or [*vllm_command(), "serve", model]), "--host", "127.0.0.1", "--port", str(port),
                *SERVE_FLAGS, *args]
@@ -91,7 +92,7 @@ def vllm_server(model: str, *args: str, env: dict[str, str] | None = None, log: 
                     pass
                 if time.monotonic() > deadline:
                     raise AssertionError(f"vllm serve did not come up in {timeout}s:\n{log.read_text()[-6000:]}")
-                time.sleep(1)
+                time.sleep(poll)
             yield base
         finally:
             stop_group(process)
