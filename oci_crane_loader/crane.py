@@ -256,8 +256,9 @@ def _credentials_fix(error: type[errors.CraneError], source: CredentialSource) -
         return (f"log in with `oci-crane login REGISTRY -u USER --password-stdin` (or `docker login REGISTRY`): "
                 f"crane found {source.describe()}")
     if source.redirect or source.origin in ("REGISTRY_AUTH_FILE", "XDG_RUNTIME_DIR"):
-        return (f"check this registry's credentials in {source.describe()}: `podman login --authfile "
-                f"{source.path} REGISTRY` renews them")
+        return (f"check this registry's credentials in {source.describe()}: `oci-crane login --authfile "
+                f"{source.path} REGISTRY -u USER --password-stdin` (or `podman login --authfile {source.path} "
+                "REGISTRY`) renews them")
     return (f"log in with `oci-crane login REGISTRY -u USER --password-stdin` (or `docker login REGISTRY`); "
             f"crane read {source.describe()}")
 

@@ -157,6 +157,7 @@ def test_login_and_logout_with_authfile_write_that_file_only(private, session, m
     refused = session.run("fetch", reference, "--authfile", str(shared), "--ca-file", ca, "--quiet",
                           "--cache-dir", str(tmp_path / "other-cache"))
     assert refused.returncode == 1 and "refused our credentials" in refused.stderr
+    assert f"oci-crane login --authfile {shared} REGISTRY" in refused.stderr  # the fix renews that very file
 
     missing = session.run("logout", host, "--authfile", str(tmp_path / "none.json"))
     assert missing.returncode == 1 and "is not a file" in missing.stderr
