@@ -56,7 +56,8 @@ def lookup(options: FetchOptions, text: str) -> tuple[FetchResult | None, str | 
     top = _top_digest(store, open_crane(options), reference)
     if top is None:
         return None, None
-    return _from_record(store, reference, top, options), top
+    with store.fetching(top):  # as the full path does: a prune running now keeps what this fetch hands out
+        return _from_record(store, reference, top, options), top
 
 
 def record_key(top_digest: str, platform: str | None, subpath: str | None, include: Sequence[str],
