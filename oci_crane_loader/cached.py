@@ -48,11 +48,11 @@ class FetchResult:
                 "format": self.format, "files": self.files, "bytes": self.bytes, "index_digest": self.index_digest}
 
 
-def lookup(options: FetchOptions, text: str) -> tuple[FetchResult | None, str | None]:
-    """The cached answer to fetching ``text`` with ``options``, if the cache holds it; and the digest the
-    reference names now (None with --offline when its tag was never fetched), for the full path to go on from."""
+def lookup(store: Store, options: FetchOptions, text: str) -> tuple[FetchResult | None, str | None]:
+    """The cached answer to fetching ``text`` with ``options`` from ``store`` (the cache ``options`` name), if it
+    holds it; and the digest the reference names now (None with --offline when its tag was never fetched), for the
+    full path to go on from."""
     reference = parse_reference(text)
-    store = Store(options.cache_dir)
     top = _top_digest(store, open_crane(options), reference)
     if top is None:
         return None, None

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from .cache.store import Store
 from .cached import FetchResult, lookup
 from .options import FetchOptions
 
@@ -13,9 +14,10 @@ if TYPE_CHECKING:
 
 
 def fetch(options: FetchOptions, text: str, progress: Progress | None = None) -> FetchResult:
-    found, digest = lookup(options, text)
+    store = Store(options.cache_dir)
+    found, digest = lookup(store, options, text)
     if found is not None:
         return found
     from .pull import open_puller
 
-    return open_puller(options, progress).fetch(text, digest=digest)
+    return open_puller(options, progress, store).fetch(text, digest=digest)

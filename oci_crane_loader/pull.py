@@ -64,10 +64,10 @@ class InspectResult:
         return dict(self.__dict__)
 
 
-def open_puller(options: FetchOptions, progress: Progress | None = None) -> Puller:
+def open_puller(options: FetchOptions, progress: Progress | None = None, store: Store | None = None) -> Puller:
     """The Puller for ``options`` (see options.fetch_options): the command line, the Python API and the vLLM
-    loader all get theirs here."""
-    return Puller(Store(options.cache_dir), open_crane(options), jobs=options.jobs, progress=progress,
+    loader all get theirs here. ``store``: the cache already opened for ``options`` (fetching.fetch's)."""
+    return Puller(store or Store(options.cache_dir), open_crane(options), jobs=options.jobs, progress=progress,
                   subpath=options.subpath, platform=options.platform, retries=options.retries, include=options.include,
                   exclude=options.exclude)
 
@@ -256,6 +256,11 @@ class Puller:
         at_once = max(1, min(large, self.jobs))
         return min(settings().range_parts, max(2, settings().range_connections // at_once))
 
+    @staticmethod
+    def _ranges_on() -> bool:
+        """Whether large blobs may come as byte ranges at all (OCI_CRANE_NO_RANGES, OCI_CRANE_RANGE_PARTS=1)."""
+        return not settings().no_ranges and settings().range_parts > 1
+
     def check_free_space(self, layers: Iterable[LayerPlan]) -> None:
         """Refuse before downloading when the cache's disk cannot hold what is still to be written: the missing
         blobs, less the bytes a ranged download left in a partial file it resumes from; what the archives unpack to
@@ -265,9 +270,7 @@ class Puller:
         missing = {layer.descriptor.digest: layer.descriptor for layer in layers
                    if not self.store.has_blob(layer.descriptor)}
         threshold = settings().range_threshold
-        # Only a ranged download resumes, and ensure_blobs gives a large blob ranges only where slots are spare.
-        large = sum(1 for descriptor in missing.values() if descriptor.size >= threshold)
-        ranged = not settings().no_ranges and self._range_parts(large) > 1
+        ranged = self._ranges_on()  # only a ranged download resumes from a partial file
 
         def unwritten(descriptor: Descriptor) -> int:
             resumes = ranged and descriptor.size >= threshold
@@ -312,7 +315,7 @@ class Puller:
         the shards and fail fast on a bad artifact), then with ``weights`` the weight layers; the directory made
         (``weights=False``: the config directory, weights to be streamed later)."""
         self.check_free_space(plan.layers)
-        if weights and not settings().no_ranges and self._range_parts(1) > 1 and any(
+        if weights and self._ranges_on() and any(
                 layer.descriptor.size >= settings().range_threshold and not self.store.has_blob(layer.descriptor)
                 for layer in plan.weight_layers):
             # Whether large blobs may come as ranges, asked with the smallest layer while the small ones download.

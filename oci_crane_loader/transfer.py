@@ -89,11 +89,9 @@ def _fetch(crane: Crane, reference: Reference, descriptor: Descriptor, partial: 
     if reference.registry in _SERVES_BLOBS_ITSELF and not partial.exists():
         raise Unsupported(f"{reference.registry} serves blobs itself, where one crane stream is faster")
     try:
-        import httpx
+        httpx = _httpx()
     except ImportError as exc:
         raise Unsupported("httpx is not installed") from exc
-    for name in ("httpx", "httpcore"):  # they log every URL (a presigned one's signature too) and headers
-        logging.getLogger(name).setLevel(logging.WARNING)
     session = _Session(crane, reference, httpx)
     try:
         download = _Download(session, descriptor, partial, parts, progress, cancel)
@@ -112,7 +110,7 @@ def _fetch(crane: Crane, reference: Reference, descriptor: Descriptor, partial: 
 
 def probe_early(crane: Crane, reference: Reference, small: Descriptor) -> None:
     """Find out in a background thread, before any large blob starts, whether the registry hands blob GETs to a
-    storage host, by asking for the first byte of a small blob (the config). The large downloads from this
+    storage host, by asking for the first byte of ``small`` (the smallest layer). The large downloads from this
     registry wait for the answer (_await_probe), so none of them has to ask with a large blob: a registry that
     reads a whole blob before it answers (`crane registry serve` does) costs no more than a round trip, and the
     HTTP client loads while the small layers download. Registries redirect all blobs alike (ECR, GHCR, Docker Hub,
@@ -127,11 +125,7 @@ def probe_early(crane: Crane, reference: Reference, small: Descriptor) -> None:
 
     def ask() -> None:
         try:
-            import httpx
-
-            for name in ("httpx", "httpcore"):  # they log every URL (a presigned one's signature too)
-                logging.getLogger(name).setLevel(logging.WARNING)
-            session = _Session(crane, reference, httpx)
+            session = _Session(crane, reference, _httpx())
             try:
                 response = session.open(small.digest, 0, 0)
                 if urlsplit(str(response.url)).netloc == session.host:
@@ -145,6 +139,16 @@ def probe_early(crane: Crane, reference: Reference, small: Descriptor) -> None:
             _probe_done(reference.registry)
 
     threading.Thread(target=ask, name="oci-crane-probe", daemon=True).start()
+
+
+def _httpx() -> Any:
+    """httpx, imported when a ranged download or a probe needs it, its loggers quieted: they log every URL (a
+    presigned one's signature too) and headers."""
+    import httpx
+
+    for name in ("httpx", "httpcore"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    return httpx
 
 
 def _await_probe(registry: str, cancel: threading.Event | None) -> None:

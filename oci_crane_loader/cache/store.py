@@ -53,6 +53,7 @@ from ..digests import digest_hex, sha256_digest
 from ..files import file_sha256
 from ..reference import Reference
 from ..settings import settings
+from .usage import tree_inodes
 
 if TYPE_CHECKING:
     from ..oci import Descriptor
@@ -616,12 +617,9 @@ def recover_unsynced(store: Store) -> None:
 
 def _discard_dirs_linking(store: Store, inodes: set[tuple[int, int]]) -> None:
     for directory in list(store.model_dirs()):
-        for root, _dirs, files in os.walk(directory.path):
-            if any((found.st_dev, found.st_ino) in inodes
-                   for found in (os.stat(os.path.join(root, name), follow_symlinks=False) for name in files)):
-                log.warning("%s links a torn blob: deleted, the next fetch builds it again", directory.path)
-                store.discard_dir(directory.path)
-                break
+        if tree_inodes(directory.path) & inodes:
+            log.warning("%s links a torn blob: deleted, the next fetch builds it again", directory.path)
+            store.discard_dir(directory.path)
     store.drop_stale_records()
 
 
