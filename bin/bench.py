@@ -45,8 +45,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))  # tests/support: the storage proxy and vLLM helpers the tests use too
 
-from oci_crane_loader.crane import find_crane  # noqa: E402
-from oci_crane_loader.local_registry import serve_registry  # noqa: E402
+from oci_crane_loader.registry.crane import find_crane  # noqa: E402
+from oci_crane_loader.registry.local_registry import serve_registry  # noqa: E402
 
 MIB = 1 << 20
 OCI_CRANE = [sys.executable, "-m", "oci_crane_loader"]

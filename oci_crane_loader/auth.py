@@ -14,8 +14,8 @@ import sys
 from pathlib import Path
 
 from . import errors
-from .crane import Crane
 from .reference import parse_reference
+from .registry.crane import Crane
 
 
 def docker_config_path() -> Path:

@@ -17,13 +17,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .cache.store import Store
-from .executable import host_platform
 from .files import list_files
 from .options import FetchOptions, open_crane
 from .reference import Reference, parse_reference
+from .registry.executable import host_platform
 
 if TYPE_CHECKING:
-    from .crane import Crane
+    from .registry.crane import Crane
 
 log = logging.getLogger(__name__)
 

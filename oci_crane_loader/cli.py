@@ -18,8 +18,8 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from . import __version__, errors
-from .crane import Crane, check_authfile, check_connection
 from .options import MAX_JOBS, check_cache_dir, check_jobs, check_retries, fetch_options, normalise_subpath
+from .registry.crane import Crane, check_authfile, check_connection
 from .settings import environment_help, settings
 
 if TYPE_CHECKING:  # the pull machinery (pydantic, filelock) is imported by the commands that use it: --help is fast

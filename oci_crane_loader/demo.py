@@ -14,12 +14,12 @@ import tempfile
 from dataclasses import replace
 from pathlib import Path
 
-from .crane import Crane
 from .formats.dmr_pack import pack_dmr
-from .local_registry import serve_registry
 from .options import fetch_options
 from .progress import Progress
 from .pull import open_puller
+from .registry.crane import Crane
+from .registry.local_registry import serve_registry
 
 
 def write_safetensors(path: Path, tensors: dict[str, tuple[list[int], list[float]]]) -> None:

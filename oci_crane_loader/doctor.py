@@ -16,10 +16,10 @@ from dataclasses import dataclass, field
 
 from . import errors
 from .cache.store import Store, remove_tree
-from .crane import MINIMUM_VERSION, SOURCE_NAMES, choose_crane
-from .executable import host_platform
-from .keychain import find_credentials
 from .progress import human
+from .registry.crane import MINIMUM_VERSION, SOURCE_NAMES, choose_crane
+from .registry.executable import host_platform
+from .registry.keychain import find_credentials
 from .vllm_api import SUPPORTED_RANGE, in_supported_range, installed_version
 
 MIN_FREE_BYTES = 1 << 30  # less than this cannot hold a model worth serving

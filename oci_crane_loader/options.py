@@ -12,8 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from . import errors
-from .crane import Crane, check_authfile, check_connection
 from .paths import safe_relative_path
+from .registry.crane import Crane, check_authfile, check_connection
 from .settings import Settings, parse_retries, settings
 
 MAX_JOBS = 64  # concurrent crane processes; more only thrashes the registry and the disk

@@ -17,10 +17,9 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import errors, transfer
+from . import errors
 from .cache.store import Store, remove_tree
 from .cached import MAX_DOCUMENT_SIZE, FetchResult, record_key, save_record
-from .crane import Crane
 from .files import list_files
 from .formats import Action, LayerPlan, Plan, recognise
 from .formats.index import select_child
@@ -30,6 +29,8 @@ from .oci import Descriptor, Manifest, parse_manifest_or_index, sha256_digest
 from .options import MAX_JOBS, FetchOptions, open_crane
 from .progress import Progress, human
 from .reference import Reference, parse_reference
+from .registry import transfer
+from .registry.crane import Crane
 from .settings import settings
 
 log = logging.getLogger(__name__)

@@ -17,12 +17,12 @@ from pathlib import Path
 
 from . import errors
 from .cache.store import Store, remove_tree
-from .crane import Crane
 from .formats.dmr_pack import pack_dmr
 from .formats.modelpack_pack import pack_modelpack
 from .packing import collect_files, read_hf_config
 from .progress import Progress, human
 from .reference import parse_reference
+from .registry.crane import Crane
 from .safetensors_check import check_model_dir
 
 log = logging.getLogger(__name__)

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from oci_crane_loader import errors
-from oci_crane_loader.crane import find_crane
-from oci_crane_loader.local_registry import LocalRegistry, serve_registry
+from oci_crane_loader.registry.crane import find_crane
+from oci_crane_loader.registry.local_registry import LocalRegistry, serve_registry
 
 
 @pytest.fixture(scope="session")

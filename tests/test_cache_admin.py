@@ -17,7 +17,7 @@ import pytest
 from support.commands import run_cli
 from support.models import push_model, tree_bytes, write_model
 
-from oci_crane_loader.crane import find_crane
+from oci_crane_loader.registry.crane import find_crane
 
 SECRET = "c2VjcmV0OnNlY3JldA=="  # base64 of secret:secret
 

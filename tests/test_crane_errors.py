@@ -15,11 +15,12 @@ from pathlib import Path
 
 import pytest
 
-from oci_crane_loader import crane, errors
-from oci_crane_loader.crane import Crane, classify, find_crane, parse_version, redact
+from oci_crane_loader import errors
 from oci_crane_loader.doctor import check_crane
-from oci_crane_loader.executable import host_platform
-from oci_crane_loader.keychain import find_credentials
+from oci_crane_loader.registry import crane
+from oci_crane_loader.registry.crane import Crane, classify, find_crane, parse_version, redact
+from oci_crane_loader.registry.executable import host_platform
+from oci_crane_loader.registry.keychain import find_credentials
 
 REF = "127.0.0.1:5000/x/y:latest"
 PINNED = "127.0.0.1:5000/x/y@sha256:" + "ab" * 32
@@ -518,7 +519,7 @@ def _foreign_bundled_and_path_crane(tmp_path: Path, monkeypatch, path_version: s
 
 def test_bundled_crane_that_cannot_run_here_gives_way_to_path_with_one_warning(tmp_path, monkeypatch, caplog):
     foreign, built_for, strerror, on_path = _foreign_bundled_and_path_crane(tmp_path, monkeypatch, "v0.21.9")
-    with caplog.at_level(logging.WARNING, logger="oci_crane_loader.crane"):
+    with caplog.at_level(logging.WARNING, logger="oci_crane_loader.registry.crane"):
         chosen = crane.choose_crane()
         assert find_crane() == on_path  # asked again: decided once, warned once
     assert (chosen.path, chosen.source, chosen.version, chosen.platform) == (on_path, "PATH", "v0.21.9", None)

@@ -30,7 +30,7 @@ import pytest
 from support.commands import REPO_ROOT
 
 from oci_crane_loader.demo import write_tiny_model
-from oci_crane_loader.local_registry import LocalRegistry
+from oci_crane_loader.registry.local_registry import LocalRegistry
 
 DOCS = REPO_ROOT / "docs"
 SHELL_LANGUAGES = {"console", "bash", "sh", "shell", "zsh"}

@@ -14,12 +14,12 @@ from support.models import push_layout, write_model
 
 from oci_crane_loader import errors, oci
 from oci_crane_loader.cache.store import Store
-from oci_crane_loader.crane import Crane
 from oci_crane_loader.formats import dmr
 from oci_crane_loader.formats.dmr_pack import pack_dmr
 from oci_crane_loader.layout import LayoutWriter
 from oci_crane_loader.options import from_extra_config
 from oci_crane_loader.pull import Puller
+from oci_crane_loader.registry.crane import Crane
 
 PACKAGE = Path(errors.__file__).parent
 BUILTIN = {"ValueError", "RuntimeError", "KeyError", "TypeError", "LookupError", "OSError", "Exception"}

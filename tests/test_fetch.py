@@ -13,7 +13,6 @@ from support.models import push_layout, push_model, tree_bytes, write_model
 
 from oci_crane_loader import errors
 from oci_crane_loader.cache.store import Store
-from oci_crane_loader.crane import Crane
 from oci_crane_loader.formats import dmr
 from oci_crane_loader.formats.dmr_pack import pack_dmr
 from oci_crane_loader.layout import LayoutWriter
@@ -21,6 +20,7 @@ from oci_crane_loader.oci import OCI_MANIFEST
 from oci_crane_loader.options import fetch_options
 from oci_crane_loader.packing import deterministic_tar
 from oci_crane_loader.pull import Puller, open_puller
+from oci_crane_loader.registry.crane import Crane
 from tests.support.scripted_registry import ScriptedRegistry, digest, serve
 
 

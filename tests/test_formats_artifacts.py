@@ -15,10 +15,10 @@ from support.commands import fetch, fetch_fails, run_cli, tool
 from support.models import push_layout, tree_bytes, write_model
 
 from oci_crane_loader import errors
-from oci_crane_loader.crane import Crane
 from oci_crane_loader.formats import Action, kitops, modelpack, oras, recognise
 from oci_crane_loader.layout import LayoutWriter
 from oci_crane_loader.oci import OCI_EMPTY, TITLE, Descriptor, Manifest, sha256_digest
+from oci_crane_loader.registry.crane import Crane
 
 MTIME = 1_700_000_000
 GGUF = b"GGUF\x03\x00\x00\x00" + bytes(64)

@@ -19,12 +19,12 @@ from support.commands import fetch, fetch_fails, run_cli
 from support.models import push_layout, tree_bytes, write_model
 
 from oci_crane_loader import errors
-from oci_crane_loader.crane import Crane
 from oci_crane_loader.formats import Action, image, ollama, recognise
 from oci_crane_loader.formats.dmr_pack import pack_dmr
 from oci_crane_loader.formats.index import host_platform_name, select_child
 from oci_crane_loader.layout import LayoutWriter, canonical_json
 from oci_crane_loader.oci import DOCKER_MANIFEST, Descriptor, Index, Manifest, sha256_digest
+from oci_crane_loader.registry.crane import Crane
 
 OCI_TAR = "application/vnd.oci.image.layer.v1.tar"
 OCI_GZIP = "application/vnd.oci.image.layer.v1.tar+gzip"

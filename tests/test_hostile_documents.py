@@ -13,11 +13,11 @@ from support.commands import run_cli
 from support.models import push_layout
 
 from oci_crane_loader import errors, oci
-from oci_crane_loader.crane import Crane
 from oci_crane_loader.errors import InvalidDocumentError, InvalidModelError
 from oci_crane_loader.formats import dmr, oras
 from oci_crane_loader.layout import LayoutWriter, canonical_json, dump_document
 from oci_crane_loader.paths import safe_relative_path
+from oci_crane_loader.registry.crane import Crane
 
 BIG_INT = b"1" * 5000  # more digits than Python converts (sys.get_int_max_str_digits: 4300)
 DEEP = b"[" * 5000 + b"]" * 5000  # deeper than Python's recursion limit, within Go's (crane pushes it)

@@ -18,8 +18,8 @@ from support.commands import REPO_ROOT, run_cli
 from support.models import write_model
 
 from oci_crane_loader import errors
-from oci_crane_loader.crane import Crane
 from oci_crane_loader.reference import parse_reference
+from oci_crane_loader.registry.crane import Crane
 
 LOOKS_LIKE_A_FLAG = "--Bad"  # crane's parser refuses it as a reference (uppercase), so no network is involved
 

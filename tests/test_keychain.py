@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from oci_crane_loader.keychain import crane_environment, find_credentials
+from oci_crane_loader.registry.keychain import crane_environment, find_credentials
 
 REGISTRY = "registry.example.test"
 PLACES = {  # a user name per file, so that crane's answer says which file it read

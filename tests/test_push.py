@@ -17,7 +17,6 @@ from support.commands import run_cli, tool
 from support.models import tree_bytes, write_model
 
 from oci_crane_loader import errors
-from oci_crane_loader.crane import Crane
 from oci_crane_loader.formats.modelpack_pack import (
     _param_size,
     modelpack_media_type,
@@ -26,6 +25,7 @@ from oci_crane_loader.formats.modelpack_pack import (
 )
 from oci_crane_loader.packing import collect_files
 from oci_crane_loader.push import push
+from oci_crane_loader.registry.crane import Crane
 
 EPOCH = 1700000000
 EPOCH_TEXT = "2023-11-14T22:13:20Z"

@@ -27,12 +27,12 @@ from support.storage_proxy import StorageProxy
 from oci_crane_loader import errors
 from oci_crane_loader.cache import store as store_module
 from oci_crane_loader.cache.store import Store
-from oci_crane_loader.crane import find_crane
-from oci_crane_loader.local_registry import LocalRegistry
 from oci_crane_loader.oci import Descriptor
 from oci_crane_loader.options import fetch_options
 from oci_crane_loader.pull import open_puller
 from oci_crane_loader.reference import parse_reference
+from oci_crane_loader.registry.crane import find_crane
+from oci_crane_loader.registry.local_registry import LocalRegistry
 from oci_crane_loader.settings import settings
 
 SIZE = 8 << 20  # above the threshold the tests set, four ranges of 2 MiB

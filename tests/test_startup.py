@@ -16,7 +16,7 @@ import pytest
 from support.commands import REPO_ROOT, run_cli
 from support.models import push_model, write_model
 
-from oci_crane_loader.crane import find_crane
+from oci_crane_loader.registry.crane import find_crane
 
 # Imported where they are used: tensors when vLLM loads, zstd when a layer is zstd, the rest not by a fast command.
 HEAVY = ("pydantic", "safetensors", "zstandard", "rich", "httpx", "filelock")

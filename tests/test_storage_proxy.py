@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from oci_crane_loader.crane import Crane
-from oci_crane_loader.local_registry import LocalRegistry
+from oci_crane_loader.registry.crane import Crane
+from oci_crane_loader.registry.local_registry import LocalRegistry
 from tests.support import storage_proxy
 from tests.support.storage_proxy import StorageProxy
 

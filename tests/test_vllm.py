@@ -121,7 +121,7 @@ def test_offline_llm_api_on_a_modelcar_image(registry, tmp_path, tiny_llama):
     `crane append`): the path where weights sit inside image layers, so the loader reads the extracted directory."""
     import tarfile
 
-    from oci_crane_loader.crane import Crane
+    from oci_crane_loader.registry.crane import Crane
 
     reference = f"{registry.host}/acme/tiny:api"
     with tarfile.open(tmp_path / "layer.tar", "w") as tar:
@@ -213,9 +213,9 @@ def test_first_shard_is_read_while_later_shards_are_still_downloading(registry, 
     from support.models import write_model
 
     from oci_crane_loader.cache.store import Store
-    from oci_crane_loader.crane import Crane
     from oci_crane_loader.loader import stream_weights
     from oci_crane_loader.pull import Puller
+    from oci_crane_loader.registry.crane import Crane
     from oci_crane_loader.safetensors_check import read_index
 
     source = write_model(tmp_path / "src", shards=3)

@@ -22,10 +22,10 @@ from support.models import push_model, write_model
 from test_stall import WEIGHTS, StallingRegistry, stalling_registry  # noqa: F401 (a fixture, used by name)
 
 from oci_crane_loader.cache.store import Store
-from oci_crane_loader.crane import find_crane
 from oci_crane_loader.options import from_extra_config
 from oci_crane_loader.pull import open_puller
 from oci_crane_loader.reference import parse_reference
+from oci_crane_loader.registry.crane import find_crane
 from oci_crane_loader.vllm_api import LOGGER_NAME
 from oci_crane_loader.vllm_plugin import PREFETCH_NICENESS, resolve_engine_args, start_weight_prefetch
 

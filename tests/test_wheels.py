@@ -21,7 +21,7 @@ import pytest
 from support.commands import REPO_ROOT
 from support.models import push_model, write_model
 
-from oci_crane_loader.executable import executable_platform, host_platform
+from oci_crane_loader.registry.executable import executable_platform, host_platform
 
 pytestmark = [pytest.mark.wheels, pytest.mark.slow]
 
@@ -195,7 +195,7 @@ def test_sdist_installs_without_go_on_path(wheelhouse: Path, fresh_venv: Path, t
                     str(fresh_venv / "bin" / "python"), str(wheelhouse / f"oci_crane_loader-{VERSION}.tar.gz")],
                    env=env, check=True, timeout=1200)
     installed = subprocess.run([str(fresh_venv / "bin" / "python"), "-c",
-                                "from oci_crane_loader.crane import choose_crane; c = choose_crane();"
+                                "from oci_crane_loader.registry.crane import choose_crane; c = choose_crane();"
                                 "print(c.source, c.version, c.platform)"],
                                env=env, capture_output=True, text=True, check=True, timeout=120)
     assert installed.stdout.split() == ["bundled", "v0.21.9", host_platform()]

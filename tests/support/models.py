@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 from safetensors.numpy import save_file
 
-from oci_crane_loader.crane import Crane
 from oci_crane_loader.formats.dmr_pack import pack_dmr
+from oci_crane_loader.registry.crane import Crane
 
 
 def write_model(directory: Path, shards: int = 2, seed: int = 0) -> Path:

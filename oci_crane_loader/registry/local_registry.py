@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import errors
+from .. import errors
 from .crane import start_crane
 
 

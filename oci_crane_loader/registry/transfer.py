@@ -32,10 +32,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urljoin, urlsplit
 
-from . import errors
+from .. import errors
+from ..oci import Descriptor
+from ..reference import Reference
 from .crane import Crane, redact
-from .oci import Descriptor
-from .reference import Reference
 
 if TYPE_CHECKING:
     import httpx

@@ -28,15 +28,16 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from . import errors
+from .. import errors
+from ..settings import settings
 from .executable import executable_platform, host_platform
 from .keychain import CredentialSource, crane_environment, find_credentials
-from .settings import settings
 
 log = logging.getLogger(__name__)
 
 MINIMUM_VERSION = (0, 21, 8)  # v0.21.6 hangs on multi-layer pulls
-BUNDLED_BINARY = Path(__file__).parent / "_bin" / "crane"  # where bin/install-crane puts it, and where wheels ship it
+# where bin/install-crane puts it, and where wheels ship it
+BUNDLED_BINARY = Path(__file__).parent.parent / "_bin" / "crane"
 
 
 def install_hint() -> str:
@@ -182,7 +183,7 @@ def configured_secrets(argv: Sequence[str], env: dict[str, str] | None = None) -
     """The credentials crane would send to the registries named in ``argv``, as `crane auth get` reads them from
     the credentials file (auths, credsStore, credHelpers) in ``env``: asked only when an error is about to be
     shown."""
-    from .reference import parse_reference
+    from ..reference import parse_reference
 
     found: list[str] = []
     registries = set()
