@@ -19,11 +19,12 @@ from typing import TYPE_CHECKING
 
 from . import __version__, errors
 from .options import MAX_JOBS, check_cache_dir, check_jobs, check_retries, fetch_options, normalise_subpath
-from .registry.crane import Crane, check_authfile, check_connection
+from .registry.access import check_authfile, check_connection
+from .registry.crane import Crane
 from .settings import environment_help, settings
 
 if TYPE_CHECKING:  # the pull machinery (pydantic, filelock) is imported by the commands that use it: --help is fast
-    from .cached import FetchResult
+    from .fetching import FetchResult
     from .options import FetchOptions
     from .progress import Progress
     from .pull import Puller

@@ -14,10 +14,10 @@ import tempfile
 from dataclasses import replace
 from pathlib import Path
 
+from .fetching import fetch
 from .formats.dmr_pack import pack_dmr
 from .options import fetch_options
 from .progress import Progress
-from .pull import open_puller
 from .registry.crane import Crane
 from .registry.local_registry import serve_registry
 
@@ -58,8 +58,9 @@ def run_demo(cache_dir: str | None = None) -> str:
             print(f"pushed {Crane().push(work / 'layout', reference)}", file=sys.stderr)
             # The user's real cache: the printed directory stays for them to look at. The registry is this
             # process's own, on loopback: OCI_CRANE_OFFLINE does not keep the demo from it.
-            options = replace(fetch_options(cache_dir=cache_dir), offline=False)
-            result = open_puller(options, Progress(enabled=not options.settings.disable_progress)).fetch(reference)
+            options = fetch_options(cache_dir=cache_dir)
+            options = replace(options, access=options.access.online())
+            result = fetch(options, reference, Progress(enabled=not options.settings.disable_progress))
         same = filecmp.dircmp(source, result.path)
         if same.left_only or same.right_only or same.diff_files or not all(
                 filecmp.cmp(source / name, result.path / name, shallow=False) for name in result.files):

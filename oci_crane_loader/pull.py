@@ -19,8 +19,7 @@ from pathlib import Path
 
 from . import errors
 from .cache.store import Store, remove_tree
-from .cached import MAX_DOCUMENT_SIZE, FetchResult, record_key, save_record
-from .files import list_files
+from .cached import Recorded
 from .formats import Action, LayerPlan, Plan, recognise
 from .formats.index import select_child
 from .formats.plan import filter_key, filter_plan
@@ -30,8 +29,10 @@ from .options import MAX_JOBS, FetchOptions, open_crane
 from .progress import Progress, human
 from .reference import Reference, parse_reference
 from .registry import transfer
+from .registry.access import RegistryRoutes
 from .registry.crane import Crane
-from .settings import settings
+from .settings import Settings
+from .sourcing import check_document_size, require_digest
 
 log = logging.getLogger(__name__)
 
@@ -70,13 +71,37 @@ def open_puller(options: FetchOptions, progress: Progress | None = None, store: 
     loader all get theirs here. ``store``: the cache already opened for ``options`` (fetching.fetch's)."""
     return Puller(store or Store(options.cache_dir), open_crane(options), jobs=options.jobs, progress=progress,
                   subpath=options.subpath, platform=options.platform, retries=options.retries, include=options.include,
-                  exclude=options.exclude)
+                  exclude=options.exclude, ranges=RangeSettings.of(options.settings))
+
+
+@dataclass(frozen=True)
+class RangeSettings:
+    """When and how large blobs come as parallel byte ranges (OCI_CRANE_RANGE_*, OCI_CRANE_NO_RANGES)."""
+
+    threshold: int = Settings.range_threshold  # blobs at least this large
+    parts: int = Settings.range_parts  # at most this many ranges per blob (1: crane blob only)
+    connections: int = Settings.range_connections  # shared by the large blobs downloading at once
+    disabled: bool = False
+
+    @classmethod
+    def of(cls, environment: Settings) -> RangeSettings:
+        return cls(environment.range_threshold, environment.range_parts, environment.range_connections,
+                   environment.no_ranges)
+
+    @property
+    def on(self) -> bool:
+        """Whether large blobs may come as byte ranges at all."""
+        return not self.disabled and self.parts > 1
+
+    def applies(self, size: int) -> bool:
+        return self.on and size >= self.threshold
 
 
 class Puller:
     def __init__(self, store: Store, crane: Crane, *, jobs: int = 4, progress: Progress | None = None,
                  subpath: str | None = None, platform: str | None = None, retries: int = 2,
-                 include: tuple[str, ...] = (), exclude: tuple[str, ...] = ()) -> None:
+                 include: tuple[str, ...] = (), exclude: tuple[str, ...] = (),
+                 ranges: RangeSettings | None = None) -> None:
         if not 1 <= jobs <= MAX_JOBS:
             raise errors.UsageError(f"jobs must be 1 to {MAX_JOBS}, not {jobs}", f"pass --jobs 1 to {MAX_JOBS}")
         self.subpath = subpath  # the model directory inside an image or artifact (normalised), when the user names it
@@ -89,14 +114,17 @@ class Puller:
         # from zero, a ranged download from the bytes on disk)
         self.retries = retries
         self.include, self.exclude = include, exclude  # fetch only: which files (formats/plan.filter_plan)
-        self.range_parts = settings().range_parts  # byte ranges per large blob; ensure_blobs shares out the slots
+        self.ranges = ranges or RangeSettings.of(Settings())
+        self.range_parts = self.ranges.parts  # byte ranges per large blob; ensure_blobs shares out the slots
+        self.routes = RegistryRoutes()  # what this Puller's downloads learn of the registries they ask
 
     # --- manifests ---------------------------------------------------------------------------------------------
     def _manifest_by_digest(self, reference: Reference, digest: str) -> bytes:
         cached = self.store.load_manifest(digest)
         if cached is not None:
             return cached
-        raw = _bounded_document(self.crane.manifest(f"{reference.repository_name}@{digest}"), f"manifest {digest}")
+        raw = self.crane.manifest(f"{reference.repository_name}@{digest}")
+        check_document_size(len(raw), f"manifest {digest}")
         if sha256_digest(raw) != digest:
             raise errors.IntegrityError(f"manifest of {reference.repository_name}@{digest} has digest "
                                         f"{sha256_digest(raw)}")
@@ -104,25 +132,16 @@ class Puller:
         return raw
 
     def resolve(self, reference: Reference, digest: str | None = None) -> Resolved:
-        """``digest``: what the reference's tag named a moment ago (cached.fetch asked), its manifest cached."""
-        if reference.digest or digest:
-            digest = reference.digest or digest
-            assert digest is not None
-            raw = self._manifest_by_digest(reference, digest)
-        elif self.crane.offline:
-            cached = self.store.load_ref(reference)
-            if cached is None:
-                raise errors.OfflineError(f"{reference} is not in the cache at {self.store.root}")
-            digest = cached
-            raw = self._manifest_by_digest(reference, digest)
-        else:  # the tag's ref moves only once the fetch succeeds (record()), never here
-            raw = _bounded_document(self.crane.manifest(reference.name), f"manifest of {reference}")
-            digest = self.store.save_manifest(raw)
+        """``digest``: what the reference names now, if the caller sourced it already (fetching.py); else it is
+        sourced here by the same rule (sourcing.py). The tag's ref moves only once the fetch succeeds
+        (record()), never here."""
+        digest = digest or require_digest(self.store, self.crane, reference)
+        raw = self._manifest_by_digest(reference, digest)
         document = parse_manifest_or_index(raw, f"manifest of {reference}")
         if isinstance(document, Manifest):
             return Resolved(reference, digest, document)
         child = select_child(document, self.platform)
-        _check_document_size(child.size, f"manifest {child.digest} of {reference}")
+        check_document_size(child.size, f"manifest {child.digest} of {reference}")
         child_raw = self._manifest_by_digest(reference, child.digest)
         child_document = parse_manifest_or_index(child_raw, f"manifest {child.digest} of {reference}")
         if not isinstance(child_document, Manifest):
@@ -146,14 +165,14 @@ class Puller:
         under tmp/ for the next attempt) with CancelledError."""
         pinned = f"{reference.repository_name}@{descriptor.digest}"
         parts = self.range_parts
-        ranged = not settings().no_ranges and descriptor.size >= settings().range_threshold and parts > 1
+        ranged = self.ranges.applies(descriptor.size) and parts > 1
 
         def fetch_once(temp: Path, count: Callable[[int], None]) -> str:
             """One attempt; the digest of the bytes written (crane blob exits non-zero unless they match)."""
             nonlocal ranged
             if ranged:  # parallel byte ranges, resumed from the partial file a failed attempt left
                 try:
-                    return transfer.fetch_blob(self.crane, reference, descriptor,
+                    return transfer.fetch_blob(self.crane, self.routes, reference, descriptor,
                                                self.store.partial_path(descriptor.digest), temp,
                                                parts=parts, progress=count, cancel=cancel)
                 except transfer.Unsupported as exc:
@@ -210,7 +229,7 @@ class Puller:
         # Storage hosts cap each connection, so the large blobs downloading at once (up to --jobs) share a budget
         # of connections (OCI_CRANE_RANGE_CONNECTIONS), at least 2 ranges each, at most OCI_CRANE_RANGE_PARTS: one
         # blob gets 8, four get 4 each. A registry that serves blobs itself gets crane blob anyway (transfer.py).
-        large = sum(1 for layer in layers if layer.descriptor.size >= settings().range_threshold
+        large = sum(1 for layer in layers if layer.descriptor.size >= self.ranges.threshold
                     and not self.store.has_blob(layer.descriptor))
         self.range_parts = self._range_parts(large)
         cancel = cancel or threading.Event()
@@ -248,19 +267,14 @@ class Puller:
         descriptor = resolved.manifest.config
         if descriptor.size <= 2 and descriptor.digest == sha256_digest(b"{}"):
             return b"{}"  # the OCI empty config: no request needed
-        _check_document_size(descriptor.size, f"config blob {descriptor.digest} ({descriptor.media_type})")
+        check_document_size(descriptor.size, f"config blob {descriptor.digest} ({descriptor.media_type})")
         return self.ensure_blob(resolved.reference, descriptor).read_bytes()
 
     def _range_parts(self, large: int) -> int:
         """Byte ranges per large blob when ``large`` of them are missing: those downloading at once (up to --jobs)
         share OCI_CRANE_RANGE_CONNECTIONS, at least 2 each, at most OCI_CRANE_RANGE_PARTS (1: crane blob only)."""
         at_once = max(1, min(large, self.jobs))
-        return min(settings().range_parts, max(2, settings().range_connections // at_once))
-
-    @staticmethod
-    def _ranges_on() -> bool:
-        """Whether large blobs may come as byte ranges at all (OCI_CRANE_NO_RANGES, OCI_CRANE_RANGE_PARTS=1)."""
-        return not settings().no_ranges and settings().range_parts > 1
+        return min(self.ranges.parts, max(2, self.ranges.connections // at_once))
 
     def check_free_space(self, layers: Iterable[LayerPlan]) -> None:
         """Refuse before downloading when the cache's disk cannot hold what is still to be written: the missing
@@ -270,11 +284,8 @@ class Puller:
         layers = list(layers)
         missing = {layer.descriptor.digest: layer.descriptor for layer in layers
                    if not self.store.has_blob(layer.descriptor)}
-        threshold = settings().range_threshold
-        ranged = self._ranges_on()  # only a ranged download resumes from a partial file
-
         def unwritten(descriptor: Descriptor) -> int:
-            resumes = ranged and descriptor.size >= threshold
+            resumes = self.ranges.applies(descriptor.size)  # only a ranged download resumes from a partial file
             return descriptor.size - (self.store.partial_bytes(descriptor) if resumes else 0)
 
         needed = sum(map(unwritten, missing.values()))
@@ -316,11 +327,10 @@ class Puller:
         the shards and fail fast on a bad artifact), then with ``weights`` the weight layers; the directory made
         (``weights=False``: the config directory, weights to be streamed later)."""
         self.check_free_space(plan.layers)
-        if weights and self._ranges_on() and any(
-                layer.descriptor.size >= settings().range_threshold and not self.store.has_blob(layer.descriptor)
-                for layer in plan.weight_layers):
+        if weights and any(self.ranges.applies(layer.descriptor.size) and not self.store.has_blob(layer.descriptor)
+                           for layer in plan.weight_layers):
             # Whether large blobs may come as ranges, asked with the smallest layer while the small ones download.
-            transfer.probe_early(self.crane, resolved.reference, min(
+            transfer.probe_early(self.crane, self.routes, resolved.reference, min(
                 (layer.descriptor for layer in plan.layers), key=lambda descriptor: descriptor.size))
         if weights and self.subpath is None:  # one pool, small layers first: no wait between the two
             self.ensure_blobs(resolved.reference, [*plan.small_layers, *plan.weight_layers])
@@ -333,9 +343,9 @@ class Puller:
                            variant=variant)
 
     # --- whole operations --------------------------------------------------------------------------------------
-    def fetch(self, text: str, digest: str | None = None) -> FetchResult:
-        """The model directory, downloaded and made if the cache lacks it. ``digest``: see ``resolve``."""
-        reference = parse_reference(text)
+    def fetch(self, reference: Reference, digest: str | None = None) -> tuple[Recorded, list[tuple[str, int]]]:
+        """The model directory, downloaded and made if the cache lacks it, and the (digest, size) of the blobs it
+        links, for the record fetching.py keeps. ``digest``: see ``resolve``."""
         resolved = self.resolve(reference, digest)
         with self.store.fetching(resolved.index_digest or resolved.digest):
             plan = self.plan(resolved)
@@ -343,20 +353,17 @@ class Puller:
             if variant is not None:
                 plan = filter_plan(plan, self.include, self.exclude)
             path = self.store.model_path(resolved.digest, self.subpath, variant)
+            if path.is_symlink():  # never ours: planted to lead elsewhere, so set aside and the model made anew
+                log.warning("%s in the cache is a symbolic link, not a model directory: removing it", path)
+                path.unlink()
             if path.is_dir():
                 self.check_cached(resolved, plan)
             else:
                 path = self._download_and_materialize(resolved, plan, weights=True, variant=variant)
             self.record(resolved)
-        files = list_files(path)
-        result = FetchResult(str(reference), resolved.digest, resolved.pinned, path, plan.format, files,
-                             sum((path / name).stat().st_size for name in files), resolved.index_digest)
-        # The next fetch of the same thing answers from this record (cached.py), without parsing anything.
         linked = [(layer.descriptor.digest, layer.descriptor.size) for layer in plan.layers
                   if layer.action in (Action.FILE, Action.SHARD)]
-        save_record(self.store, record_key(resolved.index_digest or resolved.digest, self.platform, self.subpath,
-                                           self.include, self.exclude), result, linked)
-        return result
+        return Recorded(path, resolved.digest, resolved.index_digest, plan.format), linked
 
     def check_cached(self, resolved: Resolved, plan: Plan) -> None:
         """A cheap look (sizes, no hashing) at the blobs a cached model directory links: a truncated or deleted
@@ -367,11 +374,11 @@ class Puller:
                     f"cached blob {layer.descriptor.digest} of {resolved.reference} is damaged: its size is not "
                     f"{layer.descriptor.size} bytes", "run `oci-crane cache prune --damaged`, then fetch again")
 
-    def prepare(self, text: str) -> tuple[Resolved, Plan, Path]:
+    def prepare(self, text: str | Reference, digest: str | None = None) -> tuple[Resolved, Plan, Path]:
         """Resolve, plan, and materialise only the small files (config, tokenizer): what vLLM needs as `model`
         before any weight is downloaded; weights follow through ``ensure_blobs``. Formats whose weights and
         config share archives (images, KitOps) cannot be split: the whole model directory is fetched here."""
-        resolved = self.resolve(parse_reference(text))
+        resolved = self.resolve(text if isinstance(text, Reference) else parse_reference(text), digest)
         with self.store.fetching(resolved.index_digest or resolved.digest):
             plan = self.plan(resolved)
             if plan.streamable and not plan.weight_layers:
@@ -439,16 +446,3 @@ def _check_subpath_exists(plan: Plan, subpath: str | None,
     if not any(name == subpath or name.startswith(subpath + "/") for name in names):
         raise errors.InvalidModelError(f"--subpath {subpath!r} is not a directory in the artifact",
                                        "run `oci-crane inspect REF` to see its files")
-
-
-def _check_document_size(size: int, what: str) -> None:
-    if size > MAX_DOCUMENT_SIZE:
-        raise errors.InvalidDocumentError(
-            f"{what} is {human(size)}, over the {human(MAX_DOCUMENT_SIZE)} limit for a manifest or config "
-            "(these are JSON documents of a few kilobytes; it is not read)",
-            "check the reference: the registry or the artifact is broken or hostile")
-
-
-def _bounded_document(raw: bytes, what: str) -> bytes:
-    _check_document_size(len(raw), what)
-    return raw

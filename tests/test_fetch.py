@@ -13,6 +13,8 @@ from support.models import push_layout, push_model, tree_bytes, write_model
 
 from oci_crane_loader import errors
 from oci_crane_loader.cache.store import Store
+from oci_crane_loader.fetching import FetchResult
+from oci_crane_loader.fetching import fetch as fetch_model
 from oci_crane_loader.formats import dmr
 from oci_crane_loader.formats.dmr_pack import pack_dmr
 from oci_crane_loader.layout import LayoutWriter
@@ -26,6 +28,11 @@ from tests.support.scripted_registry import ScriptedRegistry, digest, serve
 
 def puller(cache_dir: Path, **options: object) -> Puller:
     return open_puller(fetch_options(cache_dir=cache_dir, **options))  # type: ignore[arg-type]
+
+
+def fetched(cache_dir: Path, reference: str, **options: object) -> FetchResult:
+    """A fetch through the fetch service, as the command line and Python's fetch() make it."""
+    return fetch_model(fetch_options(cache_dir=cache_dir, **options), reference)  # type: ignore[arg-type]
 
 
 def leftovers(cache_dir: Path) -> list[str]:
@@ -69,9 +76,9 @@ def test_model_files_are_hard_links_to_shared_read_only_blobs(registry, tmp_path
     source = write_model(tmp_path / "src")
     push_model(source, f"{registry.host}/acme/tiny:v1", tmp_path)
     push_model(source, f"{registry.host}/other/copy:latest", tmp_path, version="v0.1")
-    first = puller(cache_dir).fetch(f"{registry.host}/acme/tiny:v1")
+    first = fetched(cache_dir, f"{registry.host}/acme/tiny:v1")
     requests_after_first = len(registry.blob_downloads())
-    second = puller(cache_dir).fetch(f"{registry.host}/other/copy")
+    second = fetched(cache_dir, f"{registry.host}/other/copy")
     assert first.path != second.path
     store = Store(cache_dir)
     shard = "model-00001-of-00002.safetensors"
@@ -94,14 +101,14 @@ def test_v01_shards_without_paths_are_named_from_the_index_by_their_tensors(regi
     config = layout.add_bytes(dmr.CONFIG_V01, json.dumps({"config": {"format": "safetensors"}}).encode())
     layout.add_manifest(config, layers)
     push_layout(layout.root, f"{registry.host}/acme/unnamed:v1")
-    result = puller(cache_dir).fetch(f"{registry.host}/acme/unnamed:v1")
+    result = fetched(cache_dir, f"{registry.host}/acme/unnamed:v1")
     assert tree_bytes(result.path) == tree_bytes(source)
 
 
 def test_single_unnamed_shard_becomes_model_safetensors(registry, tmp_path, cache_dir):
     source = write_model(tmp_path / "src", shards=1)
     push_model(source, f"{registry.host}/acme/one:v1", tmp_path, version="v0.1", annotate_shards=False)
-    result = puller(cache_dir).fetch(f"{registry.host}/acme/one:v1")
+    result = fetched(cache_dir, f"{registry.host}/acme/one:v1")
     assert tree_bytes(result.path) == tree_bytes(source)
 
 
@@ -125,9 +132,9 @@ def test_offline_uses_the_cache_alone(registry, tmp_path, cache_dir):
 def test_offline_rebuilds_a_deleted_model_dir_from_cached_blobs(registry, tmp_path, cache_dir):
     source = write_model(tmp_path / "src")
     push_model(source, f"{registry.host}/acme/tiny:v1", tmp_path)
-    first = puller(cache_dir).fetch(f"{registry.host}/acme/tiny:v1")
+    first = fetched(cache_dir, f"{registry.host}/acme/tiny:v1")
     subprocess.run(["rm", "-rf", str(first.path)], check=True)
-    again = puller(cache_dir, offline=True).fetch(f"{registry.host}/acme/tiny:v1")
+    again = fetched(cache_dir, f"{registry.host}/acme/tiny:v1", offline=True)
     assert tree_bytes(again.path) == tree_bytes(source)
 
 
@@ -210,7 +217,7 @@ def test_escaping_tar_entry_is_refused_and_nothing_is_written_outside(registry, 
     layout.add_manifest(layout.add_bytes(dmr.CONFIG_V01, b"{}"), layers)
     push_layout(layout.root, f"{registry.host}/acme/evil:v1")
     with pytest.raises(errors.InvalidModelError, match="escapes the model directory"):
-        puller(cache_dir).fetch(f"{registry.host}/acme/evil:v1")
+        fetched(cache_dir, f"{registry.host}/acme/evil:v1")
     assert not list(tmp_path.rglob("escaped.txt"))
     assert leftovers(cache_dir) == []
 
@@ -234,7 +241,7 @@ def test_tar_links_are_not_extracted(registry, tmp_path, cache_dir):
               layout.add_bytes(dmr.VLLM_CONFIG_TAR, buffer.getvalue())]
     layout.add_manifest(layout.add_bytes(dmr.CONFIG_V01, b"{}"), layers)
     push_layout(layout.root, f"{registry.host}/acme/links:v1")
-    result = puller(cache_dir).fetch(f"{registry.host}/acme/links:v1")
+    result = fetched(cache_dir, f"{registry.host}/acme/links:v1")
     assert sorted(result.files) == ["config.json", "model.safetensors"]
 
 
@@ -313,8 +320,8 @@ def test_image_index_picks_the_platform(registry, tmp_path, cache_dir):
         pack_dmr(model, layout, platform={"os": "linux", "architecture": arch})
     Crane().run("push", str(layout), f"{registry.host}/acme/multi:latest", options=["--index"])
     for arch, model in models.items():
-        result = puller(cache_dir, platform=f"linux/{arch}").fetch(f"{registry.host}/acme/multi")
+        result = fetched(cache_dir, f"{registry.host}/acme/multi", platform=f"linux/{arch}")
         assert tree_bytes(result.path) == tree_bytes(model)
         assert result.index_digest is not None and result.index_digest != result.digest
     with pytest.raises(errors.NotFoundError, match="no manifest for platform linux/s390x"):
-        puller(cache_dir, platform="linux/s390x").fetch(f"{registry.host}/acme/multi")
+        fetched(cache_dir, f"{registry.host}/acme/multi", platform="linux/s390x")

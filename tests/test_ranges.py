@@ -27,6 +27,7 @@ from support.storage_proxy import StorageProxy
 from oci_crane_loader import errors
 from oci_crane_loader.cache import store as store_module
 from oci_crane_loader.cache.store import Store
+from oci_crane_loader.fetching import fetch as fetch_model
 from oci_crane_loader.oci import Descriptor
 from oci_crane_loader.options import fetch_options
 from oci_crane_loader.pull import open_puller
@@ -65,7 +66,7 @@ def shard_descriptor(cache_dir: Path, reference: str) -> Descriptor:
 
 
 def fetch(cache_dir: Path, reference: str) -> Path:
-    return open_puller(fetch_options(cache_dir=cache_dir)).fetch(reference).path
+    return fetch_model(fetch_options(cache_dir=cache_dir), reference).path
 
 
 def final_blob(cache_dir: Path, descriptor: Descriptor) -> Path:
@@ -191,7 +192,7 @@ def test_insecure_reaches_a_storage_host_whose_certificate_nobody_trusts(registr
         reference = f"{proxy.address}/{name}"
         with pytest.raises(errors.TLSError):
             fetch(cache_dir, reference)
-        path = open_puller(fetch_options(cache_dir=cache_dir, insecure=True)).fetch(reference).path
+        path = fetch_model(fetch_options(cache_dir=cache_dir, insecure=True), reference).path
         ranges = shard_ranges(proxy.requests)
     assert (path / "model.safetensors").read_bytes() == (source / "model.safetensors").read_bytes()
     assert len(ranges) == 4, proxy.requests  # the storage host served the ranges: no fallback to crane blob
@@ -309,9 +310,9 @@ def test_wrong_bytes_left_on_disk_are_downloaded_again(registry: LocalRegistry, 
 KILLABLE = """
 import signal, sys
 signal.signal(signal.SIGINT, signal.default_int_handler)  # as a terminal would have it, wherever the test runs
+from oci_crane_loader.fetching import fetch
 from oci_crane_loader.options import fetch_options
-from oci_crane_loader.pull import open_puller
-open_puller(fetch_options(cache_dir=sys.argv[1])).fetch(sys.argv[2])
+fetch(fetch_options(cache_dir=sys.argv[1]), sys.argv[2])
 """
 
 

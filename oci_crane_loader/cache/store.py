@@ -460,10 +460,16 @@ class Store:
         finally:
             temp.unlink(missing_ok=True)
 
-    def load_record(self, key: str) -> dict[str, object] | None:
+    def load_record(self, key: str, *, max_size: int = 1 << 20) -> dict[str, object] | None:
+        """The record saved for ``key``; None when there is none or it is not one (torn, edited, oversized, nested
+        past what the parser takes)."""
         try:
-            record = json.loads(self._record_path(key).read_text())
-        except (OSError, ValueError):
+            with open(self._record_path(key), "rb", opener=_open_nofollow) as handle:
+                text = handle.read(max_size + 1)
+            if len(text) > max_size:
+                return None
+            record = json.loads(text)
+        except (OSError, ValueError, RecursionError):
             return None
         return record if isinstance(record, dict) else None
 
@@ -472,7 +478,10 @@ class Store:
         if not isinstance(name, str) or not _DIR_NAME.fullmatch(name):
             return None
         path = self.root / "models" / "sha256" / name
-        return path if path.is_dir() else None
+        try:  # a real directory, never a symlink planted to lead elsewhere
+            return path if stat.S_ISDIR(path.lstat().st_mode) else None
+        except OSError:
+            return None
 
     def drop_stale_records(self) -> None:
         """Records whose model directory is gone (pruned): they would only make a fetch look twice."""
@@ -559,6 +568,10 @@ class Store:
                     text = path.read_text().strip()
                     fetching = text if _DIGEST.fullmatch(text) else None
             yield ScratchEntry(path, fetching)
+
+
+def _open_nofollow(path: str, flags: int) -> int:
+    return os.open(path, flags | getattr(os, "O_NOFOLLOW", 0))
 
 
 def boot_id() -> str:

@@ -16,14 +16,11 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import functools
 import hashlib
-import ipaddress
 import json
 import logging
 import os
 import re
-import ssl
 import threading
 import time
 from collections.abc import Callable
@@ -35,7 +32,10 @@ from urllib.parse import urljoin, urlsplit
 from .. import errors
 from ..oci import Descriptor
 from ..reference import Reference
+from . import failures
+from .access import RegistryRoutes, origin
 from .crane import Crane, redact
+from .hosts import is_loopback
 
 if TYPE_CHECKING:
     import httpx
@@ -55,13 +55,6 @@ class Unsupported(Exception):
     """The HTTP path cannot fetch this blob; `crane blob` can."""
 
 
-_SERVES_BLOBS_ITSELF: set[str] = set()  # registries seen answering a blob GET without a redirect (this process)
-# Registry -> set once its first ranged GET showed whether it redirects: several blobs starting at once wait for
-# that answer instead of each asking (a registry that serves blobs itself is then asked once, not per blob).
-_PROBED: dict[str, threading.Event] = {}
-_PROBED_LOCK = threading.Lock()
-
-
 @dataclass
 class Part:
     start: int
@@ -73,20 +66,24 @@ class Part:
         return self.end - self.start + 1 - self.done
 
 
-def fetch_blob(crane: Crane, reference: Reference, descriptor: Descriptor, partial: Path, destination: Path, *,
-               parts: int, progress: Callable[[int], None], cancel: threading.Event | None = None) -> str:
+def fetch_blob(crane: Crane, routes: RegistryRoutes, reference: Reference, descriptor: Descriptor, partial: Path,
+               destination: Path, *, parts: int, progress: Callable[[int], None],
+               cancel: threading.Event | None = None) -> str:
     """Download ``descriptor``'s blob into ``destination`` by way of ``partial`` (kept on failure, for resuming);
-    returns its sha256 digest, checked against the descriptor (IntegrityError and the partial deleted if not)."""
-    _await_probe(reference.registry, cancel)
+    returns its sha256 digest, checked against the descriptor (IntegrityError and the partial deleted if not).
+    ``crane`` carries the connection policy (``crane.access``) and hands over credentials; ``routes`` is what
+    this fetch has learnt of the registry's storage host."""
+    crane.access.require_network(f"the download of {reference.repository_name}@{descriptor.digest}")
+    _await_probe(routes, reference.registry, cancel)
     try:
-        return _fetch(crane, reference, descriptor, partial, destination, parts, progress, cancel)
+        return _fetch(crane, routes, reference, descriptor, partial, destination, parts, progress, cancel)
     finally:
-        _probe_done(reference.registry)  # whatever happened before the first response: the others may go on
+        routes.probe_done(reference.registry)  # whatever happened before the first response: the others may go on
 
 
-def _fetch(crane: Crane, reference: Reference, descriptor: Descriptor, partial: Path, destination: Path,
-           parts: int, progress: Callable[[int], None], cancel: threading.Event | None) -> str:
-    if reference.registry in _SERVES_BLOBS_ITSELF and not partial.exists():
+def _fetch(crane: Crane, routes: RegistryRoutes, reference: Reference, descriptor: Descriptor, partial: Path,
+           destination: Path, parts: int, progress: Callable[[int], None], cancel: threading.Event | None) -> str:
+    if reference.registry in routes.serves_blobs_itself and not partial.exists():
         raise Unsupported(f"{reference.registry} serves blobs itself, where one crane stream is faster")
     try:
         httpx = _httpx()
@@ -94,7 +91,7 @@ def _fetch(crane: Crane, reference: Reference, descriptor: Descriptor, partial: 
         raise Unsupported("httpx is not installed") from exc
     session = _Session(crane, reference, httpx)
     try:
-        download = _Download(session, descriptor, partial, parts, progress, cancel)
+        download = _Download(session, routes, descriptor, partial, parts, progress, cancel)
         try:
             return download.run(destination)
         except errors.IntegrityError:
@@ -103,40 +100,39 @@ def _fetch(crane: Crane, reference: Reference, descriptor: Descriptor, partial: 
             # Bytes an earlier attempt left were wrong (a power loss under the partial file): once more, from zero.
             log.warning("the resumed download of %s did not verify; downloading it again", descriptor.digest)
             progress(-download.counted)
-            return _Download(session, descriptor, partial, parts, progress, cancel).run(destination)
+            return _Download(session, routes, descriptor, partial, parts, progress, cancel).run(destination)
     finally:
         session.close()
 
 
-def probe_early(crane: Crane, reference: Reference, small: Descriptor) -> None:
+def probe_early(crane: Crane, routes: RegistryRoutes, reference: Reference, small: Descriptor) -> None:
     """Find out in a background thread, before any large blob starts, whether the registry hands blob GETs to a
     storage host, by asking for the first byte of ``small`` (the smallest layer). The large downloads from this
     registry wait for the answer (_await_probe), so none of them has to ask with a large blob: a registry that
     reads a whole blob before it answers (`crane registry serve` does) costs no more than a round trip, and the
     HTTP client loads while the small layers download. Registries redirect all blobs alike (ECR, GHCR, Docker Hub,
     a distribution registry on S3); one that served only small blobs itself would just get `crane blob` for all.
-    A probe that fails (auth, TLS, a refused range) decides nothing: each large download finds out itself."""
-    if reference.registry in _SERVES_BLOBS_ITSELF:
+    A probe that fails (auth, TLS, a refused range) decides nothing: each large download finds out itself.
+    Offline, nothing is asked."""
+    if crane.access.offline or reference.registry in routes.serves_blobs_itself:
         return
-    with _PROBED_LOCK:
-        if reference.registry in _PROBED:
-            return
-        _PROBED[reference.registry] = threading.Event()
+    if routes.claim_probe(reference.registry) is not None:
+        return
 
     def ask() -> None:
         try:
             session = _Session(crane, reference, _httpx())
             try:
                 response = session.open(small.digest, 0, 0)
-                if urlsplit(str(response.url)).netloc == session.host:
-                    _SERVES_BLOBS_ITSELF.add(reference.registry)
+                if session.at_registry(str(response.url)):
+                    routes.serves_blobs_itself.add(reference.registry)
                 response.close()
             finally:
                 session.close()
         except Exception as exc:  # best effort: undecided, each large download finds out for itself
             log.debug("probing %s for a storage host failed: %s", reference.registry, exc)
         finally:
-            _probe_done(reference.registry)
+            routes.probe_done(reference.registry)
 
     threading.Thread(target=ask, name="oci-crane-probe", daemon=True).start()
 
@@ -151,22 +147,15 @@ def _httpx() -> Any:
     return httpx
 
 
-def _await_probe(registry: str, cancel: threading.Event | None) -> None:
-    """The first download from ``registry`` in this process returns at once (it probes: _Download.run sets the
+def _await_probe(routes: RegistryRoutes, registry: str, cancel: threading.Event | None) -> None:
+    """The first download from ``registry`` in this fetch returns at once (it probes: _Download.run sets the
     event); later ones wait until it has."""
-    with _PROBED_LOCK:
-        probed = _PROBED.get(registry)
-        if probed is None:
-            _PROBED[registry] = threading.Event()
-            return
+    probed = routes.claim_probe(registry)
+    if probed is None:
+        return
     while not probed.wait(0.1):
         if cancel is not None and cancel.is_set():
             raise errors.CancelledError(f"download from {registry} was cancelled")
-
-
-def _probe_done(registry: str) -> None:
-    with _PROBED_LOCK:
-        _PROBED.setdefault(registry, threading.Event()).set()
 
 
 def discard(partial: Path) -> None:
@@ -180,62 +169,22 @@ def _state_path(partial: Path) -> Path:
 
 # --- HTTP: scheme, TLS, credentials, redirects ------------------------------------------------------------------
 
-def tls_verify(crane: Crane) -> ssl.SSLContext | bool:
-    """The one place that reads TLS settings from the Crane: --insecure (no verification), a CA file when the
-    Crane has one (``ca_file``), else the system store, which honours SSL_CERT_FILE / SSL_CERT_DIR as crane does."""
-    if crane.insecure:
-        return False
-    ca_file = crane.ca_file
-    return _context(str(ca_file) if ca_file else None, os.environ.get("SSL_CERT_FILE"), os.environ.get("SSL_CERT_DIR"))
-
-
-@functools.cache
-def _context(ca_file: str | None, *_environment: str | None) -> ssl.SSLContext:
-    """Loading the trust store takes a good part of a second: once per setting (the environment is in the key).
-    --ca-file adds to the system store, as it does for crane (SSL_CERT_DIR): storage hosts keep their public CAs."""
-    context = ssl.create_default_context()
-    if ca_file is not None:
-        context.load_verify_locations(cafile=ca_file)
-    return context
-
-
-def _may_fall_back_to_http(crane: Crane, host: str) -> bool:
-    """crane (ggcr) tries https then http for --insecure, loopback and private addresses."""
-    if crane.insecure:
-        return True
-    if _is_loopback(host):
-        return True
-    try:
-        return ipaddress.ip_address(urlsplit(f"//{host}").hostname or "").is_private
-    except ValueError:
-        return False
-
-
-def _is_loopback(host: str) -> bool:
-    name = urlsplit(f"//{host}").hostname or ""
-    if name == "localhost" or name.endswith(".localhost"):
-        return True
-    try:
-        return ipaddress.ip_address(name).is_loopback
-    except ValueError:
-        return False
-
-
 class _Session:
-    """One registry repository: its scheme, its Authorization header (asked of crane once, on the first 401)."""
+    """One registry repository over HTTP, under the Crane's connection policy: its scheme, and its Authorization
+    header (asked of crane once, on the first 401), sent to the registry's own origin only."""
 
     def __init__(self, crane: Crane, reference: Reference, httpx_module: Any) -> None:
         self.crane = crane
+        self.access = crane.access
         self.reference = reference
         self.httpx = httpx_module
         self.host = "index.docker.io" if reference.registry == "docker.io" else reference.registry
         # Go's proxy rules never proxy loopback; HTTP(S)_PROXY / NO_PROXY otherwise apply as they do for crane.
-        timeout = httpx_module.Timeout(crane.timeout, read=crane.stall_timeout)
+        timeout = httpx_module.Timeout(self.access.timeout, read=self.access.stall_timeout)
         self.client: httpx.Client = httpx_module.Client(
-            verify=tls_verify(crane), trust_env=not _is_loopback(self.host), follow_redirects=False, timeout=timeout,
-            limits=httpx_module.Limits(max_connections=64, max_keepalive_connections=16))
-        self.schemes = ["http"] if crane.plain_http else (
-            ["https", "http"] if _may_fall_back_to_http(crane, self.host) else ["https"])
+            verify=self.access.tls_verify(), trust_env=not is_loopback(self.host), follow_redirects=False,
+            timeout=timeout, limits=httpx_module.Limits(max_connections=64, max_keepalive_connections=16))
+        self.schemes = self.access.schemes(self.host)
         self.authorization: str | None = None
         self._lock = threading.Lock()
         self._secrets: list[str] = []
@@ -246,17 +195,25 @@ class _Session:
     def blob_url(self) -> str:
         return f"{self.schemes[0]}://{self.host}/v2/{self.reference.repository}/blobs/"
 
+    def at_registry(self, url: str) -> bool:
+        """Whether ``url`` is the registry's own origin (scheme, host and port, as the registry is spoken to now):
+        the only place credentials go. A redirect to another host, another port, or from https to http on the
+        same host is not: a token never leaves the registry, and never travels in cleartext unless the registry
+        itself speaks plain http."""
+        return origin(url) == origin(self.blob_url())
+
     def open(self, digest: str, first: int, last: int) -> httpx.Response:
-        """GET bytes first..last of the blob, following redirects; the Authorization header goes to the registry
-        host only, never to a storage host. Returns the open, streaming response (200 or 206: the caller closes
-        it); any other answer raises the typed error crane's path would."""
+        """GET bytes first..last of the blob, following redirects; the Authorization header goes to the registry's
+        origin only, never to a storage host. Returns the open, streaming response (200 or 206: the caller closes
+        it); any other answer raises the typed error crane's path would (registry/failures.py)."""
         url = self.blob_url() + digest
         for _hop in range(MAX_REDIRECTS + 2):
             headers = {"Range": f"bytes={first}-{last}", "Accept-Encoding": "identity"}  # ranges of the stored bytes
-            to_registry = urlsplit(url).netloc == self.host
+            to_registry = self.at_registry(url)
             if self.authorization and to_registry:
                 headers["Authorization"] = self.authorization
             response, url = self._request(url, headers)
+            to_registry = self.at_registry(url)  # the scheme may have fallen back to http (loopback, private)
             if response.status_code in (301, 302, 303, 307, 308) and "location" in response.headers:
                 response.close()
                 url = urljoin(url, response.headers["location"])
@@ -269,20 +226,22 @@ class _Session:
             if response.status_code in (200, 206):
                 return response
             response.close()
-            raise self._status_error(response.status_code, url)
+            raise failures.status_error(response.status_code, _shown(url), from_registry=to_registry)
         raise errors.NetworkError(f"more than {MAX_REDIRECTS} redirects for {_shown(url)}")
 
     def _request(self, url: str, headers: dict[str, str]) -> tuple[httpx.Response, str]:
         while True:
+            self.access.require_network(f"GET {_shown(url)}")  # every request, redirects included
             try:
                 return self.client.send(self.client.build_request("GET", url, headers=headers), stream=True), url
             except self.httpx.ConnectError as exc:
                 # crane's fallback: a loopback or private registry that does not speak TLS is asked over http
-                if url.startswith("https:") and len(self.schemes) > 1 and urlsplit(url).netloc == self.host:
+                if url.startswith("https:") and len(self.schemes) > 1 and self.at_registry(url):
                     with self._lock:
                         if self.schemes[0] == "https":
                             self.schemes.pop(0)
                     url = "http" + url[len("https"):]
+                    headers.pop("Authorization", None)  # asked again for the http origin, on its 401
                     continue
                 raise self.network_error(exc, url) from None
             except self.httpx.HTTPError as exc:
@@ -308,25 +267,13 @@ class _Session:
             else:
                 raise Unsupported(f"unknown auth challenge {scheme!r}")
 
-    def _status_error(self, status: int, url: str) -> errors.OciCraneError:
-        where = f"{_shown(url)} answered {status}"
-        if status in (401, 403):
-            return errors.UnauthorizedError(f"the registry refused our credentials: {where}")
-        if status == 404:
-            return errors.NotFoundError(f"not found in the registry: {where}")
-        if status == 416:
-            return errors.IntegrityError(f"the blob is smaller than its descriptor says: {where}")
-        if status == 429:
-            return errors.RateLimitedError(f"the registry is rate limiting us: {where}")
-        return errors.NetworkError(f"cannot download the blob: {where}")
-
     def network_error(self, exc: BaseException, url: str) -> errors.CraneError:
         text = redact(f"{type(exc).__name__}: {exc}", self._secrets)
         if isinstance(exc, self.httpx.TimeoutException):
             return errors.CraneTimeoutError(f"download from {_shown(url)} stalled or timed out ({text})")
         if re.search(r"CERTIFICATE|SSL|TLS|certificate", text):
-            return errors.TLSError(f"TLS handshake with {_shown(url)} failed: {text}")
-        return errors.NetworkError(f"download from {_shown(url)} failed: {text}")
+            return failures.TLS.error(f"TLS handshake with {_shown(url)} failed: {text}")
+        return failures.NETWORK.error(f"download from {_shown(url)} failed: {text}")
 
 
 def _shown(url: str) -> str:
@@ -338,9 +285,10 @@ def _shown(url: str) -> str:
 # --- the download ---------------------------------------------------------------------------------------------
 
 class _Download:
-    def __init__(self, session: _Session, descriptor: Descriptor, partial: Path, parts: int,
+    def __init__(self, session: _Session, routes: RegistryRoutes, descriptor: Descriptor, partial: Path, parts: int,
                  progress: Callable[[int], None], cancel: threading.Event | None) -> None:
         self.session = session
+        self.routes = routes
         self.descriptor = descriptor
         self.partial = partial
         self.progress = progress
@@ -401,16 +349,16 @@ class _Download:
                 if first.status_code == 200 and not (start == 0 and pending[0].end == self.descriptor.size - 1):
                     first.close()
                     raise Unsupported("the registry ignores Range requests")
-                if urlsplit(str(first.url)).netloc == self.session.host and not self.resumed:
+                if self.session.at_registry(str(first.url)) and not self.resumed:
                     first.close()
-                    _SERVES_BLOBS_ITSELF.add(self.session.reference.registry)
+                    self.routes.serves_blobs_itself.add(self.session.reference.registry)
                     raise Unsupported("the registry serves the blob itself, where one crane stream is faster")
             except BaseException:
                 if not self.resumed:
                     discard(self.partial)  # nothing to resume: no file left behind
                 raise
             finally:
-                _probe_done(self.session.reference.registry)
+                self.routes.probe_done(self.session.reference.registry)
         self._advance(self.resumed)
         hasher = _Hasher(self)
         workers = [threading.Thread(target=self._worker, args=(part, first if index == 0 else None),

@@ -1,0 +1,54 @@
+"""Where a reference's manifest digest comes from: the one rule that both the record's fast path (cached.py) and
+the Puller follow, and where mirrors will be asked first.
+
+- a reference with a digest names it (nothing is asked);
+- with --offline, the digest the tag had when the cache last fetched it (None if it never did);
+- otherwise the registry's answer for the tag (`crane manifest`), its manifest saved into the cache.
+
+Standard library only: a cached fetch loads no pydantic for this.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from . import errors
+from .reference import Reference
+
+if TYPE_CHECKING:
+    from .cache.store import Store
+    from .registry.crane import Crane
+
+# Manifests are read into memory whole; real ones are kilobytes (registries cap them at 4 MiB), so anything far
+# larger is refused before it is parsed.
+MAX_DOCUMENT_SIZE = 8 << 20
+
+
+def check_document_size(size: int, what: str) -> None:
+    if size > MAX_DOCUMENT_SIZE:
+        from .progress import human
+
+        raise errors.InvalidDocumentError(
+            f"{what} is {human(size)}, over the {human(MAX_DOCUMENT_SIZE)} limit for a manifest or config "
+            "(these are JSON documents of a few kilobytes; it is not read)",
+            "check the reference: the registry or the artifact is broken or hostile")
+
+
+def source_digest(store: Store, crane: Crane, reference: Reference) -> str | None:
+    """The digest ``reference`` names now (an index's, for a multi-platform one), its manifest in the cache
+    unless the reference pinned it; None with --offline when the tag was never fetched."""
+    if reference.digest:
+        return reference.digest
+    if crane.access.offline:
+        return store.load_ref(reference)
+    raw = crane.manifest(reference.name)
+    check_document_size(len(raw), f"manifest of {reference}")
+    return store.save_manifest(raw)
+
+
+def require_digest(store: Store, crane: Crane, reference: Reference) -> str:
+    """``source_digest``, or the one error a tag the cache never fetched gets offline."""
+    digest = source_digest(store, crane, reference)
+    if digest is None:
+        raise errors.OfflineError(f"{reference} is not in the cache at {store.root}")
+    return digest
