@@ -38,8 +38,8 @@ EXIT_CODES = {
     EXIT_OK: "success",
     EXIT_FAILURE: "failure: the error line on stderr names the cause and the fix",
     EXIT_USAGE: "usage: an unknown option or a value that cannot be used; nothing was done",
-    EXIT_INTERRUPTED: "interrupted (Ctrl-C, SIGINT); partial downloads were discarded",
-    EXIT_TERMINATED: "terminated (SIGTERM); partial downloads were discarded",
+    EXIT_INTERRUPTED: "interrupted (Ctrl-C, SIGINT); partial downloads were kept for the next fetch to continue",
+    EXIT_TERMINATED: "terminated (SIGTERM); partial downloads were kept for the next fetch to continue",
 }
 
 
@@ -397,7 +397,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, _terminate)
         # Ctrl-C and `kill -INT` interrupt, even where SIGINT came ignored (a shell starts background jobs with it
-        # ignored, and Python then installs no handler): partial downloads are discarded either way.
+        # ignored, and Python then installs no handler): partial downloads are kept either way.
         signal.signal(signal.SIGINT, signal.default_int_handler)
     logging.basicConfig(level=logging.DEBUG if args.debug else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
@@ -412,7 +412,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {exc.one_line()}", file=sys.stderr)
         return EXIT_FAILURE
     except KeyboardInterrupt as exc:
-        print("interrupted; partial downloads were discarded", file=sys.stderr)
+        print("interrupted; partial downloads were kept: the next fetch continues them", file=sys.stderr)
         return EXIT_TERMINATED if isinstance(exc, _Terminated) else EXIT_INTERRUPTED
     except OSError as exc:  # disk full, permissions: still one line, with the fix that fits the errno
         if args.debug:

@@ -9,6 +9,7 @@ import errno
 import logging
 import os
 import posixpath
+import random
 import shutil
 import threading
 import time
@@ -71,7 +72,34 @@ def open_puller(options: FetchOptions, progress: Progress | None = None, store: 
     loader all get theirs here. ``store``: the cache already opened for ``options`` (fetching.fetch's)."""
     return Puller(store or Store(options.cache_dir), open_crane(options), jobs=options.jobs, progress=progress,
                   subpath=options.subpath, platform=options.platform, retries=options.retries, include=options.include,
-                  exclude=options.exclude, ranges=RangeSettings.of(options.settings))
+                  exclude=options.exclude, ranges=RangeSettings.of(options.settings),
+                  retry_window=options.settings.retry_window)
+
+
+class Backoff:
+    """When a failing download is tried again: after 1 s, 2 s, 4 s ... (at most MAX_WAIT, each +-25 % so that
+    many clients do not come back in step), while fewer than ``retries`` attempts in a row kept no new byte and
+    the last new byte is less than ``window`` seconds old. An attempt that leaves more bytes on disk than any
+    before it (a resumable download moving on) starts the count again."""
+
+    MAX_WAIT = 30.0
+
+    def __init__(self, retries: int, window: float, kept: int) -> None:
+        self.retries, self.window = retries, window
+        self.failures = 0
+        self.best = kept  # bytes on disk to continue from, at the start or after the best attempt
+        self.progressed = time.monotonic()
+
+    def next_wait(self, kept: int) -> float | None:
+        """The wait before the next attempt, after one that failed leaving ``kept`` bytes; None: give up."""
+        now = time.monotonic()
+        if kept > self.best:
+            self.best, self.failures, self.progressed = kept, 0, now
+        self.failures += 1
+        wait = min(self.MAX_WAIT, 2.0 ** (self.failures - 1)) * random.uniform(0.75, 1.25)
+        if self.failures > self.retries or now + wait - self.progressed > self.window:
+            return None
+        return wait
 
 
 @dataclass(frozen=True)
@@ -101,7 +129,7 @@ class Puller:
     def __init__(self, store: Store, crane: Crane, *, jobs: int = 4, progress: Progress | None = None,
                  subpath: str | None = None, platform: str | None = None, retries: int = 2,
                  include: tuple[str, ...] = (), exclude: tuple[str, ...] = (),
-                 ranges: RangeSettings | None = None) -> None:
+                 ranges: RangeSettings | None = None, retry_window: float = Settings.retry_window) -> None:
         if not 1 <= jobs <= MAX_JOBS:
             raise errors.UsageError(f"jobs must be 1 to {MAX_JOBS}, not {jobs}", f"pass --jobs 1 to {MAX_JOBS}")
         self.subpath = subpath  # the model directory inside an image or artifact (normalised), when the user names it
@@ -113,6 +141,8 @@ class Puller:
         # crane retries until response headers; a body that drops mid-stream is tried again here (crane blob
         # from zero, a ranged download from the bytes on disk)
         self.retries = retries
+        self.retry_window = retry_window  # seconds a blob may go on failing without a byte more kept on disk
+        self._names: dict[str, str] = {}  # digest -> the file it becomes, for messages
         self.include, self.exclude = include, exclude  # fetch only: which files (formats/plan.filter_plan)
         self.ranges = ranges or RangeSettings.of(Settings())
         self.range_parts = self.ranges.parts  # byte ranges per large blob; ensure_blobs shares out the slots
@@ -166,24 +196,36 @@ class Puller:
         pinned = f"{reference.repository_name}@{descriptor.digest}"
         parts = self.range_parts
         ranged = self.ranges.applies(descriptor.size) and parts > 1
+        partial = self.store.partial_path(descriptor.digest)
 
         def fetch_once(temp: Path, count: Callable[[int], None]) -> str:
             """One attempt; the digest of the bytes written (crane blob exits non-zero unless they match)."""
             nonlocal ranged
-            if ranged:  # parallel byte ranges, resumed from the partial file a failed attempt left
+            # Parallel byte ranges for a large blob; and for any blob an earlier attempt left bytes of, one range
+            # from where they end, whichever registry serves it (unless it showed it ignores Range).
+            resumable = reference.registry not in self.routes.ignores_range
+            if ranged or (resumable and partial.exists()):
                 try:
-                    return transfer.fetch_blob(self.crane, self.routes, reference, descriptor,
-                                               self.store.partial_path(descriptor.digest), temp,
+                    return transfer.fetch_blob(self.crane, self.routes, reference, descriptor, partial, temp,
                                                parts=parts, progress=count, cancel=cancel)
                 except transfer.Unsupported as exc:
                     log.info("ranged download of %s unavailable (%s): using crane blob", pinned, exc)
                     ranged = False
-            self.crane.blob(pinned, temp, count, size=descriptor.size, cancel=cancel)
+            try:
+                self.crane.blob(pinned, temp, count, size=descriptor.size, cancel=cancel)
+            except errors.IntegrityError:
+                raise  # its bytes are wrong: nothing to keep
+            except BaseException:
+                if reference.registry not in self.routes.ignores_range:  # a broken or stopped stream: what it
+                    # wrote is kept for the next attempt to continue
+                    transfer.keep_prefix(temp, partial, descriptor)
+                raise
             return descriptor.digest
 
         def download(temp: Path) -> str:
             self.progress.begin(descriptor)
-            for attempt in range(1, self.retries + 2):
+            retry = Backoff(self.retries, self.retry_window, self.store.partial_bytes(descriptor))
+            while True:
                 if cancel is not None and cancel.is_set():
                     raise errors.CancelledError(f"download of {pinned} was cancelled")
                 received = 0
@@ -197,20 +239,22 @@ class Puller:
                     return fetch_once(temp, count)
                 except errors.NetworkError as exc:  # includes stalls; auth, TLS and integrity are not retried
                     self.progress.advance(-received)
-                    if attempt > self.retries:
+                    kept = self.store.partial_bytes(descriptor)
+                    wait = retry.next_wait(kept)
+                    if wait is None:
                         raise
-                    log.warning("download of %s failed (%s); retry %d of %d", pinned, exc.cause, attempt,
-                                self.retries)
+                    log.warning("%s: %s; retry %d of %d in %.1f s%s", self._name(descriptor), exc.cause,
+                                retry.failures, self.retries, wait,
+                                f", continuing from {human(kept)} on disk" if kept else "")
                     if cancel is not None:
-                        cancel.wait(attempt)
+                        cancel.wait(wait)
                     else:
-                        time.sleep(attempt)
+                        time.sleep(wait)
                 except errors.CraneError as exc:
                     if "no space left on device" in exc.stderr.lower():  # crane's write to our temp file failed
                         raise errors.cache_os_error(OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)),
                                                     f"download {pinned}", self.store.root) from exc
                     raise
-            raise AssertionError("unreachable: the last attempt returns or raises")
 
         if self.store.write_blob(descriptor, download, source=f"blob {pinned}"):
             self.progress.finished(descriptor)
@@ -224,6 +268,7 @@ class Puller:
         """Every layer's blob in the cache, several at once. Setting ``cancel`` (from another thread) stops them
         all, with CancelledError; it is also set here on the first failure."""
         layers = list(layers)
+        self._names.update({layer.descriptor.digest: layer.path for layer in layers if layer.path})
         self.progress.start(sum(layer.descriptor.size for layer in layers), len(layers),
                             {layer.descriptor.digest: layer.path for layer in layers if layer.path})
         # Storage hosts cap each connection, so the large blobs downloading at once (up to --jobs) share a budget
@@ -263,6 +308,10 @@ class Puller:
             pool.shutdown(wait=True, cancel_futures=True)
             self.progress.close()
 
+    def _name(self, descriptor: Descriptor) -> str:
+        name = self._names.get(descriptor.digest)
+        return f"{name} ({descriptor.digest[:19]})" if name else descriptor.digest
+
     def config(self, resolved: Resolved) -> bytes:
         descriptor = resolved.manifest.config
         if descriptor.size <= 2 and descriptor.digest == sha256_digest(b"{}"):
@@ -284,9 +333,8 @@ class Puller:
         layers = list(layers)
         missing = {layer.descriptor.digest: layer.descriptor for layer in layers
                    if not self.store.has_blob(layer.descriptor)}
-        def unwritten(descriptor: Descriptor) -> int:
-            resumes = self.ranges.applies(descriptor.size)  # only a ranged download resumes from a partial file
-            return descriptor.size - (self.store.partial_bytes(descriptor) if resumes else 0)
+        def unwritten(descriptor: Descriptor) -> int:  # a download continues from the bytes an earlier one kept
+            return descriptor.size - self.store.partial_bytes(descriptor)
 
         needed = sum(map(unwritten, missing.values()))
         needed += sum(layer.descriptor.size for layer in layers if layer.action in (Action.TAR, Action.IMAGE))

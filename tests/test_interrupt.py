@@ -142,7 +142,7 @@ def downloading(proc: subprocess.Popen[str], cache_dir: Path, jobs: int) -> set[
 
 
 @pytest.mark.parametrize(("sent", "status"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
-def test_an_interrupt_stops_every_crane_child_and_discards_partial_files(stalling, cache_dir, sent, status):
+def test_an_interrupt_stops_every_crane_child_and_keeps_what_they_wrote(stalling, cache_dir, sent, status):
     proc = start_fetch(stalling, cache_dir, "--jobs", "3")
     try:
         children = downloading(proc, cache_dir, 3)
@@ -152,9 +152,13 @@ def test_an_interrupt_stops_every_crane_child_and_discards_partial_files(stallin
         proc.kill()
         proc.wait()
     assert proc.returncode == status, err
-    assert "interrupted; partial downloads were discarded" in err and "Traceback" not in err
+    assert "partial downloads were kept" in err and "Traceback" not in err
     assert [pid for pid in children if alive(pid)] == []
-    assert list((cache_dir / "tmp").iterdir()) == []
+    # No temp file under another name: each stopped download's bytes are kept as its partial download (with the
+    # state file that says how far it got), for the next fetch to continue.
+    left = sorted(path.name for path in (cache_dir / "tmp").iterdir())
+    assert left and all(name.endswith((".partial", ".partial.json")) for name in left), left
+    assert len([name for name in left if name.endswith(".partial")]) == 3
     assert [p.name for p in (cache_dir / "blobs" / "sha256").iterdir()] == [digest(CONFIG)[7:]]  # no weight
 
 

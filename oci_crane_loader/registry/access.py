@@ -133,9 +133,11 @@ def origin(url: str) -> tuple[str, str, int]:
 class RegistryRoutes:
     """What one fetch learnt about how registries serve blobs (keyed by origin), shared by its downloads:
     whether an origin answers blob GETs itself (then one crane stream beats byte ranges), and whether the first
-    ranged GET to it has answered that yet (later downloads wait for it rather than each asking)."""
+    ranged GET to it has answered that yet (later downloads wait for it rather than each asking); and whether it
+    ignores Range requests (then a broken download starts again from zero, and nothing is kept to continue)."""
 
     serves_blobs_itself: set[str] = field(default_factory=set)
+    ignores_range: set[str] = field(default_factory=set)  # answered a Range request with the whole blob
     _probed: dict[str, threading.Event] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 

@@ -9,7 +9,9 @@ survives a failed attempt and a killed process: the next attempt resumes from th
 hashed before the file is handed back, so a wrong resumed byte costs a retry, never a bad blob.
 
 Whatever this path cannot do (the registry ignores Range, an unknown auth scheme, no httpx) raises Unsupported
-before any byte is written, and the caller uses `crane blob`. Errors map to the same typed errors as crane's.
+before any byte is written, and the caller uses `crane blob`; what `crane blob` wrote before it broke is kept
+the same way (``keep_prefix``), so a registry that serves blobs itself is continued with a Range request too.
+Errors map to the same typed errors as crane's (failures.py).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import hashlib
+import itertools
 import json
 import logging
 import os
@@ -165,6 +168,34 @@ def discard(partial: Path) -> None:
 
 def _state_path(partial: Path) -> Path:
     return partial.with_name(partial.name + ".json")
+
+
+def keep_prefix(written: Path, partial: Path, descriptor: Descriptor) -> int:
+    """Keep what one stream (`crane blob`, which writes a blob from its first byte on) wrote before it broke or
+    was stopped, as a partial download that the next attempt continues with one Range request from the last
+    byte on disk, whichever registry serves it. Returns the bytes kept; 0 when there was nothing worth keeping
+    (then nothing is kept). The bytes are hashed with the rest before the blob is handed out, as any resumed
+    bytes are."""
+    try:
+        size = written.stat().st_size
+    except FileNotFoundError:
+        return 0
+    if not 0 < size < descriptor.size:
+        return 0
+    discard(partial)
+    os.replace(written, partial)
+    with open(partial, "r+b") as handle:
+        handle.truncate(descriptor.size)  # preallocated (sparse), as a ranged download's partial file is
+    _write_state(partial, descriptor.digest, [Part(0, descriptor.size - 1, size)])
+    return size
+
+
+def _write_state(partial: Path, digest: str, parts: list[Part]) -> None:
+    state = {"digest": digest, "parts": [[part.start, part.end, part.done] for part in parts]}
+    path = _state_path(partial)
+    temp = path.with_name(path.name + ".new")
+    temp.write_text(json.dumps(state))
+    os.replace(temp, path)
 
 
 # --- HTTP: scheme, TLS, credentials, redirects ------------------------------------------------------------------
@@ -318,8 +349,11 @@ class _Download:
             parts = [Part(int(a), int(b), int(c)) for a, b, c in state["parts"]]
         except (OSError, ValueError, KeyError, TypeError):
             return None
+        # Contiguous parts covering the blob, each within its bounds: a gap would leave bytes no range fetches,
+        # and the hasher would wait for them for ever.
         if not parts or parts[0].start != 0 or parts[-1].end != self.descriptor.size - 1 or any(
-                part.remaining < 0 or part.done < 0 for part in parts):
+                part.remaining < 0 or part.done < 0 for part in parts) or any(
+                later.start != earlier.end + 1 for earlier, later in itertools.pairwise(parts)):
             return None
         self.resumed = sum(part.done for part in parts)
         log.info("resuming %s from %d of %d bytes on disk", self.descriptor.digest, self.resumed,
@@ -332,11 +366,7 @@ class _Download:
         self.progress(delta)
 
     def _save_state(self) -> None:
-        state = {"digest": self.descriptor.digest, "parts": [[p.start, p.end, p.done] for p in self.parts]}
-        path = _state_path(self.partial)
-        temp = path.with_name(path.name + ".new")
-        temp.write_text(json.dumps(state))
-        os.replace(temp, path)
+        _write_state(self.partial, self.descriptor.digest, self.parts)
 
     def run(self, destination: Path) -> str:
         pending = [part for part in self.parts if part.remaining > 0]
@@ -348,6 +378,8 @@ class _Download:
                 first = self.session.open(self.descriptor.digest, start, pending[0].end)
                 if first.status_code == 200 and not (start == 0 and pending[0].end == self.descriptor.size - 1):
                     first.close()
+                    discard(self.partial)  # what is on disk cannot be continued here: crane starts from zero
+                    self.routes.ignores_range.add(self.session.reference.registry)
                     raise Unsupported("the registry ignores Range requests")
                 if self.session.at_registry(str(first.url)) and not self.resumed:
                     first.close()
@@ -438,6 +470,8 @@ class _Download:
                                               f"{part.remaining} bytes of a range missing")
         except self.session.httpx.HTTPError as exc:
             self.failures.append(self.session.network_error(exc, self.session.blob_url()))
+        except errors.OciCraneError as exc:  # a wrong or short range: a NetworkError, an OSError too, retried
+            self.failures.append(exc)
         except OSError as exc:  # a full disk, say: the fix that fits its errno
             self.failures.append(errors.cache_os_error(exc, f"write the download of {self.descriptor.digest}",
                                                        self.partial.parent.parent))
