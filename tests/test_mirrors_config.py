@@ -3,10 +3,13 @@ in a temporary root, with the rules of containers/image's sysregistriesv2 and co
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
+from support.commands import run_cli
 
+from oci_crane_loader.doctor import check_mirrors
 from oci_crane_loader.errors import MirrorConfigError, RegistryBlockedError
 from oci_crane_loader.registry.mirrors import load_config, plan_sources
 
@@ -467,3 +470,47 @@ def test_a_malformed_hosts_toml_is_one_error_naming_the_file(root, text, words):
     with pytest.raises(MirrorConfigError) as caught:
         plan(root, "ghcr.io/acme/llama:v1")
     assert str(written) in caught.value.cause and words in caught.value.cause, caught.value.cause
+
+
+# --- oci-crane doctor --------------------------------------------------------------------------------------------
+
+def test_doctor_check_lists_the_mirrors_for_a_reference_in_order(root):
+    written = hosts(root, "docker.io", SPEGEL)
+    check = check_mirrors("ubuntu:24.04", environ=env(root), root=root)
+    assert check.ok and not check.required
+    assert check.detail.index("http://10.0.0.7:30020/v2/library/ubuntu") < check.detail.index("registry-1.docker.io")
+    assert str(written) in check.detail and "c2VjcmV0" not in check.detail + str(check.to_json())
+    plan_json = check.to_json()["plan"]
+    assert plan_json["endpoints"][0]["url"] == "http://10.0.0.7:30020/v2/library/ubuntu"
+
+
+def test_doctor_check_names_the_bad_file_and_does_not_raise(root):
+    conf = system_conf(root, '[[registry]]\nlocation = "https://ghcr.io"\n')
+    check = check_mirrors(None, environ=env(root), root=root)
+    assert not check.ok and str(conf) in check.detail and check.fix
+
+
+def test_oci_crane_doctor_ref_and_json(tmp_path, cache_dir):
+    conf = write(tmp_path / "registries.conf", """
+[[registry]]
+location = "models.mirrors-test.invalid"
+[[registry.mirror]]
+location = "harbor.mirrors-test.invalid/proxy"
+""")
+    hosts_dir = tmp_path / "certs.d"
+    written = write(hosts_dir / "models.mirrors-test.invalid/hosts.toml", '[host."http://10.0.0.7:30020"]\n')
+    environ = {"CONTAINERS_REGISTRIES_CONF": str(conf), "OCI_CRANE_HOSTS_DIR": str(hosts_dir),
+               "HOME": str(tmp_path)}
+    text = run_cli("doctor", "models.mirrors-test.invalid/acme/llama:v1", "--cache-dir", str(cache_dir), env=environ)
+    assert text.returncode == 0, text.stderr
+    block = text.stdout[text.stdout.index("mirrors: "):]
+    assert block.index("http://10.0.0.7:30020/v2/acme/llama") < block.index("harbor.mirrors-test.invalid/v2/proxy") \
+        < block.index("https://models.mirrors-test.invalid/v2/acme/llama")
+    assert str(conf) in block and str(written) in block
+    as_json = run_cli("doctor", "--ref", "models.mirrors-test.invalid/acme/llama:v1", "--json", "--cache-dir",
+                      str(cache_dir), env=environ)
+    mirrors = next(c for c in json.loads(as_json.stdout)["checks"] if c["name"] == "mirrors")
+    assert [e["source"] for e in mirrors["plan"]["endpoints"]] == [str(written), str(conf), str(conf)]
+    assert [e["upstream"] for e in mirrors["plan"]["endpoints"]] == [False, False, True]
+    twice = run_cli("doctor", "a.io/b/c:1", "--ref", "d.io/e/f:1", "--cache-dir", str(cache_dir), env=environ)
+    assert twice.returncode == 2 and "not allowed with argument" in twice.stderr
