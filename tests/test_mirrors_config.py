@@ -65,6 +65,8 @@ def test_without_any_file_the_upstream_alone(root):
     upstream = found.upstream
     assert upstream is not None and upstream.is_upstream and upstream.source is None and upstream.crane_usable
     assert found.mirrors == () and found.files == ()
+    assert urls(plan(root, "127.0.0.1:5000/acme/llama:v1")) == ["http://127.0.0.1:5000/v2/acme/llama"]
+    assert urls(plan(root, "localhost:5000/acme/llama:v1")) == ["http://localhost:5000/v2/acme/llama"]
 
 
 # --- registries.conf -------------------------------------------------------------------------------------------
@@ -81,7 +83,8 @@ location = "10.0.0.5:5000"
 insecure = true
 """)
     found = plan(root, "ubuntu:24.04")  # docker.io/library/ubuntu for containers/image, index.docker.io for crane
-    assert urls(found) == ["https://mirror.gcr.io/v2/library/ubuntu", "https://10.0.0.5:5000/v2/library/ubuntu",
+    # a private address is asked over http, as crane (go-containerregistry's Registry.Scheme) asks it
+    assert urls(found) == ["https://mirror.gcr.io/v2/library/ubuntu", "http://10.0.0.5:5000/v2/library/ubuntu",
                            "https://index.docker.io/v2/library/ubuntu"]
     assert [e.insecure for e in found.endpoints] == [False, True, False]
     assert [e.is_upstream for e in found.endpoints] == [False, False, True]

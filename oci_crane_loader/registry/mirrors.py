@@ -64,7 +64,7 @@ class Endpoint:
     repository: str  # the repository at this endpoint: location rewriting and path prefixes applied
     can_resolve_tags: bool  # may answer tag -> digest (containerd "resolve"; not a digest-only mirror)
     can_pull: bool  # may serve manifests by digest and blobs (containerd "pull")
-    insecure: bool  # skip TLS verification (registries.conf insecure: also plain http; hosts.toml skip_verify)
+    insecure: bool  # skip TLS verification; registries.conf insecure also allows http (https first, as crane does)
     is_upstream: bool
     source: Path | None  # the file that put it here; None: no file names this registry
     ca_files: tuple[Path, ...] = ()
@@ -465,15 +465,29 @@ def _conf_endpoints(entry: _Registry, reference: Reference, name: str, tag_or_di
             continue  # containers/image: a tag-only mirror is not used for a digest reference
         host, repository = _rewrite(entry.source, mirror.location, entry.prefix, name, tag_or_digest)
         # digest-only: never asked for a tag; once the tag is pinned elsewhere, a digest pull may use it.
-        endpoints.append(Endpoint("https", host, "/v2", repository, mirror.pull_from != "digest-only", True,
-                                  mirror.insecure, False, entry.source))
+        endpoints.append(Endpoint(_crane_scheme(host), host, "/v2", repository, mirror.pull_from != "digest-only",
+                                  True, mirror.insecure, False, entry.source))
     host, repository = _rewrite(entry.source, entry.location, entry.prefix, name, tag_or_digest)
-    endpoints.append(Endpoint("https", host, "/v2", repository, True, True, entry.insecure, True, entry.source))
+    endpoints.append(Endpoint(_crane_scheme(host), host, "/v2", repository, True, True, entry.insecure, True,
+                              entry.source))
     return endpoints
 
 
 def _default_upstream(reference: Reference) -> Endpoint:
-    return Endpoint("https", reference.registry, "/v2", reference.repository, True, True, False, True, None)
+    host = reference.registry
+    return Endpoint(_crane_scheme(host), host, "/v2", reference.repository, True, True, False, True, None)
+
+
+def _crane_scheme(host: str) -> str:
+    """go-containerregistry's Registry.Scheme(): http for localhost:PORT, loopback and RFC 1918 addresses, so that
+    the HTTP client and crane agree (an insecure endpoint also falls back to http, as crane --insecure does)."""
+    if host.startswith("localhost:") or _is_loopback(host):
+        return "http"
+    name = host.rsplit(":", 1)[0] if host.count(":") == 1 else host
+    try:
+        return "http" if ipaddress.ip_address(name).is_private else "https"
+    except ValueError:
+        return "https"
 
 
 # --- containerd hosts directory -------------------------------------------------------------------------------
