@@ -399,6 +399,9 @@ def test_oci_crane_hosts_dir_points_elsewhere_and_lists_roots(root, tmp_path):
     hosts(root, "ghcr.io", '[host."http://ignored.internal"]\n')  # the default root is not read then
     found = plan(root, "ghcr.io/a/b:1", OCI_CRANE_HOSTS_DIR=f"{first}:{second}")
     assert found.mirrors[0].host == "10.1.1.1:30020"
+    # the same roots handed over as settings.py will parse them
+    given = plan_sources("ghcr.io/a/b:1", environ=env(root), root=root, hosts_dirs=[first, second])
+    assert given.mirrors[0].host == "10.1.1.1:30020"
 
 
 def test_docker_certs_d_layout_gives_the_upstream_its_ca(root):

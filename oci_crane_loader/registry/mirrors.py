@@ -25,7 +25,7 @@ import ipaddress
 import os
 import re
 import sys
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -256,8 +256,11 @@ class MirrorConfig:
         return lines
 
 
-def load_config(*, environ: Mapping[str, str] = os.environ, root: Path = Path("/")) -> MirrorConfig:
-    """Read registries.conf and its drop-ins as containers/image does; ``root`` stands for ``/`` (tests)."""
+def load_config(*, environ: Mapping[str, str] = os.environ, root: Path = Path("/"),
+                hosts_dirs: Sequence[Path] | None = None) -> MirrorConfig:
+    """Read registries.conf and its drop-ins as containers/image does; ``root`` stands for ``/`` (tests).
+    ``hosts_dirs``: containerd's roots as settings.py parses them, once it owns OCI_CRANE_HOSTS_DIR; None reads
+    the variable from ``environ``."""
     home = Path(environ.get("HOME") or Path.home())
     system_file = root / "etc/containers/registries.conf"
     system_dir = root / "etc/containers/registries.conf.d"
@@ -289,18 +292,19 @@ def load_config(*, environ: Mapping[str, str] = os.environ, root: Path = Path("/
             for entry in _read_registries_conf(path, drop_in=True):  # a drop-in replaces the entry of its prefix
                 merged[entry.prefix] = entry
             files.append(path)
-    roots_text = environ.get(HOSTS_DIR_VARIABLE) or ""
-    roots = tuple(Path(p) for p in roots_text.split(os.pathsep) if p) or (root / DEFAULT_HOSTS_DIR.lstrip("/"),)
-    sources = (f"{main}{'' if chosen else ' (or ~/.config/containers/registries.conf)'}", *map(str, dirs))
+    if hosts_dirs is None:
+        hosts_dirs = [Path(p) for p in (environ.get(HOSTS_DIR_VARIABLE) or "").split(os.pathsep) if p]
+    roots = tuple(hosts_dirs) or (root / DEFAULT_HOSTS_DIR.lstrip("/"),)
+    sources = (str(main) if main.exists() or must_exist else f"{main} (none)", *map(str, dirs))
     return MirrorConfig(tuple(merged[p] for p in sorted(merged)), tuple(files), roots, sources)
 
 
 def plan_sources(reference: Reference | str, *, environ: Mapping[str, str] = os.environ,
-                 root: Path = Path("/")) -> SourcePlan:
+                 root: Path = Path("/"), hosts_dirs: Sequence[Path] | None = None) -> SourcePlan:
     """The ordered endpoints for ``reference``: mirrors, then the upstream (unless blocked). Raises
     MirrorConfigError for a file that cannot be used, RegistryBlockedError when nothing may serve it."""
     parsed = parse_reference(reference) if isinstance(reference, str) else reference
-    return load_config(environ=environ, root=root).plan(parsed)
+    return load_config(environ=environ, root=root, hosts_dirs=hosts_dirs).plan(parsed)
 
 
 def _bad(path: Path, problem: str, fix: str | None = None) -> MirrorConfigError:
