@@ -7,6 +7,7 @@ from email.utils import format_datetime
 
 import pytest
 
+from oci_crane_loader.errors import SettingsError
 from oci_crane_loader.registry.retry_after import parse_retry_after, retry_wait
 
 NOW = datetime(2026, 12, 4, 6, 0, 0, tzinfo=timezone.utc).timestamp()
@@ -43,6 +44,7 @@ def test_no_usable_header_waits_the_fallback():
     assert retry_wait("garbage", fallback=3.0, now=NOW, uniform=lambda: 0.5, jitter=0.2) == pytest.approx(3.3)
 
 
-def test_a_cap_that_is_not_positive_is_refused():
-    with pytest.raises(ValueError):
-        retry_wait("1", cap=0)
+@pytest.mark.parametrize("cap", [0, -1, float("nan")])
+def test_a_cap_that_is_not_positive_is_refused(cap):
+    with pytest.raises(SettingsError, match="OCI_CRANE_MAX_RETRY_AFTER"):
+        retry_wait("1", cap=cap)

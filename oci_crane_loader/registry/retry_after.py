@@ -4,7 +4,7 @@
 mirror or registry asking for an hour must not hold a model load for an hour (the caller decides whether to wait
 the capped time or to try the next endpoint), and jitter spreads the fleet's retries, so that many pods throttled
 together do not return together. The cap is a parameter: ``OCI_CRANE_MAX_RETRY_AFTER`` in settings.py should
-carry it (seconds, default ``DEFAULT_CAP``). Standard library only.
+carry it (seconds, default ``DEFAULT_CAP``). Standard library only, and errors.py.
 """
 
 from __future__ import annotations
@@ -13,6 +13,8 @@ import random
 import time
 from collections.abc import Callable
 from email.utils import parsedate_to_datetime
+
+from ..errors import SettingsError
 
 __all__ = ["DEFAULT_CAP", "RETRY_STATUSES", "parse_retry_after", "retry_wait"]
 
@@ -42,8 +44,9 @@ def retry_wait(value: str | None, *, cap: float = DEFAULT_CAP, fallback: float =
     """Seconds to wait before the next try: what ``Retry-After`` asks (``fallback`` when it says nothing usable),
     plus up to ``jitter`` of it at random, never more than ``cap``. Jitter only adds: the server asked for at
     least that long."""
-    if cap <= 0:
-        raise ValueError(f"cap must be positive, not {cap!r}")
+    if not cap > 0:  # also NaN
+        raise SettingsError(f"the Retry-After cap must be a positive number of seconds, not {cap!r}",
+                            "set OCI_CRANE_MAX_RETRY_AFTER to a positive number of seconds, or unset it for 60")
     asked = parse_retry_after(value, now=now)
     base = fallback if asked is None else asked
     return min(cap, max(0.0, base) * (1.0 + jitter * uniform()))
