@@ -121,8 +121,12 @@ def build_parser() -> argparse.ArgumentParser:
     remove.add_argument("reference", metavar="REF", help="registry/repository:tag as `cache ls` shows it")
     remove.add_argument("--prune", action="store_true", help="then run `cache prune`")
 
-    doctor = _local(commands.add_parser("doctor", help="check crane, the cache, credentials and vLLM"))
+    doctor = _local(commands.add_parser("doctor", help="check crane, the cache, credentials, mirrors and vLLM"))
     doctor.add_argument("--authfile", metavar="PATH", help="check this credentials file, as fetch --authfile reads it")
+    which = doctor.add_mutually_exclusive_group()
+    which.add_argument("reference", metavar="REF", nargs="?",
+                       help="also list the mirrors in force for REF, in the order they are tried, and their files")
+    which.add_argument("--ref", metavar="REF", dest="ref_option", help="the same as REF")
     _push_parser(commands)
     _registry_parsers(commands)
     _deploy_parsers(commands)
@@ -266,7 +270,7 @@ def _run(args: argparse.Namespace) -> int:
     elif args.command == "doctor":
         from .doctor import run_doctor
 
-        report = run_doctor(args.cache_dir, args.authfile)
+        report = run_doctor(args.cache_dir, args.authfile, args.reference or args.ref_option)
         print(json.dumps(report.to_json(), indent=2) if args.json else report.text())
         if not report.ok:
             raise report.error()
