@@ -48,6 +48,7 @@ class Settings:
     no_fsync: bool = False  # OCI_CRANE_NO_FSYNC: skip fsync, for throwaway caches
     cache_dir: Path | None = None  # OCI_CRANE_LOADER_CACHE: the cache root
     no_ranges: bool = False  # OCI_CRANE_NO_RANGES: every blob through `crane blob`, never the ranged download
+    no_outage_fallback: bool = False  # OCI_CRANE_NO_OUTAGE_FALLBACK: an unreachable registry fails a cached tag
     range_threshold: int = 64 << 20  # OCI_CRANE_RANGE_THRESHOLD: smaller blobs go through `crane blob`
     range_parts: int = 8  # OCI_CRANE_RANGE_PARTS: parallel byte ranges per large blob, at most
     range_connections: int = 16  # OCI_CRANE_RANGE_CONNECTIONS: shared by the large blobs downloading at once
@@ -65,6 +66,7 @@ class Settings:
                    offline=flag(env, "OCI_CRANE_OFFLINE"), no_fsync=flag(env, "OCI_CRANE_NO_FSYNC"),
                    cache_dir=Path(cache).expanduser() if cache else None,
                    no_ranges=flag(env, "OCI_CRANE_NO_RANGES"),
+                   no_outage_fallback=flag(env, "OCI_CRANE_NO_OUTAGE_FALLBACK"),
                    range_threshold=_positive(env, "OCI_CRANE_RANGE_THRESHOLD", cls.range_threshold, parse_bytes),
                    range_parts=_positive(env, "OCI_CRANE_RANGE_PARTS", cls.range_parts, int),
                    range_connections=_positive(env, "OCI_CRANE_RANGE_CONNECTIONS", cls.range_connections, int),
@@ -145,6 +147,7 @@ VARIABLES = {
     "OCI_CRANE_RANGE_CONNECTIONS": "connections the byte ranges of all large blobs share, at least 2 per blob "
                                    f"(default {Settings.range_connections})",
     "OCI_CRANE_NO_RANGES": "1: every blob through crane blob, never byte ranges",
+    "OCI_CRANE_NO_OUTAGE_FALLBACK": "1: a registry that cannot be reached fails the fetch, even of a cached tag",
     "OCI_CRANE_MAX_UNPACK_RATIO": f"unpacked bytes per archive byte (default {UnpackLimits.ratio:g})",
     "OCI_CRANE_MAX_UNPACK_BYTES": "unpacked bytes of one archive, e.g. 2T (default 1T)",
     "OCI_CRANE_MAX_UNPACK_ENTRIES": f"files in one archive (default {UnpackLimits.entries})",

@@ -3,13 +3,18 @@ the Puller follow, and where mirrors will be asked first.
 
 - a reference with a digest names it (nothing is asked);
 - with --offline, the digest the tag had when the cache last fetched it (None if it never did);
-- otherwise the registry's answer for the tag (`crane manifest`), its manifest saved into the cache.
+- otherwise the registry's answer for the tag (`crane manifest`), its manifest saved into the cache; when the
+  registry cannot be reached (refused, no such host, timed out: never an answer such as 401, 403 or 404), the
+  digest the cache last fetched for the tag, with one warning (OCI_CRANE_NO_OUTAGE_FALLBACK=1 turns that off), as
+  huggingface_hub serves its cache on connection errors: a registry outage does not take down a cached model.
 
 Standard library only: a cached fetch loads no pydantic for this.
 """
 
 from __future__ import annotations
 
+import logging
+import time
 from typing import TYPE_CHECKING
 
 from . import errors
@@ -18,6 +23,8 @@ from .reference import Reference
 if TYPE_CHECKING:
     from .cache.store import Store
     from .registry.crane import Crane
+
+log = logging.getLogger(__name__)
 
 # Manifests are read into memory whole; real ones are kilobytes (registries cap them at 4 MiB), so anything far
 # larger is refused before it is parsed.
@@ -41,9 +48,27 @@ def source_digest(store: Store, crane: Crane, reference: Reference) -> str | Non
         return reference.digest
     if crane.access.offline:
         return store.load_ref(reference)
-    raw = crane.manifest(reference.name)
+    try:
+        raw = crane.manifest(reference.name)
+    except errors.NetworkError as exc:  # unreachable; an answer (401, 403, 404, TLS) is never papered over
+        cached = store.load_ref(reference) if crane.access.outage_fallback else None
+        if cached is None:
+            raise
+        log.warning("cannot reach %s (%s); serving %s from the cache: %s, fetched %s (set "
+                    "OCI_CRANE_NO_OUTAGE_FALLBACK=1 to fail instead)", reference.registry, exc.cause, reference,
+                    cached, _when(store, reference))
+        return cached
     check_document_size(len(raw), f"manifest of {reference}")
     return store.save_manifest(raw)
+
+
+def _when(store: Store, reference: Reference) -> str:
+    """When the cache's ref for ``reference`` last changed: when the digest it names was fetched."""
+    try:
+        stamp = store.ref_path(reference).stat().st_mtime
+    except OSError:
+        return "at an unknown time"
+    return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(stamp))
 
 
 def require_digest(store: Store, crane: Crane, reference: Reference) -> str:

@@ -39,6 +39,8 @@ class RegistryAccess:
     timeout: float = Settings.timeout  # one request or crane command
     stall_timeout: float = Settings.stall_timeout  # a download with no byte for this long is stopped
     retries: int = Settings.retries  # new tries of a blob download whose stream broke
+    # A tag the registry cannot be reached for is served from the cache's last fetch of it (sourcing.py).
+    outage_fallback: bool = True
 
     def require_network(self, what: str) -> None:
         """The one gate every registry request passes: OfflineError under --offline, naming what was refused."""
@@ -70,14 +72,16 @@ def registry_access(*, offline: bool = False, insecure: bool = False, plain_http
                     timeout: float | None = None, stall_timeout: float | None = None, retries: int | None = None,
                     environment: Settings | None = None) -> RegistryAccess:
     """The policy from a command's options, checked once; what an option leaves out comes from ``environment``
-    (the OCI_CRANE_* settings; read now when not given): OCI_CRANE_OFFLINE, _TIMEOUT, _STALL_TIMEOUT, _RETRIES."""
+    (the OCI_CRANE_* settings; read now when not given): OCI_CRANE_OFFLINE, _TIMEOUT, _STALL_TIMEOUT, _RETRIES,
+    _NO_OUTAGE_FALLBACK."""
     environment = environment if environment is not None else settings()
     return RegistryAccess(
         offline=offline or environment.offline, insecure=insecure, plain_http=plain_http,
         ca_file=check_connection(insecure=insecure, plain_http=plain_http, ca_file=ca_file),
         authfile=check_authfile(authfile), timeout=timeout or environment.timeout,
         stall_timeout=stall_timeout or environment.stall_timeout,
-        retries=environment.retries if retries is None else retries)
+        retries=environment.retries if retries is None else retries,
+        outage_fallback=not environment.no_outage_fallback)
 
 
 def check_connection(*, insecure: bool, plain_http: bool, ca_file: str | Path | None) -> Path | None:
