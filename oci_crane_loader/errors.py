@@ -167,6 +167,7 @@ class CraneError(OciCraneError, RuntimeError):
         self.command = list(command or [])
         self.returncode = returncode
         self.stderr = stderr
+        self.retry_after: float | None = None  # seconds a 429 or 503 answer asked us to wait (HTTP road)
         super().__init__(cause, fix)
 
 

@@ -36,10 +36,17 @@ class FetchResult:
     files: list[str]
     bytes: int
     index_digest: str | None = None
+    # Where this fetch got each manifest and blob it downloaded (digest -> "mirror URL" or "upstream REPO"); set
+    # only when the node configures mirrors for the reference, so a plain fetch's JSON is as it always was.
+    sources: dict[str, str] | None = None
 
     def to_json(self) -> dict[str, object]:
-        return {"reference": self.reference, "digest": self.digest, "pinned": self.pinned, "path": str(self.path),
-                "format": self.format, "files": self.files, "bytes": self.bytes, "index_digest": self.index_digest}
+        found: dict[str, object] = {
+            "reference": self.reference, "digest": self.digest, "pinned": self.pinned, "path": str(self.path),
+            "format": self.format, "files": self.files, "bytes": self.bytes, "index_digest": self.index_digest}
+        if self.sources is not None:
+            found["sources"] = self.sources
+        return found
 
 
 def open_store(options: FetchOptions) -> Store:
@@ -62,10 +69,12 @@ def fetch(options: FetchOptions, text: str, progress: Progress | None = None) ->
     from .pull import open_puller
 
     # The Puller says why when `top` is None (a tag offline that the cache never fetched).
-    made, linked = open_puller(options, progress, store).fetch(reference, top)
+    puller = open_puller(options, progress, store)
+    made, linked = puller.fetch(reference, top)
     # The next fetch of the same thing answers from this record, without parsing anything.
     save_record(store, _key(made.index_digest or made.digest, options), made, linked)
-    return _result(reference, made)
+    mirrored = not options.offline and any(source.endpoint is not None for source in puller.sources(reference))
+    return _result(reference, made, dict(puller.came_from) if mirrored else None)
 
 
 def prepare(options: FetchOptions, text: str) -> tuple[Puller, Resolved, Plan, Path]:
@@ -93,8 +102,8 @@ def _save_ref(store: Store, reference: Reference, top: str, options: FetchOption
         log.warning("cannot record %s in the read-only cache %s", reference, store.root)
 
 
-def _result(reference: Reference, recorded: Recorded) -> FetchResult:
+def _result(reference: Reference, recorded: Recorded, sources: dict[str, str] | None = None) -> FetchResult:
     files = list_files(recorded.path)
     return FetchResult(str(reference), recorded.digest, f"{reference.repository_name}@{recorded.digest}", recorded.path,
                        recorded.format, files, sum((recorded.path / name).stat().st_size for name in files),
-                       recorded.index_digest)
+                       recorded.index_digest, sources)

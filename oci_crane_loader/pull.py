@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 from . import errors
 from .cache.store import Store, remove_tree
@@ -32,10 +33,13 @@ from .reference import Reference, parse_reference
 from .registry import transfer
 from .registry.access import RegistryRoutes
 from .registry.crane import Crane
+from .registry.sources import Source
+from .registry.sources import plan as plan_sources
 from .settings import Settings
-from .sourcing import check_document_size, require_digest
+from .sourcing import check_document_size, manifest_at, require_digest
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 @dataclass(frozen=True)
 class Resolved:
@@ -90,13 +94,17 @@ class Backoff:
         self.best = kept  # bytes on disk to continue from, at the start or after the best attempt
         self.progressed = time.monotonic()
 
-    def next_wait(self, kept: int) -> float | None:
-        """The wait before the next attempt, after one that failed leaving ``kept`` bytes; None: give up."""
+    def next_wait(self, kept: int, asked: float | None = None) -> float | None:
+        """The wait before the next attempt, after one that failed leaving ``kept`` bytes; None: give up.
+        ``asked``: what a 429 or 503 answer's Retry-After asked for, waited (plus jitter, within MAX_WAIT)
+        instead of the doubling."""
         now = time.monotonic()
         if kept > self.best:
             self.best, self.failures, self.progressed = kept, 0, now
         self.failures += 1
-        wait = min(self.MAX_WAIT, 2.0 ** (self.failures - 1)) * random.uniform(0.75, 1.25)
+        base = asked if asked is not None else 2.0 ** (self.failures - 1)
+        jitter = random.uniform(1.0, 1.25) if asked is not None else random.uniform(0.75, 1.25)  # never less asked
+        wait = min(self.MAX_WAIT, base * jitter)
         if self.failures > self.retries or now + wait - self.progressed > self.window:
             return None
         return wait
@@ -143,21 +151,52 @@ class Puller:
         self.retries = retries
         self.retry_window = retry_window  # seconds a blob may go on failing without a byte more kept on disk
         self._names: dict[str, str] = {}  # digest -> the file it becomes, for messages
+        self._sources: dict[str, list[Source]] = {}  # repository -> where its bytes may come from
+        self.came_from: dict[str, str] = {}  # digest -> the source that served it (manifests and blobs)
         self.include, self.exclude = include, exclude  # fetch only: which files (formats/plan.filter_plan)
         self.ranges = ranges or RangeSettings.of(Settings())
         self.range_parts = self.ranges.parts  # byte ranges per large blob; ensure_blobs shares out the slots
         self.routes = RegistryRoutes()  # what this Puller's downloads learn of the registries they ask
 
     # --- manifests ---------------------------------------------------------------------------------------------
+    def sources(self, reference: Reference) -> list[Source]:
+        """Where manifests by digest and blobs of ``reference`` may come from, in order (registry/sources.py):
+        the node's mirrors that may pull, then the upstream. Read once per repository and Puller."""
+        key = reference.repository_name
+        if key not in self._sources:
+            self._sources[key] = [source for source in plan_sources(reference, self.crane)
+                                  if source.endpoint is None or source.endpoint.can_pull]
+        return self._sources[key]
+
+    def _from_each(self, reference: Reference, what: str, attempt: Callable[[Source], T]) -> T:
+        """``attempt`` at each source in turn until one succeeds: a mirror that fails (refuses, lies, is gone)
+        costs one log line and the next source; the last source's failure is the one raised."""
+        sources = self.sources(reference)
+        for number, source in enumerate(sources, 1):
+            try:
+                return attempt(source)
+            except errors.OciCraneError as exc:
+                if number == len(sources) or isinstance(exc, errors.OfflineError | errors.CancelledError):
+                    raise
+                log.warning("%s from %s failed (%s); trying %s", what, source.name, exc.cause,
+                            sources[number].name)
+        raise AssertionError("unreachable: a plan has at least one source")
+
     def _manifest_by_digest(self, reference: Reference, digest: str) -> bytes:
         cached = self.store.load_manifest(digest)
         if cached is not None:
             return cached
-        raw = self.crane.manifest(f"{reference.repository_name}@{digest}")
-        check_document_size(len(raw), f"manifest {digest}")
-        if sha256_digest(raw) != digest:
-            raise errors.IntegrityError(f"manifest of {reference.repository_name}@{digest} has digest "
-                                        f"{sha256_digest(raw)}")
+
+        def at(source: Source) -> bytes:
+            raw = manifest_at(source, digest)
+            check_document_size(len(raw), f"manifest {digest}")
+            if sha256_digest(raw) != digest:
+                raise errors.IntegrityError(f"manifest of {reference.repository_name}@{digest} from {source.name} "
+                                            f"has digest {sha256_digest(raw)}")
+            self.came_from[digest] = source.name
+            return raw
+
+        raw = self._from_each(reference, f"manifest {digest}", at)
         self.store.save_manifest(raw)
         return raw
 
@@ -198,29 +237,54 @@ class Puller:
         ranged = self.ranges.applies(descriptor.size) and parts > 1
         partial = self.store.partial_path(descriptor.digest)
 
-        def fetch_once(temp: Path, count: Callable[[int], None]) -> str:
-            """One attempt; the digest of the bytes written (crane blob exits non-zero unless they match)."""
+        def fetch_from(source: Source, temp: Path, count: Callable[[int], None]) -> str:
+            """One attempt at one source; the digest of the bytes written (crane blob exits non-zero unless they
+            match)."""
             nonlocal ranged
+            at = source.at(descriptor.digest)
             # Parallel byte ranges for a large blob; and for any blob an earlier attempt left bytes of, one range
-            # from where they end, whichever registry serves it (unless it showed it ignores Range).
-            resumable = reference.registry not in self.routes.ignores_range
-            if ranged or (resumable and partial.exists()):
+            # from where they end, whichever registry serves it (unless it showed it ignores Range). A mirror
+            # only the HTTP road reaches always takes it.
+            resumable = at.registry not in self.routes.ignores_range
+            if ranged or source.http is not None or (resumable and partial.exists()):
                 try:
-                    return transfer.fetch_blob(self.crane, self.routes, reference, descriptor, partial, temp,
-                                               parts=parts, progress=count, cancel=cancel)
+                    return transfer.fetch_blob(source.crane, self.routes, at, descriptor, partial, temp,
+                                               parts=parts, progress=count, cancel=cancel, http=source.http)
                 except transfer.Unsupported as exc:
+                    if source.http is not None:
+                        raise errors.NetworkError(f"{source.name} cannot serve {descriptor.digest}: {exc}") from None
                     log.info("ranged download of %s unavailable (%s): using crane blob", pinned, exc)
                     ranged = False
             try:
-                self.crane.blob(pinned, temp, count, size=descriptor.size, cancel=cancel)
+                source.crane.blob(at.name, temp, count, size=descriptor.size, cancel=cancel)
             except errors.IntegrityError:
                 raise  # its bytes are wrong: nothing to keep
             except BaseException:
-                if reference.registry not in self.routes.ignores_range:  # a broken or stopped stream: what it
-                    # wrote is kept for the next attempt to continue
-                    transfer.keep_prefix(temp, partial, descriptor)
+                if at.registry not in self.routes.ignores_range:  # a broken or stopped stream: what it wrote is
+                    transfer.keep_prefix(temp, partial, descriptor)  # kept for the next attempt to continue
                 raise
             return descriptor.digest
+
+        def fetch_once(temp: Path, count: Callable[[int], None]) -> str:
+            """One attempt: each source in turn (mirrors, then the upstream); every byte checked against the
+            digest before the blob is kept, whichever source sent it."""
+            def attempt(source: Source) -> str:
+                counted = 0
+
+                def tally(delta: int) -> None:
+                    nonlocal counted
+                    counted += delta
+                    count(delta)
+
+                try:
+                    digest = fetch_from(source, temp, tally)
+                except BaseException:
+                    count(-counted)  # what this source sent no longer counts as done
+                    raise
+                self.came_from[descriptor.digest] = source.name
+                return digest
+
+            return self._from_each(reference, f"{self._name(descriptor)}", attempt)
 
         def download(temp: Path) -> str:
             self.progress.begin(descriptor)
@@ -237,10 +301,10 @@ class Puller:
 
                 try:
                     return fetch_once(temp, count)
-                except errors.NetworkError as exc:  # includes stalls; auth, TLS and integrity are not retried
+                except (errors.NetworkError, errors.RateLimitedError) as exc:  # stalls too; not auth, TLS, integrity
                     self.progress.advance(-received)
                     kept = self.store.partial_bytes(descriptor)
-                    wait = retry.next_wait(kept)
+                    wait = retry.next_wait(kept, asked=exc.retry_after)
                     if wait is None:
                         raise
                     log.warning("%s: %s; retry %d of %d in %.1f s%s", self._name(descriptor), exc.cause,

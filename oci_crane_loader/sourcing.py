@@ -23,6 +23,7 @@ from .reference import Reference
 if TYPE_CHECKING:
     from .cache.store import Store
     from .registry.crane import Crane
+    from .registry.sources import Source
 
 log = logging.getLogger(__name__)
 
@@ -43,23 +44,52 @@ def check_document_size(size: int, what: str) -> None:
 
 def source_digest(store: Store, crane: Crane, reference: Reference) -> str | None:
     """The digest ``reference`` names now (an index's, for a multi-platform one), its manifest in the cache
-    unless the reference pinned it; None with --offline when the tag was never fetched."""
+    unless the reference pinned it; None with --offline when the tag was never fetched. A tag is asked of the
+    node's mirrors that may resolve it, in order, then of the upstream (registry/sources.py)."""
     if reference.digest:
         return reference.digest
     if crane.access.offline:
         return store.load_ref(reference)
-    try:
-        raw = crane.manifest(reference.name)
-    except errors.NetworkError as exc:  # unreachable; an answer (401, 403, 404, TLS) is never papered over
-        cached = store.load_ref(reference) if crane.access.outage_fallback else None
-        if cached is None:
-            raise
-        log.warning("cannot reach %s (%s); serving %s from the cache: %s, fetched %s (set "
-                    "OCI_CRANE_NO_OUTAGE_FALLBACK=1 to fail instead)", reference.registry, exc.cause, reference,
-                    cached, _when(store, reference))
-        return cached
-    check_document_size(len(raw), f"manifest of {reference}")
-    return store.save_manifest(raw)
+    from .registry.sources import plan
+
+    resolvers = [source for source in plan(reference, crane)
+                 if source.endpoint is None or source.endpoint.can_resolve_tags]
+    assert reference.tag is not None  # a reference without a digest has a tag
+    for number, source in enumerate(resolvers, 1):
+        try:
+            raw = manifest_at(source, reference.tag)
+        except errors.OciCraneError as exc:
+            if number < len(resolvers) and not isinstance(exc, errors.OfflineError):
+                log.warning("%s could not resolve %s (%s); asking %s", source.name, reference, exc.cause,
+                            resolvers[number].name)
+                continue
+            if not isinstance(exc, errors.NetworkError):
+                raise  # an answer (401, 403, 404, TLS) is never papered over
+            cached = store.load_ref(reference) if crane.access.outage_fallback else None
+            if cached is None:
+                raise
+            log.warning("cannot reach %s (%s); serving %s from the cache: %s, fetched %s (set "
+                        "OCI_CRANE_NO_OUTAGE_FALLBACK=1 to fail instead)", reference.registry, exc.cause,
+                        reference, cached, _when(store, reference))
+            return cached
+        check_document_size(len(raw), f"manifest of {reference}")
+        if not source.is_upstream:
+            log.info("%s resolved %s", source.name, reference)
+        return store.save_manifest(raw)
+    from .errors import RegistryBlockedError
+
+    raise RegistryBlockedError(f"no source may resolve the tag of {reference}: its mirrors serve digests only "
+                               "and the upstream is blocked", "pin the reference by digest (REF@sha256:...)")
+
+
+def manifest_at(source: Source, tag_or_digest: str) -> bytes:
+    """The manifest ``source`` serves for a tag or digest, by crane or (a mirror only it reaches) the HTTP road."""
+    http = source.http
+    if http is None:
+        return source.crane.manifest(source.at(tag_or_digest).name)
+    from .registry import transfer
+
+    return transfer.get_manifest(source.crane, source.at(tag_or_digest), tag_or_digest, http, MAX_DOCUMENT_SIZE)
 
 
 def _when(store: Store, reference: Reference) -> str:

@@ -56,8 +56,15 @@ def from_status(status: int, *, from_registry: bool) -> Failure:
     return _STATUSES.get(status, SERVER_ERROR)
 
 
-def status_error(status: int, where: str, *, from_registry: bool = True) -> errors.CraneError:
-    """The typed error for an HTTP ``status``; ``where`` says which URL answered (no query string)."""
+def status_error(status: int, where: str, *, from_registry: bool = True,
+                 retry_after: str | None = None) -> errors.CraneError:
+    """The typed error for an HTTP ``status``; ``where`` says which URL answered (no query string).
+    ``retry_after``: the answer's Retry-After header, kept on the error (``retry_after`` seconds, or None) so
+    that a retry waits as long as the registry asked (bounded: see pull.Backoff)."""
+    from .retry_after import parse_retry_after
+
     failure = from_status(status, from_registry=from_registry)
     words = _STATUS_WORDS.get(status, failure.what)
-    return failure.error(f"{words}: {where} answered {status}")
+    error = failure.error(f"{words}: {where} answered {status}")
+    error.retry_after = parse_retry_after(retry_after) if status in (429, 503) else None
+    return error

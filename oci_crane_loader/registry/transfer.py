@@ -51,6 +51,9 @@ WRITE_EVERY = 256 << 10  # a range writes (and tells the hasher and progress) on
 # 64 KiB chunk httpx hands over: fewer syscalls, lock round trips and hasher wake-ups at hundreds of MB/s
 STATE_EVERY = 0.5  # seconds between saves of the state file
 MAX_REDIRECTS = 5
+MANIFEST_TYPES = ("application/vnd.oci.image.manifest.v1+json", "application/vnd.oci.image.index.v1+json",
+                  "application/vnd.docker.distribution.manifest.v2+json",
+                  "application/vnd.docker.distribution.manifest.list.v2+json")
 _CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+|\*)")
 
 
@@ -71,7 +74,8 @@ class Part:
 
 def fetch_blob(crane: Crane, routes: RegistryRoutes, reference: Reference, descriptor: Descriptor, partial: Path,
                destination: Path, *, parts: int, progress: Callable[[int], None],
-               cancel: threading.Event | None = None) -> str:
+               cancel: threading.Event | None = None,
+               http: tuple[str, str, tuple[tuple[str, str], ...]] | None = None) -> str:
     """Download ``descriptor``'s blob into ``destination`` by way of ``partial`` (kept on failure, for resuming);
     returns its sha256 digest, checked against the descriptor (IntegrityError and the partial deleted if not).
     ``crane`` carries the connection policy (``crane.access``) and hands over credentials; ``routes`` is what
@@ -79,20 +83,21 @@ def fetch_blob(crane: Crane, routes: RegistryRoutes, reference: Reference, descr
     crane.access.require_network(f"the download of {reference.repository_name}@{descriptor.digest}")
     _await_probe(routes, reference.registry, cancel)
     try:
-        return _fetch(crane, routes, reference, descriptor, partial, destination, parts, progress, cancel)
+        return _fetch(crane, routes, reference, descriptor, partial, destination, parts, progress, cancel, http)
     finally:
         routes.probe_done(reference.registry)  # whatever happened before the first response: the others may go on
 
 
 def _fetch(crane: Crane, routes: RegistryRoutes, reference: Reference, descriptor: Descriptor, partial: Path,
-           destination: Path, parts: int, progress: Callable[[int], None], cancel: threading.Event | None) -> str:
-    if reference.registry in routes.serves_blobs_itself and not partial.exists():
+           destination: Path, parts: int, progress: Callable[[int], None], cancel: threading.Event | None,
+           http: tuple[str, str, tuple[tuple[str, str], ...]] | None) -> str:
+    if reference.registry in routes.serves_blobs_itself and not partial.exists() and http is None:
         raise Unsupported(f"{reference.registry} serves blobs itself, where one crane stream is faster")
     try:
         httpx = _httpx()
     except ImportError as exc:
         raise Unsupported("httpx is not installed") from exc
-    session = _Session(crane, reference, httpx)
+    session = _Session(crane, reference, httpx, http)
     try:
         download = _Download(session, routes, descriptor, partial, parts, progress, cancel)
         try:
@@ -138,6 +143,18 @@ def probe_early(crane: Crane, routes: RegistryRoutes, reference: Reference, smal
             routes.probe_done(reference.registry)
 
     threading.Thread(target=ask, name="oci-crane-probe", daemon=True).start()
+
+
+def get_manifest(crane: Crane, reference: Reference, tag_or_digest: str,
+                 http: tuple[str, str, tuple[tuple[str, str], ...]], limit: int) -> bytes:
+    """A manifest from an endpoint only the HTTP road reaches (a mirror that needs containerd's ``ns``, headers,
+    or another API root); the caller checks it against its digest."""
+    crane.access.require_network(f"GET the manifest of {reference.repository_name}:{tag_or_digest}")
+    session = _Session(crane, reference, _httpx(), http)
+    try:
+        return session.manifest(tag_or_digest, limit)
+    finally:
+        session.close()
 
 
 def _httpx() -> Any:
@@ -204,27 +221,38 @@ class _Session:
     """One registry repository over HTTP, under the Crane's connection policy: its scheme, and its Authorization
     header (asked of crane once, on the first 401), sent to the registry's own origin only."""
 
-    def __init__(self, crane: Crane, reference: Reference, httpx_module: Any) -> None:
+    def __init__(self, crane: Crane, reference: Reference, httpx_module: Any,
+                 http: tuple[str, str, tuple[tuple[str, str], ...]] | None = None) -> None:
+        """``http``: for a mirror only this road reaches (sources.Source.http): its API root URL, the query every
+        request carries (containerd's ``?ns=``) and the headers its configuration adds (to it alone)."""
         self.crane = crane
         self.access = crane.access
         self.reference = reference
         self.httpx = httpx_module
         self.host = "index.docker.io" if reference.registry == "docker.io" else reference.registry
+        self.api_root: str | None = http[0] if http else None
+        self.query: str = http[1] if http else ""
+        self.extra_headers: tuple[tuple[str, str], ...] = http[2] if http else ()
         # Go's proxy rules never proxy loopback; HTTP(S)_PROXY / NO_PROXY otherwise apply as they do for crane.
         timeout = httpx_module.Timeout(self.access.timeout, read=self.access.stall_timeout)
         self.client: httpx.Client = httpx_module.Client(
             verify=self.access.tls_verify(), trust_env=not is_loopback(self.host), follow_redirects=False,
             timeout=timeout, limits=httpx_module.Limits(max_connections=64, max_keepalive_connections=16))
-        self.schemes = self.access.schemes(self.host)
+        self.schemes = self.access.schemes(self.host) if self.api_root is None else [urlsplit(self.api_root).scheme]
         self.authorization: str | None = None
         self._lock = threading.Lock()
-        self._secrets: list[str] = []
+        self._secrets: list[str] = [value for _, value in self.extra_headers]
 
     def close(self) -> None:
         self.client.close()
 
     def blob_url(self) -> str:
-        return f"{self.schemes[0]}://{self.host}/v2/{self.reference.repository}/blobs/"
+        return self._repository_url() + "/blobs/"
+
+    def _repository_url(self) -> str:
+        if self.api_root is not None:
+            return f"{self.api_root}/{self.reference.repository}"
+        return f"{self.schemes[0]}://{self.host}/v2/{self.reference.repository}"
 
     def at_registry(self, url: str) -> bool:
         """Whether ``url`` is the registry's own origin (scheme, host and port, as the registry is spoken to now):
@@ -237,12 +265,35 @@ class _Session:
         """GET bytes first..last of the blob, following redirects; the Authorization header goes to the registry's
         origin only, never to a storage host. Returns the open, streaming response (200 or 206: the caller closes
         it); any other answer raises the typed error crane's path would (registry/failures.py)."""
-        url = self.blob_url() + digest
+        # Ranges of the stored bytes: no content coding.
+        return self._follow(self.blob_url() + digest + self.query,
+                            {"Range": f"bytes={first}-{last}", "Accept-Encoding": "identity"})
+
+    def manifest(self, tag_or_digest: str, limit: int) -> bytes:
+        """The manifest (or index) document for ``tag_or_digest``, read up to ``limit`` bytes (more: refused)."""
+        response = self._follow(f"{self._repository_url()}/manifests/{tag_or_digest}{self.query}",
+                                {"Accept": ", ".join(MANIFEST_TYPES)})
+        try:
+            data = bytearray()
+            for chunk in response.iter_bytes():
+                data += chunk
+                if len(data) > limit:
+                    raise errors.InvalidDocumentError(f"the manifest of {self.reference} is over {limit} bytes",
+                                                      "check the reference: the mirror is broken or hostile")
+            return bytes(data)
+        except self.httpx.HTTPError as exc:
+            raise self.network_error(exc, str(response.url)) from None
+        finally:
+            response.close()
+
+    def _follow(self, url: str, base_headers: dict[str, str]) -> httpx.Response:
         for _hop in range(MAX_REDIRECTS + 2):
-            headers = {"Range": f"bytes={first}-{last}", "Accept-Encoding": "identity"}  # ranges of the stored bytes
+            headers = dict(base_headers)
             to_registry = self.at_registry(url)
-            if self.authorization and to_registry:
-                headers["Authorization"] = self.authorization
+            if to_registry:
+                headers.update(self.extra_headers)
+                if self.authorization:
+                    headers["Authorization"] = self.authorization
             response, url = self._request(url, headers)
             to_registry = self.at_registry(url)  # the scheme may have fallen back to http (loopback, private)
             if response.status_code in (301, 302, 303, 307, 308) and "location" in response.headers:
@@ -257,7 +308,8 @@ class _Session:
             if response.status_code in (200, 206):
                 return response
             response.close()
-            raise failures.status_error(response.status_code, _shown(url), from_registry=to_registry)
+            raise failures.status_error(response.status_code, _shown(url), from_registry=to_registry,
+                                        retry_after=response.headers.get("retry-after"))
         raise errors.NetworkError(f"more than {MAX_REDIRECTS} redirects for {_shown(url)}")
 
     def _request(self, url: str, headers: dict[str, str]) -> tuple[httpx.Response, str]:
