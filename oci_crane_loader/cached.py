@@ -19,8 +19,8 @@ from typing import TYPE_CHECKING
 from .cache.store import Store
 from .files import list_files
 from .options import FetchOptions, open_crane
+from .platforms import host_platform
 from .reference import Reference, parse_reference
-from .registry.executable import host_platform
 
 if TYPE_CHECKING:
     from .registry.crane import Crane
@@ -106,5 +106,5 @@ def _from_record(store: Store, reference: Reference, top: str, options: FetchOpt
             raise
         log.warning("cannot record %s in the read-only cache %s", reference, store.root)
     files = list_files(path)
-    return FetchResult(str(reference), digest, f"{reference.repository_name}@{digest}", path, kind, files,
+    return FetchResult(str(reference), digest, reference.with_digest(digest), path, kind, files,
                        sum((path / name).stat().st_size for name in files), index_digest)

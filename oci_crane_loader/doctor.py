@@ -16,10 +16,10 @@ from dataclasses import dataclass, field
 
 from . import errors
 from .cache.store import Store, remove_tree
+from .platforms import host_platform
 from .progress import human
 from .registry.crane import MINIMUM_VERSION, SOURCE_NAMES, choose_crane
-from .registry.executable import host_platform
-from .registry.keychain import find_credentials
+from .registry.keychain import HOME_DOCKER_CONFIG, find_credentials
 from .vllm_api import SUPPORTED_RANGE, in_supported_range, installed_version
 
 MIN_FREE_BYTES = 1 << 30  # less than this cannot hold a model worth serving
@@ -108,7 +108,7 @@ def check_credentials(authfile: str | None = None) -> list[Check]:
     path = source.path
     if path is None:
         return [Check(CREDENTIALS, True, "no credentials file (looked for $DOCKER_CONFIG/config.json, "
-                                         "~/.docker/config.json, $REGISTRY_AUTH_FILE, $XDG_RUNTIME_DIR/containers/"
+                                         f"{HOME_DOCKER_CONFIG}, $REGISTRY_AUTH_FILE, $XDG_RUNTIME_DIR/containers/"
                                          "auth.json, ~/.config/containers/auth.json): anonymous pulls only "
                                          "(oci-crane login, docker login or podman login create one)")]
     if not path.is_file():

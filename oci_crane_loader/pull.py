@@ -44,7 +44,7 @@ class Resolved:
 
     @property
     def pinned(self) -> str:
-        return f"{self.reference.repository_name}@{self.digest}"
+        return self.reference.with_digest(self.digest)
 
 
 @dataclass(frozen=True)
@@ -96,9 +96,9 @@ class Puller:
         cached = self.store.load_manifest(digest)
         if cached is not None:
             return cached
-        raw = _bounded_document(self.crane.manifest(f"{reference.repository_name}@{digest}"), f"manifest {digest}")
+        raw = _bounded_document(self.crane.manifest(reference.with_digest(digest)), f"manifest {digest}")
         if sha256_digest(raw) != digest:
-            raise errors.IntegrityError(f"manifest of {reference.repository_name}@{digest} has digest "
+            raise errors.IntegrityError(f"manifest of {reference.with_digest(digest)} has digest "
                                         f"{sha256_digest(raw)}")
         self.store.save_manifest(raw)
         return raw
@@ -144,7 +144,7 @@ class Puller:
         """The blob's cache path; downloaded (once, across threads and processes) if missing. Setting ``cancel``
         stops the download (crane is stopped, the temp file removed; a ranged download keeps its partial file
         under tmp/ for the next attempt) with CancelledError."""
-        pinned = f"{reference.repository_name}@{descriptor.digest}"
+        pinned = reference.with_digest(descriptor.digest)
         parts = self.range_parts
         ranged = not settings().no_ranges and descriptor.size >= settings().range_threshold and parts > 1
 

@@ -21,9 +21,10 @@ from support.models import push_layout, tree_bytes, write_model
 from oci_crane_loader import errors
 from oci_crane_loader.formats import Action, image, ollama, recognise
 from oci_crane_loader.formats.dmr_pack import pack_dmr
-from oci_crane_loader.formats.index import host_platform_name, select_child
+from oci_crane_loader.formats.index import select_child
 from oci_crane_loader.layout import LayoutWriter, canonical_json
 from oci_crane_loader.oci import DOCKER_MANIFEST, Descriptor, Index, Manifest, sha256_digest
+from oci_crane_loader.platforms import host_platform
 from oci_crane_loader.registry.crane import Crane
 
 OCI_TAR = "application/vnd.oci.image.layer.v1.tar"
@@ -333,7 +334,7 @@ def test_ollama_model_is_refused_in_one_line_before_any_layer_is_downloaded(regi
 
 # --- image indexes ---------------------------------------------------------------------------------------------
 def test_multi_platform_image_index_picks_the_platform(registry, tmp_path, cache_dir):
-    host_arch = host_platform_name().split("/")[1]
+    host_arch = host_platform(os="linux").split("/")[1]
     architectures = [*sorted({"amd64", "arm64"} - {host_arch}), host_arch]  # the host's last: not picked by chance
     models = {arch: write_model(tmp_path / arch, shards=1, seed=seed) for seed, arch in enumerate(architectures)}
     layout = LayoutWriter(tmp_path / "multi")

@@ -29,8 +29,9 @@ from typing import Any
 from urllib.parse import quote
 
 from .. import errors
+from ..platforms import host_platform
 from ..settings import settings
-from .executable import executable_platform, host_platform
+from .executable import executable_platform
 from .keychain import CredentialSource, crane_environment, find_credentials
 
 log = logging.getLogger(__name__)

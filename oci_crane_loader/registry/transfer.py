@@ -18,7 +18,6 @@ import base64
 import contextlib
 import functools
 import hashlib
-import ipaddress
 import json
 import logging
 import os
@@ -34,7 +33,7 @@ from urllib.parse import urljoin, urlsplit
 
 from .. import errors
 from ..oci import Descriptor
-from ..reference import Reference
+from ..reference import Reference, is_loopback, may_fall_back_to_http
 from .crane import Crane, redact
 
 if TYPE_CHECKING:
@@ -199,28 +198,6 @@ def _context(ca_file: str | None, *_environment: str | None) -> ssl.SSLContext:
     return context
 
 
-def _may_fall_back_to_http(crane: Crane, host: str) -> bool:
-    """crane (ggcr) tries https then http for --insecure, loopback and private addresses."""
-    if crane.insecure:
-        return True
-    if _is_loopback(host):
-        return True
-    try:
-        return ipaddress.ip_address(urlsplit(f"//{host}").hostname or "").is_private
-    except ValueError:
-        return False
-
-
-def _is_loopback(host: str) -> bool:
-    name = urlsplit(f"//{host}").hostname or ""
-    if name == "localhost" or name.endswith(".localhost"):
-        return True
-    try:
-        return ipaddress.ip_address(name).is_loopback
-    except ValueError:
-        return False
-
-
 class _Session:
     """One registry repository: its scheme, its Authorization header (asked of crane once, on the first 401)."""
 
@@ -232,10 +209,10 @@ class _Session:
         # Go's proxy rules never proxy loopback; HTTP(S)_PROXY / NO_PROXY otherwise apply as they do for crane.
         timeout = httpx_module.Timeout(crane.timeout, read=crane.stall_timeout)
         self.client: httpx.Client = httpx_module.Client(
-            verify=tls_verify(crane), trust_env=not _is_loopback(self.host), follow_redirects=False, timeout=timeout,
+            verify=tls_verify(crane), trust_env=not is_loopback(self.host), follow_redirects=False, timeout=timeout,
             limits=httpx_module.Limits(max_connections=64, max_keepalive_connections=16))
         self.schemes = ["http"] if crane.plain_http else (
-            ["https", "http"] if _may_fall_back_to_http(crane, self.host) else ["https"])
+            ["https", "http"] if may_fall_back_to_http(self.host, crane.insecure) else ["https"])
         self.authorization: str | None = None
         self._lock = threading.Lock()
         self._secrets: list[str] = []
@@ -434,7 +411,7 @@ class _Download:
         if hasher.digest != self.descriptor.digest:
             discard(self.partial)
             raise errors.IntegrityError(
-                f"blob {self.session.reference.repository_name}@{self.descriptor.digest} has digest "
+                f"blob {self.session.reference.with_digest(self.descriptor.digest)} has digest "
                 f"{hasher.digest}")
         os.replace(self.partial, destination)
         _state_path(self.partial).unlink(missing_ok=True)
