@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import zstandard
 from safetensors.numpy import save_file
+from support.cache import model_dirs
 from support.commands import fetch, fetch_fails, run_cli
 from support.models import push_layout, tree_bytes, write_model
 
@@ -179,7 +180,7 @@ def test_subpath_is_one_directory_however_it_is_written(registry, tmp_path, cach
     paths = {str(fetch(reference, cache_dir, "--subpath", typed)["path"])
              for typed in ("/models/b/", "models/b", "./models//b", "models/x/../b")}
     assert len(paths) == 1  # one model directory in the cache, not one per spelling
-    assert [p.name for p in (cache_dir / "models" / "sha256").iterdir()] == [Path(paths.pop()).name]
+    assert [p.name for p in model_dirs(cache_dir)] == [Path(paths.pop()).name]
 
 
 def test_python_fetch_honours_subpath_and_the_environment_as_the_cli_does(registry, tmp_path, cache_dir,
@@ -281,7 +282,7 @@ def test_gguf_only_images_say_so(registry, tmp_path, cache_dir):
         push_image(tmp_path, reference, [layer])
         line = fetch_fails(reference, cache_dir)
         assert "GGUF" in line and ".gguf" in line and "safetensors" in line, line
-    assert list((cache_dir / "models" / "sha256").iterdir()) == []
+    assert model_dirs(cache_dir) == []
 
 
 def test_image_without_weights_names_the_directory(registry, tmp_path, cache_dir):
