@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .digests import digest_hex, is_digest
-from .registry.executable import host_platform
+from .platforms import host_platform
 
 if TYPE_CHECKING:
     from .cache.store import Store

@@ -20,6 +20,7 @@ from .options import fetch_options
 from .progress import Progress
 from .registry.crane import Crane
 from .registry.local_registry import serve_registry
+from .safetensors_check import INDEX_FILENAME
 
 
 def write_safetensors(path: Path, tensors: dict[str, tuple[list[int], list[float]]]) -> None:
@@ -43,7 +44,7 @@ def write_tiny_model(directory: Path) -> Path:
     write_safetensors(directory / "model-00002-of-00002.safetensors",
                       {"head.weight": ([4, 2], [float(-i) for i in range(8)])})
     weight_map = {"embed.weight": "model-00001-of-00002.safetensors", "head.weight": "model-00002-of-00002.safetensors"}
-    (directory / "model.safetensors.index.json").write_text(
+    (directory / INDEX_FILENAME).write_text(
         json.dumps({"metadata": {"total_size": 64}, "weight_map": weight_map}, indent=2))
     return directory
 

@@ -17,10 +17,10 @@ from pathlib import Path
 
 from . import errors
 from .cache.store import Store, remove_tree
+from .platforms import host_platform
 from .progress import human
 from .registry.crane import MINIMUM_VERSION, SOURCE_NAMES, choose_crane
-from .registry.executable import host_platform
-from .registry.keychain import find_credentials
+from .registry.keychain import HOME_DOCKER_CONFIG, find_credentials
 from .registry.mirrors import load_config
 from .vllm_api import SUPPORTED_RANGE, in_supported_range, installed_version
 
@@ -110,7 +110,7 @@ def check_credentials(authfile: str | None = None) -> list[Check]:
     path = source.path
     if path is None:
         return [Check(CREDENTIALS, True, "no credentials file (looked for $DOCKER_CONFIG/config.json, "
-                                         "~/.docker/config.json, $REGISTRY_AUTH_FILE, $XDG_RUNTIME_DIR/containers/"
+                                         f"{HOME_DOCKER_CONFIG}, $REGISTRY_AUTH_FILE, $XDG_RUNTIME_DIR/containers/"
                                          "auth.json, ~/.config/containers/auth.json): anonymous pulls only "
                                          "(oci-crane login, docker login or podman login create one)")]
     if not path.is_file():

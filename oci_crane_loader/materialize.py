@@ -23,12 +23,11 @@ from .files import link_or_copy
 from .formats import Action, LayerPlan, Plan
 from .paths import safe_relative_path
 from .progress import human
-from .safetensors_check import check_model_dir, read_header, read_index
+from .safetensors_check import INDEX_FILENAME, check_model_dir, read_header, read_index
 from .settings import UnpackLimits, settings
 
 log = logging.getLogger(__name__)
 
-INDEX_NAME = "model.safetensors.index.json"
 
 
 ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
@@ -275,7 +274,7 @@ def missing_safetensors(tree: Path, root: Path, where: str | None = None) -> Inv
 def shard_names(shards: list[LayerPlan], store: Store, model_dir: Path) -> list[str]:
     """Names for unnamed DMR v0.1 shards: by the index's weight_map (matched on each shard's own tensor names,
     so layer order does not matter), else model.safetensors or model-%05d-of-%05d.safetensors."""
-    index_file = model_dir / INDEX_NAME
+    index_file = model_dir / INDEX_FILENAME
     if index_file.exists():
         weight_map = read_index(index_file).weight_map
         names = []
@@ -284,7 +283,7 @@ def shard_names(shards: list[LayerPlan], store: Store, model_dir: Path) -> list[
             files = {weight_map.get(name, "") for name in tensors}
             if len(files) != 1 or "" in files:
                 raise InvalidModelError(
-                    f"shard {number} ({shard.descriptor.digest[:19]}) does not match one file of {INDEX_NAME}",
+                    f"shard {number} ({shard.descriptor.digest[:19]}) does not match one file of {INDEX_FILENAME}",
                     "re-push the model with the index that belongs to its shards")
             names.append(files.pop())
         return names
@@ -338,8 +337,8 @@ def _check_model(model_root: Path, work: Path, plan: Plan, *, weights: bool) -> 
     if weights:
         if not check_model_dir(model_root) and plan.find_root:  # the guessed directory may be the wrong one
             raise missing_safetensors(work, model_root)
-    elif (model_root / INDEX_NAME).exists():
-        read_index(model_root / INDEX_NAME)
+    elif (model_root / INDEX_FILENAME).exists():
+        read_index(model_root / INDEX_FILENAME)
 
 
 def missing_config(plan: Plan) -> InvalidModelError:

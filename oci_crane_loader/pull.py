@@ -50,7 +50,7 @@ class Resolved:
 
     @property
     def pinned(self) -> str:
-        return f"{self.reference.repository_name}@{self.digest}"
+        return self.reference.with_digest(self.digest)
 
 
 @dataclass(frozen=True)
@@ -191,7 +191,7 @@ class Puller:
             raw = manifest_at(source, digest)
             check_document_size(len(raw), f"manifest {digest}")
             if sha256_digest(raw) != digest:
-                raise errors.IntegrityError(f"manifest of {reference.repository_name}@{digest} from {source.name} "
+                raise errors.IntegrityError(f"manifest of {reference.with_digest(digest)} from {source.name} "
                                             f"has digest {sha256_digest(raw)}")
             self.came_from[digest] = source.name
             return raw
@@ -232,7 +232,7 @@ class Puller:
         """The blob's cache path; downloaded (once, across threads and processes) if missing. Setting ``cancel``
         stops the download (crane is stopped, the temp file removed; a ranged download keeps its partial file
         under tmp/ for the next attempt) with CancelledError."""
-        pinned = f"{reference.repository_name}@{descriptor.digest}"
+        pinned = reference.with_digest(descriptor.digest)
         parts = self.range_parts
         ranged = self.ranges.applies(descriptor.size) and parts > 1
         partial = self.store.partial_path(descriptor.digest)

@@ -34,10 +34,9 @@ MAX_DOCUMENT_SIZE = 8 << 20
 
 def check_document_size(size: int, what: str) -> None:
     if size > MAX_DOCUMENT_SIZE:
-        from .progress import human
-
         raise errors.InvalidDocumentError(
-            f"{what} is {human(size)}, over the {human(MAX_DOCUMENT_SIZE)} limit for a manifest or config "
+            f"{what} is {size / 2**20:.1f} MiB, over the {MAX_DOCUMENT_SIZE / 2**20:.1f} MiB limit for a manifest or "
+            "config "
             "(these are JSON documents of a few kilobytes; it is not read)",
             "check the reference: the registry or the artifact is broken or hostile")
 

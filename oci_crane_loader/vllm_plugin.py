@@ -27,13 +27,12 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .vllm_api import LOGGER_NAME
+from .vllm_api import LOAD_FORMAT, LOGGER_NAME
 
 if TYPE_CHECKING:
     from .formats import LayerPlan
     from .pull import Puller, Resolved
 
-LOAD_FORMAT = "oci-crane"
 # vLLM's OCI proposal (docs/vllm.md) spells it `oci`; ours only where vLLM has no loader of that name.
 ALIASES = ("oci",)
 _WRAPPED = "_oci_crane_wrapped"

@@ -17,9 +17,9 @@ import pytest
 
 from oci_crane_loader import errors
 from oci_crane_loader.doctor import check_crane
+from oci_crane_loader.platforms import host_platform
 from oci_crane_loader.registry import crane, failures
 from oci_crane_loader.registry.crane import Crane, classify, find_crane, parse_version, redact
-from oci_crane_loader.registry.executable import host_platform
 from oci_crane_loader.registry.keychain import find_credentials
 
 REF = "127.0.0.1:5000/x/y:latest"

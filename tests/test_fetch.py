@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from support.cache import blob_names, model_dirs, scratch
 from support.commands import REPO_ROOT, run_cli
 from support.models import push_layout, push_model, tree_bytes, write_model
 
@@ -36,7 +37,7 @@ def fetched(cache_dir: Path, reference: str, **options: object) -> FetchResult:
 
 
 def leftovers(cache_dir: Path) -> list[str]:
-    return [p.name for p in (cache_dir / "tmp").iterdir()] if (cache_dir / "tmp").exists() else []
+    return [p.name for p in scratch(cache_dir)]
 
 
 @pytest.mark.parametrize("version", ["v0.2", "v0.1"])
@@ -183,9 +184,9 @@ def test_corrupted_registry_blob_is_an_integrity_error_and_leaves_nothing(cache_
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: downloaded bytes do not match their digest: "), lines
     assert "fix: the registry served bytes that do not match the manifest" in lines[0]
-    assert not (cache_dir / "blobs" / "sha256" / digest(weights).split(":")[1]).exists()
-    assert list((cache_dir / "models" / "sha256").iterdir()) == []
-    assert list((cache_dir / "tmp").iterdir()) == []
+    assert not Store(cache_dir).blob_path(digest(weights)).exists()
+    assert model_dirs(cache_dir) == []
+    assert scratch(cache_dir) == []
 
 
 def test_bad_safetensors_header_is_refused_before_the_directory_exists(registry, tmp_path, cache_dir):
@@ -196,7 +197,7 @@ def test_bad_safetensors_header_is_refused_before_the_directory_exists(registry,
     done = run_cli("fetch", f"{registry.host}/acme/broken:v1", "--cache-dir", str(cache_dir))
     assert done.returncode == 1
     assert "model.safetensors" in done.stderr and "Traceback" not in done.stderr
-    assert list((cache_dir / "models" / "sha256").iterdir()) == []
+    assert model_dirs(cache_dir) == []
     assert leftovers(cache_dir) == []
 
 
@@ -292,7 +293,7 @@ def test_inspect_lists_files_without_downloading_weights(registry, tmp_path, cac
     assert sizes == expected
     assert not any(p.name.endswith(".safetensors") for p in cache_dir.rglob("*"))
     weights = [e for e in info["files"] if e["media_type"] == dmr.SAFETENSORS]
-    cached = {p.name for p in (cache_dir / "blobs" / "sha256").iterdir()}
+    cached = set(blob_names(cache_dir))
     assert weights and not any(e["digest"].split(":")[1] in cached for e in weights)
     human = run_cli("inspect", f"{registry.host}/acme/tiny:v1", "--cache-dir", str(cache_dir))
     assert human.returncode == 0 and "dmr-v0.1" in human.stdout and "config.json" in human.stdout

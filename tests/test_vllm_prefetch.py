@@ -18,6 +18,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+from support.cache import scratch
 from support.models import push_model, write_model
 from test_stall import WEIGHTS, StallingRegistry, stalling_registry  # noqa: F401 (a fixture, used by name)
 
@@ -39,7 +40,7 @@ def engine_args(reference: str, cache: Path) -> SimpleNamespace:
 
 def leftovers(cache: Path) -> list[Path]:
     """Temp files of downloads (the store writes them under <cache>/tmp)."""
-    return sorted((cache / "tmp").glob("*")) if (cache / "tmp").exists() else []
+    return scratch(cache)
 
 
 def wait_for(condition, what: str) -> None:  # type: ignore[no-untyped-def]
@@ -101,12 +102,21 @@ from oci_crane_loader.options import from_extra_config
 from oci_crane_loader.pull import open_puller
 from oci_crane_loader.reference import parse_reference
 from oci_crane_loader.vllm_plugin import start_weight_prefetch
+def size(path):
+    try:
+        return path.stat().st_size
+    except FileNotFoundError:
+        return 0
 cache = Path(sys.argv[2])
 puller = open_puller(from_extra_config(None, cache))
 resolved = puller.resolve(parse_reference(sys.argv[1]))
-start_weight_prefetch(puller, resolved, puller.plan(resolved).weight_layers)
+layers = puller.plan(resolved).weight_layers
+start_weight_prefetch(puller, resolved, layers)
+# Under way: the weight's own temp file (<hex>.<pid>...incomplete; the fetch marker is an .incomplete too) holds
+# the bytes the registry sent before it stalls, so its request has started.
+weights = tuple(layer.descriptor.digest.removeprefix("sha256:") + "." for layer in layers)
 deadline = time.monotonic() + 120
-while not list((cache / "tmp").glob("*.incomplete")):  # the weight download is under way
+while not [e for e in puller.store.scratch_entries() if e.path.name.startswith(weights) and size(e.path)]:
     assert time.monotonic() < deadline, "no download started"
     time.sleep(0.05)
 print("LEAVING", flush=True)

@@ -20,8 +20,8 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from .. import errors
+from ..reference import may_fall_back_to_http
 from ..settings import Settings, settings
-from .hosts import may_fall_back_to_http
 
 DEFAULT_PORTS = {"http": 80, "https": 443}
 
@@ -56,7 +56,7 @@ class RegistryAccess:
         (ggcr's pkg/name) falls back (--insecure, loopback, private addresses); else https only."""
         if self.plain_http:
             return ["http"]
-        return ["https", "http"] if may_fall_back_to_http(host, insecure=self.insecure) else ["https"]
+        return ["https", "http"] if may_fall_back_to_http(host, self.insecure) else ["https"]
 
     def tls_verify(self) -> ssl.SSLContext | bool:
         """TLS for the HTTP road, as crane verifies: nothing for --insecure, the system store plus ``ca_file``,

@@ -29,9 +29,10 @@ from typing import Any
 from urllib.parse import quote
 
 from .. import errors
+from ..platforms import host_platform
 from . import failures
 from .access import RegistryAccess, registry_access
-from .executable import executable_platform, host_platform
+from .executable import executable_platform
 from .keychain import CredentialSource, crane_environment, find_credentials
 
 log = logging.getLogger(__name__)

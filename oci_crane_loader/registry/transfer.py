@@ -34,11 +34,10 @@ from urllib.parse import urljoin, urlsplit
 
 from .. import errors
 from ..oci import Descriptor
-from ..reference import Reference
+from ..reference import Reference, is_loopback
 from . import failures
 from .access import RegistryRoutes, origin
 from .crane import Crane, redact
-from .hosts import is_loopback
 
 if TYPE_CHECKING:
     import httpx
@@ -466,7 +465,7 @@ class _Download:
         if hasher.digest != self.descriptor.digest:
             discard(self.partial)
             raise errors.IntegrityError(
-                f"blob {self.session.reference.repository_name}@{self.descriptor.digest} has digest "
+                f"blob {self.session.reference.with_digest(self.descriptor.digest)} has digest "
                 f"{hasher.digest}")
         os.replace(self.partial, destination)
         _state_path(self.partial).unlink(missing_ok=True)
