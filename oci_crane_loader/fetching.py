@@ -104,6 +104,6 @@ def _save_ref(store: Store, reference: Reference, top: str, options: FetchOption
 
 def _result(reference: Reference, recorded: Recorded, sources: dict[str, str] | None = None) -> FetchResult:
     files = list_files(recorded.path)
-    return FetchResult(str(reference), recorded.digest, f"{reference.repository_name}@{recorded.digest}", recorded.path,
+    return FetchResult(str(reference), recorded.digest, reference.with_digest(recorded.digest), recorded.path,
                        recorded.format, files, sum((recorded.path / name).stat().st_size for name in files),
                        recorded.index_digest, sources)

@@ -54,7 +54,7 @@ class Source:
         if self.endpoint is None:
             base = self.reference
             if tag_or_digest.startswith("sha256:"):
-                return replace(base, digest=tag_or_digest, original=f"{base.repository_name}@{tag_or_digest}")
+                return replace(base, digest=tag_or_digest, original=base.with_digest(tag_or_digest))
             return replace(base, tag=tag_or_digest, digest=None, original=f"{base.repository_name}:{tag_or_digest}")
         return _endpoint_reference(self.endpoint, tag_or_digest)
 

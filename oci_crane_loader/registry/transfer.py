@@ -79,7 +79,7 @@ def fetch_blob(crane: Crane, routes: RegistryRoutes, reference: Reference, descr
     returns its sha256 digest, checked against the descriptor (IntegrityError and the partial deleted if not).
     ``crane`` carries the connection policy (``crane.access``) and hands over credentials; ``routes`` is what
     this fetch has learnt of the registry's storage host."""
-    crane.access.require_network(f"the download of {reference.repository_name}@{descriptor.digest}")
+    crane.access.require_network(f"the download of {reference.with_digest(descriptor.digest)}")
     _await_probe(routes, reference.registry, cancel)
     try:
         return _fetch(crane, routes, reference, descriptor, partial, destination, parts, progress, cancel, http)
