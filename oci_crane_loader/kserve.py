@@ -49,8 +49,11 @@ def initialize(arguments: Sequence[str], cache_dir: str | Path | None, *, insecu
         scratch = None if cache_dir else target / f".oci-crane-cache-{secrets.token_hex(4)}"
         try:
             options = fetch_options(cache_dir=cache_dir or scratch, insecure=insecure, platform=platform)
-            result = open_puller(options).fetch(reference_of(uri))
-            reports.append(place_model(result.path, result.files, target,
+            puller = open_puller(options)
+            result = puller.fetch(reference_of(uri))
+            # A scratch cache goes once DEST holds the model: hard links then cost nothing and share nothing.
+            reports.append(place_model(result.path, result.files, target, store=puller.store,
+                                       mode="link" if scratch else "copy",
                                        unreported=scratch.name if scratch else None))
         finally:
             if scratch is not None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -15,6 +16,7 @@ from support.models import push_model, pushed_model, tree_bytes, write_model
 
 import oci_crane_loader
 from oci_crane_loader import errors
+from oci_crane_loader.cache.store import Store
 from oci_crane_loader.errors import LocalDirError
 from oci_crane_loader.local_dir import place_model
 
@@ -36,7 +38,7 @@ def snapshot(root: Path) -> dict[str, tuple[int, int, int]]:
             for p in [root, *sorted(root.rglob("*"))]}
 
 
-def test_local_dir_holds_hard_links_to_the_cache_and_stdout_is_the_directory(pushed, cache_dir, tmp_path):
+def test_local_dir_holds_copies_of_its_own_and_stdout_is_the_directory(pushed, cache_dir, tmp_path):
     reference, source = pushed
     target = tmp_path / "models" / "deep" / "local"  # missing, parents too: created
     done = run_cli("fetch", reference, "--cache-dir", str(cache_dir), "--local-dir", str(target), "--quiet")
@@ -46,21 +48,39 @@ def test_local_dir_holds_hard_links_to_the_cache_and_stdout_is_the_directory(pus
     result, _ = fetch_into(reference, cache_dir, target)
     cache_path = Path(result["cache_path"])
     assert result["path"] == str(target) and cache_path.is_relative_to(cache_dir)
+    for name in result["files"]:  # a file of DIR's own (a reflink or a copy), writable by its owner
+        placed, cached = (target / name).stat(), (cache_path / name).stat()
+        assert placed.st_ino != cached.st_ino and placed.st_nlink == 1 and placed.st_mode & stat.S_IWUSR, name
+    assert sorted(tree_bytes(target)) == sorted(result["files"])
+
+
+def test_link_mode_holds_hard_links_to_the_cache(pushed, cache_dir, tmp_path):
+    reference, source = pushed
+    target = tmp_path / "local"
+    result, _ = fetch_into(reference, cache_dir, target, "--local-dir-mode", "link")
+    assert sorted(result["local_dir"]["linked"]) == sorted(result["files"]) and not result["local_dir"]["copied"]
+    cache_path = Path(result["cache_path"])
     for name in result["files"]:  # the same inode as the cached file: no second copy on disk
         assert (target / name).stat().st_ino == (cache_path / name).stat().st_ino, name
-    assert sorted(tree_bytes(target)) == sorted(result["files"])
+    # Back to the default: each hard link into the cache becomes a copy, so that an edit cannot reach the cache.
+    again, _ = fetch_into(reference, cache_dir, target)
+    assert sorted(again["local_dir"]["copied"]) == sorted(result["files"]) and not again["local_dir"]["replaced"]
+    assert all((target / name).stat().st_nlink == 1 for name in result["files"])
+    assert tree_bytes(target) == tree_bytes(source)
+    unused = run_cli("fetch", reference, "--cache-dir", str(cache_dir), "--local-dir-mode", "link")
+    assert unused.returncode == 2 and "--local-dir-mode applies to --local-dir" in unused.stderr
 
 
 def test_second_run_touches_nothing(pushed, cache_dir, tmp_path):
     reference, _ = pushed
     target = tmp_path / "local"
     first, _ = fetch_into(reference, cache_dir, target)
-    assert sorted(first["local_dir"]["linked"]) == sorted(first["files"]) and not first["local_dir"]["unchanged"]
+    assert sorted(first["local_dir"]["copied"]) == sorted(first["files"]) and not first["local_dir"]["unchanged"]
     before = snapshot(target)
     second, stderr = fetch_into(reference, cache_dir, target)
     assert snapshot(target) == before
     assert second["local_dir"] == {"linked": [], "copied": [], "unchanged": sorted(first["files"]), "replaced": [],
-                                   "extra": []}
+                                   "removed": [], "extra": []}
     assert "warning" not in stderr
 
 
@@ -155,7 +175,7 @@ def test_a_model_path_that_climbs_out_is_refused(tmp_path):
     model.mkdir()
     (model / "config.json").write_text("{}")
     with pytest.raises(errors.InvalidModelError, match="escapes"):
-        place_model(model, ["../escape.json"], tmp_path / "local")
+        place_model(model, ["../escape.json"], tmp_path / "local", store=Store(tmp_path / "cache"))
     assert not (tmp_path / "escape.json").exists()
 
 
@@ -168,7 +188,7 @@ def test_a_file_where_the_directory_should_be_is_one_clear_error(pushed, cache_d
     empty = run_cli("fetch", reference, "--cache-dir", str(cache_dir), "--local-dir", "", "--quiet")
     assert empty.returncode == 2 and "--local-dir is empty" in empty.stderr  # a usage error, before any download
     with pytest.raises(LocalDirError, match="empty"):
-        place_model(tmp_path, [], " ")
+        place_model(tmp_path, [], " ", store=Store(tmp_path / "cache"))
 
 
 def test_python_api_places_the_model_and_returns_the_directory(pushed, cache_dir, tmp_path, caplog):

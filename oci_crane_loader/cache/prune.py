@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import shutil
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -130,6 +131,29 @@ def prune_cache(store: Store, *, dry_run: bool = False, damaged: bool = False,
         if not dry_run:
             store.drop_stale_records()
     return PruneReport(dry_run, tuple(removed), tuple(skipped))
+
+
+def discard_blobs(store: Store, digests: Iterable[str]) -> list[Path]:
+    """Set aside blobs a fetch found damaged (a size that is not theirs: written through a hard link) with every
+    model and config directory that links them, as `prune --damaged` would, so that the fetch downloads and builds
+    them again; the directories deleted. A blob whose download another process holds is left to it (its download
+    replaces the file)."""
+    inodes: dict[str, tuple[int, int]] = {}
+    for digest in digests:
+        with contextlib.suppress(FileNotFoundError):
+            info = store.blob_path(digest).stat()
+            inodes[digest] = (info.st_dev, info.st_ino)
+    doomed = [directory.path for directory in store.model_dirs()
+              if tree_inodes(directory.path) & set(inodes.values())]
+    for path in doomed:
+        with contextlib.suppress(FileNotFoundError):  # another process deleted it first
+            store.discard_dir(path)
+    for digest, inode in inodes.items():
+        with store.try_blob_lock(digest, create=True) as free, contextlib.suppress(FileNotFoundError):
+            if free and inodes_of([store.blob_path(digest)]) == {inode}:  # not replaced meanwhile
+                store.blob_path(digest).unlink()
+    store.drop_stale_records()
+    return doomed
 
 
 def remove_ref(store: Store, reference: Reference) -> str:
