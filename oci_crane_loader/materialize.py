@@ -310,8 +310,9 @@ def materialize(store: Store, plan: Plan, manifest_digest: str, *, weights: bool
             return final
         if not final.is_dir():
             raise
-        raise incomplete(final, missing, f"and the cache at {store.root} cannot be written to build it again "
-                                         f"({exc.strerror})") from exc
+        raise IntegrityError(f"{lacks(final, missing)}, and the cache at {store.root} cannot be written to build "
+                             f"it again ({exc.strerror})", "run `oci-crane cache prune --damaged` where the cache is "
+                             "writable, then fetch again") from exc
     try:
         for number, layer in enumerate(plan.layers):
             if layer.weights and not weights:
@@ -354,16 +355,15 @@ def _replace_incomplete(store: Store, final: Path, files: dict[str, int]) -> boo
     if not gone:
         save_built_files(store, final, files)
         return True
-    log.warning("%s", incomplete(final, gone, "built again").cause)
+    log.warning("%s: built again", lacks(final, gone))
     with contextlib.suppress(FileNotFoundError):  # another fetch replaced it first
         store.discard_dir(final)
     return False
 
 
-def incomplete(directory: Path, missing: list[str], outcome: str) -> IntegrityError:
+def lacks(directory: Path, missing: list[str]) -> str:
     """A model or config directory that lacks files it was built with (deleted, or changed in size)."""
-    return IntegrityError(f"{directory} lacks {len(missing)} file(s) it was built with ({some(missing)}): {outcome}",
-                          "run `oci-crane cache prune --damaged` where the cache is writable, then fetch again")
+    return f"{directory} lacks {len(missing)} file(s) it was built with ({some(missing)})"
 
 
 def _check_model(model_root: Path, work: Path, plan: Plan, *, weights: bool) -> None:

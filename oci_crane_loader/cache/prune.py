@@ -98,6 +98,7 @@ def _delete(store: Store, removal: Removal) -> None:
     path = removal.path
     if removal.kind in ("model", "config"):
         store.discard_dir(path)
+        store.model_files_path(path).unlink(missing_ok=True)  # what it was built with: nothing to check now
     elif removal.kind == "ref":
         store.remove_ref_file(path)
     elif path.is_dir() and not path.is_symlink():
