@@ -374,7 +374,7 @@ class Puller:
         what = (f"cached blob {first.digest}{more} of {resolved.reference} is damaged (its size is not "
                 f"{first.size} bytes)")
         try:
-            discard_blobs(self.store, [descriptor.digest for descriptor in damaged])
+            discard_blobs(self.store, [(descriptor.digest, descriptor.size) for descriptor in damaged])
             if path.is_dir():  # it links a blob that is gone (deleted, not damaged): built again with the new one
                 self.store.discard_dir(path)
         except OSError as exc:  # a read-only cache cannot be repaired here

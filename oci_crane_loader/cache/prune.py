@@ -134,16 +134,17 @@ def prune_cache(store: Store, *, dry_run: bool = False, damaged: bool = False,
     return PruneReport(dry_run, tuple(removed), tuple(skipped))
 
 
-def discard_blobs(store: Store, digests: Iterable[str]) -> list[Path]:
-    """Set aside blobs a fetch found damaged (a size that is not theirs: written through a hard link) with every
-    model and config directory that links them, as `prune --damaged` would, so that the fetch downloads and builds
-    them again; the directories deleted. A blob whose download another process holds is left to it (its download
-    replaces the file)."""
+def discard_blobs(store: Store, blobs: Iterable[tuple[str, int]]) -> list[Path]:
+    """Set aside blobs (digest, size) a fetch found damaged (of another size: cut, or written through a hard link)
+    with every model and config directory that links them, as `prune --damaged` would, so that the fetch downloads
+    and builds them again; the directories deleted. A blob another process has replaced meanwhile is kept, and one
+    whose download another process holds is left to it (its download replaces the file)."""
     inodes: dict[str, tuple[int, int]] = {}
-    for digest in digests:
+    for digest, size in blobs:
         with contextlib.suppress(FileNotFoundError):
             info = store.blob_path(digest).stat()
-            inodes[digest] = (info.st_dev, info.st_ino)
+            if info.st_size != size:
+                inodes[digest] = (info.st_dev, info.st_ino)
     doomed = [directory.path for directory in store.model_dirs()
               if tree_inodes(directory.path) & set(inodes.values())]
     for path in doomed:
