@@ -409,7 +409,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             from .local_dir import cache_root, check_local_dir
 
             try:  # before anything is downloaded
-                check_local_dir(args.local_dir, cache_root(args.cache_dir), mode=args.local_dir_mode or LOCAL_DIR_MODES[0])
+                check_local_dir(args.local_dir, cache_root(args.cache_dir),
+                                mode=args.local_dir_mode or LOCAL_DIR_MODES[0])
             except errors.UsageError as exc:
                 raise errors.UsageError(f"{exc.cause} -- fix: {exc.fix}") from None
         elif getattr(args, "local_dir_mode", None) is not None:
