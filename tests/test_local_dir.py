@@ -326,9 +326,10 @@ def test_two_fetches_into_one_local_dir_take_turns(registry, cache_dir, tmp_path
             with open(log, "w") as stderr:
                 runs.append((subprocess.Popen(command, stdout=subprocess.PIPE, stderr=stderr, text=True,
                                               cwd=REPO_ROOT, env={**os.environ, "PYTHONPATH": str(REPO_ROOT)}), log))
+        give_up = time.monotonic() + 240  # a guard against a hang, not a measure of speed
         for process, log in runs:  # both wait for DIR
             while "waiting for another fetch" not in log.read_text():
-                assert process.poll() is None, log.read_text()
+                assert process.poll() is None and time.monotonic() < give_up, log.read_text()
                 time.sleep(0.05)
     finally:
         os.close(holder)
