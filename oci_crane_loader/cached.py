@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from .cache.contents import missing_files
 from .digests import digest_hex, is_digest
 from .platforms import host_platform
 
@@ -64,7 +65,9 @@ def find_recorded(store: Store, top: str, key: str) -> Recorded | None:
             digest_hex(digest)):
         return None
     path = store.model_dir_named(record.get("dir"))
-    if path is None:
+    # Whole as built (each file there, of its size), and judged: a directory with nothing recorded (an older
+    # version's) takes the full path, which checks it against a fresh build and records it.
+    if path is None or missing_files(store, path) != []:
         return None
     for blob in blobs:  # the check the full path makes of a cached directory: a truncated blob is not served
         if not (isinstance(blob, list) and len(blob) == 2 and store.has_blob_sized(*blob)):

@@ -18,7 +18,15 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from . import __version__, errors
-from .options import MAX_JOBS, check_cache_dir, check_jobs, check_retries, fetch_options, normalise_subpath
+from .options import (
+    LOCAL_DIR_MODES,
+    MAX_JOBS,
+    check_cache_dir,
+    check_jobs,
+    check_retries,
+    fetch_options,
+    normalise_subpath,
+)
 from .registry.access import check_authfile, check_connection
 from .registry.crane import Crane
 from .settings import environment_help, settings
@@ -96,8 +104,12 @@ def build_parser() -> argparse.ArgumentParser:
     fetch.add_argument("--retries", metavar="N", type=_retries,
                        help="new tries of a download whose stream broke, 0 to 20 (default: OCI_CRANE_RETRIES or 2)")
     fetch.add_argument("--local-dir", metavar="DIR",
-                       help="also place the model's files in DIR (hard links to the cache where DIR is on its file "
-                            "system, copies otherwise) and print DIR")
+                       help="also place the model's files in DIR (outside the cache), as --local-dir-mode says, "
+                            "and print DIR")
+    fetch.add_argument("--local-dir-mode", choices=LOCAL_DIR_MODES, metavar="MODE",
+                       help="copy (default): files of DIR's own, which you may edit (reflinks where the file system "
+                            "has them, else copies); link: hard links to the cache's read-only files, no second "
+                            "copy on disk, for a DIR served read-only")
     _common(fetch)
 
     inspect = commands.add_parser("inspect", help="show digest, format, files and sizes without downloading weights")
@@ -244,7 +256,7 @@ def _run(args: argparse.Namespace) -> int:
 
         result = fetch(_options(args, args.jobs), args.reference, _progress(args))
         if args.local_dir is not None:
-            _fetch_into(result, args.local_dir, args.json)
+            _fetch_into(result, args, args.local_dir)
         else:
             print(json.dumps(result.to_json(), indent=2) if args.json else result.path)
     elif args.command == "inspect":
@@ -309,13 +321,15 @@ def _deploy_command(args: argparse.Namespace) -> None:
             print(report.path)
 
 
-def _fetch_into(result: FetchResult, local_dir: str, as_json: bool) -> None:
+def _fetch_into(result: FetchResult, args: argparse.Namespace, local_dir: str) -> None:
+    from .cache.store import Store
     from .local_dir import place_model
 
-    placed = place_model(result.path, result.files, local_dir)
+    placed = place_model(result.path, result.files, local_dir, store=Store(args.cache_dir),
+                         mode=args.local_dir_mode or LOCAL_DIR_MODES[0])
     for line in placed.warnings():
         print(f"warning: {errors.printable(line)}", file=sys.stderr)
-    if as_json:
+    if args.json:
         print(json.dumps({**result.to_json(), "path": str(placed.path), "cache_path": str(result.path),
                           "local_dir": placed.to_json()}, indent=2))
     else:
@@ -394,8 +408,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         if hasattr(args, "plain_http"):  # fetch, inspect, push: what crane cannot honour is refused here
             check_connection(insecure=args.insecure, plain_http=args.plain_http, ca_file=args.ca_file)
             check_authfile(args.authfile)
-        if getattr(args, "local_dir", None) is not None and not args.local_dir.strip():
-            raise errors.UsageError("--local-dir is empty: name the directory the model should go to")
+        if getattr(args, "local_dir", None) is not None:
+            if not args.local_dir.strip():
+                raise errors.UsageError("--local-dir is empty: name the directory the model should go to")
+            from .local_dir import cache_root, check_local_dir
+
+            try:  # before anything is downloaded
+                check_local_dir(args.local_dir, cache_root(args.cache_dir),
+                                mode=args.local_dir_mode or LOCAL_DIR_MODES[0])
+            except errors.UsageError as exc:
+                raise errors.UsageError(f"{exc.cause} -- fix: {exc.fix}") from None
+        elif getattr(args, "local_dir_mode", None) is not None:
+            raise errors.UsageError("--local-dir-mode applies to --local-dir DIR: name the directory too")
     except errors.UsageError as exc:
         parser.error(exc.cause)
     if threading.current_thread() is threading.main_thread():

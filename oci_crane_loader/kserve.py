@@ -34,7 +34,7 @@ def initialize(arguments: Sequence[str], cache_dir: str | Path | None, *, insecu
     """Fetch each ``URI DEST`` pair of ``arguments`` into DEST; the cache is ``cache_dir``, else
     OCI_CRANE_LOADER_CACHE, else a scratch directory in each DEST."""
     from .cache.store import remove_tree
-    from .fetching import fetch
+    from .fetching import fetch, open_store
     from .options import fetch_options
     from .settings import settings
 
@@ -50,7 +50,9 @@ def initialize(arguments: Sequence[str], cache_dir: str | Path | None, *, insecu
         try:
             options = fetch_options(cache_dir=cache_dir or scratch, insecure=insecure, platform=platform)
             result = fetch(options, reference_of(uri))
-            reports.append(place_model(result.path, result.files, target,
+            # A scratch cache goes once DEST holds the model: hard links then cost nothing and share nothing.
+            reports.append(place_model(result.path, result.files, target, store=open_store(options),
+                                       mode="link" if scratch else "copy",
                                        unreported=scratch.name if scratch else None))
         finally:
             if scratch is not None:

@@ -17,8 +17,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
 
+from .cache.contents import absent_from, built_files, missing_files, save_built_files, some
 from .cache.store import Store, remove_tree
-from .errors import CacheError, InvalidModelError, OciCraneError, cache_os_error
+from .errors import CacheError, IntegrityError, InvalidModelError, OciCraneError, cache_os_error
 from .files import link_or_copy
 from .formats import Action, LayerPlan, Plan
 from .paths import safe_relative_path
@@ -298,9 +299,19 @@ def materialize(store: Store, plan: Plan, manifest_digest: str, *, weights: bool
     ``variant`` names a filtered plan (--include/--exclude): a set of files, not checked as a loadable model."""
     final = (store.model_path(manifest_digest, subpath, variant) if weights
              else store.config_path(manifest_digest, subpath))
-    if final.is_dir():
+    missing = missing_files(store, final) if final.is_dir() else []
+    if final.is_dir() and missing == []:
         return final
-    work = store.new_model_dir(manifest_digest)
+    try:
+        work = store.new_model_dir(manifest_digest)
+    except OSError as exc:
+        if missing is None:  # built by an older version and the cache is read-only: served as it is
+            return final
+        if not final.is_dir():
+            raise
+        raise IntegrityError(f"{lacks(final, missing)}, and the cache at {store.root} cannot be written to build "
+                             f"it again ({exc.strerror})", "run `oci-crane cache prune --damaged` where the cache is "
+                             "writable, then fetch again") from exc
     try:
         for number, layer in enumerate(plan.layers):
             if layer.weights and not weights:
@@ -326,9 +337,32 @@ def materialize(store: Store, plan: Plan, manifest_digest: str, *, weights: bool
             os.rename(model_root, chosen)
             remove_tree(work)
             work = chosen
+        files = built_files(work)
+        if final.is_dir() and _replace_incomplete(store, final, files):
+            return final
+        save_built_files(store, final, files)  # before it is published: a published directory has its record
         return store.publish_dir(work, final)
     finally:
         remove_tree(work)  # nothing left behind when validation fails; a no-op after publishing
+
+
+def _replace_incomplete(store: Store, final: Path, files: dict[str, int]) -> bool:
+    """``final`` exists but lacks files, or nothing records what it was built with (an older version built it):
+    judged against ``files``, a fresh build's. True when it holds them all (it is kept, and recorded); else it is
+    deleted, to be replaced by the fresh build."""
+    gone = absent_from(final, files)
+    if not gone:
+        save_built_files(store, final, files)
+        return True
+    log.warning("%s: built again", lacks(final, gone))
+    with contextlib.suppress(FileNotFoundError):  # another fetch replaced it first
+        store.discard_dir(final)
+    return False
+
+
+def lacks(directory: Path, missing: list[str]) -> str:
+    """A model or config directory that lacks files it was built with (deleted, or changed in size)."""
+    return f"{directory} lacks {len(missing)} file(s) it was built with ({some(missing)})"
 
 
 def _check_model(model_root: Path, work: Path, plan: Plan, *, weights: bool) -> None:

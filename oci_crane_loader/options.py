@@ -18,6 +18,7 @@ from .registry.crane import Crane
 from .settings import Settings, parse_retries, settings
 
 MAX_JOBS = 64  # concurrent crane processes; more only thrashes the registry and the disk
+LOCAL_DIR_MODES = ("copy", "link")  # how --local-dir gets each file (local_dir.py); the first is the default
 
 
 @dataclass(frozen=True)

@@ -20,6 +20,8 @@ from pathlib import Path
 from typing import TypeVar
 
 from . import errors
+from .cache.contents import missing_files
+from .cache.prune import discard_blobs
 from .cache.store import Store, remove_tree
 from .cached import Recorded
 from .formats import Action, LayerPlan, Plan, recognise
@@ -469,22 +471,36 @@ class Puller:
                 log.warning("%s in the cache is a symbolic link, not a model directory: removing it", path)
                 path.unlink()
             if path.is_dir():
-                self.check_cached(resolved, plan)
-            else:
+                self.check_cached(resolved, plan, path)
+            if not path.is_dir() or missing_files(self.store, path) != []:  # materialize() judges and rebuilds
                 path = self._download_and_materialize(resolved, plan, weights=True, variant=variant)
             self.record(resolved)
         linked = [(layer.descriptor.digest, layer.descriptor.size) for layer in plan.layers
                   if layer.action in (Action.FILE, Action.SHARD)]
         return Recorded(path, resolved.digest, resolved.index_digest, plan.format), linked
 
-    def check_cached(self, resolved: Resolved, plan: Plan) -> None:
-        """A cheap look (sizes, no hashing) at the blobs a cached model directory links: a truncated or deleted
-        blob is reported, not served. A changed byte is found by `oci-crane cache verify`, which re-hashes."""
-        for layer in plan.layers:
-            if layer.action in (Action.FILE, Action.SHARD) and not self.store.has_blob(layer.descriptor):
-                raise errors.IntegrityError(
-                    f"cached blob {layer.descriptor.digest} of {resolved.reference} is damaged: its size is not "
-                    f"{layer.descriptor.size} bytes", "run `oci-crane cache prune --damaged`, then fetch again")
+    def check_cached(self, resolved: Resolved, plan: Plan, path: Path) -> None:
+        """A cheap look (sizes, no hashing) at the blobs the cached model directory ``path`` links: a truncated,
+        grown (written through a hard link) or deleted blob is set aside with the directories that link it, and
+        said in one warning; the fetch then downloads and builds them again. A changed byte is found by
+        `oci-crane cache verify`, which re-hashes."""
+        damaged = [layer.descriptor for layer in plan.layers
+                   if layer.action in (Action.FILE, Action.SHARD) and not self.store.has_blob(layer.descriptor)]
+        if not damaged:
+            return
+        first = damaged[0]
+        more = f" (and {len(damaged) - 1} more)" if len(damaged) > 1 else ""
+        what = (f"cached blob {first.digest}{more} of {resolved.reference} is damaged (its size is not "
+                f"{first.size} bytes)")
+        try:
+            discard_blobs(self.store, [(descriptor.digest, descriptor.size) for descriptor in damaged])
+            if path.is_dir():  # it links a blob that is gone (deleted, not damaged): built again with the new one
+                self.store.discard_dir(path)
+        except OSError as exc:  # a read-only cache cannot be repaired here
+            raise errors.IntegrityError(f"{what} and the cache cannot be repaired here ({exc.strerror})",
+                                        "run `oci-crane cache prune --damaged` where the cache is writable, then "
+                                        "fetch again") from exc
+        log.warning("%s: set aside with the model directories that link it, downloading it again", what)
 
     def prepare(self, text: str | Reference, digest: str | None = None) -> tuple[Resolved, Plan, Path]:
         """Resolve, plan, and materialise only the small files (config, tokenizer): what vLLM needs as `model`

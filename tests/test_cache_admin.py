@@ -372,3 +372,23 @@ def test_doctor_without_vllm_shows_the_supported_range_and_a_broken_one_why(cran
     broken = checks(doctor(cache_dir, "--json", env=env))["vllm"]
     assert broken["ok"] is False and broken["version"] == "0.20.0"
     assert "installed but `import vllm` fails: ImportError: libcudart.so.12: cannot open" in str(broken["detail"])
+
+
+def test_verify_reports_a_model_directory_missing_a_file_and_prune_damaged_removes_it(registry, tmp_path,
+                                                                                       cache_dir):
+    source = write_model(tmp_path / "src", shards=1)
+    reference = f"{registry.host}/acme/gone:v1"
+    push_model(source, reference, tmp_path)
+    done = run_cli("fetch", reference, "--cache-dir", str(cache_dir), "--quiet")
+    assert done.returncode == 0, done.stderr
+    model = Path(done.stdout.strip())
+    (model / "model.safetensors").unlink()
+    report = cache(cache_dir, "verify", "--json")
+    assert report.returncode == 1
+    assert [(p["kind"], p["path"], p["detail"]) for p in json.loads(report.stdout)["problems"]] == [
+        ("model", str(model), "lacks 1 file(s) it was built with: model.safetensors")]
+    pruned = cache_json(cache_dir, "prune", "--damaged")
+    assert [(r["kind"], r["path"]) for r in pruned["removed"]] == [("model", str(model))]
+    again = run_cli("fetch", reference, "--cache-dir", str(cache_dir), "--quiet")
+    assert again.returncode == 0 and tree_bytes(Path(again.stdout.strip())) == tree_bytes(source)
+    assert cache(cache_dir, "verify").returncode == 0

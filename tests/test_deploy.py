@@ -306,7 +306,8 @@ def test_the_kind_jobs_adapted_recipe_is_still_valid_and_its_init_container_runs
         assert typed_round_trip(document, MODELS[key]) == document
     pod = documents[0]["spec"]["template"]["spec"]
     (init,) = pod["initContainers"]
-    assert init["command"] == ["oci-crane", "fetch", reference, "--local-dir", "/models/llama", "--insecure"]
+    assert init["command"] == ["oci-crane", "fetch", reference, "--local-dir", "/models/llama", "--local-dir-mode",
+                               "link", "--insecure"]
     assert "resources" not in pod["containers"][0] and pod["containers"][0]["image"] == "vllm-cpu:ci"
     volumes = volume_dirs(pod, tmp_path)
     done = run_container(init, mount_map(init, volumes), reference)

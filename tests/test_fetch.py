@@ -326,3 +326,31 @@ def test_image_index_picks_the_platform(registry, tmp_path, cache_dir):
         assert result.index_digest is not None and result.index_digest != result.digest
     with pytest.raises(errors.NotFoundError, match="no manifest for platform linux/s390x"):
         fetched(cache_dir, f"{registry.host}/acme/multi", platform="linux/s390x")
+
+
+def test_a_model_directory_missing_a_file_is_built_again(registry, tmp_path, cache_dir, caplog):
+    """A file deleted from a cached model (or config) directory: the full path notices it against the files the
+    directory was built with (records/files/), says so in one warning and builds the directory again. A directory
+    an older version built (nothing recorded) is checked against a fresh build and kept when whole."""
+    source = write_model(tmp_path / "src", shards=1)
+    reference = f"{registry.host}/acme/gone:v1"
+    push_model(source, reference, tmp_path)
+    path = fetched(cache_dir, reference).path
+    (path / "model.safetensors").unlink()
+    again = fetched(cache_dir, reference)
+    assert again.path == path and tree_bytes(path) == tree_bytes(source) and "model.safetensors" in again.files
+    (warning,) = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert f"{path} lacks 1 file(s) it was built with (model.safetensors): built again" in warning
+
+    for record in (cache_dir / "records" / "files").iterdir():  # as an older version left the cache
+        record.unlink()
+    inode = (path / "config.json").stat().st_ino
+    assert fetched(cache_dir, reference).path == path and (path / "config.json").stat().st_ino == inode
+    (path / "config.json").unlink()
+    assert fetched(cache_dir, reference).path == path and tree_bytes(path) == tree_bytes(source)
+
+    _, _, config_dir = puller(cache_dir).prepare(reference)  # vLLM's config directory: the same rule
+    (config_dir / "tokenizer_config.json").unlink()
+    assert puller(cache_dir).prepare(reference)[2] == config_dir
+    assert (config_dir / "tokenizer_config.json").read_bytes() == (source / "tokenizer_config.json").read_bytes()
+    assert run_cli("cache", "verify", "--cache-dir", str(cache_dir)).returncode == 0

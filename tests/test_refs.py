@@ -1,5 +1,6 @@
 """Refs in the cache: a tag moves only after a successful fetch, digest fetches are kept, paths never collide,
-and a damaged cached blob is noticed (sizes on every fetch, bytes by `cache verify`) and repaired."""
+and a damaged cached blob is noticed (sizes on every fetch, bytes by `cache verify`) and repaired (by the fetch that
+notices it, or `cache prune --damaged`)."""
 
 from __future__ import annotations
 
@@ -118,13 +119,21 @@ def test_a_truncated_cached_blob_is_noticed_at_once_and_repaired(registry, tmp_p
     push_model(source, reference, tmp_path)
     model = Path(str(fetch_json(reference, cache_dir)["path"]))
     shard = model / "model-00001-of-00002.safetensors"
+    digest = "sha256:" + hashlib.sha256(shard.read_bytes()).hexdigest()
     shard.chmod(shard.stat().st_mode | stat.S_IWUSR)
     os.truncate(shard, 100)  # through the hard link: the shared blob itself is truncated
-
-    noticed = run_cli("fetch", reference, "--cache-dir", str(cache_dir), "-q")
-    assert noticed.returncode == 1
-    assert "is damaged" in noticed.stderr and "fix: run `oci-crane cache prune --damaged`" in noticed.stderr
     assert run_cli("cache", "verify", "--cache-dir", str(cache_dir)).returncode == 1
+
+    # The next fetch sets the blob aside with the directories linking it, says so in one line, and heals.
+    healed = run_cli("fetch", reference, "--cache-dir", str(cache_dir), "-q")
+    assert healed.returncode == 0, healed.stderr
+    (line,) = healed.stderr.strip().splitlines()
+    assert line.startswith("WARNING") and f"cached blob {digest} of {reference} is damaged" in line, line
+    assert tree_bytes(Path(healed.stdout.strip())) == tree_bytes(source)
+    assert run_cli("cache", "verify", "--cache-dir", str(cache_dir)).returncode == 0
+
+    # `prune --damaged` repairs the same damage too.
+    os.truncate(Path(healed.stdout.strip()) / "model-00001-of-00002.safetensors", 100)
     cache_json(cache_dir, "prune", "--damaged")
     assert tree_bytes(Path(str(fetch_json(reference, cache_dir)["path"]))) == tree_bytes(source)
     assert run_cli("cache", "verify", "--cache-dir", str(cache_dir)).returncode == 0
