@@ -10,7 +10,6 @@ import argparse
 import json
 import logging
 import os
-import shlex
 import signal
 import sys
 import threading
@@ -286,13 +285,13 @@ def _run(args: argparse.Namespace) -> int:
 
 def _deploy_command(args: argparse.Namespace) -> None:
     if args.command == "serve":
-        from .serve import build_argv, exec_vllm
+        from .serve import build_argv, exec_vllm, shown
 
         argv = build_argv(args.reference, args.vllm_args, os.environ)
-        if args.dry_run:
-            print(shlex.join(argv))
+        if args.dry_run:  # secrets masked: a dry run's output lands in CI logs (exec_vllm gets them unchanged)
+            print(shown(argv))
             return
-        print(f"exec {shlex.join(argv)}", file=sys.stderr, flush=True)
+        print(f"exec {shown(argv)}", file=sys.stderr, flush=True)
         sys.stdout.flush()
         exec_vllm(argv)
     else:
