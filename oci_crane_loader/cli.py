@@ -252,7 +252,8 @@ def _run(args: argparse.Namespace) -> int:
                   f"size       {human(info.bytes)}\nconfig     {human(int(str(info.config['size'])))}")
             for entry in info.files:
                 name = entry["path"] or ("(archive, listed once fetched)" if entry.get("archive")
-                                         else f"(unnamed shard {entry.get('shard')})")
+                                         else f"(unnamed shard {entry['shard']})" if entry.get("shard")
+                                         else "(layer, listed once fetched)")
                 # The names come from the artifact: escaped, so that they cannot drive the terminal.
                 print(f"  {human(int(str(entry['size']))):>10}  {errors.printable(str(name))}")
     elif args.command == "demo":
