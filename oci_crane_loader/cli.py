@@ -104,7 +104,8 @@ def build_parser() -> argparse.ArgumentParser:
     _common(inspect, subpath=False)
 
     demo = commands.add_parser("demo", help="pack a tiny model, push it to a loopback registry, fetch it back")
-    demo.add_argument("--cache-dir", help="cache root (default: $OCI_CRANE_LOADER_CACHE or ~/.cache/oci-crane-loader)")
+    demo.add_argument("--cache-dir", help="cache root to fetch into, kept afterwards (default: a cache of the demo's "
+                                          "own, removed at the end)")
     demo.add_argument("--debug", action="store_true")
 
     cache = commands.add_parser("cache", help="list, verify and prune the cache")
