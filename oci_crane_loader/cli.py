@@ -234,6 +234,8 @@ def _progress(args: argparse.Namespace) -> Progress:
 
 
 def _run(args: argparse.Namespace) -> int:
+    if args.command in ("fetch", "inspect"):
+        _not_a_directory(args.reference)
     if args.command == "fetch":
         from .fetching import fetch
 
@@ -283,6 +285,23 @@ def _run(args: argparse.Namespace) -> int:
                       progress=_progress(args))
         print(json.dumps(pushed.to_json(), indent=2) if args.json else pushed.pinned)
     return 0
+
+
+def _not_a_directory(reference: str) -> None:
+    """A directory here given as REF that also parses as a reference (`fetch models/tiny`) would go to Docker Hub
+    as docker.io/models/tiny: said instead, with what to do (oci://models/tiny still means the registry). One that
+    does not parse (./models/tiny) gets the same advice from parse_reference."""
+    from .reference import misread, parse_reference
+
+    try:
+        parse_reference(reference)
+    except errors.InvalidReferenceError:
+        return
+    taken = misread(reference)
+    if taken is not None and os.path.isdir(reference) and reference[:6].lower() != "oci://":
+        raise errors.InvalidReferenceError(f"{reference!r} is a directory here: {taken[0]}",
+                                           f"{taken[1]}; for the registry's repository of that name, write "
+                                           f"oci://{reference}")
 
 
 def _deploy_command(args: argparse.Namespace) -> None:
