@@ -42,7 +42,8 @@ def test_missing_credentials_are_unauthorized_and_no_secret_leaks(private, tmp_p
     done = run_cli("fetch", f"{private.host}/team/model:v1", "--cache-dir", str(cache_dir),
                    env={"DOCKER_CONFIG": str(anonymous)})
     assert done.returncode == 1
-    assert "refused our credentials" in done.stderr and "docker login" in done.stderr
+    assert "no credentials were sent" in done.stderr and "docker login" in done.stderr
+    assert "refused our credentials" not in done.stderr  # none were sent: there was nothing to refuse
     wrong = tmp_path / "wrong-docker-config"
     wrong.mkdir()
     import base64
@@ -54,6 +55,27 @@ def test_missing_credentials_are_unauthorized_and_no_secret_leaks(private, tmp_p
     assert done.returncode == 1 and "UNAUTHORIZED" in done.stderr
     for secret in (private.password, token, f"not-{private.password}"):
         assert secret not in done.stderr and secret not in done.stdout
+
+
+def test_an_empty_docker_config_hiding_registry_auth_file_is_named(private, tmp_path, cache_dir, monkeypatch):
+    """What `logout` leaves, ~/.docker/config.json with no auths, still comes first: REGISTRY_AUTH_FILE is unread."""
+    push_model(write_model(tmp_path / "src"), f"{private.host}/team/model:v1", tmp_path)
+    home = tmp_path / "home"
+    (home / ".docker").mkdir(parents=True)
+    (home / ".docker" / "config.json").write_text('{\n\t"auths": {}\n}')
+    podman = tmp_path / "podman-auth.json"
+    podman.write_text((private.docker_config / "config.json").read_text())
+    monkeypatch.delenv("DOCKER_CONFIG")
+    env = {"HOME": str(home), "REGISTRY_AUTH_FILE": str(podman)}
+    done = run_cli("fetch", f"{private.host}/team/model:v1", "--cache-dir", str(cache_dir), "-q", env=env)
+    assert done.returncode == 1 and len(done.stderr.strip().splitlines()) == 1, done.stderr
+    assert done.stderr.startswith("error: the registry asks for credentials, and no credentials were sent: ")
+    assert f"crane read {home}/.docker/config.json (from ~/.docker/config.json), which holds none" in done.stderr
+    assert f"REGISTRY_AUTH_FILE ({podman}) is ignored while that file exists: pass --authfile {podman}" \
+        in done.stderr
+    fixed = run_cli("fetch", f"{private.host}/team/model:v1", "--cache-dir", str(cache_dir), "-q", "--authfile",
+                    str(podman), env=env)
+    assert fixed.returncode == 0, fixed.stderr
 
 
 def test_untrusted_certificate_is_a_tls_error_with_a_fix(private, tmp_path, cache_dir):
@@ -107,7 +129,7 @@ def test_login_ls_logout_with_the_bundled_crane(private, tmp_path, cache_dir):
     assert logout.returncode == 0, logout.stderr
     assert json.loads((config_dir / "config.json").read_text()).get("auths", {}) == {}
     after = run_cli("fetch", reference, "--cache-dir", str(tmp_path / "other-cache"), env=env)
-    assert after.returncode == 1 and "refused our credentials" in after.stderr
+    assert after.returncode == 1 and "no credentials were sent" in after.stderr
 
 
 def test_login_refuses_what_is_not_a_registry_and_an_empty_password(private, tmp_path):

@@ -236,19 +236,26 @@ def classify(command: Sequence[str], returncode: int, stderr: str, secrets: Iter
              credentials: CredentialSource | None = None) -> errors.CraneError:
     """Map crane's stderr to one typed error whose cause quotes crane's own (redacted) message; the fix of a
     credentials error names ``credentials``, the file crane read."""
+    secrets = list(secrets)
     clean = redact(stderr.strip(), secrets)
     lines = [line for line in clean.splitlines() if line.strip()]
     message = next((line[len("Error: "):] for line in reversed(lines) if line.startswith("Error: ")),
                    lines[-1] if lines else f"crane exited with status {returncode}")
     for rule in _RULES:
         if rule.pattern.search(clean):
-            fix = _credentials_fix(rule.error, credentials) if credentials is not None else None
-            return rule.error(f"{rule.what}: {message}", fix, command=list(command), returncode=returncode,
+            # With the file crane read known, no secret configured there for these registries means none was sent.
+            sent = bool(secrets) or credentials is None
+            fix = _credentials_fix(rule.error, credentials, sent=sent) if credentials is not None else None
+            what = rule.what if sent or rule.error is not errors.UnauthorizedError else _NONE_SENT
+            return rule.error(f"{what}: {message}", fix, command=list(command), returncode=returncode,
                               stderr=clean)
     return errors.CraneError(f"crane failed: {message}", command=list(command), returncode=returncode, stderr=clean)
 
 
-def _credentials_fix(error: type[errors.CraneError], source: CredentialSource) -> str | None:
+_NONE_SENT = "the registry asks for credentials, and no credentials were sent"
+
+
+def _credentials_fix(error: type[errors.CraneError], source: CredentialSource, *, sent: bool = True) -> str | None:
     if error is errors.CredentialHelperError and source.path is not None:
         return f"fix or remove the credential helper named in {source.path} (credHelpers / credsStore)"
     if error is not errors.UnauthorizedError:
@@ -257,11 +264,20 @@ def _credentials_fix(error: type[errors.CraneError], source: CredentialSource) -
         return (f"log in with `oci-crane login REGISTRY -u USER --password-stdin` (or `docker login REGISTRY`): "
                 f"crane found {source.describe()}")
     if source.redirect or source.origin in ("REGISTRY_AUTH_FILE", "XDG_RUNTIME_DIR"):
-        return (f"check this registry's credentials in {source.describe()}: `oci-crane login --authfile "
+        held = "" if sent else ", which holds none for this registry"
+        return (f"check this registry's credentials in {source.describe()}{held}: `oci-crane login --authfile "
                 f"{source.path} REGISTRY -u USER --password-stdin` (or `podman login --authfile {source.path} "
                 "REGISTRY`) renews them")
-    return (f"log in with `oci-crane login REGISTRY -u USER --password-stdin` (or `docker login REGISTRY`); "
-            f"crane read {source.describe()}")
+    if sent:
+        return (f"log in with `oci-crane login REGISTRY -u USER --password-stdin` (or `docker login REGISTRY`); "
+                f"crane read {source.describe()}")
+    fix = (f"log in with `oci-crane login REGISTRY -u USER --password-stdin` (or `docker login REGISTRY`): crane "
+           f"read {source.describe()}, which holds none for this registry")
+    shadowed = [line.split(" (", 1)[0] for line in source.ignored if "(REGISTRY_AUTH_FILE)" in line]
+    if shadowed:  # podman users: an empty ~/.docker/config.json (as `logout` leaves it) hides their file
+        fix += (f"; REGISTRY_AUTH_FILE ({shadowed[0]}) is ignored while that file exists: pass --authfile "
+                f"{shadowed[0]}, or remove {source.path} if it holds nothing")
+    return fix
 
 
 def check_connection(*, insecure: bool, plain_http: bool, ca_file: str | Path | None) -> Path | None:
