@@ -159,7 +159,10 @@ def _registry_parsers(commands: argparse._SubParsersAction[argparse.ArgumentPars
     login.add_argument("-u", "--username", required=True, help="user name (for tokens, what the registry expects)")
     login.add_argument("--password-stdin", action="store_true",
                        help="read the password or token from standard input (without it: asked on a terminal)")
-    login.add_argument("--insecure", action="store_true", help="the registry is plain http or has untrusted TLS")
+    login.add_argument("--insecure", action="store_true",
+                       help="skip TLS certificate verification (and allow http) when checking the credentials")
+    login.add_argument("--plain-http", action="store_true", help="the registry speaks plain http")
+    login.add_argument("--ca-file", metavar="PATH", help="also trust this CA (PEM) for the registry's TLS certificate")
     login.add_argument("--authfile", metavar="PATH",
                        help="store them in this file instead (podman's auth.json or a docker config.json; made 0600 "
                             "if missing); fetch, inspect and push read it with the same --authfile")
@@ -342,7 +345,8 @@ def _registry_command(args: argparse.Namespace) -> None:
 
     if args.command == "login":
         config = auth.login(args.registry, args.username, auth.read_password(args.password_stdin),
-                            insecure=args.insecure, authfile=args.authfile)
+                            insecure=args.insecure, plain_http=args.plain_http, ca_file=args.ca_file,
+                            authfile=args.authfile)
         print(f"logged in to {args.registry} as {args.username} (credentials in {config}, or the helper it names)",
               file=sys.stderr)
     elif args.command == "logout":
@@ -406,9 +410,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         check_cache_dir(getattr(args, "cache_dir", None))
         if getattr(args, "subpath", None) is not None:
             normalise_subpath(args.subpath)
-        if hasattr(args, "plain_http"):  # fetch, inspect, push: what crane cannot honour is refused here
+        if hasattr(args, "plain_http"):  # fetch, inspect, push, login: what crane cannot honour is refused here
             check_connection(insecure=args.insecure, plain_http=args.plain_http, ca_file=args.ca_file)
-            check_authfile(args.authfile)
+            if args.command != "login":  # login makes a missing --authfile
+                check_authfile(args.authfile)
         if getattr(args, "local_dir", None) is not None and not args.local_dir.strip():
             raise errors.UsageError("--local-dir is empty: name the directory the model should go to")
     except errors.UsageError as exc:

@@ -133,7 +133,7 @@ def test_login_and_logout_with_authfile_write_that_file_only(private, session, m
     host, ca = private.host, str(private.ca_file)
     new = tmp_path / "creds" / "team" / "auth.json"
     login = session.run("login", host, "-u", private.username, "--password-stdin", "--authfile", str(new),
-                        "--debug", input=private.password + "\n")
+                        "--ca-file", ca, "--debug", input=private.password + "\n")
     assert login.returncode == 0, login.stderr
     assert f"logged in to {host} as {private.username} (credentials in {new}" in login.stderr
     assert private.password not in login.stdout + login.stderr  # --debug logs crane's argv: no password in it
@@ -150,7 +150,7 @@ def test_login_and_logout_with_authfile_write_that_file_only(private, session, m
 
     shared = auth_json(tmp_path / "shared" / "auth.json", "other.example.com", "someone", "elsewhere")
     assert session.run("login", host, "-u", private.username, "--password-stdin", "--authfile", str(shared),
-                       input=private.password).returncode == 0
+                       "--ca-file", ca, input=private.password).returncode == 0
     assert set(json.loads(shared.read_text())["auths"]) == {"other.example.com", host}
     logout = session.run("logout", host, "--authfile", str(shared))
     assert logout.returncode == 0 and str(shared) in logout.stderr, logout.stderr
