@@ -16,7 +16,6 @@ import re
 import sys
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 from . import errors
 from .reference import parse_reference
@@ -98,7 +97,7 @@ def check_credentials(crane: Crane, host: str, username: str, password: str) -> 
     registry that answers /v2/ without any login accepts anything, and so do we. Over https, then http where crane
     falls back to it (--insecure, loopback and private addresses), or http alone (--plain-http); TLS as crane's
     (--insecure, --ca-file, SSL_CERT_FILE)."""
-    from .registry.transfer import _httpx, _is_loopback, _may_fall_back_to_http, tls_verify
+    from .registry.transfer import _httpx, _is_loopback, _may_fall_back_to_http, _shown, tls_verify
 
     httpx = _httpx()
     schemes = ["http"] if crane.plain_http else (["https", "http"] if _may_fall_back_to_http(crane, host)
@@ -152,6 +151,7 @@ def check_credentials(crane: Crane, host: str, username: str, password: str) -> 
 
 def _unreachable(exc: Exception, url: str, password: str) -> errors.CraneError:
     from .registry.crane import redact
+    from .registry.transfer import _shown
 
     text = redact(f"{type(exc).__name__}: {exc}", [password])
     if re.search(r"CERTIFICATE|SSL|TLS|certificate", text):
@@ -160,11 +160,6 @@ def _unreachable(exc: Exception, url: str, password: str) -> errors.CraneError:
                                "that speaks plain http: --plain-http; one you control on a trusted network: "
                                "--insecure")
     return errors.NetworkError(f"cannot reach {_shown(url)} to check the credentials ({text}); nothing was stored")
-
-
-def _shown(url: str) -> str:
-    parts = urlsplit(url)
-    return f"{parts.scheme}://{parts.netloc}{parts.path}"
 
 
 def logout(registry: str, *, authfile: str | Path | None = None) -> Path:
