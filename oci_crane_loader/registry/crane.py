@@ -403,9 +403,10 @@ class Crane:
                 proc = subprocess.Popen(argv, stdout=out, stderr=err, env=env, **_die_with_us())
             except FileNotFoundError as exc:
                 raise errors.CraneMissingError(f"crane at {argv[0]} disappeared", command=argv) from exc
+            meter = _UploadMeter(proc.pid, layout)
             try:
-                self._watch(proc, _UploadMeter(proc.pid, layout), progress, f"push to {reference}", argv,
-                            stall_until=size)
+                self._watch(proc, meter, progress, f"push to {reference}", argv, stall_until=size,
+                            working=meter.working)
             finally:
                 if proc.poll() is None:
                     _stop(proc)
@@ -466,10 +467,11 @@ class Crane:
 
     def _watch(self, proc: subprocess.Popen[bytes], measure: Callable[[], int | None],
                progress: Callable[[int], None] | None, what: str, argv: list[str], limit: int | None = None,
-               cancel: threading.Event | None = None, stall_until: int | None = None) -> None:
+               cancel: threading.Event | None = None, stall_until: int | None = None,
+               working: Callable[[], bool] | None = None) -> None:
         """Wait for crane, reporting the growth of ``measure()`` (bytes written, or read) to ``progress``; stop it
-        when they stall (while fewer than ``stall_until`` have moved, if given), when ``cancel`` is set, or past
-        ``limit``."""
+        when they stall (while fewer than ``stall_until`` have moved, if given) and, given ``working``, crane is
+        idle too; when ``cancel`` is set; or past ``limit``."""
         size, last_growth = 0, time.monotonic()
         while True:
             if cancel is not None and cancel.is_set():
@@ -487,14 +489,17 @@ class Crane:
                 size, last_growth = current, time.monotonic()
             if finished:
                 return
+            if working is not None and working():  # preparing (no bytes yet), not stalled
+                last_growth = time.monotonic()
             if limit is not None and size > limit:
                 _stop(proc)
                 raise _oversized(what, limit, argv)
             if (time.monotonic() - last_growth > self.stall_timeout
                     and (stall_until is None or size < stall_until)):
                 _stop(proc)
+                idle = ", and crane sat idle, waiting on the registry" if working is not None else ""
                 raise errors.CraneTimeoutError(
-                    f"{what} stalled: no bytes for {self.stall_timeout:.0f}s after {size} bytes",
+                    f"{what} stalled: no bytes for {self.stall_timeout:.0f}s after {size} bytes{idle}",
                     command=argv)
 
 
@@ -508,10 +513,26 @@ class _UploadMeter:
         self.prefix = str(directory.resolve()) + os.sep
         self.open: dict[str, int] = {}  # path -> offset, for the files open at the last look
         self.done: dict[str, int] = {}  # path -> size, for those closed since
+        self.cpu_mark = 0.0  # crane's CPU seconds when working() last said yes
 
     @staticmethod
     def available() -> bool:
         return os.path.isdir("/proc/self/fdinfo")
+
+    def working(self) -> bool:
+        """Whether crane used BUSY_CPU seconds of CPU since this last said yes (/proc/PID/stat). Before its first
+        upload crane works through the layout's manifest for minutes when it holds thousands of files, reading
+        none of them; waiting on a registry that stopped answering, it uses next to no CPU."""
+        try:
+            with open(f"/proc/{self.pid}/stat") as stat:
+                fields = stat.read().rsplit(")", 1)[1].split()  # after the command name, which may hold spaces
+            cpu = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+        except (OSError, IndexError, ValueError):
+            return False
+        if cpu - self.cpu_mark < BUSY_CPU:
+            return False
+        self.cpu_mark = cpu
+        return True
 
     def __call__(self) -> int | None:
         """Bytes through so far; None once crane is gone (its /proc entry with it)."""
@@ -535,6 +556,9 @@ class _UploadMeter:
                 self.done[path] = os.path.getsize(path)
         self.open = now
         return sum(self.done.values()) + sum(now.values())
+
+
+BUSY_CPU = 0.5  # CPU seconds that count as work while no byte moves; an idle Go process takes far less a minute
 
 
 def _oversized(what: str, size: int, argv: list[str]) -> errors.CraneIntegrityError:
