@@ -35,12 +35,12 @@ def build_all(out_dir: Path) -> list[Path]:
     with tempfile.TemporaryDirectory(prefix="crane-caches.") as caches:
         # One Go module and build cache for the four crane builds (each would fill its own: build_crane.py), removed
         # at the end; -modcacherw lets it be removed. The user's own GOMODCACHE / GOCACHE, if set, win.
-        go = {"GOMODCACHE": f"{caches}/mod", "GOCACHE": f"{caches}/build",
-              "GOFLAGS": f"{os.environ.get('GOFLAGS', '')} -modcacherw".strip()}
+        go = {"GOMODCACHE": f"{caches}/mod", "GOCACHE": f"{caches}/build"}
+        flags = f"{os.environ.get('GOFLAGS', '')} -modcacherw".strip()
         for target in TARGETS:
             before = set(out_dir.glob("*.whl"))
             subprocess.run([*_uv(), "build", "--wheel", "--out-dir", str(out_dir), str(sdist)], check=True,
-                           env={**go, **os.environ, "OCI_CRANE_TARGET": target})
+                           env={**go, **os.environ, "GOFLAGS": flags, "OCI_CRANE_TARGET": target})
             (wheel,) = set(out_dir.glob("*.whl")) - before
             built.append(wheel)
     return built
