@@ -86,7 +86,7 @@ def _private(path: Path) -> None:
                 os.fchmod(descriptor, 0o600)
             finally:
                 os.close(descriptor)
-            print(f"note: made {target} readable by you only (mode 0600): it holds the password", file=sys.stderr)
+            print(f"note: made {target} readable by you only (mode 0600): it holds credentials", file=sys.stderr)
 
 
 # --- checking the credentials before they are stored ----------------------------------------------------------
