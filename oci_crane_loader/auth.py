@@ -18,14 +18,9 @@ from pathlib import Path
 from typing import Any
 
 from . import errors
-from .reference import parse_reference
+from .reference import is_registry_host, parse_reference
 from .registry.crane import Crane
-
-
-def docker_config_path() -> Path:
-    """The file crane reads and `login` writes (crane's pkg/authn DefaultKeychain, first choice)."""
-    directory = os.environ.get("DOCKER_CONFIG")
-    return Path(directory) / "config.json" if directory else Path.home() / ".docker" / "config.json"
+from .registry.keychain import docker_config_path
 
 
 def read_password(password_stdin: bool) -> str:
@@ -45,7 +40,7 @@ def read_password(password_stdin: bool) -> str:
 def _registry(text: str) -> str:
     """A registry host as crane's keychain keys it: `docker.io` and friends become index.docker.io's key."""
     host = text.strip().rstrip("/")
-    if "/" in host or not ("." in host or ":" in host or host == "localhost"):
+    if "/" in host or not is_registry_host(host):
         raise errors.UsageError(f"{text!r} is not a registry host",
                                 "name the registry alone, e.g. ghcr.io, docker.io or localhost:5000")
     return parse_reference(f"{host}/probe").registry
@@ -97,14 +92,15 @@ def check_credentials(crane: Crane, host: str, username: str, password: str) -> 
     registry that answers /v2/ without any login accepts anything, and so do we. Over https, then http where crane
     falls back to it (--insecure, loopback and private addresses), or http alone (--plain-http); TLS as crane's
     (--insecure, --ca-file, SSL_CERT_FILE)."""
-    from .registry.transfer import _httpx, _is_loopback, _may_fall_back_to_http, _shown, tls_verify
+    from .reference import is_loopback
+    from .registry.transfer import _httpx, _shown
 
     httpx = _httpx()
-    schemes = ["http"] if crane.plain_http else (["https", "http"] if _may_fall_back_to_http(crane, host)
-                                                 else ["https"])
+    access = crane.access.online()  # a login is asked for now, as `crane auth login` is
+    schemes = access.schemes(host)
     basic = "Basic " + base64.b64encode(f"{username}:{password}".encode()).decode()
-    with httpx.Client(verify=tls_verify(crane), trust_env=not _is_loopback(host), follow_redirects=True,
-                      timeout=crane.timeout) as client:
+    with httpx.Client(verify=access.tls_verify(), trust_env=not is_loopback(host), follow_redirects=True,
+                      timeout=access.timeout) as client:
         def get(url: str, **options: Any) -> Any:
             try:
                 return client.get(url, **options)

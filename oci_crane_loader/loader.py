@@ -16,14 +16,15 @@ from pathlib import Path
 from typing import Any
 
 from .errors import InvalidModelError
+from .fetching import prepare
 from .formats import LayerPlan, Plan
-from .materialize import INDEX_NAME
 from .options import from_extra_config
-from .pull import Puller, Resolved, open_puller
-from .safetensors_check import SafetensorsIndex, read_header, read_index
+from .pull import Puller, Resolved
+from .safetensors_check import INDEX_FILENAME, SafetensorsIndex, read_header, read_index
 from .vllm_api import LOGGER_NAME
 
 log = logging.getLogger(LOGGER_NAME)
+_STOP_TIMEOUT = 30.0  # seconds to wait for cancelled downloads to stop (crane is stopped, temp files removed)
 
 _LoaderBase: Any = object  # vLLM is optional: the rest of the package must import without it
 try:
@@ -54,21 +55,35 @@ def stream_weights(puller: Puller, resolved: Resolved, plan: Plan, index: Safete
     With an index, only files it names are read (vLLM's rule: a consolidated copy beside the shards is not
     loaded twice) and each tensor comes from the file the index assigns it to.
     """
-    from safetensors import safe_open
-
     ready: queue.Queue[tuple[LayerPlan, Path] | BaseException | None] = queue.Queue()  # None: all done
+    cancel = threading.Event()
 
     def download() -> None:
         try:
             puller.ensure_blobs(resolved.reference, plan.weight_layers, on_ready=lambda layer, path: ready.put(
-                (layer, path)))
+                (layer, path)), cancel=cancel)
             ready.put(None)
         except BaseException as exc:  # handed to the consuming thread, which raises it
             ready.put(exc)
 
     started = time.monotonic()
+    downloader = threading.Thread(target=download, name="oci-crane-weights", daemon=True)
+    downloader.start()
+    try:
+        yield from _read_shards(ready, resolved, index, started)
+    finally:
+        # A consumer that stops early (the model's load_weights raising, the generator closed) stops the
+        # downloads too: no crane process outlives the load, no temp file is left behind.
+        cancel.set()
+        downloader.join(timeout=_STOP_TIMEOUT)
+
+
+def _read_shards(ready: queue.Queue[tuple[LayerPlan, Path] | BaseException | None], resolved: Resolved,
+                 index: SafetensorsIndex | None, started: float) -> Iterator[tuple[str, Any]]:
+    """stream_weights' consuming side: each verified shard's tensors, in the order the blobs become ready."""
+    from safetensors import safe_open
+
     shards = 0
-    threading.Thread(target=download, name="oci-crane-weights", daemon=True).start()
     while (item := ready.get()) is not None:
         if isinstance(item, BaseException):
             raise item
@@ -102,10 +117,7 @@ class OciCraneModelLoader(_LoaderBase):  # type: ignore[misc]
         self.options = from_extra_config(load_config.model_loader_extra_config, load_config.download_dir)
 
     def _prepare(self, model_config: Any) -> tuple[Puller, Resolved, Plan, Path]:
-        reference = model_config.model_weights or model_config.model
-        puller = open_puller(self.options)
-        resolved, plan, config_dir = puller.prepare(reference)
-        return puller, resolved, plan, config_dir
+        return prepare(self.options, model_config.model_weights or model_config.model)
 
     def download_model(self, model_config: Any) -> None:
         puller, resolved, plan, _ = self._prepare(model_config)
@@ -114,7 +126,7 @@ class OciCraneModelLoader(_LoaderBase):  # type: ignore[misc]
 
     def load_weights(self, model: Any, model_config: Any) -> None:
         puller, resolved, plan, config_dir = self._prepare(model_config)
-        index = read_index(config_dir / INDEX_NAME) if (config_dir / INDEX_NAME).exists() else None
+        index = read_index(config_dir / INDEX_FILENAME) if (config_dir / INDEX_FILENAME).exists() else None
         if plan.streamable:
             loaded = model.load_weights(stream_weights(puller, resolved, plan, index))
             puller.materialize(resolved, plan)  # a full model directory for others
