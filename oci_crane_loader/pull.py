@@ -525,7 +525,8 @@ class Puller:
         reference = parse_reference(text)
         resolved = self.resolve(reference)
         plan = self.plan(resolved)
-        archives = [layer for layer in plan.small_layers if layer.action is Action.TAR]
+        # Archives and image layers (under WEIGHTS_THRESHOLD) are listed file by file, each layer on its own.
+        archives = [layer for layer in plan.small_layers if layer.action in (Action.TAR, Action.IMAGE)]
         self.check_free_space(archives)
         self.ensure_blobs(reference, archives)
         files: list[dict[str, object]] = []
@@ -533,17 +534,17 @@ class Puller:
         for layer in plan.layers:
             entry = {"media_type": layer.descriptor.media_type, "digest": layer.descriptor.digest,
                      "size": layer.descriptor.size}
-            if layer.action is Action.TAR and not layer.weights:
+            if layer.action in (Action.TAR, Action.IMAGE) and not layer.weights:
                 scratch = self.store.new_model_dir(resolved.digest)
                 try:
                     extracted = extract_tar(self.store.blob_path(layer.descriptor.digest), scratch, "inspect",
-                                            limits=self.unpack,
-                                            into=layer.path)
+                                            limits=self.unpack, into=layer.path,
+                                            overlay=layer.action is Action.IMAGE)
                     files += [{**entry, "path": name, "size": (scratch / name).stat().st_size, "from_tar": True}
-                              for name in extracted]
+                              for name in dict.fromkeys(extracted) if (scratch / name).is_file()]
                 finally:
                     remove_tree(scratch)
-            elif layer.action is Action.TAR:  # a weight tar: its file names are known only once downloaded
+            elif layer.action in (Action.TAR, Action.IMAGE):  # weights: file names known only once downloaded
                 files.append({**entry, "path": layer.path, "archive": True})
             elif layer.action is Action.SHARD:
                 shard_number += 1
