@@ -154,7 +154,7 @@ class Puller:
             if ranged:  # parallel byte ranges, resumed from the partial file a failed attempt left
                 try:
                     return transfer.fetch_blob(self.crane, reference, descriptor,
-                                               self.store.partial_path(descriptor.digest), temp,
+                                               self.store.partial_paths(descriptor.digest), temp,
                                                parts=parts, progress=count, cancel=cancel)
                 except transfer.Unsupported as exc:
                     log.info("ranged download of %s unavailable (%s): using crane blob", pinned, exc)

@@ -25,7 +25,7 @@ from support.models import push_model, write_model
 from support.storage_proxy import StorageProxy
 
 from oci_crane_loader import errors
-from oci_crane_loader.cache import store as store_module
+from oci_crane_loader.cache import durability
 from oci_crane_loader.cache.store import Store
 from oci_crane_loader.oci import Descriptor
 from oci_crane_loader.options import fetch_options
@@ -381,7 +381,7 @@ def test_blobs_are_synced_in_the_background_and_markers_settle(tmp_path: Path) -
     data = b"weights" * 1000
     descriptor = Descriptor(mediaType="x", digest="sha256:" + hashlib.sha256(data).hexdigest(), size=len(data))
     assert store.write_blob(descriptor, lambda temp: temp.write_bytes(data))
-    assert store_module.background_sync().wait(timeout=GIVE_UP)
+    assert durability.background_sync().wait(timeout=GIVE_UP)
     assert not list((store.root / "unsynced").iterdir())  # synced: the marker is gone
     assert store.blob_path(descriptor.digest).read_bytes() == data
 
@@ -439,7 +439,7 @@ def test_markers_of_a_live_process_are_left_alone_and_of_a_dead_one_settled(tmp_
     data = b"w" * 4096
     digest = "sha256:" + hashlib.sha256(data).hexdigest()
     store.blob_path(digest).write_bytes(data)
-    boot = store_module.boot_id()
+    boot = durability.boot_id()
     if not boot:
         pytest.skip("no boot id on this platform: every marker is re-hashed, covered by the power-loss test")
     live = write_marker(store, digest, boot, os.getpid())
@@ -448,5 +448,5 @@ def test_markers_of_a_live_process_are_left_alone_and_of_a_dead_one_settled(tmp_
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     write_marker(store, digest, boot, int(dead.stdout))
     Store(store.root)  # a dead process's marker: synced by this process's background thread, not on its way in
-    assert store_module.background_sync().wait(timeout=60)
+    assert durability.background_sync().wait(timeout=60)
     assert not live.exists() and store.blob_path(digest).read_bytes() == data

@@ -19,7 +19,6 @@ import contextlib
 import functools
 import hashlib
 import ipaddress
-import json
 import logging
 import os
 import re
@@ -39,6 +38,8 @@ from .crane import Crane, redact
 
 if TYPE_CHECKING:
     import httpx
+
+    from ..cache.partial import PartialPaths
 
 log = logging.getLogger(__name__)
 
@@ -73,10 +74,11 @@ class Part:
         return self.end - self.start + 1 - self.done
 
 
-def fetch_blob(crane: Crane, reference: Reference, descriptor: Descriptor, partial: Path, destination: Path, *,
+def fetch_blob(crane: Crane, reference: Reference, descriptor: Descriptor, partial: PartialPaths, destination: Path, *,
                parts: int, progress: Callable[[int], None], cancel: threading.Event | None = None) -> str:
-    """Download ``descriptor``'s blob into ``destination`` by way of ``partial`` (kept on failure, for resuming);
-    returns its sha256 digest, checked against the descriptor (IntegrityError and the partial deleted if not)."""
+    """Download ``descriptor``'s blob into ``destination`` by way of ``partial`` (the cache's paths for it: kept on
+    failure, for resuming); returns its sha256 digest, checked against the descriptor (IntegrityError and the
+    partial deleted if not)."""
     _await_probe(reference.registry, cancel)
     try:
         return _fetch(crane, reference, descriptor, partial, destination, parts, progress, cancel)
@@ -84,9 +86,9 @@ def fetch_blob(crane: Crane, reference: Reference, descriptor: Descriptor, parti
         _probe_done(reference.registry)  # whatever happened before the first response: the others may go on
 
 
-def _fetch(crane: Crane, reference: Reference, descriptor: Descriptor, partial: Path, destination: Path,
+def _fetch(crane: Crane, reference: Reference, descriptor: Descriptor, partial: PartialPaths, destination: Path,
            parts: int, progress: Callable[[int], None], cancel: threading.Event | None) -> str:
-    if reference.registry in _SERVES_BLOBS_ITSELF and not partial.exists():
+    if reference.registry in _SERVES_BLOBS_ITSELF and not partial.data.exists():
         raise Unsupported(f"{reference.registry} serves blobs itself, where one crane stream is faster")
     try:
         httpx = _httpx()
@@ -167,15 +169,6 @@ def _await_probe(registry: str, cancel: threading.Event | None) -> None:
 def _probe_done(registry: str) -> None:
     with _PROBED_LOCK:
         _PROBED.setdefault(registry, threading.Event()).set()
-
-
-def discard(partial: Path) -> None:
-    partial.unlink(missing_ok=True)
-    _state_path(partial).unlink(missing_ok=True)
-
-
-def _state_path(partial: Path) -> Path:
-    return partial.with_name(partial.name + ".json")
 
 
 # --- HTTP: scheme, TLS, credentials, redirects ------------------------------------------------------------------
@@ -338,11 +331,16 @@ def _shown(url: str) -> str:
 # --- the download ---------------------------------------------------------------------------------------------
 
 class _Download:
-    def __init__(self, session: _Session, descriptor: Descriptor, partial: Path, parts: int,
+    """One attempt. The partial file is opened once (by the cache's PartialPaths: never through a symlink, resumed
+    only if it is ours); every range thread and the hasher get their own duplicate of that descriptor, so a thread
+    that outlives run() never touches a reused descriptor number, and no thread opens the path again."""
+
+    def __init__(self, session: _Session, descriptor: Descriptor, partial: PartialPaths, parts: int,
                  progress: Callable[[int], None], cancel: threading.Event | None) -> None:
         self.session = session
         self.descriptor = descriptor
-        self.partial = partial
+        self.paths = partial
+        self.fd = -1  # the partial file, open for reading and writing (set by _resume or _plan)
         self.progress = progress
         self.cancel = cancel
         self.stop = threading.Event()
@@ -356,23 +354,25 @@ class _Download:
         size = self.descriptor.size
         count = max(1, min(parts, size // MIN_PART))
         step = -(-size // count)
-        discard(self.partial)
-        with open(self.partial, "wb") as handle:
-            handle.truncate(size)  # preallocated (sparse): every range writes at its own offset
+        self.fd = self.paths.create(size)  # preallocated (sparse): every range writes at its own offset
         return [Part(start, min(start + step, size) - 1) for start in range(0, size, step)]
 
     def _resume(self) -> list[Part] | None:
         """The parts of an earlier attempt on this blob, if its partial file and state agree with the descriptor."""
+        state = self.paths.load_state()
         try:
-            state = json.loads(_state_path(self.partial).read_text())
-            if state["digest"] != self.descriptor.digest or self.partial.stat().st_size != self.descriptor.size:
+            if state is None or state["digest"] != self.descriptor.digest:
                 return None
             parts = [Part(int(a), int(b), int(c)) for a, b, c in state["parts"]]
-        except (OSError, ValueError, KeyError, TypeError):
+        except (ValueError, KeyError, TypeError):
             return None
         if not parts or parts[0].start != 0 or parts[-1].end != self.descriptor.size - 1 or any(
                 part.remaining < 0 or part.done < 0 for part in parts):
             return None
+        fd = self.paths.resume(self.descriptor.size)  # None: not there, not ours, or not the blob's size
+        if fd is None:
+            return None
+        self.fd = fd
         self.resumed = sum(part.done for part in parts)
         log.info("resuming %s from %d of %d bytes on disk", self.descriptor.digest, self.resumed,
                  self.descriptor.size)
@@ -384,13 +384,16 @@ class _Download:
         self.progress(delta)
 
     def _save_state(self) -> None:
-        state = {"digest": self.descriptor.digest, "parts": [[p.start, p.end, p.done] for p in self.parts]}
-        path = _state_path(self.partial)
-        temp = path.with_name(path.name + ".new")
-        temp.write_text(json.dumps(state))
-        os.replace(temp, path)
+        self.paths.save_state({"digest": self.descriptor.digest,
+                               "parts": [[p.start, p.end, p.done] for p in self.parts]})
 
     def run(self, destination: Path) -> str:
+        try:
+            return self._run(destination)
+        finally:
+            os.close(self.fd)
+
+    def _run(self, destination: Path) -> str:
         pending = [part for part in self.parts if part.remaining > 0]
         first = None
         if pending:
@@ -407,13 +410,13 @@ class _Download:
                     raise Unsupported("the registry serves the blob itself, where one crane stream is faster")
             except BaseException:
                 if not self.resumed:
-                    discard(self.partial)  # nothing to resume: no file left behind
+                    self.paths.discard()  # nothing to resume: no file left behind
                 raise
             finally:
                 _probe_done(self.session.reference.registry)
         self._advance(self.resumed)
         hasher = _Hasher(self)
-        workers = [threading.Thread(target=self._worker, args=(part, first if index == 0 else None),
+        workers = [threading.Thread(target=self._worker, args=(part, first if index == 0 else None, os.dup(self.fd)),
                                     name="oci-crane-range", daemon=True) for index, part in enumerate(pending)]
         try:
             for thread in [hasher.thread, *workers]:
@@ -432,12 +435,16 @@ class _Download:
         if self.failures:
             raise self.failures[0]
         if hasher.digest != self.descriptor.digest:
-            discard(self.partial)
+            self.paths.discard()
             raise errors.IntegrityError(
                 f"blob {self.session.reference.repository_name}@{self.descriptor.digest} has digest "
                 f"{hasher.digest}")
-        os.replace(self.partial, destination)
-        _state_path(self.partial).unlink(missing_ok=True)
+        os.replace(self.paths.data, destination)
+        self.paths.state.unlink(missing_ok=True)
+        moved, ours = os.stat(destination, follow_symlinks=False), os.fstat(self.fd)
+        if (moved.st_dev, moved.st_ino) != (ours.st_dev, ours.st_ino):  # someone swapped the name meanwhile
+            raise errors.CacheError(f"{self.paths.data} was replaced by another file while downloading",
+                                    f"make sure only trusted users can write {self.paths.cache_root}; fetch again")
         return hasher.digest
 
     def _cancelled(self) -> bool:
@@ -459,10 +466,10 @@ class _Download:
                     self._save_state()
                 last_save = time.monotonic()
 
-    def _worker(self, part: Part, opened: httpx.Response | None) -> None:
+    def _worker(self, part: Part, opened: httpx.Response | None, fd: int) -> None:
         response = opened
         try:
-            with open(self.partial, "r+b") as out:
+            with open(fd, "r+b") as out:  # this thread's own duplicate of the partial file's descriptor
                 if response is None:
                     response = self.session.open(self.descriptor.digest, part.start + part.done, part.end)
                 self._check_range(response, part)
@@ -492,7 +499,7 @@ class _Download:
             self.failures.append(self.session.network_error(exc, self.session.blob_url()))
         except OSError as exc:  # a full disk, say: the fix that fits its errno
             self.failures.append(errors.cache_os_error(exc, f"write the download of {self.descriptor.digest}",
-                                                       self.partial.parent.parent))
+                                                       self.paths.cache_root))
         except BaseException as exc:
             self.failures.append(exc)
         finally:
@@ -534,6 +541,7 @@ class _Hasher:
     def __init__(self, download: _Download) -> None:
         self.download = download
         self.digest = ""
+        self.fd = os.dup(download.fd)  # its own: closed when the thread ends, whenever that is
         self.thread = threading.Thread(target=self._run, name="oci-crane-hash", daemon=True)
 
     def _available(self, offset: int) -> int:
@@ -548,7 +556,7 @@ class _Hasher:
         sha = hashlib.sha256()
         offset = 0
         try:
-            with open(download.partial, "rb") as source:
+            with open(self.fd, "rb") as source:
                 while offset < download.descriptor.size and not download.stop.is_set():
                     with download.moved:
                         ready = self._available(offset)
@@ -561,14 +569,14 @@ class _Hasher:
                         data = os.pread(source.fileno(), min(ready, 4 * CHUNK), offset)
                         if not data:  # someone truncated it under us
                             download.failures.append(errors.IntegrityError(
-                                f"{download.partial} shrank below {offset + ready} bytes while downloading"))
+                                f"{download.paths.data} shrank below {offset + ready} bytes while downloading"))
                             return
                         sha.update(data)
                         offset += len(data)
                         ready -= len(data)
         except OSError as exc:
             download.failures.append(errors.cache_os_error(exc, f"hash the download of {download.descriptor.digest}",
-                                                           download.partial.parent.parent))
+                                                           download.paths.cache_root))
             return
         if offset == download.descriptor.size:
             self.digest = "sha256:" + sha.hexdigest()
