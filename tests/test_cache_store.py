@@ -171,3 +171,27 @@ def test_forget_ref_deletes_the_ref_and_the_directories_it_leaves_empty(tmp_path
     assert store.forget_ref(reference) is None
     assert not (tmp_path / "cache" / "refs" / "127.0.0.1:5000" / "acme" / "deep").exists()
     assert [ref.name for ref in store.refs()] == ["127.0.0.1:5000/acme/other:v1"]
+
+
+@pytest.mark.parametrize("swap", ["symlink", "hard link"])
+def test_a_temp_file_swapped_before_its_commit_is_refused_and_what_it_names_is_untouched(tmp_path, swap):
+    """A group member renames our temp blob away and puts a link to one of our files (with the blob's bytes, so
+    the digest matches) in its place: the commit reads, fchmods and renames only a regular file of ours with one
+    link. The file keeps its mode (os.chmod of the path made it read-only) and no blob links it."""
+    store = Store(tmp_path / "cache")
+    victim = tmp_path / "mine.bin"
+    victim.write_bytes(PAYLOAD)
+    victim.chmod(0o640)
+
+    def fill_then_swap(temp: Path) -> None:
+        temp.write_bytes(PAYLOAD)
+        temp.unlink()
+        if swap == "symlink":
+            temp.symlink_to(victim)
+        else:
+            temp.hardlink_to(victim)
+
+    with pytest.raises(errors.CacheError, match="replaced by a symlink or a file that is not ours"):
+        store.write_blob(descriptor(), fill_then_swap)
+    assert stat.S_IMODE(victim.stat().st_mode) == 0o640 and victim.read_bytes() == PAYLOAD
+    assert not store.blob_path(descriptor().digest).exists() and scratch_names(store) == []

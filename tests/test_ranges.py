@@ -450,3 +450,98 @@ def test_markers_of_a_live_process_are_left_alone_and_of_a_dead_one_settled(tmp_
     Store(store.root)  # a dead process's marker: synced by this process's background thread, not on its way in
     assert durability.background_sync().wait(timeout=60)
     assert not live.exists() and store.blob_path(digest).read_bytes() == data
+
+
+# --- a cache shared by a group: names someone else can plant (docs/security.md) -----------------------------------
+
+def victim_file(path: Path, size: int) -> bytes:
+    """One of the fetching user's own files, outside the cache: what a planted link would make us write into."""
+    data = os.urandom(size)
+    path.write_bytes(data)
+    return data
+
+
+def test_a_symlink_planted_at_an_unsynced_marker_is_replaced_never_written_through(
+        registry: LocalRegistry, tmp_path: Path, cache_dir: Path) -> None:
+    """unsynced/<hex> has a predictable name: a marker is written to a new temp file and renamed over the link.
+    The links are planted after the cache is opened (opening settles stray markers, a long-lived process does not
+    open it again)."""
+    source = write_model(tmp_path / "src")
+    push_model(source, f"{registry.host}/acme/planted:v1", tmp_path)
+    victim = tmp_path / "victim.bin"
+    original = victim_file(victim, 3600)
+    puller = open_puller(fetch_options(cache_dir=cache_dir))
+    markers = puller.store.root / "unsynced"
+    markers.mkdir()
+    for shard in source.glob("*.safetensors"):
+        (markers / hashlib.sha256(shard.read_bytes()).hexdigest()).symlink_to(victim)
+    path = puller.fetch(f"{registry.host}/acme/planted:v1").path
+    assert victim.read_bytes() == original
+    assert all((path / shard.name).read_bytes() == shard.read_bytes() for shard in source.glob("*.safetensors"))
+    assert durability.background_sync().wait(timeout=GIVE_UP)
+    assert not any(markers.iterdir())  # our markers replaced the links, then were dropped once synced
+
+
+def _plant_link(victim: Path, at: Path) -> None:
+    at.symlink_to(victim)
+
+
+def _plant_hard_link(victim: Path, at: Path) -> None:
+    os.link(victim, at)  # the same user's file: owner and size match, only its link count tells
+
+
+def _plant_foreign_file(victim: Path, at: Path) -> None:
+    at.write_bytes(victim.read_bytes())
+    os.chown(at, 65534, 65534)  # another user's file of the right size (nobody)
+
+
+PLANTS = [_plant_link, _plant_hard_link] + ([_plant_foreign_file] if os.geteuid() == 0 else [])
+
+
+@pytest.mark.parametrize("plant", PLANTS)
+def test_a_planted_partial_download_is_never_resumed_or_written_through(
+        registry: LocalRegistry, pushed: tuple[Path, str], tmp_path: Path, cache_dir: Path, plant) -> None:
+    """tmp/<hex>.partial, its state file and the state's temp have predictable names. Planted there: a symlink to
+    one of our files of the blob's size (with a state file that says a third of it is done), a hard link to it, or
+    another user's file. The ranged fetch must not resume into it nor write through the state's names."""
+    source, name = pushed
+    with StorageProxy(registry.host) as proxy:
+        reference = f"{proxy.address}/{name}"
+        descriptor = shard_descriptor(cache_dir, reference)
+        paths = Store(cache_dir).partial_paths(descriptor.digest)
+        victim = tmp_path / "victim.bin"
+        original = victim_file(victim, descriptor.size)
+        plant(victim, paths.data)
+        done = descriptor.size // 3  # where a resumed download would ask from (no fresh range starts there)
+        state = json.dumps({"digest": descriptor.digest, "parts": [[0, descriptor.size - 1, done]]})
+        (tmp_path / "victim-state.json").write_text(state)
+        paths.state.symlink_to(tmp_path / "victim-state.json")
+        victim_temp = tmp_path / "victim-temp"
+        victim_temp.write_text("mine")
+        paths.state_temp.symlink_to(victim_temp)
+        path = fetch(cache_dir, reference)
+        ranges = shard_ranges(proxy.requests)
+    assert (path / "model.safetensors").read_bytes() == (source / "model.safetensors").read_bytes()
+    assert victim.read_bytes() == original
+    assert (tmp_path / "victim-state.json").read_text() == state and victim_temp.read_text() == "mine"
+    assert all(not asked.startswith(f"bytes={done}-") for asked in ranges), ranges  # downloaded from zero
+    assert not list((cache_dir / "tmp").glob("*.partial*"))
+
+
+def test_a_symlinked_ref_directory_is_refused_and_nothing_is_written_through_it(
+        registry: LocalRegistry, tmp_path: Path, cache_dir: Path) -> None:
+    """refs/<registry>/<repository>/@tags is named after what the user fetches: planted as a symlink to one of our
+    directories, the tag's ref (named after the tag) would land there. The fetch fails in one line instead."""
+    reference = f"{registry.host}/acme/refs:config.json"
+    push_model(write_model(tmp_path / "src"), reference, tmp_path)
+    mine = tmp_path / "my-directory"
+    mine.mkdir()
+    (mine / "config.json").write_text("my own file")
+    tags = Store(cache_dir).root / "refs" / registry.host / "acme" / "refs" / "@tags"
+    tags.parent.mkdir(parents=True)
+    tags.symlink_to(mine)
+    done = run_cli("fetch", reference, "--cache-dir", str(cache_dir), "-q")
+    assert done.returncode == 1
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and "is a symlink or a file, where the cache keeps a directory of refs" in lines[0], lines
+    assert [p.name for p in mine.iterdir()] == ["config.json"] and (mine / "config.json").read_text() == "my own file"

@@ -18,15 +18,10 @@ import queue
 import re
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from ..files import file_sha256, write_new
-from .usage import tree_inodes
-
-if TYPE_CHECKING:
-    from .store import Store
 
 log = logging.getLogger(__name__)
 
@@ -79,12 +74,13 @@ def mark_unsynced(marker: Path, temp: Path) -> None:
     fsync_dir(marker.parent)
 
 
-def recover_unsynced(store: Store, markers: Path) -> None:
+def recover_unsynced(markers: Path, blob_path: Callable[[str], Path],
+                     discard_linking: Callable[[set[tuple[int, int]]], None]) -> None:
     """Settle the unsynced markers a process left (killed, or gone before its background sync ended): from this
     boot the bytes are in the page cache, so fsync them; from an earlier boot (a power loss or crash came first)
-    re-hash the blob and delete it if torn, with the model and config directories that link it (their copy of
-    the bytes is the same torn inode): the next fetch downloads and builds them again. A marker of a live process
-    is its own business."""
+    re-hash the blob and delete it if torn, then ``discard_linking`` its (device, inode): the model and config
+    directories that link it hold the same torn bytes, and the next fetch downloads and builds them again. A
+    marker of a live process is its own business."""
     try:
         entries = sorted(markers.iterdir())
     except FileNotFoundError:  # the common case: one failed lookup
@@ -101,7 +97,7 @@ def recover_unsynced(store: Store, markers: Path) -> None:
         this_boot = boot != "" and boot == boot_id()
         if this_boot and pid.isdigit() and _alive(int(pid)):
             continue
-        blob = store.blob_path(digest)
+        blob = blob_path(digest)
         if this_boot:  # the bytes are in the page cache: synced in the background, not on this command's path
             if blob.exists():
                 background_sync().submit(blob, path)
@@ -115,15 +111,7 @@ def recover_unsynced(store: Store, markers: Path) -> None:
         with contextlib.suppress(OSError):  # a read-only cache: its blobs were checked, the marker may stay
             path.unlink(missing_ok=True)
     if torn:
-        _discard_dirs_linking(store, torn)
-
-
-def _discard_dirs_linking(store: Store, inodes: set[tuple[int, int]]) -> None:
-    for directory in list(store.model_dirs()):
-        if tree_inodes(directory.path) & inodes:
-            log.warning("%s links a torn blob: deleted, the next fetch builds it again", directory.path)
-            store.discard_dir(directory.path)
-    store.drop_stale_records()
+        discard_linking(torn)
 
 
 class BackgroundSync:

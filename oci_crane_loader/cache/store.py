@@ -53,6 +53,7 @@ from ..reference import Reference
 from ..settings import settings
 from .durability import background_sync, fsync_dir, mark_unsynced, recover_unsynced
 from .partial import PartialPaths
+from .usage import tree_inodes
 
 if TYPE_CHECKING:
     from ..oci import Descriptor
@@ -166,7 +167,7 @@ class Store:
         try:
             for sub in _LAYOUT:
                 (self.root / sub).mkdir(parents=True, exist_ok=True)
-            recover_unsynced(self, self.root / "unsynced")
+            recover_unsynced(self.root / "unsynced", self.blob_path, self._discard_dirs_linking)
         except OSError as exc:
             raise errors.cache_os_error(exc, f"create the cache at {self.root}", self.root) from exc
 
@@ -584,6 +585,14 @@ class Store:
             remove_tree(temp)
         self._sync_dir(final.parent)
         return final
+
+    def _discard_dirs_linking(self, inodes: set[tuple[int, int]]) -> None:
+        """The model and config directories holding one of ``inodes`` (torn blobs, see durability.py)."""
+        for directory in list(self.model_dirs()):
+            if tree_inodes(directory.path) & inodes:
+                log.warning("%s links a torn blob: deleted, the next fetch builds it again", directory.path)
+                self.discard_dir(directory.path)
+        self.drop_stale_records()
 
     def discard_dir(self, path: Path) -> None:
         """Delete a model or config directory. It is renamed into tmp/ first, so it leaves models/ in one step
