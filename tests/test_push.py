@@ -19,6 +19,7 @@ from support.models import tree_bytes, write_model
 
 from oci_crane_loader import errors
 from oci_crane_loader import layout as layout_module
+from oci_crane_loader.cache.store import Store
 from oci_crane_loader.formats import modelpack_pack
 from oci_crane_loader.formats.modelpack_pack import (
     _param_size,
@@ -27,7 +28,7 @@ from oci_crane_loader.formats.modelpack_pack import (
     pack_modelpack,
 )
 from oci_crane_loader.packing import SourceTimes, collect_files
-from oci_crane_loader.push import push
+from oci_crane_loader.push import _scratch_dir, push
 from oci_crane_loader.registry.crane import Crane
 
 EPOCH = 1700000000
@@ -487,3 +488,17 @@ def test_push_never_uploads_the_target_of_a_file_swapped_while_packing(registry,
         push(source, f"{registry.host}/acme/swapped:v1", cache_dir=cache_dir, insecure=True)
     assert manifest_puts(registry) == [] and uploads(registry) == []
     assert tmp_leftovers(cache_dir) == []
+
+
+@pytest.mark.parametrize(("mode", "in_cache"), [(0o755, True), (0o2775, False), (0o3775, True)])
+def test_push_builds_its_layout_in_the_cache_only_where_no_one_else_can_swap_it(tmp_path, cache_dir, mode, in_cache):
+    """crane pushes whatever the layout directory holds: in a cache shared by a group (2775) a member could swap
+    ours for theirs, so the layout goes to the system temp dir (sticky) or beside the model instead."""
+    source = write_model(tmp_path / "src", shards=1)
+    store = Store(cache_dir)
+    (store.root / "tmp").chmod(mode)
+    scratch = _scratch_dir(source, store)
+    try:
+        assert scratch.is_relative_to(store.root) is in_cache
+    finally:
+        scratch.rmdir()

@@ -565,6 +565,13 @@ class Store:
         """A new empty directory in tmp/, for the caller to remove (`cache prune` removes it once an hour old)."""
         return Path(tempfile.mkdtemp(prefix=prefix, suffix=f".{os.getpid()}.incomplete", dir=self.root / "tmp"))
 
+    def scratch_is_private(self) -> bool:
+        """Whether only this user can rename or delete what it puts in tmp/: nobody else may write there, or tmp/ is
+        sticky (as /tmp is). A cache shared by a group (mode 2775) is neither: a member could swap a scratch
+        directory for a symlink to one of their own while we fill it."""
+        mode = (self.root / "tmp").stat().st_mode
+        return not mode & (stat.S_IWGRP | stat.S_IWOTH) or bool(mode & stat.S_ISVTX)
+
     def scratch_shares_filesystem(self, path: Path) -> bool:
         """Whether files at ``path`` can be hard-linked into a scratch directory (one filesystem)."""
         return (self.root / "tmp").stat().st_dev == path.stat().st_dev
