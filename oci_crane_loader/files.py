@@ -49,8 +49,9 @@ def write_new(path: Path, data: bytes, *, sync: Callable[[int], None] | None = N
 
 
 def open_nofollow(path: Path | str, flags: int = os.O_RDONLY) -> int:
-    """``path`` opened without following a symlink at its last component (OSError ELOOP if it is one)."""
-    return os.open(path, flags | NOFOLLOW | _CLOEXEC)
+    """``path`` opened without following a symlink at its last component (OSError ELOOP if it is one), and without
+    waiting for a writer if a FIFO was put there (O_NONBLOCK: no effect on a regular file's reads and writes)."""
+    return os.open(path, flags | NOFOLLOW | _CLOEXEC | getattr(os, "O_NONBLOCK", 0))
 
 
 def fd_sha256(fd: int) -> str:

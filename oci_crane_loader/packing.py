@@ -109,7 +109,7 @@ def open_packed(model_dir: Path, name: str) -> Iterator[PackedFile]:
     if real != root and not real.is_relative_to(root):
         raise _changed(model_dir, name, f"is now a symlink to {real}, outside the model directory")
     try:
-        fd = open_nofollow(real, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))  # a FIFO swapped in cannot block
+        fd = open_nofollow(real)
     except OSError as exc:
         if exc.errno in SYMLINK_ERRNOS:
             raise _changed(model_dir, name, "was replaced by a symlink") from None

@@ -4,6 +4,7 @@ listing, verify and prune work on."""
 from __future__ import annotations
 
 import logging
+import os
 import stat
 import threading
 from pathlib import Path
@@ -14,6 +15,7 @@ from oci_crane_loader import errors
 from oci_crane_loader.cache.store import DigestFile, ModelDir, RefFile, ScratchEntry, Store
 from oci_crane_loader.oci import Descriptor, sha256_digest
 from oci_crane_loader.reference import parse_reference
+from oci_crane_loader.settings import settings
 
 PAYLOAD = b"weights"
 
@@ -195,3 +197,36 @@ def test_a_temp_file_swapped_before_its_commit_is_refused_and_what_it_names_is_u
         store.write_blob(descriptor(), fill_then_swap)
     assert stat.S_IMODE(victim.stat().st_mode) == 0o640 and victim.read_bytes() == PAYLOAD
     assert not store.blob_path(descriptor().digest).exists() and scratch_names(store) == []
+
+
+def test_the_lock_timeout_given_to_the_store_is_the_one_it_waits(tmp_path, monkeypatch, request):
+    """Settings are read once, by whoever opens the store; an explicit value wins over the environment."""
+    monkeypatch.setenv("OCI_CRANE_LOCK_TIMEOUT", "1234")
+    monkeypatch.delenv("OCI_CRANE_NO_FSYNC", raising=False)
+    settings.cache_clear()
+    request.addfinalizer(settings.cache_clear)
+    holder, impatient = Store(tmp_path / "cache"), Store(tmp_path / "cache", lock_timeout=0.1, fsync=False)
+    assert (holder.lock_timeout, holder.fsync) == (1234.0, True) and not impatient.fsync
+    with holder.try_blob_lock(descriptor().digest, create=True) as free:
+        assert free
+        with pytest.raises(errors.CacheError, match="gave up after 0s waiting for cache lock"):
+            impatient.write_blob(descriptor(), writes(PAYLOAD))
+    assert impatient.write_blob(descriptor(), writes(PAYLOAD))
+    assert not (impatient.root / "unsynced").exists()  # fsync=False: no durability marker
+
+
+def test_a_fifo_planted_at_a_partial_download_neither_blocks_nor_is_resumed(tmp_path):
+    """Opening a FIFO for reading waits for a writer: the partial file and its state file are opened O_NONBLOCK,
+    and found not to be regular files."""
+    paths = Store(tmp_path / "cache").partial_paths(descriptor().digest)
+    os.mkfifo(paths.data)
+    os.mkfifo(paths.state)
+    found: list[object] = []
+    looking = threading.Thread(target=lambda: found.extend([paths.load_state(), paths.resume(len(PAYLOAD))]),
+                               daemon=True)
+    looking.start()
+    looking.join(timeout=60)  # only so that a regression fails instead of hanging the suite
+    assert found == [None, None]
+    fd = paths.create(len(PAYLOAD))  # and a fresh download replaces them
+    os.close(fd)
+    assert stat.S_ISREG(paths.data.lstat().st_mode) and not paths.state.exists()
