@@ -62,6 +62,12 @@ EXAMPLES: dict[str, tuple[str, str | None]] = {
                               "\"docker-credential-desktop\": executable file not found in $PATH", None),
     "CraneIntegrityError": ("the registry sent more than the 144 bytes the descriptor of "
                             "127.0.0.1:5000/acme/tiny@sha256:0913dc526325... promises; download stopped", None),
+    "MirrorConfigError": ("/etc/containers/registries.conf: [[registry]] docker.io: unsupported pull-from-mirror "
+                          "'sometimes' for mirror mirror.example.com",
+                          "use one of all, digest-only, tag-only in /etc/containers/registries.conf"),
+    "RegistryBlockedError": ("index.docker.io/library/ubuntu is blocked (blocked = true) in "
+                             "/etc/containers/registries.conf.d/50-airgap.conf, and no mirror that is not blocked "
+                             "serves it", None),
 }
 
 HEADER = """\

@@ -14,14 +14,9 @@ import sys
 from pathlib import Path
 
 from . import errors
-from .reference import parse_reference
+from .reference import is_registry_host, parse_reference
 from .registry.crane import Crane
-
-
-def docker_config_path() -> Path:
-    """The file crane reads and `login` writes (crane's pkg/authn DefaultKeychain, first choice)."""
-    directory = os.environ.get("DOCKER_CONFIG")
-    return Path(directory) / "config.json" if directory else Path.home() / ".docker" / "config.json"
+from .registry.keychain import docker_config_path
 
 
 def read_password(password_stdin: bool) -> str:
@@ -41,7 +36,7 @@ def read_password(password_stdin: bool) -> str:
 def _registry(text: str) -> str:
     """A registry host as crane's keychain keys it: `docker.io` and friends become index.docker.io's key."""
     host = text.strip().rstrip("/")
-    if "/" in host or not ("." in host or ":" in host or host == "localhost"):
+    if "/" in host or not is_registry_host(host):
         raise errors.UsageError(f"{text!r} is not a registry host",
                                 "name the registry alone, e.g. ghcr.io, docker.io or localhost:5000")
     return parse_reference(f"{host}/probe").registry

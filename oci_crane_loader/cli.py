@@ -18,12 +18,21 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from . import __version__, errors
-from .options import MAX_JOBS, check_cache_dir, check_jobs, check_retries, fetch_options, normalise_subpath
-from .registry.crane import Crane, check_authfile, check_connection
+from .options import (
+    LOCAL_DIR_MODES,
+    MAX_JOBS,
+    check_cache_dir,
+    check_jobs,
+    check_retries,
+    fetch_options,
+    normalise_subpath,
+)
+from .registry.access import check_authfile, check_connection
+from .registry.crane import Crane
 from .settings import environment_help, settings
 
 if TYPE_CHECKING:  # the pull machinery (pydantic, filelock) is imported by the commands that use it: --help is fast
-    from .cached import FetchResult
+    from .fetching import FetchResult
     from .options import FetchOptions
     from .progress import Progress
     from .pull import Puller
@@ -37,8 +46,8 @@ EXIT_CODES = {
     EXIT_OK: "success",
     EXIT_FAILURE: "failure: the error line on stderr names the cause and the fix",
     EXIT_USAGE: "usage: an unknown option or a value that cannot be used; nothing was done",
-    EXIT_INTERRUPTED: "interrupted (Ctrl-C, SIGINT); partial downloads were discarded",
-    EXIT_TERMINATED: "terminated (SIGTERM); partial downloads were discarded",
+    EXIT_INTERRUPTED: "interrupted (Ctrl-C, SIGINT); partial downloads were kept for the next fetch to continue",
+    EXIT_TERMINATED: "terminated (SIGTERM); partial downloads were kept for the next fetch to continue",
 }
 
 
@@ -95,8 +104,12 @@ def build_parser() -> argparse.ArgumentParser:
     fetch.add_argument("--retries", metavar="N", type=_retries,
                        help="new tries of a download whose stream broke, 0 to 20 (default: OCI_CRANE_RETRIES or 2)")
     fetch.add_argument("--local-dir", metavar="DIR",
-                       help="also place the model's files in DIR (hard links to the cache where DIR is on its file "
-                            "system, copies otherwise) and print DIR")
+                       help="also place the model's files in DIR (outside the cache), as --local-dir-mode says, "
+                            "and print DIR")
+    fetch.add_argument("--local-dir-mode", choices=LOCAL_DIR_MODES, metavar="MODE",
+                       help="copy (default): files of DIR's own, which you may edit (reflinks where the file system "
+                            "has them, else copies); link: hard links to the cache's read-only files, no second "
+                            "copy on disk, for a DIR served read-only")
     _common(fetch)
 
     inspect = commands.add_parser("inspect", help="show digest, format, files and sizes without downloading weights")
@@ -120,8 +133,12 @@ def build_parser() -> argparse.ArgumentParser:
     remove.add_argument("reference", metavar="REF", help="registry/repository:tag as `cache ls` shows it")
     remove.add_argument("--prune", action="store_true", help="then run `cache prune`")
 
-    doctor = _local(commands.add_parser("doctor", help="check crane, the cache, credentials and vLLM"))
+    doctor = _local(commands.add_parser("doctor", help="check crane, the cache, credentials, mirrors and vLLM"))
     doctor.add_argument("--authfile", metavar="PATH", help="check this credentials file, as fetch --authfile reads it")
+    which = doctor.add_mutually_exclusive_group()
+    which.add_argument("reference", metavar="REF", nargs="?",
+                       help="also list the mirrors in force for REF, in the order they are tried, and their files")
+    which.add_argument("--ref", metavar="REF", dest="ref_option", help="the same as REF")
     _push_parser(commands)
     _registry_parsers(commands)
     _deploy_parsers(commands)
@@ -239,7 +256,7 @@ def _run(args: argparse.Namespace) -> int:
 
         result = fetch(_options(args, args.jobs), args.reference, _progress(args))
         if args.local_dir is not None:
-            _fetch_into(result, args.local_dir, args.json)
+            _fetch_into(result, args, args.local_dir)
         else:
             print(json.dumps(result.to_json(), indent=2) if args.json else result.path)
     elif args.command == "inspect":
@@ -265,7 +282,7 @@ def _run(args: argparse.Namespace) -> int:
     elif args.command == "doctor":
         from .doctor import run_doctor
 
-        report = run_doctor(args.cache_dir, args.authfile)
+        report = run_doctor(args.cache_dir, args.authfile, args.reference or args.ref_option)
         print(json.dumps(report.to_json(), indent=2) if args.json else report.text())
         if not report.ok:
             raise report.error()
@@ -304,13 +321,15 @@ def _deploy_command(args: argparse.Namespace) -> None:
             print(report.path)
 
 
-def _fetch_into(result: FetchResult, local_dir: str, as_json: bool) -> None:
+def _fetch_into(result: FetchResult, args: argparse.Namespace, local_dir: str) -> None:
+    from .cache.store import Store
     from .local_dir import place_model
 
-    placed = place_model(result.path, result.files, local_dir)
+    placed = place_model(result.path, result.files, local_dir, store=Store(args.cache_dir),
+                         mode=args.local_dir_mode or LOCAL_DIR_MODES[0])
     for line in placed.warnings():
         print(f"warning: {errors.printable(line)}", file=sys.stderr)
-    if as_json:
+    if args.json:
         print(json.dumps({**result.to_json(), "path": str(placed.path), "cache_path": str(result.path),
                           "local_dir": placed.to_json()}, indent=2))
     else:
@@ -389,14 +408,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         if hasattr(args, "plain_http"):  # fetch, inspect, push: what crane cannot honour is refused here
             check_connection(insecure=args.insecure, plain_http=args.plain_http, ca_file=args.ca_file)
             check_authfile(args.authfile)
-        if getattr(args, "local_dir", None) is not None and not args.local_dir.strip():
-            raise errors.UsageError("--local-dir is empty: name the directory the model should go to")
+        if getattr(args, "local_dir", None) is not None:
+            if not args.local_dir.strip():
+                raise errors.UsageError("--local-dir is empty: name the directory the model should go to")
+            from .local_dir import cache_root, check_local_dir
+
+            try:  # before anything is downloaded
+                check_local_dir(args.local_dir, cache_root(args.cache_dir),
+                                mode=args.local_dir_mode or LOCAL_DIR_MODES[0])
+            except errors.UsageError as exc:
+                raise errors.UsageError(f"{exc.cause} -- fix: {exc.fix}") from None
+        elif getattr(args, "local_dir_mode", None) is not None:
+            raise errors.UsageError("--local-dir-mode applies to --local-dir DIR: name the directory too")
     except errors.UsageError as exc:
         parser.error(exc.cause)
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, _terminate)
         # Ctrl-C and `kill -INT` interrupt, even where SIGINT came ignored (a shell starts background jobs with it
-        # ignored, and Python then installs no handler): partial downloads are discarded either way.
+        # ignored, and Python then installs no handler): partial downloads are kept either way.
         signal.signal(signal.SIGINT, signal.default_int_handler)
     logging.basicConfig(level=logging.DEBUG if args.debug else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
@@ -411,7 +440,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {exc.one_line()}", file=sys.stderr)
         return EXIT_FAILURE
     except KeyboardInterrupt as exc:
-        print("interrupted; partial downloads were discarded", file=sys.stderr)
+        print("interrupted; partial downloads were kept: the next fetch continues them", file=sys.stderr)
         return EXIT_TERMINATED if isinstance(exc, _Terminated) else EXIT_INTERRUPTED
     except OSError as exc:  # disk full, permissions: still one line, with the fix that fits the errno
         if args.debug:

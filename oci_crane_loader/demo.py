@@ -14,12 +14,13 @@ import tempfile
 from dataclasses import replace
 from pathlib import Path
 
+from .fetching import fetch
 from .formats.dmr_pack import pack_dmr
 from .options import fetch_options
 from .progress import Progress
-from .pull import open_puller
 from .registry.crane import Crane
 from .registry.local_registry import serve_registry
+from .safetensors_check import INDEX_FILENAME
 
 
 def write_safetensors(path: Path, tensors: dict[str, tuple[list[int], list[float]]]) -> None:
@@ -43,7 +44,7 @@ def write_tiny_model(directory: Path) -> Path:
     write_safetensors(directory / "model-00002-of-00002.safetensors",
                       {"head.weight": ([4, 2], [float(-i) for i in range(8)])})
     weight_map = {"embed.weight": "model-00001-of-00002.safetensors", "head.weight": "model-00002-of-00002.safetensors"}
-    (directory / "model.safetensors.index.json").write_text(
+    (directory / INDEX_FILENAME).write_text(
         json.dumps({"metadata": {"total_size": 64}, "weight_map": weight_map}, indent=2))
     return directory
 
@@ -58,8 +59,9 @@ def run_demo(cache_dir: str | None = None) -> str:
             print(f"pushed {Crane().push(work / 'layout', reference)}", file=sys.stderr)
             # The user's real cache: the printed directory stays for them to look at. The registry is this
             # process's own, on loopback: OCI_CRANE_OFFLINE does not keep the demo from it.
-            options = replace(fetch_options(cache_dir=cache_dir), offline=False)
-            result = open_puller(options, Progress(enabled=not options.settings.disable_progress)).fetch(reference)
+            options = fetch_options(cache_dir=cache_dir)
+            options = replace(options, access=options.access.online())
+            result = fetch(options, reference, Progress(enabled=not options.settings.disable_progress))
         same = filecmp.dircmp(source, result.path)
         if same.left_only or same.right_only or same.diff_files or not all(
                 filecmp.cmp(source / name, result.path / name, shallow=False) for name in result.files):

@@ -19,3 +19,8 @@ def digest_hex(digest: str) -> str:
     if not _DIGEST.fullmatch(digest):
         raise InvalidDocumentError(f"unsupported digest {digest!r}: only sha256:<64 hex> is accepted")
     return digest.split(":", 1)[1]
+
+
+def is_digest(text: object) -> bool:
+    """Whether ``text`` is a ``sha256:<64 hex>`` digest (for values read back from disk)."""
+    return isinstance(text, str) and _DIGEST.fullmatch(text) is not None

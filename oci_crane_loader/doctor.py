@@ -13,13 +13,15 @@ import subprocess
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from . import errors
 from .cache.store import Store, remove_tree
+from .platforms import host_platform
 from .progress import human
 from .registry.crane import MINIMUM_VERSION, SOURCE_NAMES, choose_crane
-from .registry.executable import host_platform
-from .registry.keychain import find_credentials
+from .registry.keychain import HOME_DOCKER_CONFIG, find_credentials
+from .registry.mirrors import load_config
 from .vllm_api import SUPPORTED_RANGE, in_supported_range, installed_version
 
 MIN_FREE_BYTES = 1 << 30  # less than this cannot hold a model worth serving
@@ -108,7 +110,7 @@ def check_credentials(authfile: str | None = None) -> list[Check]:
     path = source.path
     if path is None:
         return [Check(CREDENTIALS, True, "no credentials file (looked for $DOCKER_CONFIG/config.json, "
-                                         "~/.docker/config.json, $REGISTRY_AUTH_FILE, $XDG_RUNTIME_DIR/containers/"
+                                         f"{HOME_DOCKER_CONFIG}, $REGISTRY_AUTH_FILE, $XDG_RUNTIME_DIR/containers/"
                                          "auth.json, ~/.config/containers/auth.json): anonymous pulls only "
                                          "(oci-crane login, docker login or podman login create one)")]
     if not path.is_file():
@@ -194,6 +196,27 @@ def check_plugin() -> Check:
     return Check("vllm plugin", True, f"entry point {PLUGIN_NAME} = {found[0].value} ({PLUGIN_GROUP})")
 
 
-def run_doctor(cache_dir: str | None = None, authfile: str | None = None) -> DoctorReport:
-    return DoctorReport((check_crane(), check_cache(cache_dir), *check_credentials(authfile), check_vllm(),
-                         check_plugin()))
+def check_mirrors(reference: str | None = None, *, environ: Mapping[str, str] | None = None,
+                  root: Path = Path("/")) -> Check:
+    """The mirrors in force (registries.conf and containerd's hosts.toml, registry/mirrors.py) and the files they
+    come from; with a reference, the endpoints in the order they are tried. Advice: a fetch without mirrors works."""
+    import os
+
+    from .reference import parse_reference
+
+    parsed = parse_reference(reference) if reference else None  # a bad reference is the usual one-line error
+    try:
+        config = load_config(environ=os.environ if environ is None else environ, root=root)
+        if parsed is None:
+            return Check("mirrors", True, "\n      ".join(config.summary()),
+                         facts={"files": [str(path) for path in config.registries_files],
+                                "hosts_dirs": [str(path) for path in config.hosts_roots]})
+        plan = config.plan(parsed)
+    except (errors.MirrorConfigError, errors.RegistryBlockedError) as exc:
+        return Check("mirrors", False, exc.cause, exc.fix)
+    return Check("mirrors", True, "\n      ".join(plan.describe()), facts={"plan": plan.to_json()})
+
+
+def run_doctor(cache_dir: str | None = None, authfile: str | None = None, reference: str | None = None) -> DoctorReport:
+    return DoctorReport((check_crane(), check_cache(cache_dir), *check_credentials(authfile), check_mirrors(reference),
+                         check_vllm(), check_plugin()))

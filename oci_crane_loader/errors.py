@@ -167,6 +167,7 @@ class CraneError(OciCraneError, RuntimeError):
         self.command = list(command or [])
         self.returncode = returncode
         self.stderr = stderr
+        self.retry_after: float | None = None  # seconds a 429 or 503 answer asked us to wait (HTTP road)
         super().__init__(cause, fix)
 
 
@@ -252,3 +253,17 @@ class VllmIncompatibleError(OciCraneError, ImportError):
     """The installed vLLM lacks a name the plugin needs, or has it with other parameters."""
 
     default_fix = "install a vLLM in the supported range (docs/vllm.md, Compatibility), or a newer oci-crane-loader"
+
+
+class MirrorConfigError(OciCraneError, ValueError):
+    """A mirror configuration file the node has (containers-registries.conf and its registries.conf.d drop-ins, or
+    containerd's hosts.toml under /etc/containerd/certs.d or OCI_CRANE_HOSTS_DIR) cannot be read or used; the
+    message names the file and the entry."""
+
+    default_fix = "fix the file the message names (docs/mirrors.md shows both formats), or move it away"
+
+
+class RegistryBlockedError(OciCraneError, PermissionError):
+    """The node's containers-registries.conf blocks the registry (`blocked = true`) and no mirror may serve it."""
+
+    default_fix = "pull from a registry the configuration allows, or ask whoever manages the file to unblock it"

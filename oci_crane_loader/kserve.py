@@ -34,8 +34,8 @@ def initialize(arguments: Sequence[str], cache_dir: str | Path | None, *, insecu
     """Fetch each ``URI DEST`` pair of ``arguments`` into DEST; the cache is ``cache_dir``, else
     OCI_CRANE_LOADER_CACHE, else a scratch directory in each DEST."""
     from .cache.store import remove_tree
+    from .fetching import fetch, open_store
     from .options import fetch_options
-    from .pull import open_puller
     from .settings import settings
 
     cache_dir = cache_dir or settings().cache_dir  # OCI_CRANE_LOADER_CACHE
@@ -49,8 +49,10 @@ def initialize(arguments: Sequence[str], cache_dir: str | Path | None, *, insecu
         scratch = None if cache_dir else target / f".oci-crane-cache-{secrets.token_hex(4)}"
         try:
             options = fetch_options(cache_dir=cache_dir or scratch, insecure=insecure, platform=platform)
-            result = open_puller(options).fetch(reference_of(uri))
-            reports.append(place_model(result.path, result.files, target,
+            result = fetch(options, reference_of(uri))
+            # A scratch cache goes once DEST holds the model: hard links then cost nothing and share nothing.
+            reports.append(place_model(result.path, result.files, target, store=open_store(options),
+                                       mode="link" if scratch else "copy",
                                        unreported=scratch.name if scratch else None))
         finally:
             if scratch is not None:

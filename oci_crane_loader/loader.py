@@ -16,11 +16,11 @@ from pathlib import Path
 from typing import Any
 
 from .errors import InvalidModelError
+from .fetching import prepare
 from .formats import LayerPlan, Plan
-from .materialize import INDEX_NAME
 from .options import from_extra_config
-from .pull import Puller, Resolved, open_puller
-from .safetensors_check import SafetensorsIndex, read_header, read_index
+from .pull import Puller, Resolved
+from .safetensors_check import INDEX_FILENAME, SafetensorsIndex, read_header, read_index
 from .vllm_api import LOGGER_NAME
 
 log = logging.getLogger(LOGGER_NAME)
@@ -102,10 +102,7 @@ class OciCraneModelLoader(_LoaderBase):  # type: ignore[misc]
         self.options = from_extra_config(load_config.model_loader_extra_config, load_config.download_dir)
 
     def _prepare(self, model_config: Any) -> tuple[Puller, Resolved, Plan, Path]:
-        reference = model_config.model_weights or model_config.model
-        puller = open_puller(self.options)
-        resolved, plan, config_dir = puller.prepare(reference)
-        return puller, resolved, plan, config_dir
+        return prepare(self.options, model_config.model_weights or model_config.model)
 
     def download_model(self, model_config: Any) -> None:
         puller, resolved, plan, _ = self._prepare(model_config)
@@ -114,7 +111,7 @@ class OciCraneModelLoader(_LoaderBase):  # type: ignore[misc]
 
     def load_weights(self, model: Any, model_config: Any) -> None:
         puller, resolved, plan, config_dir = self._prepare(model_config)
-        index = read_index(config_dir / INDEX_NAME) if (config_dir / INDEX_NAME).exists() else None
+        index = read_index(config_dir / INDEX_FILENAME) if (config_dir / INDEX_FILENAME).exists() else None
         if plan.streamable:
             loaded = model.load_weights(stream_weights(puller, resolved, plan, index))
             puller.materialize(resolved, plan)  # a full model directory for others

@@ -17,18 +17,18 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
 
+from .cache.contents import absent_from, built_files, missing_files, save_built_files, some
 from .cache.store import Store, remove_tree
-from .errors import CacheError, InvalidModelError, OciCraneError, cache_os_error
+from .errors import CacheError, IntegrityError, InvalidModelError, OciCraneError, cache_os_error
 from .files import create_new, link_or_copy, open_nofollow
 from .formats import Action, LayerPlan, Plan
 from .paths import safe_relative_path
 from .progress import human
-from .safetensors_check import check_model_dir, read_header, read_index
+from .safetensors_check import INDEX_FILENAME, check_model_dir, read_header, read_index
 from .settings import UnpackLimits, settings
 
 log = logging.getLogger(__name__)
 
-INDEX_NAME = "model.safetensors.index.json"
 
 
 ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
@@ -277,7 +277,7 @@ def missing_safetensors(tree: Path, root: Path, where: str | None = None) -> Inv
 def shard_names(shards: list[LayerPlan], store: Store, model_dir: Path) -> list[str]:
     """Names for unnamed DMR v0.1 shards: by the index's weight_map (matched on each shard's own tensor names,
     so layer order does not matter), else model.safetensors or model-%05d-of-%05d.safetensors."""
-    index_file = model_dir / INDEX_NAME
+    index_file = model_dir / INDEX_FILENAME
     if index_file.exists():
         weight_map = read_index(index_file).weight_map
         names = []
@@ -286,7 +286,7 @@ def shard_names(shards: list[LayerPlan], store: Store, model_dir: Path) -> list[
             files = {weight_map.get(name, "") for name in tensors}
             if len(files) != 1 or "" in files:
                 raise InvalidModelError(
-                    f"shard {number} ({shard.descriptor.digest[:19]}) does not match one file of {INDEX_NAME}",
+                    f"shard {number} ({shard.descriptor.digest[:19]}) does not match one file of {INDEX_FILENAME}",
                     "re-push the model with the index that belongs to its shards")
             names.append(files.pop())
         return names
@@ -301,9 +301,19 @@ def materialize(store: Store, plan: Plan, manifest_digest: str, *, weights: bool
     ``variant`` names a filtered plan (--include/--exclude): a set of files, not checked as a loadable model."""
     final = (store.model_path(manifest_digest, subpath, variant) if weights
              else store.config_path(manifest_digest, subpath))
-    if final.is_dir():
+    missing = missing_files(store, final) if final.is_dir() else []
+    if final.is_dir() and missing == []:
         return final
-    work = store.new_model_dir(manifest_digest)
+    try:
+        work = store.new_model_dir(manifest_digest)
+    except OSError as exc:
+        if missing is None:  # built by an older version and the cache is read-only: served as it is
+            return final
+        if not final.is_dir():
+            raise
+        raise IntegrityError(f"{lacks(final, missing)}, and the cache at {store.root} cannot be written to build "
+                             f"it again ({exc.strerror})", "run `oci-crane cache prune --damaged` where the cache is "
+                             "writable, then fetch again") from exc
     try:
         for number, layer in enumerate(plan.layers):
             if layer.weights and not weights:
@@ -329,9 +339,32 @@ def materialize(store: Store, plan: Plan, manifest_digest: str, *, weights: bool
             os.rename(model_root, chosen)
             remove_tree(work)
             work = chosen
+        files = built_files(work)
+        if final.is_dir() and _replace_incomplete(store, final, files):
+            return final
+        save_built_files(store, final, files)  # before it is published: a published directory has its record
         return store.publish_dir(work, final)
     finally:
         remove_tree(work)  # nothing left behind when validation fails; a no-op after publishing
+
+
+def _replace_incomplete(store: Store, final: Path, files: dict[str, int]) -> bool:
+    """``final`` exists but lacks files, or nothing records what it was built with (an older version built it):
+    judged against ``files``, a fresh build's. True when it holds them all (it is kept, and recorded); else it is
+    deleted, to be replaced by the fresh build."""
+    gone = absent_from(final, files)
+    if not gone:
+        save_built_files(store, final, files)
+        return True
+    log.warning("%s: built again", lacks(final, gone))
+    with contextlib.suppress(FileNotFoundError):  # another fetch replaced it first
+        store.discard_dir(final)
+    return False
+
+
+def lacks(directory: Path, missing: list[str]) -> str:
+    """A model or config directory that lacks files it was built with (deleted, or changed in size)."""
+    return f"{directory} lacks {len(missing)} file(s) it was built with ({some(missing)})"
 
 
 def _check_model(model_root: Path, work: Path, plan: Plan, *, weights: bool) -> None:
@@ -340,8 +373,8 @@ def _check_model(model_root: Path, work: Path, plan: Plan, *, weights: bool) -> 
     if weights:
         if not check_model_dir(model_root) and plan.find_root:  # the guessed directory may be the wrong one
             raise missing_safetensors(work, model_root)
-    elif (model_root / INDEX_NAME).exists():
-        read_index(model_root / INDEX_NAME)
+    elif (model_root / INDEX_FILENAME).exists():
+        read_index(model_root / INDEX_FILENAME)
 
 
 def missing_config(plan: Plan) -> InvalidModelError:

@@ -13,10 +13,12 @@ from typing import Any
 
 from . import errors
 from .paths import safe_relative_path
-from .registry.crane import Crane, check_authfile, check_connection
+from .registry.access import RegistryAccess, registry_access
+from .registry.crane import Crane
 from .settings import Settings, parse_retries, settings
 
 MAX_JOBS = 64  # concurrent crane processes; more only thrashes the registry and the disk
+LOCAL_DIR_MODES = ("copy", "link")  # how --local-dir gets each file (local_dir.py); the first is the default
 
 
 @dataclass(frozen=True)
@@ -25,17 +27,38 @@ class FetchOptions:
 
     cache_dir: Path | None = None  # None: OCI_CRANE_LOADER_CACHE or ~/.cache/oci-crane-loader
     platform: str | None = None  # os/arch[/variant] to choose from an image index; None: the host's
-    offline: bool = False  # the option or OCI_CRANE_OFFLINE=1: the cache only
-    insecure: bool = False  # skip TLS verification (crane --insecure)
     jobs: int = 4
     subpath: str | None = None  # normalised: "models/b", never "/models/b/" (it names the model directory)
-    plain_http: bool = False  # the registry speaks http (crane --insecure: see crane.check_connection)
-    ca_file: Path | None = None  # a private CA to trust besides the system's
-    authfile: Path | None = None  # the credentials file (podman's auth.json or a docker config.json)
-    retries: int = 2  # new tries of a blob download whose stream broke (--retries, OCI_CRANE_RETRIES)
     include: tuple[str, ...] = ()  # fnmatch patterns on the model's file paths: only these (none: all)
     exclude: tuple[str, ...] = ()  # ... and not these
+    # How the registry may be reached (offline, TLS, credentials file, timeouts, retries): one value for crane and
+    # the HTTP downloads alike.
+    access: RegistryAccess = field(default_factory=RegistryAccess)
     settings: Settings = field(default_factory=Settings)  # the OCI_CRANE_* environment, read once
+
+    @property
+    def offline(self) -> bool:
+        return self.access.offline
+
+    @property
+    def retries(self) -> int:
+        return self.access.retries
+
+    @property
+    def insecure(self) -> bool:
+        return self.access.insecure
+
+    @property
+    def plain_http(self) -> bool:
+        return self.access.plain_http
+
+    @property
+    def ca_file(self) -> Path | None:
+        return self.access.ca_file
+
+    @property
+    def authfile(self) -> Path | None:
+        return self.access.authfile
 
 
 def fetch_options(*, cache_dir: str | Path | None = None, platform: str | None = None, offline: bool = False,
@@ -46,21 +69,17 @@ def fetch_options(*, cache_dir: str | Path | None = None, platform: str | None =
     """The one place the options of a fetch are checked; UsageError names the option and how to fix it.
     ``retries`` None: OCI_CRANE_RETRIES, else 2."""
     environment = settings()
-    return FetchOptions(cache_dir=check_cache_dir(cache_dir), platform=platform or None,
-                        offline=offline or environment.offline, insecure=insecure, jobs=check_jobs(jobs),
-                        subpath=normalise_subpath(subpath), plain_http=plain_http,
-                        ca_file=check_connection(insecure=insecure, plain_http=plain_http, ca_file=ca_file),
-                        authfile=check_authfile(authfile),
-                        retries=environment.retries if retries is None else check_retries(retries),
-                        include=check_patterns(include, "--include"), exclude=check_patterns(exclude, "--exclude"),
-                        settings=environment)
+    access = registry_access(offline=offline, insecure=insecure, plain_http=plain_http, ca_file=ca_file,
+                             authfile=authfile, retries=None if retries is None else check_retries(retries),
+                             environment=environment)
+    return FetchOptions(cache_dir=check_cache_dir(cache_dir), platform=platform or None, jobs=check_jobs(jobs),
+                        subpath=normalise_subpath(subpath), include=check_patterns(include, "--include"),
+                        exclude=check_patterns(exclude, "--exclude"), access=access, settings=environment)
 
 
 def open_crane(options: FetchOptions) -> Crane:
     """The Crane a fetch with ``options`` talks to the registry through."""
-    return Crane(insecure=options.insecure, offline=options.offline, timeout=options.settings.timeout,
-                 stall_timeout=options.settings.stall_timeout, plain_http=options.plain_http,
-                 ca_file=options.ca_file, authfile=options.authfile)
+    return Crane(options.access)
 
 
 def check_retries(retries: object) -> int:

@@ -9,6 +9,7 @@ import errno
 import logging
 import os
 import posixpath
+import random
 import shutil
 import threading
 import time
@@ -16,11 +17,13 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 from . import errors
+from .cache.contents import missing_files
+from .cache.prune import discard_blobs
 from .cache.store import Store, remove_tree
-from .cached import MAX_DOCUMENT_SIZE, FetchResult, record_key, save_record
-from .files import list_files
+from .cached import Recorded
 from .formats import Action, LayerPlan, Plan, recognise
 from .formats.index import select_child
 from .formats.plan import filter_key, filter_plan
@@ -30,10 +33,15 @@ from .options import MAX_JOBS, FetchOptions, open_crane
 from .progress import Progress, human
 from .reference import Reference, parse_reference
 from .registry import transfer
+from .registry.access import RegistryRoutes
 from .registry.crane import Crane
-from .settings import settings
+from .registry.sources import Source
+from .registry.sources import plan as plan_sources
+from .settings import Settings
+from .sourcing import check_document_size, manifest_at, require_digest
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 @dataclass(frozen=True)
 class Resolved:
@@ -44,7 +52,7 @@ class Resolved:
 
     @property
     def pinned(self) -> str:
-        return f"{self.reference.repository_name}@{self.digest}"
+        return self.reference.with_digest(self.digest)
 
 
 @dataclass(frozen=True)
@@ -70,13 +78,68 @@ def open_puller(options: FetchOptions, progress: Progress | None = None, store: 
     loader all get theirs here. ``store``: the cache already opened for ``options`` (fetching.fetch's)."""
     return Puller(store or Store(options.cache_dir), open_crane(options), jobs=options.jobs, progress=progress,
                   subpath=options.subpath, platform=options.platform, retries=options.retries, include=options.include,
-                  exclude=options.exclude)
+                  exclude=options.exclude, ranges=RangeSettings.of(options.settings),
+                  retry_window=options.settings.retry_window)
+
+
+class Backoff:
+    """When a failing download is tried again: after 1 s, 2 s, 4 s ... (at most MAX_WAIT, each +-25 % so that
+    many clients do not come back in step), while fewer than ``retries`` attempts in a row kept no new byte and
+    the last new byte is less than ``window`` seconds old. An attempt that leaves more bytes on disk than any
+    before it (a resumable download moving on) starts the count again."""
+
+    MAX_WAIT = 30.0
+
+    def __init__(self, retries: int, window: float, kept: int) -> None:
+        self.retries, self.window = retries, window
+        self.failures = 0
+        self.best = kept  # bytes on disk to continue from, at the start or after the best attempt
+        self.progressed = time.monotonic()
+
+    def next_wait(self, kept: int, asked: float | None = None) -> float | None:
+        """The wait before the next attempt, after one that failed leaving ``kept`` bytes; None: give up.
+        ``asked``: what a 429 or 503 answer's Retry-After asked for, waited (plus jitter, within MAX_WAIT)
+        instead of the doubling."""
+        now = time.monotonic()
+        if kept > self.best:
+            self.best, self.failures, self.progressed = kept, 0, now
+        self.failures += 1
+        base = asked if asked is not None else 2.0 ** (self.failures - 1)
+        jitter = random.uniform(1.0, 1.25) if asked is not None else random.uniform(0.75, 1.25)  # never less asked
+        wait = min(self.MAX_WAIT, base * jitter)
+        if self.failures > self.retries or now + wait - self.progressed > self.window:
+            return None
+        return wait
+
+
+@dataclass(frozen=True)
+class RangeSettings:
+    """When and how large blobs come as parallel byte ranges (OCI_CRANE_RANGE_*, OCI_CRANE_NO_RANGES)."""
+
+    threshold: int = Settings.range_threshold  # blobs at least this large
+    parts: int = Settings.range_parts  # at most this many ranges per blob (1: crane blob only)
+    connections: int = Settings.range_connections  # shared by the large blobs downloading at once
+    disabled: bool = False
+
+    @classmethod
+    def of(cls, environment: Settings) -> RangeSettings:
+        return cls(environment.range_threshold, environment.range_parts, environment.range_connections,
+                   environment.no_ranges)
+
+    @property
+    def on(self) -> bool:
+        """Whether large blobs may come as byte ranges at all."""
+        return not self.disabled and self.parts > 1
+
+    def applies(self, size: int) -> bool:
+        return self.on and size >= self.threshold
 
 
 class Puller:
     def __init__(self, store: Store, crane: Crane, *, jobs: int = 4, progress: Progress | None = None,
                  subpath: str | None = None, platform: str | None = None, retries: int = 2,
-                 include: tuple[str, ...] = (), exclude: tuple[str, ...] = ()) -> None:
+                 include: tuple[str, ...] = (), exclude: tuple[str, ...] = (),
+                 ranges: RangeSettings | None = None, retry_window: float = Settings.retry_window) -> None:
         if not 1 <= jobs <= MAX_JOBS:
             raise errors.UsageError(f"jobs must be 1 to {MAX_JOBS}, not {jobs}", f"pass --jobs 1 to {MAX_JOBS}")
         self.subpath = subpath  # the model directory inside an image or artifact (normalised), when the user names it
@@ -88,41 +151,68 @@ class Puller:
         # crane retries until response headers; a body that drops mid-stream is tried again here (crane blob
         # from zero, a ranged download from the bytes on disk)
         self.retries = retries
+        self.retry_window = retry_window  # seconds a blob may go on failing without a byte more kept on disk
+        self._names: dict[str, str] = {}  # digest -> the file it becomes, for messages
+        self._sources: dict[str, list[Source]] = {}  # repository -> where its bytes may come from
+        self.came_from: dict[str, str] = {}  # digest -> the source that served it (manifests and blobs)
         self.include, self.exclude = include, exclude  # fetch only: which files (formats/plan.filter_plan)
-        self.range_parts = settings().range_parts  # byte ranges per large blob; ensure_blobs shares out the slots
+        self.ranges = ranges or RangeSettings.of(Settings())
+        self.range_parts = self.ranges.parts  # byte ranges per large blob; ensure_blobs shares out the slots
+        self.routes = RegistryRoutes()  # what this Puller's downloads learn of the registries they ask
 
     # --- manifests ---------------------------------------------------------------------------------------------
+    def sources(self, reference: Reference) -> list[Source]:
+        """Where manifests by digest and blobs of ``reference`` may come from, in order (registry/sources.py):
+        the node's mirrors that may pull, then the upstream. Read once per repository and Puller."""
+        key = reference.repository_name
+        if key not in self._sources:
+            self._sources[key] = [source for source in plan_sources(reference, self.crane)
+                                  if source.endpoint is None or source.endpoint.can_pull]
+        return self._sources[key]
+
+    def _from_each(self, reference: Reference, what: str, attempt: Callable[[Source], T]) -> T:
+        """``attempt`` at each source in turn until one succeeds: a mirror that fails (refuses, lies, is gone)
+        costs one log line and the next source; the last source's failure is the one raised."""
+        sources = self.sources(reference)
+        for number, source in enumerate(sources, 1):
+            try:
+                return attempt(source)
+            except errors.OciCraneError as exc:
+                if number == len(sources) or isinstance(exc, errors.OfflineError | errors.CancelledError):
+                    raise
+                log.warning("%s from %s failed (%s); trying %s", what, source.name, exc.cause,
+                            sources[number].name)
+        raise AssertionError("unreachable: a plan has at least one source")
+
     def _manifest_by_digest(self, reference: Reference, digest: str) -> bytes:
         cached = self.store.load_manifest(digest)
         if cached is not None:
             return cached
-        raw = _bounded_document(self.crane.manifest(f"{reference.repository_name}@{digest}"), f"manifest {digest}")
-        if sha256_digest(raw) != digest:
-            raise errors.IntegrityError(f"manifest of {reference.repository_name}@{digest} has digest "
-                                        f"{sha256_digest(raw)}")
+
+        def at(source: Source) -> bytes:
+            raw = manifest_at(source, digest)
+            check_document_size(len(raw), f"manifest {digest}")
+            if sha256_digest(raw) != digest:
+                raise errors.IntegrityError(f"manifest of {reference.with_digest(digest)} from {source.name} "
+                                            f"has digest {sha256_digest(raw)}")
+            self.came_from[digest] = source.name
+            return raw
+
+        raw = self._from_each(reference, f"manifest {digest}", at)
         self.store.save_manifest(raw)
         return raw
 
     def resolve(self, reference: Reference, digest: str | None = None) -> Resolved:
-        """``digest``: what the reference's tag named a moment ago (cached.fetch asked), its manifest cached."""
-        if reference.digest or digest:
-            digest = reference.digest or digest
-            assert digest is not None
-            raw = self._manifest_by_digest(reference, digest)
-        elif self.crane.offline:
-            cached = self.store.load_ref(reference)
-            if cached is None:
-                raise errors.OfflineError(f"{reference} is not in the cache at {self.store.root}")
-            digest = cached
-            raw = self._manifest_by_digest(reference, digest)
-        else:  # the tag's ref moves only once the fetch succeeds (record()), never here
-            raw = _bounded_document(self.crane.manifest(reference.name), f"manifest of {reference}")
-            digest = self.store.save_manifest(raw)
+        """``digest``: what the reference names now, if the caller sourced it already (fetching.py); else it is
+        sourced here by the same rule (sourcing.py). The tag's ref moves only once the fetch succeeds
+        (record()), never here."""
+        digest = digest or require_digest(self.store, self.crane, reference)
+        raw = self._manifest_by_digest(reference, digest)
         document = parse_manifest_or_index(raw, f"manifest of {reference}")
         if isinstance(document, Manifest):
             return Resolved(reference, digest, document)
         child = select_child(document, self.platform)
-        _check_document_size(child.size, f"manifest {child.digest} of {reference}")
+        check_document_size(child.size, f"manifest {child.digest} of {reference}")
         child_raw = self._manifest_by_digest(reference, child.digest)
         child_document = parse_manifest_or_index(child_raw, f"manifest {child.digest} of {reference}")
         if not isinstance(child_document, Manifest):
@@ -144,27 +234,64 @@ class Puller:
         """The blob's cache path; downloaded (once, across threads and processes) if missing. Setting ``cancel``
         stops the download (crane is stopped, the temp file removed; a ranged download keeps its partial file
         under tmp/ for the next attempt) with CancelledError."""
-        pinned = f"{reference.repository_name}@{descriptor.digest}"
+        pinned = reference.with_digest(descriptor.digest)
         parts = self.range_parts
-        ranged = not settings().no_ranges and descriptor.size >= settings().range_threshold and parts > 1
+        ranged = self.ranges.applies(descriptor.size) and parts > 1
+        partial = self.store.partial_paths(descriptor.digest)
 
-        def fetch_once(temp: Path, count: Callable[[int], None]) -> str:
-            """One attempt; the digest of the bytes written (crane blob exits non-zero unless they match)."""
+        def fetch_from(source: Source, temp: Path, count: Callable[[int], None]) -> str:
+            """One attempt at one source; the digest of the bytes written (crane blob exits non-zero unless they
+            match)."""
             nonlocal ranged
-            if ranged:  # parallel byte ranges, resumed from the partial file a failed attempt left
+            at = source.at(descriptor.digest)
+            # Parallel byte ranges for a large blob; and for any blob an earlier attempt left bytes of, one range
+            # from where they end, whichever registry serves it (unless it showed it ignores Range). A mirror
+            # only the HTTP road reaches always takes it.
+            resumable = at.registry not in self.routes.ignores_range
+            if ranged or source.http is not None or (resumable and partial.data.exists()):
                 try:
-                    return transfer.fetch_blob(self.crane, reference, descriptor,
-                                               self.store.partial_paths(descriptor.digest), temp,
-                                               parts=parts, progress=count, cancel=cancel)
+                    return transfer.fetch_blob(source.crane, self.routes, at, descriptor, partial, temp,
+                                               parts=parts, progress=count, cancel=cancel, http=source.http)
                 except transfer.Unsupported as exc:
+                    if source.http is not None:
+                        raise errors.NetworkError(f"{source.name} cannot serve {descriptor.digest}: {exc}") from None
                     log.info("ranged download of %s unavailable (%s): using crane blob", pinned, exc)
                     ranged = False
-            self.crane.blob(pinned, temp, count, size=descriptor.size, cancel=cancel)
+            try:
+                source.crane.blob(at.name, temp, count, size=descriptor.size, cancel=cancel)
+            except errors.IntegrityError:
+                raise  # its bytes are wrong: nothing to keep
+            except BaseException:
+                if at.registry not in self.routes.ignores_range:  # a broken or stopped stream: what it wrote is
+                    transfer.keep_prefix(temp, partial, descriptor)  # kept for the next attempt to continue
+                raise
             return descriptor.digest
+
+        def fetch_once(temp: Path, count: Callable[[int], None]) -> str:
+            """One attempt: each source in turn (mirrors, then the upstream); every byte checked against the
+            digest before the blob is kept, whichever source sent it."""
+            def attempt(source: Source) -> str:
+                counted = 0
+
+                def tally(delta: int) -> None:
+                    nonlocal counted
+                    counted += delta
+                    count(delta)
+
+                try:
+                    digest = fetch_from(source, temp, tally)
+                except BaseException:
+                    count(-counted)  # what this source sent no longer counts as done
+                    raise
+                self.came_from[descriptor.digest] = source.name
+                return digest
+
+            return self._from_each(reference, f"{self._name(descriptor)}", attempt)
 
         def download(temp: Path) -> str:
             self.progress.begin(descriptor)
-            for attempt in range(1, self.retries + 2):
+            retry = Backoff(self.retries, self.retry_window, self.store.partial_bytes(descriptor))
+            while True:
                 if cancel is not None and cancel.is_set():
                     raise errors.CancelledError(f"download of {pinned} was cancelled")
                 received = 0
@@ -176,22 +303,24 @@ class Puller:
 
                 try:
                     return fetch_once(temp, count)
-                except errors.NetworkError as exc:  # includes stalls; auth, TLS and integrity are not retried
+                except (errors.NetworkError, errors.RateLimitedError) as exc:  # stalls too; not auth, TLS, integrity
                     self.progress.advance(-received)
-                    if attempt > self.retries:
+                    kept = self.store.partial_bytes(descriptor)
+                    wait = retry.next_wait(kept, asked=exc.retry_after)
+                    if wait is None:
                         raise
-                    log.warning("download of %s failed (%s); retry %d of %d", pinned, exc.cause, attempt,
-                                self.retries)
+                    log.warning("%s: %s; retry %d of %d in %.1f s%s", self._name(descriptor), exc.cause,
+                                retry.failures, self.retries, wait,
+                                f", continuing from {human(kept)} on disk" if kept else "")
                     if cancel is not None:
-                        cancel.wait(attempt)
+                        cancel.wait(wait)
                     else:
-                        time.sleep(attempt)
+                        time.sleep(wait)
                 except errors.CraneError as exc:
                     if "no space left on device" in exc.stderr.lower():  # crane's write to our temp file failed
                         raise errors.cache_os_error(OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)),
                                                     f"download {pinned}", self.store.root) from exc
                     raise
-            raise AssertionError("unreachable: the last attempt returns or raises")
 
         if self.store.write_blob(descriptor, download, source=f"blob {pinned}"):
             self.progress.finished(descriptor)
@@ -205,12 +334,13 @@ class Puller:
         """Every layer's blob in the cache, several at once. Setting ``cancel`` (from another thread) stops them
         all, with CancelledError; it is also set here on the first failure."""
         layers = list(layers)
+        self._names.update({layer.descriptor.digest: layer.path for layer in layers if layer.path})
         self.progress.start(sum(layer.descriptor.size for layer in layers), len(layers),
                             {layer.descriptor.digest: layer.path for layer in layers if layer.path})
         # Storage hosts cap each connection, so the large blobs downloading at once (up to --jobs) share a budget
         # of connections (OCI_CRANE_RANGE_CONNECTIONS), at least 2 ranges each, at most OCI_CRANE_RANGE_PARTS: one
         # blob gets 8, four get 4 each. A registry that serves blobs itself gets crane blob anyway (transfer.py).
-        large = sum(1 for layer in layers if layer.descriptor.size >= settings().range_threshold
+        large = sum(1 for layer in layers if layer.descriptor.size >= self.ranges.threshold
                     and not self.store.has_blob(layer.descriptor))
         self.range_parts = self._range_parts(large)
         cancel = cancel or threading.Event()
@@ -244,23 +374,22 @@ class Puller:
             pool.shutdown(wait=True, cancel_futures=True)
             self.progress.close()
 
+    def _name(self, descriptor: Descriptor) -> str:
+        name = self._names.get(descriptor.digest)
+        return f"{name} ({descriptor.digest[:19]})" if name else descriptor.digest
+
     def config(self, resolved: Resolved) -> bytes:
         descriptor = resolved.manifest.config
         if descriptor.size <= 2 and descriptor.digest == sha256_digest(b"{}"):
             return b"{}"  # the OCI empty config: no request needed
-        _check_document_size(descriptor.size, f"config blob {descriptor.digest} ({descriptor.media_type})")
+        check_document_size(descriptor.size, f"config blob {descriptor.digest} ({descriptor.media_type})")
         return self.ensure_blob(resolved.reference, descriptor).read_bytes()
 
     def _range_parts(self, large: int) -> int:
         """Byte ranges per large blob when ``large`` of them are missing: those downloading at once (up to --jobs)
         share OCI_CRANE_RANGE_CONNECTIONS, at least 2 each, at most OCI_CRANE_RANGE_PARTS (1: crane blob only)."""
         at_once = max(1, min(large, self.jobs))
-        return min(settings().range_parts, max(2, settings().range_connections // at_once))
-
-    @staticmethod
-    def _ranges_on() -> bool:
-        """Whether large blobs may come as byte ranges at all (OCI_CRANE_NO_RANGES, OCI_CRANE_RANGE_PARTS=1)."""
-        return not settings().no_ranges and settings().range_parts > 1
+        return min(self.ranges.parts, max(2, self.ranges.connections // at_once))
 
     def check_free_space(self, layers: Iterable[LayerPlan]) -> None:
         """Refuse before downloading when the cache's disk cannot hold what is still to be written: the missing
@@ -270,12 +399,8 @@ class Puller:
         layers = list(layers)
         missing = {layer.descriptor.digest: layer.descriptor for layer in layers
                    if not self.store.has_blob(layer.descriptor)}
-        threshold = settings().range_threshold
-        ranged = self._ranges_on()  # only a ranged download resumes from a partial file
-
-        def unwritten(descriptor: Descriptor) -> int:
-            resumes = ranged and descriptor.size >= threshold
-            return descriptor.size - (self.store.partial_bytes(descriptor) if resumes else 0)
+        def unwritten(descriptor: Descriptor) -> int:  # a download continues from the bytes an earlier one kept
+            return descriptor.size - self.store.partial_bytes(descriptor)
 
         needed = sum(map(unwritten, missing.values()))
         needed += sum(layer.descriptor.size for layer in layers if layer.action in (Action.TAR, Action.IMAGE))
@@ -316,11 +441,10 @@ class Puller:
         the shards and fail fast on a bad artifact), then with ``weights`` the weight layers; the directory made
         (``weights=False``: the config directory, weights to be streamed later)."""
         self.check_free_space(plan.layers)
-        if weights and self._ranges_on() and any(
-                layer.descriptor.size >= settings().range_threshold and not self.store.has_blob(layer.descriptor)
-                for layer in plan.weight_layers):
+        if weights and any(self.ranges.applies(layer.descriptor.size) and not self.store.has_blob(layer.descriptor)
+                           for layer in plan.weight_layers):
             # Whether large blobs may come as ranges, asked with the smallest layer while the small ones download.
-            transfer.probe_early(self.crane, resolved.reference, min(
+            transfer.probe_early(self.crane, self.routes, resolved.reference, min(
                 (layer.descriptor for layer in plan.layers), key=lambda descriptor: descriptor.size))
         if weights and self.subpath is None:  # one pool, small layers first: no wait between the two
             self.ensure_blobs(resolved.reference, [*plan.small_layers, *plan.weight_layers])
@@ -333,9 +457,9 @@ class Puller:
                            variant=variant)
 
     # --- whole operations --------------------------------------------------------------------------------------
-    def fetch(self, text: str, digest: str | None = None) -> FetchResult:
-        """The model directory, downloaded and made if the cache lacks it. ``digest``: see ``resolve``."""
-        reference = parse_reference(text)
+    def fetch(self, reference: Reference, digest: str | None = None) -> tuple[Recorded, list[tuple[str, int]]]:
+        """The model directory, downloaded and made if the cache lacks it, and the (digest, size) of the blobs it
+        links, for the record fetching.py keeps. ``digest``: see ``resolve``."""
         resolved = self.resolve(reference, digest)
         with self.store.fetching(resolved.index_digest or resolved.digest):
             plan = self.plan(resolved)
@@ -343,35 +467,46 @@ class Puller:
             if variant is not None:
                 plan = filter_plan(plan, self.include, self.exclude)
             path = self.store.model_path(resolved.digest, self.subpath, variant)
+            if path.is_symlink():  # never ours: planted to lead elsewhere, so set aside and the model made anew
+                log.warning("%s in the cache is a symbolic link, not a model directory: removing it", path)
+                path.unlink()
             if path.is_dir():
-                self.check_cached(resolved, plan)
-            else:
+                self.check_cached(resolved, plan, path)
+            if not path.is_dir() or missing_files(self.store, path) != []:  # materialize() judges and rebuilds
                 path = self._download_and_materialize(resolved, plan, weights=True, variant=variant)
             self.record(resolved)
-        files = list_files(path)
-        result = FetchResult(str(reference), resolved.digest, resolved.pinned, path, plan.format, files,
-                             sum((path / name).stat().st_size for name in files), resolved.index_digest)
-        # The next fetch of the same thing answers from this record (cached.py), without parsing anything.
         linked = [(layer.descriptor.digest, layer.descriptor.size) for layer in plan.layers
                   if layer.action in (Action.FILE, Action.SHARD)]
-        save_record(self.store, record_key(resolved.index_digest or resolved.digest, self.platform, self.subpath,
-                                           self.include, self.exclude), result, linked)
-        return result
+        return Recorded(path, resolved.digest, resolved.index_digest, plan.format), linked
 
-    def check_cached(self, resolved: Resolved, plan: Plan) -> None:
-        """A cheap look (sizes, no hashing) at the blobs a cached model directory links: a truncated or deleted
-        blob is reported, not served. A changed byte is found by `oci-crane cache verify`, which re-hashes."""
-        for layer in plan.layers:
-            if layer.action in (Action.FILE, Action.SHARD) and not self.store.has_blob(layer.descriptor):
-                raise errors.IntegrityError(
-                    f"cached blob {layer.descriptor.digest} of {resolved.reference} is damaged: its size is not "
-                    f"{layer.descriptor.size} bytes", "run `oci-crane cache prune --damaged`, then fetch again")
+    def check_cached(self, resolved: Resolved, plan: Plan, path: Path) -> None:
+        """A cheap look (sizes, no hashing) at the blobs the cached model directory ``path`` links: a truncated,
+        grown (written through a hard link) or deleted blob is set aside with the directories that link it, and
+        said in one warning; the fetch then downloads and builds them again. A changed byte is found by
+        `oci-crane cache verify`, which re-hashes."""
+        damaged = [layer.descriptor for layer in plan.layers
+                   if layer.action in (Action.FILE, Action.SHARD) and not self.store.has_blob(layer.descriptor)]
+        if not damaged:
+            return
+        first = damaged[0]
+        more = f" (and {len(damaged) - 1} more)" if len(damaged) > 1 else ""
+        what = (f"cached blob {first.digest}{more} of {resolved.reference} is damaged (its size is not "
+                f"{first.size} bytes)")
+        try:
+            discard_blobs(self.store, [(descriptor.digest, descriptor.size) for descriptor in damaged])
+            if path.is_dir():  # it links a blob that is gone (deleted, not damaged): built again with the new one
+                self.store.discard_dir(path)
+        except OSError as exc:  # a read-only cache cannot be repaired here
+            raise errors.IntegrityError(f"{what} and the cache cannot be repaired here ({exc.strerror})",
+                                        "run `oci-crane cache prune --damaged` where the cache is writable, then "
+                                        "fetch again") from exc
+        log.warning("%s: set aside with the model directories that link it, downloading it again", what)
 
-    def prepare(self, text: str) -> tuple[Resolved, Plan, Path]:
+    def prepare(self, text: str | Reference, digest: str | None = None) -> tuple[Resolved, Plan, Path]:
         """Resolve, plan, and materialise only the small files (config, tokenizer): what vLLM needs as `model`
         before any weight is downloaded; weights follow through ``ensure_blobs``. Formats whose weights and
         config share archives (images, KitOps) cannot be split: the whole model directory is fetched here."""
-        resolved = self.resolve(parse_reference(text))
+        resolved = self.resolve(text if isinstance(text, Reference) else parse_reference(text), digest)
         with self.store.fetching(resolved.index_digest or resolved.digest):
             plan = self.plan(resolved)
             if plan.streamable and not plan.weight_layers:
@@ -439,16 +574,3 @@ def _check_subpath_exists(plan: Plan, subpath: str | None,
     if not any(name == subpath or name.startswith(subpath + "/") for name in names):
         raise errors.InvalidModelError(f"--subpath {subpath!r} is not a directory in the artifact",
                                        "run `oci-crane inspect REF` to see its files")
-
-
-def _check_document_size(size: int, what: str) -> None:
-    if size > MAX_DOCUMENT_SIZE:
-        raise errors.InvalidDocumentError(
-            f"{what} is {human(size)}, over the {human(MAX_DOCUMENT_SIZE)} limit for a manifest or config "
-            "(these are JSON documents of a few kilobytes; it is not read)",
-            "check the reference: the registry or the artifact is broken or hostile")
-
-
-def _bounded_document(raw: bytes, what: str) -> bytes:
-    _check_document_size(len(raw), what)
-    return raw

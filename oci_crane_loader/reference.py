@@ -17,10 +17,12 @@ import re
 import string
 from collections.abc import Callable
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 
 from .errors import InvalidReferenceError
 
-__all__ = ["DEFAULT_REGISTRY", "DEFAULT_TAG", "Reference", "parse_reference"]
+__all__ = ["DEFAULT_REGISTRY", "DEFAULT_TAG", "Reference", "is_loopback", "is_registry_host", "may_fall_back_to_http",
+           "parse_reference"]
 
 DEFAULT_REGISTRY = "index.docker.io"
 DEFAULT_TAG = "latest"
@@ -33,6 +35,11 @@ _DIGEST_RE = re.compile(r"sha256:[a-f0-9]{64}")  # ggcr accepts only the canonic
 _HOST_CHARS = frozenset(string.ascii_letters + string.digits + "!\"$&'()*+,-.:;<=>[]_~")
 _PORT_RE = re.compile(r"(:[0-9]*)?")  # Go's validOptionalPort: an empty port after the colon is allowed
 _Fail = Callable[[str], InvalidReferenceError]  # builds the error naming the whole reference
+# ggcr Registry.Scheme(): the names it reaches over http as well (after https), besides --insecure.
+_LOCAL_RE = re.compile(r".*\.localhost(?::[0-9]{1,5})?")
+_LOOPBACK_RE = re.compile(r"127\.0\.0\.1(?::[0-9]{1,5})?")
+_IPV6_LOOPBACK_RE = re.compile(r"::1|\[::1\](?::[0-9]{1,5})?")
+_RFC1918 = tuple(ipaddress.IPv4Network(block) for block in ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16"))
 
 
 def _strip_prefix(text: str) -> str:
@@ -57,11 +64,47 @@ class Reference:
     def name(self) -> str:
         # ggcr parses "repo:tag@digest" as a Digest, whose Name() drops the tag: the digest is what is pulled.
         if self.digest:
-            return f"{self.repository_name}@{self.digest}"
+            return self.with_digest(self.digest)
         return f"{self.repository_name}:{self.tag}"
+
+    def with_digest(self, digest: str) -> str:
+        """``registry/repository@digest``: this repository pinned to ``digest`` (ggcr's Repository.Digest)."""
+        return f"{self.repository_name}@{digest}"
 
     def __str__(self) -> str:
         return _strip_prefix(self.original)
+
+
+def is_registry_host(text: str) -> bool:
+    """Whether the first component of a name is its registry (ggcr NewRepository): ``localhost``, or a name with a
+    ``.`` or a ``:`` (a domain, an address, a port). Anything else is a Docker Hub repository path."""
+    return text == "localhost" or "." in text or ":" in text
+
+
+def is_loopback(host: str) -> bool:
+    """``host[:port]`` names this machine: ``localhost``, ``*.localhost`` or a loopback address (never proxied)."""
+    name = urlsplit(f"//{host}").hostname or ""
+    if name == "localhost" or name.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
+
+
+def may_fall_back_to_http(host: str, insecure: bool) -> bool:
+    """Whether crane tries plain http after https for registry ``host[:port]`` (ggcr Registry.Scheme() is "http"):
+    with --insecure, for localhost:PORT, *.localhost, 127.0.0.1, ::1 and the private 10/8, 172.16/12, 192.168/16
+    IPv4 addresses. Exactly these: 127.0.0.2 or a private IPv6 address gets https only, from crane as from us."""
+    if insecure or host.startswith("localhost:"):
+        return True
+    if any(rule.fullmatch(host) for rule in (_LOCAL_RE, _LOOPBACK_RE, _IPV6_LOOPBACK_RE)):
+        return True
+    try:  # ggcr isRFC1918: the text before the first ':' as an IP address
+        address = ipaddress.ip_address(host.split(":")[0])
+    except ValueError:
+        return False
+    return any(address in block for block in _RFC1918)
 
 
 def parse_reference(text: str) -> Reference:
@@ -112,7 +155,7 @@ def parse_reference(text: str) -> Reference:
 
     # ggcr NewRepository: the first component is a registry only if it looks like a host.
     registry, slash, repository = body.partition("/")
-    if not (slash and (registry == "localhost" or "." in registry or ":" in registry)):
+    if not (slash and is_registry_host(registry)):
         registry, repository = "", body
     if registry:
         _check_registry(registry, fail)

@@ -14,10 +14,9 @@ import subprocess
 from collections.abc import Callable, Mapping, Sequence
 
 from . import errors
-from .reference import parse_reference
+from .reference import is_registry_host, parse_reference
 from .settings import flag
-
-LOAD_FORMAT = "oci-crane"
+from .vllm_api import LOAD_FORMAT
 
 
 def is_oci_reference(model: str) -> bool:
@@ -28,7 +27,7 @@ def is_oci_reference(model: str) -> bool:
     if os.path.exists(model) or "/" not in model:
         return False
     host = model.split("/", 1)[0]
-    if not ("." in host or ":" in host or host == "localhost"):
+    if not is_registry_host(host):
         return False
     try:
         parse_reference(model)

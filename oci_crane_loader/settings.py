@@ -48,11 +48,13 @@ class Settings:
     no_fsync: bool = False  # OCI_CRANE_NO_FSYNC: skip fsync, for throwaway caches
     cache_dir: Path | None = None  # OCI_CRANE_LOADER_CACHE: the cache root
     no_ranges: bool = False  # OCI_CRANE_NO_RANGES: every blob through `crane blob`, never the ranged download
+    no_outage_fallback: bool = False  # OCI_CRANE_NO_OUTAGE_FALLBACK: an unreachable registry fails a cached tag
     range_threshold: int = 64 << 20  # OCI_CRANE_RANGE_THRESHOLD: smaller blobs go through `crane blob`
     range_parts: int = 8  # OCI_CRANE_RANGE_PARTS: parallel byte ranges per large blob, at most
     range_connections: int = 16  # OCI_CRANE_RANGE_CONNECTIONS: shared by the large blobs downloading at once
     unpack: UnpackLimits = UnpackLimits()  # OCI_CRANE_MAX_UNPACK_RATIO / _BYTES / _ENTRIES
-    retries: int = 2  # OCI_CRANE_RETRIES: new tries of a blob download whose stream broke (0: none)
+    retries: int = 5  # OCI_CRANE_RETRIES: new tries in a row of a blob download that keeps no new byte (0: none)
+    retry_window: float = 120.0  # OCI_CRANE_RETRY_WINDOW: seconds a download may go on failing with no new byte
     disable_progress: bool = False  # OCI_CRANE_DISABLE_PROGRESS: no progress on stderr, as --quiet
 
     @classmethod
@@ -64,11 +66,13 @@ class Settings:
                    offline=flag(env, "OCI_CRANE_OFFLINE"), no_fsync=flag(env, "OCI_CRANE_NO_FSYNC"),
                    cache_dir=Path(cache).expanduser() if cache else None,
                    no_ranges=flag(env, "OCI_CRANE_NO_RANGES"),
+                   no_outage_fallback=flag(env, "OCI_CRANE_NO_OUTAGE_FALLBACK"),
                    range_threshold=_positive(env, "OCI_CRANE_RANGE_THRESHOLD", cls.range_threshold, parse_bytes),
                    range_parts=_positive(env, "OCI_CRANE_RANGE_PARTS", cls.range_parts, int),
                    range_connections=_positive(env, "OCI_CRANE_RANGE_CONNECTIONS", cls.range_connections, int),
                    unpack=UnpackLimits.from_environment(env), retries=parse_retries(
                        env.get("OCI_CRANE_RETRIES", ""), "OCI_CRANE_RETRIES", cls.retries),
+                   retry_window=_seconds(env, "OCI_CRANE_RETRY_WINDOW", cls.retry_window),
                    disable_progress=flag(env, "OCI_CRANE_DISABLE_PROGRESS"))
 
 
@@ -128,8 +132,10 @@ def flag(env: Mapping[str, str], name: str) -> bool:
 VARIABLES = {
     "OCI_CRANE_LOADER_CACHE": "the cache root (default ~/.cache/oci-crane-loader; --cache-dir wins)",
     "OCI_CRANE_OFFLINE": "1: the cache only, never the network (as --offline)",
-    "OCI_CRANE_RETRIES": f"new tries of a blob download whose stream broke, 0-{MAX_RETRIES} (default "
-                         f"{Settings.retries}; --retries wins)",
+    "OCI_CRANE_RETRIES": f"new tries in a row of a blob download that keeps failing, 0-{MAX_RETRIES} (default "
+                         f"{Settings.retries}; --retries wins); waits 1, 2, 4 ... s between them",
+    "OCI_CRANE_RETRY_WINDOW": f"seconds a download may go on failing without a new byte on disk (default "
+                              f"{Settings.retry_window:g})",
     "OCI_CRANE_TIMEOUT": f"seconds a crane command (manifest, push) may take (default {Settings.timeout:g})",
     "OCI_CRANE_STALL_TIMEOUT": f"seconds a download may go without a byte (default {Settings.stall_timeout:g})",
     "OCI_CRANE_LOCK_TIMEOUT": f"seconds to wait for another process's cache lock (default "
@@ -141,6 +147,7 @@ VARIABLES = {
     "OCI_CRANE_RANGE_CONNECTIONS": "connections the byte ranges of all large blobs share, at least 2 per blob "
                                    f"(default {Settings.range_connections})",
     "OCI_CRANE_NO_RANGES": "1: every blob through crane blob, never byte ranges",
+    "OCI_CRANE_NO_OUTAGE_FALLBACK": "1: a registry that cannot be reached fails the fetch, even of a cached tag",
     "OCI_CRANE_MAX_UNPACK_RATIO": f"unpacked bytes per archive byte (default {UnpackLimits.ratio:g})",
     "OCI_CRANE_MAX_UNPACK_BYTES": "unpacked bytes of one archive, e.g. 2T (default 1T)",
     "OCI_CRANE_MAX_UNPACK_ENTRIES": f"files in one archive (default {UnpackLimits.entries})",

@@ -25,6 +25,9 @@ VLLM_OLDEST = "0.14.0"
 VLLM_BELOW = "0.34"
 SUPPORTED_RANGE = f">={VLLM_OLDEST},<{VLLM_BELOW}"
 
+# The load format our loader registers under (`--load-format oci-crane`), which `oci-crane serve` passes to vLLM.
+LOAD_FORMAT = "oci-crane"
+
 # A child of vLLM's own logger, so that our lines appear in `vllm serve`'s output, formatted as vLLM's are
 # (vLLM gives its "vllm" logger a handler and stops propagation; an "oci_crane_loader" INFO line would be lost).
 LOGGER_NAME = "vllm.oci_crane_loader"

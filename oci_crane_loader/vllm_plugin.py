@@ -24,15 +24,15 @@ import os
 import sys
 import threading
 import time
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .vllm_api import LOGGER_NAME
+from .vllm_api import LOAD_FORMAT, LOGGER_NAME
 
 if TYPE_CHECKING:
     from .formats import LayerPlan
     from .pull import Puller, Resolved
 
-LOAD_FORMAT = "oci-crane"
 # vLLM's OCI proposal (docs/vllm.md) spells it `oci`; ours only where vLLM has no loader of that name.
 ALIASES = ("oci",)
 _WRAPPED = "_oci_crane_wrapped"
@@ -139,15 +139,15 @@ def resolve_engine_args(args: Any) -> None:
 
     Idempotent: once `model_weights` holds our pinned reference and `model` our config directory, nothing changes.
     """
+    from .fetching import open_store, prepare
     from .options import from_extra_config
     from .pull import open_puller
 
     puller_options = from_extra_config(getattr(args, "model_loader_extra_config", None), args.download_dir)
-    puller = open_puller(puller_options)
-    if args.model_weights and puller.owns(args.model):
+    if args.model_weights and Path(args.model).is_relative_to(open_store(puller_options).root):
         return  # already resolved (vLLM may build the config more than once)
     reference = args.model_weights or args.model
-    resolved, plan, config_dir = puller.prepare(reference)
+    puller, resolved, plan, config_dir = prepare(puller_options, reference)
     log.info("oci-crane: %s resolved to %s; config files in %s", reference, resolved.pinned, config_dir)
     if plan.streamable:  # its own Puller: the thread counts its bytes through the Puller's progress
         start_weight_prefetch(open_puller(puller_options), resolved, plan.weight_layers)

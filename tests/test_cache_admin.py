@@ -12,11 +12,13 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import filelock
 import pytest
+from support.cache import blob_names, manifest_names, model_dirs, scratch
 from support.commands import run_cli
 from support.models import push_model, tree_bytes, write_model
 
+from oci_crane_loader.cache.store import Store
+from oci_crane_loader.reference import parse_reference
 from oci_crane_loader.registry.crane import find_crane
 
 SECRET = "c2VjcmV0OnNlY3JldA=="  # base64 of secret:secret
@@ -35,7 +37,7 @@ def cache_json(cache_dir: Path, *args: str) -> dict[str, object]:
 
 def manifest_blobs(cache_dir: Path, digest: str) -> dict[str, int]:
     """hex -> size of the config and every layer, read from the cached manifest."""
-    manifest = json.loads((cache_dir / "manifests" / "sha256" / digest.split(":")[1]).read_bytes())
+    manifest = json.loads(Store(cache_dir).manifest_path(digest).read_bytes())
     return {d["digest"].split(":")[1]: d["size"] for d in [manifest["config"], *manifest["layers"]]}
 
 
@@ -97,8 +99,7 @@ def test_ls_lists_each_ref_and_counts_shared_blobs_once(two_models, cache_dir):
         assert entry["model_dir"] is True and entry["models"] == [str(model.path)]
         assert entry["size"] == sum(model.blobs.values())
     everything = {**a.blobs, **b.blobs}
-    blob_dir = cache_dir / "blobs" / "sha256"
-    assert names(blob_dir) == set(everything)
+    assert set(blob_names(cache_dir)) == set(everything)
     assert listing["blobs"] == {"count": len(everything), "bytes": sum(everything.values())}
     assert listing["blobs"]["bytes"] < entries[a.reference]["size"] + entries[b.reference]["size"]
     table = cache(cache_dir, "ls")
@@ -113,7 +114,7 @@ def test_verify_names_a_damaged_blob_and_prune_damaged_repairs_the_cache(two_mod
     assert clean.returncode == 0, clean.stderr
     assert "all intact" in clean.stdout
     shard = sorted(two_models.shared)[0]
-    blob = cache_dir / "blobs" / "sha256" / shard
+    blob = Store(cache_dir).blob_path(f"sha256:{shard}")
     data = blob.read_bytes()
     blob.chmod(blob.stat().st_mode | stat.S_IWUSR)
     blob.write_bytes(data[:-4] + b"\x00\x00\x00\x00")  # same size: only a re-hash can tell
@@ -132,8 +133,8 @@ def test_verify_names_a_damaged_blob_and_prune_damaged_repairs_the_cache(two_mod
     removed = {(r["kind"], r["path"]) for r in pruned["removed"]}
     assert removed == {("blob", str(blob)), ("model", str(a.path)), ("model", str(b.path))}
     assert not blob.exists() and not a.path.exists() and not b.path.exists()
-    assert names(cache_dir / "blobs" / "sha256") == (a.blobs.keys() | b.blobs.keys()) - {shard}
-    assert (cache_dir / "manifests" / "sha256" / a.digest.split(":")[1]).exists()
+    assert set(blob_names(cache_dir)) == (a.blobs.keys() | b.blobs.keys()) - {shard}
+    assert Store(cache_dir).manifest_path(a.digest).exists()
 
     again = fetch(registry.host, cache_dir, "acme/tiny:v2")
     assert again.path == a.path and tree_bytes(again.path) == tree_bytes(two_models.source)
@@ -146,8 +147,7 @@ def test_rm_then_prune_frees_the_model_and_its_own_blobs_only(two_models, regist
     a, b = two_models.a, two_models.b
     removed = cache(cache_dir, "rm", a.reference)
     assert removed.returncode == 0, removed.stderr
-    repository, tag = a.reference.split("/", 1)[1].split(":")
-    assert not (cache_dir / "refs" / "127.0.0.1").joinpath(*repository.split("/"), "@tags", tag).exists()
+    assert not Store(cache_dir).ref_path(parse_reference(a.reference)).exists()
     listing = cache_json(cache_dir, "ls")
     assert [(e["reference"], e["digest"], e["model_dir"]) for e in listing["entries"]] == [
         (b.reference, b.digest, True), (None, a.digest, True)]
@@ -156,9 +156,10 @@ def test_rm_then_prune_frees_the_model_and_its_own_blobs_only(two_models, regist
     dry = cache_json(cache_dir, "prune", "--dry-run")
     assert every_path(cache_dir) == before  # nothing deleted, nothing created
     own = a.blobs.keys() - b.blobs.keys()
-    manifest_a = cache_dir / "manifests" / "sha256" / a.digest.split(":")[1]
+    store = Store(cache_dir)
+    manifest_a = store.manifest_path(a.digest)
     expected = {("model", str(a.path)), ("manifest", str(manifest_a))} | {
-        ("blob", str(cache_dir / "blobs" / "sha256" / h)) for h in own}
+        ("blob", str(store.blob_path(f"sha256:{h}"))) for h in own}
     assert {(r["kind"], r["path"]) for r in dry["removed"]} == expected
     freed = sum(a.blobs[h] for h in own) + manifest_a.stat().st_size  # a's files are links: counted as blobs
     assert dry["freed"] == freed
@@ -166,9 +167,9 @@ def test_rm_then_prune_frees_the_model_and_its_own_blobs_only(two_models, regist
     pruned = cache_json(cache_dir, "prune")
     assert pruned["dry_run"] is False and pruned["freed"] == freed
     assert {(r["kind"], r["path"]) for r in pruned["removed"]} == expected
-    assert names(cache_dir / "blobs" / "sha256") == set(b.blobs)  # the shared shards stayed
-    assert names(cache_dir / "manifests" / "sha256") == {b.digest.split(":")[1]}
-    assert names(cache_dir / "models" / "sha256") == {b.path.name}
+    assert set(blob_names(cache_dir)) == set(b.blobs)  # the shared shards stayed
+    assert set(manifest_names(cache_dir)) == {b.digest.split(":")[1]}
+    assert {path.name for path in model_dirs(cache_dir)} == {b.path.name}
     assert cache_json(cache_dir, "prune")["removed"] == []  # nothing left to do
 
     requests = len(registry.lines)
@@ -193,7 +194,7 @@ def test_directories_for_a_subpath_belong_to_their_manifest(two_models, cache_di
     assert cache(cache_dir, "rm", a.reference).returncode == 0
     removed = {(r["kind"], r["path"]) for r in cache_json(cache_dir, "prune")["removed"]}
     assert {("model", str(a.path)), ("model", str(chosen))} <= removed
-    assert names(cache_dir / "models" / "sha256") == {b.path.name}
+    assert {path.name for path in model_dirs(cache_dir)} == {b.path.name}
 
 
 def test_rm_with_prune_and_unknown_refs(two_models, cache_dir):
@@ -213,25 +214,24 @@ def test_prune_skips_a_blob_whose_download_lock_is_held(two_models, cache_dir):
     a, b = two_models.a, two_models.b
     assert cache(cache_dir, "rm", a.reference).returncode == 0
     held = sorted(a.blobs.keys() - b.blobs.keys())[0]
-    lock = filelock.FileLock(str(cache_dir / "locks" / f"{held}.lock"))
-    with lock:  # as a download in another process holds it
+    store = Store(cache_dir)
+    with store.try_blob_lock(f"sha256:{held}", create=True) as locked:  # as a download in another process holds it
+        assert locked
         pruned = cache_json(cache_dir, "prune")
-    assert [r["path"] for r in pruned["skipped"]] == [str(cache_dir / "blobs" / "sha256" / held)]
-    assert names(cache_dir / "blobs" / "sha256") == set(b.blobs) | {held}
+    assert [r["path"] for r in pruned["skipped"]] == [str(store.blob_path(f"sha256:{held}"))]
+    assert set(blob_names(cache_dir)) == set(b.blobs) | {held}
     assert not a.path.exists()
-    assert [r["path"] for r in cache_json(cache_dir, "prune")["removed"]] == [
-        str(cache_dir / "blobs" / "sha256" / held)]
+    assert [r["path"] for r in cache_json(cache_dir, "prune")["removed"]] == [str(store.blob_path(f"sha256:{held}"))]
 
 
 def test_prune_removes_tmp_leftovers_older_than_an_hour_only(cache_dir):
-    tmp = cache_dir / "tmp"
-    tmp.mkdir(parents=True)
-    stale_file = tmp / "abc.123.deadbeef.incomplete"
+    store = Store(cache_dir)  # leftovers named as the Store names its temp files and scratch directories
+    stale_file = store.temp_path("abc")
     stale_file.write_bytes(b"x" * 100)
-    stale_dir = tmp / "model-0123.123.cafe.incomplete"
+    stale_dir = store.scratch_dir("model-0123.")
     (stale_dir / "sub").mkdir(parents=True)
     (stale_dir / "sub" / "config.json").write_bytes(b"{}")
-    fresh = tmp / "def.456.feedface.incomplete"
+    fresh = store.temp_path("def")
     fresh.write_bytes(b"y")
     old = time.time() - 2 * 3600
     for path in (stale_file, stale_dir / "sub" / "config.json", stale_dir / "sub", stale_dir):
@@ -242,7 +242,7 @@ def test_prune_removes_tmp_leftovers_older_than_an_hour_only(cache_dir):
     pruned = cache_json(cache_dir, "prune")
     assert {(r["kind"], r["path"]) for r in pruned["removed"]} == {("tmp", str(stale_file)), ("tmp", str(stale_dir))}
     assert pruned["freed"] == 102
-    assert names(tmp) == {fresh.name}
+    assert {path.name for path in scratch(cache_dir)} == {fresh.name}
 
 
 def doctor(cache_dir: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -372,3 +372,23 @@ def test_doctor_without_vllm_shows_the_supported_range_and_a_broken_one_why(cran
     broken = checks(doctor(cache_dir, "--json", env=env))["vllm"]
     assert broken["ok"] is False and broken["version"] == "0.20.0"
     assert "installed but `import vllm` fails: ImportError: libcudart.so.12: cannot open" in str(broken["detail"])
+
+
+def test_verify_reports_a_model_directory_missing_a_file_and_prune_damaged_removes_it(registry, tmp_path,
+                                                                                       cache_dir):
+    source = write_model(tmp_path / "src", shards=1)
+    reference = f"{registry.host}/acme/gone:v1"
+    push_model(source, reference, tmp_path)
+    done = run_cli("fetch", reference, "--cache-dir", str(cache_dir), "--quiet")
+    assert done.returncode == 0, done.stderr
+    model = Path(done.stdout.strip())
+    (model / "model.safetensors").unlink()
+    report = cache(cache_dir, "verify", "--json")
+    assert report.returncode == 1
+    assert [(p["kind"], p["path"], p["detail"]) for p in json.loads(report.stdout)["problems"]] == [
+        ("model", str(model), "lacks 1 file(s) it was built with: model.safetensors")]
+    pruned = cache_json(cache_dir, "prune", "--damaged")
+    assert [(r["kind"], r["path"]) for r in pruned["removed"]] == [("model", str(model))]
+    again = run_cli("fetch", reference, "--cache-dir", str(cache_dir), "--quiet")
+    assert again.returncode == 0 and tree_bytes(Path(again.stdout.strip())) == tree_bytes(source)
+    assert cache(cache_dir, "verify").returncode == 0

@@ -17,9 +17,9 @@ import pytest
 
 from oci_crane_loader import errors
 from oci_crane_loader.doctor import check_crane
-from oci_crane_loader.registry import crane
+from oci_crane_loader.platforms import host_platform
+from oci_crane_loader.registry import crane, failures
 from oci_crane_loader.registry.crane import Crane, classify, find_crane, parse_version, redact
-from oci_crane_loader.registry.executable import host_platform
 from oci_crane_loader.registry.keychain import find_credentials
 
 REF = "127.0.0.1:5000/x/y:latest"
@@ -152,7 +152,7 @@ def test_stderr_is_classified(fp, binary, stderr, cls, standard, what):
 
 def test_classification_covers_every_rule():
     classified = {cls for _, cls, _, _ in CLASSIFIED}
-    assert {rule.error for rule in crane._RULES} <= classified
+    assert {failure.error for _, failure in failures.STDERR_RULES} <= classified
 
 
 def test_error_carries_command_returncode_and_stderr(fp, binary):

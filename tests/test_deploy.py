@@ -118,6 +118,31 @@ def init_recipe(tmp_path: Path) -> tuple[dict, dict, dict[str, Path]]:
     return init, vllm, volume_dirs(pod, tmp_path)
 
 
+def test_init_container_reads_the_nodes_mirror_configuration_read_only(tmp_path):
+    """docs/mirrors.md: the node's certs.d (Spegel, Dragonfly) and /etc/containers reach the init container as
+    read-only hostPath mounts, and OCI_CRANE_HOSTS_DIR points at the first; doctor then lists the node's mirror."""
+    pod = find("init-container.yaml", "Deployment")["spec"]["template"]["spec"]
+    (init,) = pod["initContainers"]
+    volumes = {volume["name"]: volume for volume in pod["volumes"]}
+    mounts = {mount["name"]: mount for mount in init["volumeMounts"]}
+    for name, node_path, in_pod in (("node-certs-d", "/etc/containerd/certs.d", "/etc/oci-crane/node-certs.d"),
+                                    ("node-containers", "/etc/containers", "/etc/containers")):
+        assert volumes[name]["hostPath"]["path"] == node_path
+        assert mounts[name]["mountPath"] == in_pod and mounts[name]["readOnly"] is True
+    env = {entry["name"]: entry["value"] for entry in init["env"]}
+    assert env["OCI_CRANE_HOSTS_DIR"] == mounts["node-certs-d"]["mountPath"]
+    dirs = volume_dirs(pod, tmp_path)
+    node_file = dirs["node-certs-d"] / "ghcr.io" / "hosts.toml"
+    node_file.parent.mkdir()
+    node_file.write_text("[host.'http://10.0.0.7:30020']\ncapabilities = ['pull', 'resolve']\n")
+    done = subprocess.run([sys.executable, "-m", "oci_crane_loader", "doctor", "ghcr.io/acme/llama:v1", "--cache-dir",
+                           str(tmp_path / "cache")], capture_output=True, text=True, cwd=REPO_ROOT, check=False,
+                          env=container_env(init, mount_map(init, dirs), "ghcr.io/acme/llama:v1"))
+    assert done.returncode == 0, done.stderr
+    line = next(line for line in done.stdout.splitlines() if "mirror http://10.0.0.7:30020/v2/acme/llama" in line)
+    assert "resolve tags and pull; ns=ghcr.io" in line and line.endswith(f"from {node_file}")
+
+
 def test_init_container_recipe_fills_the_directory_vllm_serves(pushed, tmp_path):
     reference, source = pushed
     init, vllm, volumes = init_recipe(tmp_path)
@@ -281,7 +306,8 @@ def test_the_kind_jobs_adapted_recipe_is_still_valid_and_its_init_container_runs
         assert typed_round_trip(document, MODELS[key]) == document
     pod = documents[0]["spec"]["template"]["spec"]
     (init,) = pod["initContainers"]
-    assert init["command"] == ["oci-crane", "fetch", reference, "--local-dir", "/models/llama", "--insecure"]
+    assert init["command"] == ["oci-crane", "fetch", reference, "--local-dir", "/models/llama", "--local-dir-mode",
+                               "link", "--insecure"]
     assert "resources" not in pod["containers"][0] and pod["containers"][0]["image"] == "vllm-cpu:ci"
     volumes = volume_dirs(pod, tmp_path)
     done = run_container(init, mount_map(init, volumes), reference)

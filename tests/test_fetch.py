@@ -8,11 +8,14 @@ import sys
 from pathlib import Path
 
 import pytest
+from support.cache import blob_names, model_dirs, scratch
 from support.commands import REPO_ROOT, run_cli
 from support.models import push_layout, push_model, tree_bytes, write_model
 
 from oci_crane_loader import errors
 from oci_crane_loader.cache.store import Store
+from oci_crane_loader.fetching import FetchResult
+from oci_crane_loader.fetching import fetch as fetch_model
 from oci_crane_loader.formats import dmr
 from oci_crane_loader.formats.dmr_pack import pack_dmr
 from oci_crane_loader.layout import LayoutWriter
@@ -28,8 +31,13 @@ def puller(cache_dir: Path, **options: object) -> Puller:
     return open_puller(fetch_options(cache_dir=cache_dir, **options))  # type: ignore[arg-type]
 
 
+def fetched(cache_dir: Path, reference: str, **options: object) -> FetchResult:
+    """A fetch through the fetch service, as the command line and Python's fetch() make it."""
+    return fetch_model(fetch_options(cache_dir=cache_dir, **options), reference)  # type: ignore[arg-type]
+
+
 def leftovers(cache_dir: Path) -> list[str]:
-    return [p.name for p in (cache_dir / "tmp").iterdir()] if (cache_dir / "tmp").exists() else []
+    return [p.name for p in scratch(cache_dir)]
 
 
 @pytest.mark.parametrize("version", ["v0.2", "v0.1"])
@@ -69,9 +77,9 @@ def test_model_files_are_hard_links_to_shared_read_only_blobs(registry, tmp_path
     source = write_model(tmp_path / "src")
     push_model(source, f"{registry.host}/acme/tiny:v1", tmp_path)
     push_model(source, f"{registry.host}/other/copy:latest", tmp_path, version="v0.1")
-    first = puller(cache_dir).fetch(f"{registry.host}/acme/tiny:v1")
+    first = fetched(cache_dir, f"{registry.host}/acme/tiny:v1")
     requests_after_first = len(registry.blob_downloads())
-    second = puller(cache_dir).fetch(f"{registry.host}/other/copy")
+    second = fetched(cache_dir, f"{registry.host}/other/copy")
     assert first.path != second.path
     store = Store(cache_dir)
     shard = "model-00001-of-00002.safetensors"
@@ -94,14 +102,14 @@ def test_v01_shards_without_paths_are_named_from_the_index_by_their_tensors(regi
     config = layout.add_bytes(dmr.CONFIG_V01, json.dumps({"config": {"format": "safetensors"}}).encode())
     layout.add_manifest(config, layers)
     push_layout(layout.root, f"{registry.host}/acme/unnamed:v1")
-    result = puller(cache_dir).fetch(f"{registry.host}/acme/unnamed:v1")
+    result = fetched(cache_dir, f"{registry.host}/acme/unnamed:v1")
     assert tree_bytes(result.path) == tree_bytes(source)
 
 
 def test_single_unnamed_shard_becomes_model_safetensors(registry, tmp_path, cache_dir):
     source = write_model(tmp_path / "src", shards=1)
     push_model(source, f"{registry.host}/acme/one:v1", tmp_path, version="v0.1", annotate_shards=False)
-    result = puller(cache_dir).fetch(f"{registry.host}/acme/one:v1")
+    result = fetched(cache_dir, f"{registry.host}/acme/one:v1")
     assert tree_bytes(result.path) == tree_bytes(source)
 
 
@@ -125,9 +133,9 @@ def test_offline_uses_the_cache_alone(registry, tmp_path, cache_dir):
 def test_offline_rebuilds_a_deleted_model_dir_from_cached_blobs(registry, tmp_path, cache_dir):
     source = write_model(tmp_path / "src")
     push_model(source, f"{registry.host}/acme/tiny:v1", tmp_path)
-    first = puller(cache_dir).fetch(f"{registry.host}/acme/tiny:v1")
+    first = fetched(cache_dir, f"{registry.host}/acme/tiny:v1")
     subprocess.run(["rm", "-rf", str(first.path)], check=True)
-    again = puller(cache_dir, offline=True).fetch(f"{registry.host}/acme/tiny:v1")
+    again = fetched(cache_dir, f"{registry.host}/acme/tiny:v1", offline=True)
     assert tree_bytes(again.path) == tree_bytes(source)
 
 
@@ -176,9 +184,9 @@ def test_corrupted_registry_blob_is_an_integrity_error_and_leaves_nothing(cache_
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: downloaded bytes do not match their digest: "), lines
     assert "fix: the registry served bytes that do not match the manifest" in lines[0]
-    assert not (cache_dir / "blobs" / "sha256" / digest(weights).split(":")[1]).exists()
-    assert list((cache_dir / "models" / "sha256").iterdir()) == []
-    assert list((cache_dir / "tmp").iterdir()) == []
+    assert not Store(cache_dir).blob_path(digest(weights)).exists()
+    assert model_dirs(cache_dir) == []
+    assert scratch(cache_dir) == []
 
 
 def test_bad_safetensors_header_is_refused_before_the_directory_exists(registry, tmp_path, cache_dir):
@@ -189,7 +197,7 @@ def test_bad_safetensors_header_is_refused_before_the_directory_exists(registry,
     done = run_cli("fetch", f"{registry.host}/acme/broken:v1", "--cache-dir", str(cache_dir))
     assert done.returncode == 1
     assert "model.safetensors" in done.stderr and "Traceback" not in done.stderr
-    assert list((cache_dir / "models" / "sha256").iterdir()) == []
+    assert model_dirs(cache_dir) == []
     assert leftovers(cache_dir) == []
 
 
@@ -210,7 +218,7 @@ def test_escaping_tar_entry_is_refused_and_nothing_is_written_outside(registry, 
     layout.add_manifest(layout.add_bytes(dmr.CONFIG_V01, b"{}"), layers)
     push_layout(layout.root, f"{registry.host}/acme/evil:v1")
     with pytest.raises(errors.InvalidModelError, match="escapes the model directory"):
-        puller(cache_dir).fetch(f"{registry.host}/acme/evil:v1")
+        fetched(cache_dir, f"{registry.host}/acme/evil:v1")
     assert not list(tmp_path.rglob("escaped.txt"))
     assert leftovers(cache_dir) == []
 
@@ -234,7 +242,7 @@ def test_tar_links_are_not_extracted(registry, tmp_path, cache_dir):
               layout.add_bytes(dmr.VLLM_CONFIG_TAR, buffer.getvalue())]
     layout.add_manifest(layout.add_bytes(dmr.CONFIG_V01, b"{}"), layers)
     push_layout(layout.root, f"{registry.host}/acme/links:v1")
-    result = puller(cache_dir).fetch(f"{registry.host}/acme/links:v1")
+    result = fetched(cache_dir, f"{registry.host}/acme/links:v1")
     assert sorted(result.files) == ["config.json", "model.safetensors"]
 
 
@@ -285,7 +293,7 @@ def test_inspect_lists_files_without_downloading_weights(registry, tmp_path, cac
     assert sizes == expected
     assert not any(p.name.endswith(".safetensors") for p in cache_dir.rglob("*"))
     weights = [e for e in info["files"] if e["media_type"] == dmr.SAFETENSORS]
-    cached = {p.name for p in (cache_dir / "blobs" / "sha256").iterdir()}
+    cached = set(blob_names(cache_dir))
     assert weights and not any(e["digest"].split(":")[1] in cached for e in weights)
     human = run_cli("inspect", f"{registry.host}/acme/tiny:v1", "--cache-dir", str(cache_dir))
     assert human.returncode == 0 and "dmr-v0.1" in human.stdout and "config.json" in human.stdout
@@ -313,8 +321,36 @@ def test_image_index_picks_the_platform(registry, tmp_path, cache_dir):
         pack_dmr(model, layout, platform={"os": "linux", "architecture": arch})
     Crane().run("push", str(layout), f"{registry.host}/acme/multi:latest", options=["--index"])
     for arch, model in models.items():
-        result = puller(cache_dir, platform=f"linux/{arch}").fetch(f"{registry.host}/acme/multi")
+        result = fetched(cache_dir, f"{registry.host}/acme/multi", platform=f"linux/{arch}")
         assert tree_bytes(result.path) == tree_bytes(model)
         assert result.index_digest is not None and result.index_digest != result.digest
     with pytest.raises(errors.NotFoundError, match="no manifest for platform linux/s390x"):
-        puller(cache_dir, platform="linux/s390x").fetch(f"{registry.host}/acme/multi")
+        fetched(cache_dir, f"{registry.host}/acme/multi", platform="linux/s390x")
+
+
+def test_a_model_directory_missing_a_file_is_built_again(registry, tmp_path, cache_dir, caplog):
+    """A file deleted from a cached model (or config) directory: the full path notices it against the files the
+    directory was built with (records/files/), says so in one warning and builds the directory again. A directory
+    an older version built (nothing recorded) is checked against a fresh build and kept when whole."""
+    source = write_model(tmp_path / "src", shards=1)
+    reference = f"{registry.host}/acme/gone:v1"
+    push_model(source, reference, tmp_path)
+    path = fetched(cache_dir, reference).path
+    (path / "model.safetensors").unlink()
+    again = fetched(cache_dir, reference)
+    assert again.path == path and tree_bytes(path) == tree_bytes(source) and "model.safetensors" in again.files
+    (warning,) = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert f"{path} lacks 1 file(s) it was built with (model.safetensors): built again" in warning
+
+    for record in (cache_dir / "records" / "files").iterdir():  # as an older version left the cache
+        record.unlink()
+    inode = (path / "config.json").stat().st_ino
+    assert fetched(cache_dir, reference).path == path and (path / "config.json").stat().st_ino == inode
+    (path / "config.json").unlink()
+    assert fetched(cache_dir, reference).path == path and tree_bytes(path) == tree_bytes(source)
+
+    _, _, config_dir = puller(cache_dir).prepare(reference)  # vLLM's config directory: the same rule
+    (config_dir / "tokenizer_config.json").unlink()
+    assert puller(cache_dir).prepare(reference)[2] == config_dir
+    assert (config_dir / "tokenizer_config.json").read_bytes() == (source / "tokenizer_config.json").read_bytes()
+    assert run_cli("cache", "verify", "--cache-dir", str(cache_dir)).returncode == 0

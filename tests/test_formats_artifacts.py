@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import zstandard
+from support.cache import blob_names, model_dirs, scratch
 from support.commands import fetch, fetch_fails, run_cli, tool
 from support.models import push_layout, tree_bytes, write_model
 
@@ -54,9 +55,7 @@ def relative_files(root: Path) -> list[str]:
 
 
 def nothing_materialised(cache_dir: Path) -> bool:
-    models = cache_dir / "models" / "sha256"
-    leftovers = list((cache_dir / "tmp").iterdir()) if (cache_dir / "tmp").exists() else []
-    return (not models.exists() or not any(models.iterdir())) and not leftovers
+    return not model_dirs(cache_dir) and not scratch(cache_dir)
 
 
 def manifest_at(layout: LayoutWriter, digest: str) -> Manifest:
@@ -219,7 +218,7 @@ def test_modelpack_path_still_escaping_after_stripping_is_refused(registry, tmp_
     assert nothing_materialised(cache_dir)
     # Refused while planning: the config (read to plan) is the only blob fetched, no layer.
     config_digest = json.loads(Crane().manifest(reference))["config"]["digest"]
-    assert [p.name for p in (cache_dir / "blobs" / "sha256").iterdir()] == [config_digest.removeprefix("sha256:")]
+    assert blob_names(cache_dir) == [config_digest.removeprefix("sha256:")]
 
 
 def test_modelpack_two_layers_for_one_path_are_refused(registry, tmp_path, cache_dir):
@@ -544,7 +543,7 @@ def test_inspect_modelpack_lists_files_without_downloading_weights(registry, tmp
     assert len(weights) == 2
     assert not any(weight in registry.blob_downloads() for weight in weights)
     assert not any(p.name.endswith(".safetensors") for p in cache_dir.rglob("*"))
-    cached = {p.name for p in (cache_dir / "blobs" / "sha256").iterdir()}
+    cached = set(blob_names(cache_dir))
     assert not any(str(weight).split(":")[1] in cached for weight in weights)
 
 

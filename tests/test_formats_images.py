@@ -15,15 +15,17 @@ import numpy as np
 import pytest
 import zstandard
 from safetensors.numpy import save_file
+from support.cache import model_dirs
 from support.commands import fetch, fetch_fails, run_cli
 from support.models import push_layout, tree_bytes, write_model
 
 from oci_crane_loader import errors
 from oci_crane_loader.formats import Action, image, ollama, recognise
 from oci_crane_loader.formats.dmr_pack import pack_dmr
-from oci_crane_loader.formats.index import host_platform_name, select_child
+from oci_crane_loader.formats.index import select_child
 from oci_crane_loader.layout import LayoutWriter, canonical_json
 from oci_crane_loader.oci import DOCKER_MANIFEST, Descriptor, Index, Manifest, sha256_digest
+from oci_crane_loader.platforms import host_platform
 from oci_crane_loader.registry.crane import Crane
 
 OCI_TAR = "application/vnd.oci.image.layer.v1.tar"
@@ -178,7 +180,7 @@ def test_subpath_is_one_directory_however_it_is_written(registry, tmp_path, cach
     paths = {str(fetch(reference, cache_dir, "--subpath", typed)["path"])
              for typed in ("/models/b/", "models/b", "./models//b", "models/x/../b")}
     assert len(paths) == 1  # one model directory in the cache, not one per spelling
-    assert [p.name for p in (cache_dir / "models" / "sha256").iterdir()] == [Path(paths.pop()).name]
+    assert [p.name for p in model_dirs(cache_dir)] == [Path(paths.pop()).name]
 
 
 def test_python_fetch_honours_subpath_and_the_environment_as_the_cli_does(registry, tmp_path, cache_dir,
@@ -280,7 +282,7 @@ def test_gguf_only_images_say_so(registry, tmp_path, cache_dir):
         push_image(tmp_path, reference, [layer])
         line = fetch_fails(reference, cache_dir)
         assert "GGUF" in line and ".gguf" in line and "safetensors" in line, line
-    assert list((cache_dir / "models" / "sha256").iterdir()) == []
+    assert model_dirs(cache_dir) == []
 
 
 def test_image_without_weights_names_the_directory(registry, tmp_path, cache_dir):
@@ -333,7 +335,7 @@ def test_ollama_model_is_refused_in_one_line_before_any_layer_is_downloaded(regi
 
 # --- image indexes ---------------------------------------------------------------------------------------------
 def test_multi_platform_image_index_picks_the_platform(registry, tmp_path, cache_dir):
-    host_arch = host_platform_name().split("/")[1]
+    host_arch = host_platform(os="linux").split("/")[1]
     architectures = [*sorted({"amd64", "arm64"} - {host_arch}), host_arch]  # the host's last: not picked by chance
     models = {arch: write_model(tmp_path / arch, shards=1, seed=seed) for seed, arch in enumerate(architectures)}
     layout = LayoutWriter(tmp_path / "multi")

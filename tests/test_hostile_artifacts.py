@@ -10,6 +10,7 @@ import tarfile
 from pathlib import Path
 
 import pytest
+from support.cache import model_dirs, scratch
 from support.commands import run_cli
 from support.models import push_layout, tree_bytes, write_model
 
@@ -186,8 +187,8 @@ def test_fetch_and_inspect_stop_a_bomb_and_leave_no_partial_files(registry, tmp_
         assert done.returncode == 1, done.stdout
         assert done.stderr.startswith("error: ") and "OCI_CRANE_MAX_UNPACK_BYTES" in done.stderr, done.stderr
         assert len(done.stderr.strip().splitlines()) == 1
-        assert list((cache_dir / "tmp").iterdir()) == []
-        assert list((cache_dir / "models" / "sha256").iterdir()) == []
+        assert scratch(cache_dir) == []
+        assert model_dirs(cache_dir) == []
 
 
 # --- 5. names the filesystem cannot take ----------------------------------------------------------------------
@@ -257,7 +258,7 @@ def test_artifact_whose_config_layer_is_skipped_is_refused_naming_the_media_type
     assert done.returncode == 1, done.stdout
     assert "no config.json" in done.stderr and "application/vnd.example.hf-config.v1+json" in done.stderr
     assert MP + "weight.v1.raw" in done.stderr
-    assert list((cache_dir / "models" / "sha256").iterdir()) == []
+    assert model_dirs(cache_dir) == []
     listed = run_cli("inspect", reference, "--cache-dir", str(cache_dir), "--json")  # inspect still lists it
     assert listed.returncode == 0, listed.stderr
     info = json.loads(listed.stdout)
@@ -274,4 +275,4 @@ def test_config_only_materialisation_needs_config_json_too(tmp_path):
     plan = Plan("oras", [LayerPlan(descriptor, Action.FILE, "README.md")])
     with pytest.raises(errors.InvalidModelError, match=r"no config\.json"):
         materialize(store, plan, sha256_digest(b"manifest"), weights=False)
-    assert list((tmp_path / "cache" / "tmp").iterdir()) == []
+    assert list(store.scratch_entries()) == []

@@ -9,11 +9,11 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 from support.commands import run_cli
 
+from oci_crane_loader.cache.store import Store
 from oci_crane_loader.formats import dmr
 from oci_crane_loader.oci import OCI_MANIFEST
 from tests.support.scripted_registry import ScriptedRegistry, digest, serve
@@ -82,19 +82,20 @@ def hostile_registry() -> Iterator[str]:
         yield host
 
 
-def largest_temp_file(tmp: Path, stop: threading.Event, seen: list[int]) -> None:
+def largest_temp_file(store: Store, stop: threading.Event, seen: list[int]) -> None:
     """Sample the cache's tmp/ until ``stop``: the largest file ever seen there."""
     while not stop.is_set():
-        for path in tmp.glob("*.incomplete"):
-            with contextlib.suppress(FileNotFoundError):
-                seen.append(path.stat().st_size)
+        for entry in store.scratch_entries():
+            if entry.path.name.endswith(".incomplete"):
+                with contextlib.suppress(FileNotFoundError):
+                    seen.append(entry.path.stat().st_size)
         time.sleep(0.002)
 
 
 def test_endless_blob_is_cut_at_its_descriptor_size(hostile_registry, cache_dir, crane_binary):
-    (cache_dir / "tmp").mkdir(parents=True)
+    store = Store(cache_dir)  # tmp/ exists before the fetch starts, for the watcher
     stop, seen = threading.Event(), [0]
-    watcher = threading.Thread(target=largest_temp_file, args=(cache_dir / "tmp", stop, seen), daemon=True)
+    watcher = threading.Thread(target=largest_temp_file, args=(store, stop, seen), daemon=True)
     watcher.start()
     try:
         done = run_cli("fetch", f"{hostile_registry}/acme/endless:v1", "--cache-dir", str(cache_dir), "-q",
@@ -111,7 +112,7 @@ def test_endless_blob_is_cut_at_its_descriptor_size(hostile_registry, cache_dir,
     # poll interval lets a loopback stream run on a little.
     assert max(seen) <= len(WEIGHTS) + (1 if sys.platform.startswith("linux") else 16 << 20)
     assert HostileRegistry.blob_bytes_sent < len(WEIGHTS) + (64 << 20)
-    assert list((cache_dir / "tmp").iterdir()) == []
+    assert list(store.scratch_entries()) == []
 
 
 def test_descriptor_larger_than_the_free_space_is_refused_before_downloading(hostile_registry, cache_dir,

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+from support.cache import blob_names, manifest_names, scratch
 from support.commands import REPO_ROOT, run_cli
 from support.scripted_registry import ScriptedRegistry, digest
 from support.scripted_registry import serve as serve_handler
@@ -128,11 +129,9 @@ def start_fetch(host: str, cache_dir: Path, *extra: str) -> subprocess.Popen[str
 
 def downloading(proc: subprocess.Popen[str], cache_dir: Path, jobs: int) -> set[int]:
     """Wait until ``jobs`` crane children are streaming into tmp/; their pids."""
-    tmp = cache_dir / "tmp"
-
     def streaming() -> int:
         count = 0
-        for path in tmp.iterdir() if tmp.is_dir() else ():
+        for path in scratch(cache_dir):
             with contextlib.suppress(FileNotFoundError):  # a file may go between the listing and its stat
                 count += not path.name.startswith("fetching-") and path.stat().st_size > 0
         return count
@@ -142,7 +141,7 @@ def downloading(proc: subprocess.Popen[str], cache_dir: Path, jobs: int) -> set[
 
 
 @pytest.mark.parametrize(("sent", "status"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
-def test_an_interrupt_stops_every_crane_child_and_discards_partial_files(stalling, cache_dir, sent, status):
+def test_an_interrupt_stops_every_crane_child_and_keeps_what_they_wrote(stalling, cache_dir, sent, status):
     proc = start_fetch(stalling, cache_dir, "--jobs", "3")
     try:
         children = downloading(proc, cache_dir, 3)
@@ -152,10 +151,14 @@ def test_an_interrupt_stops_every_crane_child_and_discards_partial_files(stallin
         proc.kill()
         proc.wait()
     assert proc.returncode == status, err
-    assert "interrupted; partial downloads were discarded" in err and "Traceback" not in err
+    assert "partial downloads were kept" in err and "Traceback" not in err
     assert [pid for pid in children if alive(pid)] == []
-    assert list((cache_dir / "tmp").iterdir()) == []
-    assert [p.name for p in (cache_dir / "blobs" / "sha256").iterdir()] == [digest(CONFIG)[7:]]  # no weight
+    # No temp file under another name: each stopped download's bytes are kept as its partial download (with the
+    # state file that says how far it got), for the next fetch to continue.
+    left = sorted(path.name for path in scratch(cache_dir))
+    assert left and all(name.endswith((".partial", ".partial.json")) for name in left), left
+    assert len([name for name in left if name.endswith(".partial")]) == 3
+    assert blob_names(cache_dir) == [digest(CONFIG)[7:]]  # no weight
 
 
 def test_crane_children_die_with_a_killed_fetch(stalling, cache_dir):
@@ -185,7 +188,7 @@ def test_the_first_failed_blob_stops_the_rest(cache_dir):
         assert done.returncode == 1 and "not found" in done.stderr, done.stderr
         assert len(done.stderr.strip().splitlines()) == 1, done.stderr
         assert len(artifact.gets) < 10, f"{len(artifact.gets)} of 50 missing blobs were still requested"
-    assert list((cache_dir / "tmp").iterdir()) == []
+    assert scratch(cache_dir) == []
 
 
 def test_prune_keeps_what_a_running_fetch_has_downloaded(stalling, cache_dir):
@@ -193,12 +196,12 @@ def test_prune_keeps_what_a_running_fetch_has_downloaded(stalling, cache_dir):
     proc = start_fetch(stalling, cache_dir, "--jobs", "2")
     try:
         downloading(proc, cache_dir, 2)
-        kept = sorted(p.name for sub in ("blobs", "manifests") for p in (cache_dir / sub / "sha256").iterdir())
+        kept = sorted(blob_names(cache_dir) + manifest_names(cache_dir))
         assert len(kept) == 2  # the manifest and the config blob
         pruned = run_cli("cache", "prune", "--cache-dir", str(cache_dir), "--json")
         assert pruned.returncode == 0, pruned.stderr
         assert json.loads(pruned.stdout)["removed"] == []
-        assert sorted(p.name for sub in ("blobs", "manifests") for p in (cache_dir / sub / "sha256").iterdir()) == kept
+        assert sorted(blob_names(cache_dir) + manifest_names(cache_dir)) == kept
     finally:
         proc.kill()
         proc.wait()

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from safetensors.numpy import save_file
+from support.cache import scratch
 from support.commands import REPO_ROOT, run_cli
 from support.distribution import binary_path, distribution_registry, make_certificates
 from support.models import push_model, write_model
@@ -27,6 +28,7 @@ from support.storage_proxy import StorageProxy
 from oci_crane_loader import errors
 from oci_crane_loader.cache import durability
 from oci_crane_loader.cache.store import Store
+from oci_crane_loader.fetching import fetch as fetch_model
 from oci_crane_loader.oci import Descriptor
 from oci_crane_loader.options import fetch_options
 from oci_crane_loader.pull import open_puller
@@ -65,11 +67,11 @@ def shard_descriptor(cache_dir: Path, reference: str) -> Descriptor:
 
 
 def fetch(cache_dir: Path, reference: str) -> Path:
-    return open_puller(fetch_options(cache_dir=cache_dir)).fetch(reference).path
+    return fetch_model(fetch_options(cache_dir=cache_dir), reference).path
 
 
 def final_blob(cache_dir: Path, descriptor: Descriptor) -> Path:
-    return cache_dir / "blobs" / "sha256" / descriptor.digest.removeprefix("sha256:")
+    return Store(cache_dir).blob_path(descriptor.digest)
 
 
 @pytest.fixture
@@ -97,7 +99,7 @@ def test_ranges_through_a_storage_host_give_the_right_file(registry: LocalRegist
     assert len(ranges) == 4, proxy.requests  # four parallel ranges of the big shard
     assert [r[2] for r in proxy.requests].count(PROBE) == 1  # asked once whether blobs are redirected
     assert not any(r[3] for r in proxy.requests)  # the storage host never saw an Authorization header
-    assert not list((cache_dir / "tmp").glob("*.partial*"))
+    assert not scratch(cache_dir, "*.partial*")
 
 
 def sharded_model(directory: Path, shards: int = 4) -> Path:
@@ -191,7 +193,7 @@ def test_insecure_reaches_a_storage_host_whose_certificate_nobody_trusts(registr
         reference = f"{proxy.address}/{name}"
         with pytest.raises(errors.TLSError):
             fetch(cache_dir, reference)
-        path = open_puller(fetch_options(cache_dir=cache_dir, insecure=True)).fetch(reference).path
+        path = fetch_model(fetch_options(cache_dir=cache_dir, insecure=True), reference).path
         ranges = shard_ranges(proxy.requests)
     assert (path / "model.safetensors").read_bytes() == (source / "model.safetensors").read_bytes()
     assert len(ranges) == 4, proxy.requests  # the storage host served the ranges: no fallback to crane blob
@@ -213,8 +215,8 @@ def test_a_dropped_stream_resumes_from_the_bytes_on_disk(registry: LocalRegistry
 
 def shard_layers(cache_dir: Path, big: Descriptor) -> list[Descriptor]:
     """The blobs other than the big shard that went through the storage host (config files)."""
-    return [Descriptor(mediaType="x", digest=f"sha256:{p.name}", size=p.stat().st_size)
-            for p in (cache_dir / "blobs" / "sha256").iterdir() if p.name != big.digest.removeprefix("sha256:")]
+    return [Descriptor(mediaType="x", digest=f"sha256:{blob.path.name}", size=blob.size)
+            for blob in Store(cache_dir).blobs() if blob.digest != big.digest]
 
 
 def test_registry_that_ignores_range_falls_back_to_crane(registry: LocalRegistry, pushed: tuple[Path, str],
@@ -225,7 +227,7 @@ def test_registry_that_ignores_range_falls_back_to_crane(registry: LocalRegistry
         storage = list(proxy.requests)
     assert (path / "model.safetensors").read_bytes() == (source / "model.safetensors").read_bytes()
     assert any(r[2] is None for r in storage)  # crane blob's GET, which asks for no range
-    assert not list((cache_dir / "tmp").glob("*.partial*"))
+    assert not scratch(cache_dir, "*.partial*")
 
 
 def test_a_registry_serving_blobs_itself_gets_crane_blob(registry: LocalRegistry, pushed: tuple[Path, str],
@@ -237,7 +239,7 @@ def test_a_registry_serving_blobs_itself_gets_crane_blob(registry: LocalRegistry
         big_gets = [r[2] for r in proxy.front_requests if r[0] == "GET" and "/blobs/" in r[1]]
     assert (path / "model.safetensors").read_bytes() == (source / "model.safetensors").read_bytes()
     assert big_gets.count(PROBE) == 1 and len([r for r in big_gets if r]) == 1  # found out once; crane's GETs
-    assert not list((cache_dir / "tmp").glob("*.partial*"))
+    assert not scratch(cache_dir, "*.partial*")
 
 
 def test_a_registry_serving_blobs_itself_is_asked_once_for_several_large_blobs(
@@ -263,7 +265,7 @@ def test_wrong_bytes_from_the_storage_host_are_an_integrity_error(registry: Loca
         with pytest.raises(errors.IntegrityError):
             fetch(cache_dir, f"{proxy.address}/{name}")
     assert not final_blob(cache_dir, descriptor).exists()
-    assert not list((cache_dir / "tmp").glob("*.partial*"))  # a wrong partial is never resumed
+    assert not scratch(cache_dir, "*.partial*")  # a wrong partial is never resumed
 
 
 def test_missing_blob_is_not_found(registry: LocalRegistry, pushed: tuple[Path, str], cache_dir: Path) -> None:
@@ -289,7 +291,7 @@ def test_cancel_stops_a_ranged_download(registry: LocalRegistry, pushed: tuple[P
             puller.ensure_blob(parse_reference(f"{proxy.address}/{name}"), descriptor, cancel)
         assert time.monotonic() - started < GIVE_UP
     assert not final_blob(cache_dir, descriptor).exists()
-    assert not [p for p in (cache_dir / "tmp").iterdir() if p.name.endswith(".incomplete")]
+    assert not scratch(cache_dir, "*.incomplete")
 
 
 def test_wrong_bytes_left_on_disk_are_downloaded_again(registry: LocalRegistry, pushed: tuple[Path, str],
@@ -297,10 +299,10 @@ def test_wrong_bytes_left_on_disk_are_downloaded_again(registry: LocalRegistry, 
     """A partial file whose state says "all there" but whose bytes never reached the disk (a power loss)."""
     source, name = pushed
     descriptor = shard_descriptor(cache_dir, f"{registry.host}/{name}")
-    partial = cache_dir / "tmp" / f"{descriptor.digest.removeprefix('sha256:')}.partial"
-    partial.write_bytes(b"\0" * descriptor.size)
+    paths = Store(cache_dir).partial_paths(descriptor.digest)
+    paths.data.write_bytes(b"\0" * descriptor.size)
     half = descriptor.size // 2
-    partial.with_name(partial.name + ".json").write_text(json.dumps(
+    paths.state.write_text(json.dumps(
         {"digest": descriptor.digest, "parts": [[0, half - 1, half], [half, descriptor.size - 1, 0]]}))
     path = fetch(cache_dir, f"{registry.host}/{name}")
     assert (path / "model.safetensors").read_bytes() == (source / "model.safetensors").read_bytes()
@@ -309,9 +311,9 @@ def test_wrong_bytes_left_on_disk_are_downloaded_again(registry: LocalRegistry, 
 KILLABLE = """
 import signal, sys
 signal.signal(signal.SIGINT, signal.default_int_handler)  # as a terminal would have it, wherever the test runs
+from oci_crane_loader.fetching import fetch
 from oci_crane_loader.options import fetch_options
-from oci_crane_loader.pull import open_puller
-open_puller(fetch_options(cache_dir=sys.argv[1])).fetch(sys.argv[2])
+fetch(fetch_options(cache_dir=sys.argv[1]), sys.argv[2])
 """
 
 
@@ -322,7 +324,7 @@ def test_a_stopped_process_leaves_no_final_file_and_the_next_fetch_resumes(
     with StorageProxy(registry.host, rate_per_connection=512 << 10) as proxy:  # 4 s at the least
         reference = f"{proxy.address}/{name}"
         descriptor = shard_descriptor(cache_dir, reference)
-        state = cache_dir / "tmp" / f"{descriptor.digest.removeprefix('sha256:')}.partial.json"
+        state = Store(cache_dir).partial_paths(descriptor.digest).state
         child = subprocess.Popen([sys.executable, "-c", KILLABLE, str(cache_dir), reference], cwd=REPO_ROOT,
                                  env={**os.environ, "PYTHONPATH": str(REPO_ROOT)}, stderr=subprocess.PIPE)
         try:
@@ -475,7 +477,8 @@ def test_a_symlink_planted_at_an_unsynced_marker_is_replaced_never_written_throu
     markers.mkdir()
     for shard in source.glob("*.safetensors"):
         (markers / hashlib.sha256(shard.read_bytes()).hexdigest()).symlink_to(victim)
-    path = puller.fetch(f"{registry.host}/acme/planted:v1").path
+    recorded, _blobs = puller.fetch(parse_reference(f"{registry.host}/acme/planted:v1"))
+    path = recorded.path
     assert victim.read_bytes() == original
     assert all((path / shard.name).read_bytes() == shard.read_bytes() for shard in source.glob("*.safetensors"))
     assert durability.background_sync().wait(timeout=GIVE_UP)
@@ -525,7 +528,7 @@ def test_a_planted_partial_download_is_never_resumed_or_written_through(
     assert victim.read_bytes() == original
     assert (tmp_path / "victim-state.json").read_text() == state and victim_temp.read_text() == "mine"
     assert all(not asked.startswith(f"bytes={done}-") for asked in ranges), ranges  # downloaded from zero
-    assert not list((cache_dir / "tmp").glob("*.partial*"))
+    assert not scratch(cache_dir, "*.partial*")
 
 
 def test_a_symlinked_ref_directory_is_refused_and_nothing_is_written_through_it(
@@ -537,7 +540,7 @@ def test_a_symlinked_ref_directory_is_refused_and_nothing_is_written_through_it(
     mine = tmp_path / "my-directory"
     mine.mkdir()
     (mine / "config.json").write_text("my own file")
-    tags = Store(cache_dir).root / "refs" / registry.host / "acme" / "refs" / "@tags"
+    tags = Store(cache_dir).ref_path(parse_reference(reference)).parent
     tags.parent.mkdir(parents=True)
     tags.symlink_to(mine)
     done = run_cli("fetch", reference, "--cache-dir", str(cache_dir), "-q")

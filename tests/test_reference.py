@@ -7,7 +7,13 @@ import dataclasses
 import pytest
 
 from oci_crane_loader.errors import InvalidReferenceError
-from oci_crane_loader.reference import Reference, parse_reference
+from oci_crane_loader.reference import (
+    Reference,
+    is_loopback,
+    is_registry_host,
+    may_fall_back_to_http,
+    parse_reference,
+)
 
 D = "sha256:deadb33fdeadb33fdeadb33fdeadb33fdeadb33fdeadb33fdeadb33fdeadb33f"  # ggcr's validDigest
 HUB = "index.docker.io"
@@ -236,3 +242,47 @@ def test_reference_is_frozen_and_hashable():
     assert ref == parse_reference("ubuntu")
     assert len({ref, parse_reference("ubuntu"), parse_reference("docker.io/ubuntu")}) == 2  # original differs
     assert isinstance(ref, Reference)
+
+
+def test_with_digest_pins_the_repository():
+    assert parse_reference("ghcr.io/a/b:v1").with_digest(D) == f"ghcr.io/a/b@{D}"
+    assert parse_reference("ubuntu").with_digest(D) == f"{HUB}/library/ubuntu@{D}"
+    assert parse_reference(f"ubuntu:v1@{D}").name == parse_reference("ubuntu").with_digest(D)
+
+
+@pytest.mark.parametrize(("first", "host"), [
+    ("localhost", True), ("ghcr.io", True), ("host:5000", True), ("[::1]:5000", True), ("acme", False),
+    ("localhostx", False), ("library", False),
+])
+def test_is_registry_host(first, host):
+    # ggcr NewRepository: the first component is a registry if it is localhost or holds a '.' or ':'.
+    assert is_registry_host(first) is host
+    assert (parse_reference(f"{first}/xy").registry == first) is host
+
+
+# ggcr Registry.Scheme() (pkg/name/registry.go): "http" (https, then http) for these, https alone otherwise.
+PLAIN_HTTP_FALLBACK = ["localhost:5000", "localhost:", "a.localhost", "a.localhost:5000", "127.0.0.1", "127.0.0.1:5000",
+                       "::1", "[::1]", "[::1]:5000", "10.0.0.1", "10.255.1.2:5000", "172.16.0.1", "172.31.255.255:443",
+                       "192.168.1.1:5000"]
+HTTPS_ONLY = ["localhost", "ghcr.io", "127.0.0.2:5000", "127.1:5000", "172.32.0.1", "172.15.255.255", "192.169.0.1",
+              "11.0.0.1", "169.254.0.1", "[fd00::1]:5000", "fd00::1", "10.0.0.1.nip.io", "a.localhost.com",
+              "127.0.0.1.x", "a.localhost:123456"]
+
+
+@pytest.mark.parametrize("host", PLAIN_HTTP_FALLBACK)
+def test_plain_http_fallback_as_ggcr(host):
+    assert may_fall_back_to_http(host, insecure=False)
+
+
+@pytest.mark.parametrize("host", HTTPS_ONLY)
+def test_https_only_as_ggcr(host):
+    assert not may_fall_back_to_http(host, insecure=False)
+    assert may_fall_back_to_http(host, insecure=True)  # --insecure: every registry
+
+
+@pytest.mark.parametrize(("host", "loopback"), [
+    ("localhost", True), ("localhost:5000", True), ("a.localhost", True), ("127.0.0.2:5000", True),
+    ("[::1]:5000", True), ("10.0.0.1", False), ("ghcr.io", False), ("localhost.com", False),
+])
+def test_is_loopback(host, loopback):
+    assert is_loopback(host) is loopback

@@ -1,8 +1,9 @@
 """Differential fuzzing of reference.py against go-containerregistry's pkg/name, the parser inside crane.
 
 For every generated string either both parsers refuse it, or both accept it and agree on registry, repository,
-tag or digest and the full name. The one allowed difference: we refuse a few names crane would take, each on a
-rule reference.py's docstring lists (and the cause names it).
+tag or digest, the full name, and whether crane falls back to plain http for the registry (Registry.Scheme()). The
+one allowed difference: we refuse a few names crane would take, each on a rule reference.py's docstring lists (and
+the cause names it).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from oci_crane_loader.errors import InvalidReferenceError
-from oci_crane_loader.reference import DEFAULT_TAG, parse_reference
+from oci_crane_loader.reference import DEFAULT_TAG, may_fall_back_to_http, parse_reference
 from tests.support import ggcr_names
 
 HEX = string.hexdigits.lower()[:16]
@@ -60,6 +61,8 @@ def check_against_ggcr(oracle: ggcr_names.Oracle, text: str) -> None:
     identifier = ours.digest or ours.tag or DEFAULT_TAG  # ggcr's Identifier(): the digest, else the tag
     assert (ours.registry, ours.repository, identifier, ours.name) == (
         theirs.registry, theirs.repository, theirs.identifier, theirs.name), text
+    ours_scheme = "http" if may_fall_back_to_http(ours.registry, insecure=False) else "https"
+    assert ours_scheme == theirs.scheme, f"{text!r}: we say {ours_scheme} for {ours.registry}, crane {theirs.scheme}"
 
 
 # --- strategies ------------------------------------------------------------------------------------------------
@@ -73,7 +76,10 @@ _LABEL = st.text(alphabet=string.ascii_letters + string.digits + "-_", min_size=
 _HOSTNAME = st.one_of(
     st.sampled_from(["localhost", "docker.io", "index.docker.io", "ghcr.io", "GHCR.IO", "registry-1.docker.io",
                      "127.0.0.1", "[::1]", "[2001:db8::1]", "::1", "[::ffff:1.2.3.4]", "[1.2.3.4]", ".", "..",
-                     "-vvv.io", "--user-agent=evil.io", "münchen.de", "a.b.c.d.e"]),
+                     "-vvv.io", "--user-agent=evil.io", "münchen.de", "a.b.c.d.e",
+                     # ggcr's plain-http rule: private IPv4 blocks and their edges, loopback spellings
+                     "10.0.0.1", "172.16.0.1", "172.31.255.255", "172.32.0.1", "192.168.1.1", "192.169.0.1",
+                     "127.0.0.2", "a.localhost", "localhost.x", "[fd00::1]", "169.254.0.1", "10.0.0.1.nip.io"]),
     st.lists(_LABEL, min_size=1, max_size=4).map(".".join),
 )
 _PORT = st.one_of(st.just(""), st.sampled_from([":", ":5000", ":0", ":65536", ":x", ":5000:1", "::"]),
@@ -112,6 +118,11 @@ NEAR_VALID = st.builds(lambda *parts: "".join(parts), _PREFIX, _REGISTRY, _REPOS
 @example(text="x" * 248 + "@" + GOOD_DIGEST)
 @example(text="xy:" + "t" * 128 + "@" + GOOD_DIGEST)
 @example(text="oci://https://gcr.io/xy")
+# The plain-http rule's corners: bare localhost is https only, 127.0.0.1 alone is the loopback ggcr knows.
+@example(text="localhost/xy")
+@example(text="127.0.0.2:5000/xy")
+@example(text="172.31.0.1:5000/xy")
+@example(text="[::1]:5000/xy")
 def test_near_valid_references_agree_with_ggcr(oracle: ggcr_names.Oracle, text: str) -> None:
     check_against_ggcr(oracle, text)
 
@@ -126,3 +137,4 @@ def test_oracle_is_ggcr(oracle: ggcr_names.Oracle) -> None:
     # The oracle itself: the Docker Hub defaults, and a refusal.
     assert oracle.parse("ubuntu").name == "index.docker.io/library/ubuntu:latest"
     assert oracle.parse("Ubuntu").error is not None
+    assert (oracle.parse("127.0.0.1:5000/xy").scheme, oracle.parse("ghcr.io/xy").scheme) == ("http", "https")

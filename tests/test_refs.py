@@ -1,5 +1,6 @@
 """Refs in the cache: a tag moves only after a successful fetch, digest fetches are kept, paths never collide,
-and a damaged cached blob is noticed (sizes on every fetch, bytes by `cache verify`) and repaired."""
+and a damaged cached blob is noticed (sizes on every fetch, bytes by `cache verify`) and repaired (by the fetch that
+notices it, or `cache prune --damaged`)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,9 @@ from pathlib import Path
 
 from support.commands import REPO_ROOT, run_cli, unshare_mount
 from support.models import push_model, tree_bytes, write_model
+
+from oci_crane_loader.cache.store import LAYOUT_MARKER, Store
+from oci_crane_loader.reference import parse_reference
 
 OFFLINE = {"OCI_CRANE_BINARY": "/nonexistent/crane"}  # crane must not even start
 
@@ -78,7 +82,7 @@ def test_a_fetch_by_digest_is_kept_by_prune_and_removed_by_rm(registry, tmp_path
     assert removed.returncode == 0, removed.stderr
     pruned = cache_json(cache_dir, "prune")
     assert ("model", str(model)) in {(r["kind"], r["path"]) for r in pruned["removed"]}  # type: ignore[union-attr]
-    assert not model.exists() and list((cache_dir / "blobs" / "sha256").iterdir()) == []
+    assert not model.exists() and list(Store(cache_dir).blobs()) == []
 
 
 def test_a_tag_and_a_repository_path_of_the_same_name_do_not_collide(registry, tmp_path):
@@ -99,11 +103,11 @@ def test_refs_of_the_old_layout_are_still_read(registry, tmp_path, cache_dir):
     reference = f"{registry.host}/acme/old:v1"
     push_model(source, reference, tmp_path)
     digest = fetch_json(reference, cache_dir)["digest"]
-    new = cache_dir / "refs" / registry.host / "acme" / "old" / "@tags" / "v1"
-    old = cache_dir / "refs" / registry.host / "acme" / "old" / "v1"
+    new = Store(cache_dir).ref_path(parse_reference(reference))  # refs/<registry>/acme/old/@tags/v1
+    old = new.parent.parent / new.name  # refs/<registry>/acme/old/v1
     os.replace(new, old)  # as a cache written before the @tags/ layout holds it
     new.parent.rmdir()
-    (cache_dir / "refs" / ".layout-2").unlink()
+    (cache_dir / "refs" / LAYOUT_MARKER).unlink()
     assert fetch_json(reference, cache_dir, "--offline", env=OFFLINE)["digest"] == digest
     assert listed(cache_dir) == {reference: digest}
     assert not old.exists() and new.read_text() == digest
@@ -115,13 +119,21 @@ def test_a_truncated_cached_blob_is_noticed_at_once_and_repaired(registry, tmp_p
     push_model(source, reference, tmp_path)
     model = Path(str(fetch_json(reference, cache_dir)["path"]))
     shard = model / "model-00001-of-00002.safetensors"
+    digest = "sha256:" + hashlib.sha256(shard.read_bytes()).hexdigest()
     shard.chmod(shard.stat().st_mode | stat.S_IWUSR)
     os.truncate(shard, 100)  # through the hard link: the shared blob itself is truncated
-
-    noticed = run_cli("fetch", reference, "--cache-dir", str(cache_dir), "-q")
-    assert noticed.returncode == 1
-    assert "is damaged" in noticed.stderr and "fix: run `oci-crane cache prune --damaged`" in noticed.stderr
     assert run_cli("cache", "verify", "--cache-dir", str(cache_dir)).returncode == 1
+
+    # The next fetch sets the blob aside with the directories linking it, says so in one line, and heals.
+    healed = run_cli("fetch", reference, "--cache-dir", str(cache_dir), "-q")
+    assert healed.returncode == 0, healed.stderr
+    (line,) = healed.stderr.strip().splitlines()
+    assert line.startswith("WARNING") and f"cached blob {digest} of {reference} is damaged" in line, line
+    assert tree_bytes(Path(healed.stdout.strip())) == tree_bytes(source)
+    assert run_cli("cache", "verify", "--cache-dir", str(cache_dir)).returncode == 0
+
+    # `prune --damaged` repairs the same damage too.
+    os.truncate(Path(healed.stdout.strip()) / "model-00001-of-00002.safetensors", 100)
     cache_json(cache_dir, "prune", "--damaged")
     assert tree_bytes(Path(str(fetch_json(reference, cache_dir)["path"]))) == tree_bytes(source)
     assert run_cli("cache", "verify", "--cache-dir", str(cache_dir)).returncode == 0

@@ -21,7 +21,8 @@ import pytest
 from support.commands import REPO_ROOT
 from support.models import push_model, write_model
 
-from oci_crane_loader.registry.executable import executable_platform, host_platform
+from oci_crane_loader.platforms import host_platform
+from oci_crane_loader.registry.executable import executable_platform
 
 pytestmark = [pytest.mark.wheels, pytest.mark.slow]
 

@@ -71,6 +71,24 @@ class PartialPaths:
             log.warning("%s is %s, not a download of ours: not resumed", self.data, why)
         return None
 
+    def adopt(self, written: Path, size: int) -> bool:
+        """Make ``written`` (a temp file of ours holding the blob's first bytes) the partial file, grown (sparse) to
+        ``size``: opened without following a symlink, checked to be ours, grown through that descriptor, then
+        renamed over the partial's name. False, and nothing kept, when it is not a file of ours."""
+        try:
+            fd = open_nofollow(written, os.O_RDWR)
+        except OSError:
+            return False
+        try:
+            if _untrusted(os.fstat(fd), None) is not None:
+                return False
+            os.ftruncate(fd, size)
+            self.discard()
+            os.replace(written, self.data)
+        finally:
+            os.close(fd)
+        return True
+
     def load_state(self) -> dict[str, Any] | None:
         """The state file's JSON object, None when there is none or it is not ours (a symlink, someone else's)."""
         try:

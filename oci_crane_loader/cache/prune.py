@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import shutil
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -97,6 +98,7 @@ def _delete(store: Store, removal: Removal) -> None:
     path = removal.path
     if removal.kind in ("model", "config"):
         store.discard_dir(path)
+        store.model_files_path(path).unlink(missing_ok=True)  # what it was built with: nothing to check now
     elif removal.kind == "ref":
         store.remove_ref_file(path)
     elif path.is_dir() and not path.is_symlink():
@@ -130,6 +132,30 @@ def prune_cache(store: Store, *, dry_run: bool = False, damaged: bool = False,
         if not dry_run:
             store.drop_stale_records()
     return PruneReport(dry_run, tuple(removed), tuple(skipped))
+
+
+def discard_blobs(store: Store, blobs: Iterable[tuple[str, int]]) -> list[Path]:
+    """Set aside blobs (digest, size) a fetch found damaged (of another size: cut, or written through a hard link)
+    with every model and config directory that links them, as `prune --damaged` would, so that the fetch downloads
+    and builds them again; the directories deleted. A blob another process has replaced meanwhile is kept, and one
+    whose download another process holds is left to it (its download replaces the file)."""
+    inodes: dict[str, tuple[int, int]] = {}
+    for digest, size in blobs:
+        with contextlib.suppress(FileNotFoundError):
+            info = store.blob_path(digest).stat()
+            if info.st_size != size:
+                inodes[digest] = (info.st_dev, info.st_ino)
+    doomed = [directory.path for directory in store.model_dirs()
+              if tree_inodes(directory.path) & set(inodes.values())]
+    for path in doomed:
+        with contextlib.suppress(FileNotFoundError):  # another process deleted it first
+            store.discard_dir(path)
+    for digest, inode in inodes.items():
+        with store.try_blob_lock(digest, create=True) as free, contextlib.suppress(FileNotFoundError):
+            if free and inodes_of([store.blob_path(digest)]) == {inode}:  # not replaced meanwhile
+                store.blob_path(digest).unlink()
+    store.drop_stale_records()
+    return doomed
 
 
 def remove_ref(store: Store, reference: Reference) -> str:

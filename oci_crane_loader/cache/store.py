@@ -12,6 +12,9 @@
     unsynced/<hex>                a blob renamed into place whose bytes may not be on disk yet
     records/<hex>.json            what a finished fetch made (its model directory, the blobs it links), under a
                                   hash of what was asked: a cached fetch answers from it (cached.py)
+    records/files/<kind>-<name>.json  the files (and sizes) a model or config directory was built with
+                                  (cache/contents.py: a fetch and verify find a file missing from it)
+    records/local-dirs/<hex>.json the files the last `--local-dir` placement put in a directory (hash of its path)
     locks/<hex>.lock, locks/prune.lock
 
 This module is the only code that knows these paths: everything else asks the Store, and lists the cache through
@@ -539,19 +542,37 @@ class Store:
         finally:
             temp.unlink(missing_ok=True)
 
-    def load_record(self, key: str) -> dict[str, object] | None:
+    def load_record(self, key: str, *, max_size: int = 1 << 20) -> dict[str, object] | None:
+        """The record saved for ``key``; None when there is none or it is not one (torn, edited, oversized, nested
+        past what the parser takes)."""
         try:
-            record = json.loads(self._record_path(key).read_text())
-        except (OSError, ValueError):
+            with open(self._record_path(key), "rb", opener=open_nofollow) as handle:
+                text = handle.read(max_size + 1)
+            if len(text) > max_size:
+                return None
+            record = json.loads(text)
+        except (OSError, ValueError, RecursionError):
             return None
         return record if isinstance(record, dict) else None
+
+    def model_files_path(self, directory: Path) -> Path:
+        """Where the files a model or config directory was built with are recorded (cache/contents.py): beside
+        the fetch records, not inside the directory, whose listing is the model."""
+        return self.root / "records" / "files" / f"{directory.parent.parent.name}-{directory.name}.json"
+
+    def placement_path(self, target: Path) -> Path:
+        """Where the files a `--local-dir` placement put in ``target`` (a resolved path) are recorded."""
+        return self.root / "records" / "local-dirs" / f"{hashlib.sha256(str(target).encode()).hexdigest()}.json"
 
     def model_dir_named(self, name: object) -> Path | None:
         """models/sha256/<name> when ``name`` is a model directory's name (never a path) and it exists."""
         if not isinstance(name, str) or not _DIR_NAME.fullmatch(name):
             return None
         path = self.root / "models" / "sha256" / name
-        return path if path.is_dir() else None
+        try:  # a real directory, never a symlink planted to lead elsewhere
+            return path if stat.S_ISDIR(path.lstat().st_mode) else None
+        except OSError:
+            return None
 
     def drop_stale_records(self) -> None:
         """Records whose model directory is gone (pruned): they would only make a fetch look twice."""

@@ -1,5 +1,5 @@
 """`oci-crane cache verify`: re-hash every blob and manifest, check every ref holds a digest and every model or
-config directory hard-links the very blobs of its manifest."""
+config directory hard-links the very blobs of its manifest and still holds every file it was built with."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from ..digests import sha256_digest
 from ..files import file_sha256
 from ..formats import Action, recognise
 from ..oci import Manifest
+from .contents import missing_files, some
 from .reachability import document
 from .store import DigestFile, ModelDir, Store
 from .usage import inodes_of, walk_files
@@ -103,6 +104,9 @@ def _directory_problems(store: Store, directory: ModelDir, blob_inodes: set[tupl
         if not directory.filtered:  # a filtered fetch's directory needs only the blobs of the files it chose
             problems += [Problem(kind, path, f"needs blob {d} which is missing from the cache") for d in missing]
         allowed = inodes_of(store.blob_path(d) for d in linked)
+    gone = missing_files(store, path)
+    if gone:  # deleted (or cut) from the directory: a fetch would build it again, prune --damaged removes it
+        problems.append(Problem(kind, path, f"lacks {len(gone)} file(s) it was built with: {some(gone)}"))
     for file in walk_files(path):
         info = file.lstat()
         if info.st_nlink > 1 and (info.st_dev, info.st_ino) not in allowed:

@@ -2,17 +2,9 @@
 
 from __future__ import annotations
 
-import platform as host_platform
-
 from ..errors import InvalidDocumentError, NotFoundError, UnsupportedFormatError
 from ..oci import Descriptor, Index
-
-_ARCHITECTURES = {"x86_64": "amd64", "amd64": "amd64", "aarch64": "arm64", "arm64": "arm64"}
-
-
-def host_platform_name() -> str:
-    machine = host_platform.machine().lower()
-    return f"linux/{_ARCHITECTURES.get(machine, machine)}"  # models run in linux containers, also from macOS
+from ..platforms import host_platform
 
 
 def select_child(index: Index, wanted: str | None) -> Descriptor:
@@ -47,7 +39,7 @@ def select_child(index: Index, wanted: str | None) -> Descriptor:
     if len(index.manifests) == 1:
         return index.manifests[0]
     children = [child for child in index.manifests if not attestation(child)]
-    target = wanted or host_platform_name()
+    target = wanted or host_platform(os="linux")  # models run in linux containers, also from macOS
     with_platform = [child for child in children if child.platform is not None]
     for child in with_platform:
         if str(child.platform) == target or (

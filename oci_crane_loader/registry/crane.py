@@ -29,8 +29,10 @@ from typing import Any
 from urllib.parse import quote
 
 from .. import errors
-from ..settings import settings
-from .executable import executable_platform, host_platform
+from ..platforms import host_platform
+from . import failures
+from .access import RegistryAccess, registry_access
+from .executable import executable_platform
 from .keychain import CredentialSource, crane_environment, find_credentials
 
 log = logging.getLogger(__name__)
@@ -205,33 +207,6 @@ def configured_secrets(argv: Sequence[str], env: dict[str, str] | None = None) -
     return found
 
 
-@dataclass(frozen=True)
-class _Rule:
-    pattern: re.Pattern[str]
-    error: type[errors.CraneError]
-    what: str
-
-
-# Order matters: a credential-helper failure also mentions the registry, a TLS failure may end in EOF.
-_RULES = [
-    _Rule(re.compile(r"error getting credentials|credential helper|docker-credential-"), errors.CredentialHelperError,
-          "the docker credential helper failed"),
-    _Rule(re.compile(r"x509:|tls:|certificate|server gave HTTP response to HTTPS client"), errors.TLSError,
-          "TLS handshake with the registry failed"),
-    _Rule(re.compile(r"UNAUTHORIZED|DENIED|authentication required|401 Unauthorized|403 Forbidden"),
-          errors.UnauthorizedError, "the registry refused our credentials"),
-    _Rule(re.compile(r"TOOMANYREQUESTS|429 Too Many Requests"), errors.RateLimitedError,
-          "the registry is rate limiting us"),
-    _Rule(re.compile(r"MANIFEST_UNKNOWN|NAME_UNKNOWN|BLOB_UNKNOWN|404 Not Found|not found"), errors.NotFoundError,
-          "not found in the registry"),
-    _Rule(re.compile(r"error verifying|does not match|digest mismatch|unexpected digest"),
-          errors.CraneIntegrityError, "downloaded bytes do not match their digest"),
-    _Rule(re.compile(r"connection refused|no such host|i/o timeout|network is unreachable|connection reset|"
-                     r"unexpected EOF|context deadline exceeded|server misbehaving|no route to host|EOF$"),
-          errors.NetworkError, "cannot reach the registry"),
-]
-
-
 def classify(command: Sequence[str], returncode: int, stderr: str, secrets: Iterable[str] = (),
              credentials: CredentialSource | None = None) -> errors.CraneError:
     """Map crane's stderr to one typed error whose cause quotes crane's own (redacted) message; the fix of a
@@ -240,11 +215,11 @@ def classify(command: Sequence[str], returncode: int, stderr: str, secrets: Iter
     lines = [line for line in clean.splitlines() if line.strip()]
     message = next((line[len("Error: "):] for line in reversed(lines) if line.startswith("Error: ")),
                    lines[-1] if lines else f"crane exited with status {returncode}")
-    for rule in _RULES:
-        if rule.pattern.search(clean):
-            fix = _credentials_fix(rule.error, credentials) if credentials is not None else None
-            return rule.error(f"{rule.what}: {message}", fix, command=list(command), returncode=returncode,
-                              stderr=clean)
+    failure = failures.from_stderr(clean)
+    if failure is not None:
+        fix = _credentials_fix(failure.error, credentials) if credentials is not None else None
+        return failure.error(f"{failure.what}: {message}", fix, command=list(command), returncode=returncode,
+                             stderr=clean)
     return errors.CraneError(f"crane failed: {message}", command=list(command), returncode=returncode, stderr=clean)
 
 
@@ -264,64 +239,36 @@ def _credentials_fix(error: type[errors.CraneError], source: CredentialSource) -
             f"crane read {source.describe()}")
 
 
-def check_connection(*, insecure: bool, plain_http: bool, ca_file: str | Path | None) -> Path | None:
-    """Refuse what crane cannot honour; ``ca_file`` as a checked Path. crane has one switch, --insecure, which
-    both allows plain http and skips TLS verification: --plain-http is passed as it, so a CA to verify with
-    means nothing beside either; and on macOS Go verifies with the system keychain only, never a file."""
-    if ca_file is None or str(ca_file) == "":
-        return None
-    if insecure or plain_http:
-        flag = "--insecure" if insecure else "--plain-http"
-        raise errors.UsageError(f"--ca-file and {flag} contradict each other: {flag} makes crane skip TLS "
-                                "verification, so the CA would never be checked",
-                                "keep --ca-file for a registry with a private CA, or drop it for a plain-http one")
-    path = Path(ca_file).expanduser()
-    if sys.platform == "darwin":
-        raise errors.UsageError(
-            "--ca-file cannot be honoured on macOS: crane (Go) verifies TLS with the system keychain only",
-            f"trust the CA in the keychain: sudo security add-trusted-cert -d -r trustRoot -k "
-            f"/Library/Keychains/System.keychain {path}")
-    if not path.is_file():
-        raise errors.UsageError(f"--ca-file {path} is not a file", "name the PEM file of the registry's CA")
-    return path.absolute()
-
-
-def check_authfile(authfile: str | Path | None) -> Path | None:
-    if authfile is None or str(authfile) == "":
-        return None
-    path = Path(authfile).expanduser()
-    if not path.is_file():
-        raise errors.UsageError(f"--authfile {path} is not a file",
-                                "name an auth.json as podman login writes it, or a docker config.json")
-    return path.absolute()
-
-
 # --- running --------------------------------------------------------------------------------------------------
 
 class Crane:
-    """Runs crane. ``offline=True`` is the one switch that forbids the network: every call raises OfflineError."""
+    """Runs crane under one RegistryAccess: with ``offline`` set every call raises OfflineError before crane
+    starts."""
 
-    def __init__(self, *, insecure: bool = False, offline: bool = False, timeout: float | None = None,
-                 stall_timeout: float | None = None, plain_http: bool = False, ca_file: str | Path | None = None,
-                 authfile: str | Path | None = None, writes_authfile: bool = False) -> None:
+    def __init__(self, access: RegistryAccess | None = None, *, writes_authfile: bool = False,
+                 **policy: Any) -> None:
+        """``access``: the connection policy (options.py builds it once per command); without it, ``policy``
+        (insecure=, offline=, timeout=, ...) builds one as ``registry_access`` does."""
         # How to reach the registry, turned into crane's flags (_argv) and environment (environment) there only.
-        self.insecure = insecure  # skip TLS verification (and allow http): crane --insecure
-        self.plain_http = plain_http  # the registry speaks http: crane has no such flag, --insecure is the nearest
-        self.ca_file = check_connection(insecure=insecure, plain_http=plain_http, ca_file=ca_file)
-        self.authfile = check_authfile(authfile)  # None: the credentials file crane finds (keychain.py)
+        self.access = access if access is not None else registry_access(**policy)
         self.writes_authfile = writes_authfile  # `crane auth login|logout` rewrite it (keychain.crane_environment)
-        self.offline = offline
-        self.timeout = timeout or settings().timeout  # OCI_CRANE_TIMEOUT
-        # crane blob has no read timeout: a stalled stream hangs forever, so we watch the file grow instead.
-        self.stall_timeout = stall_timeout or settings().stall_timeout  # OCI_CRANE_STALL_TIMEOUT
+
+    # The policy's fields, read where crane's flags and environment are made.
+    insecure = property(lambda self: self.access.insecure)
+    plain_http = property(lambda self: self.access.plain_http)
+    ca_file = property(lambda self: self.access.ca_file)
+    authfile = property(lambda self: self.access.authfile)
+    offline = property(lambda self: self.access.offline)
+    timeout = property(lambda self: self.access.timeout)
+    # crane blob has no read timeout: a stalled stream hangs forever, so we watch the file grow instead.
+    stall_timeout = property(lambda self: self.access.stall_timeout)
 
     def _argv(self, command: str, *positionals: str, platform: str | None = None,
               options: Sequence[str] = ()) -> list[str]:
         """``crane COMMAND [options] -- POSITIONALS``: after ``--`` a reference or path that begins with ``-``
         (untrusted input: a web form, VLLM_MODEL) is an argument, never one of crane's options. A COMMAND of two
         words (``auth login``) is crane's command and subcommand."""
-        if self.offline:
-            raise errors.OfflineError(f"offline mode forbids `crane {command}`: the model is not fully cached")
+        self.access.require_network(f"`crane {command}`")
         argv = [find_crane(), *command.split(), *options]
         if self.insecure or self.plain_http:
             argv.append("--insecure")

@@ -1,4 +1,4 @@
-"""Which OS and CPU an executable was built for, read from its header, and which this host is.
+"""Which OS and CPU an executable was built for, read from its header (this host's: platforms.host_platform).
 
 Enough of ELF and Mach-O to tell a crane built for another machine (a wheel installed on the wrong platform,
 a binary copied from a laptop) from one that can run here, and to say so in `doctor` and in warnings.
@@ -6,7 +6,6 @@ a binary copied from a laptop) from one that can run here, and to say so in `doc
 
 from __future__ import annotations
 
-import platform
 import struct
 from pathlib import Path
 
@@ -15,14 +14,6 @@ _ELF_MACHINES = {0x03: "386", 0x28: "arm", 0x3E: "amd64", 0xB7: "arm64", 0xF3: "
                  0x16: "s390x"}
 _MACHO_CPUS = {0x01000007: "amd64", 0x0100000C: "arm64", 7: "386", 12: "arm"}
 _MACHO_MAGICS = {b"\xcf\xfa\xed\xfe": "<", b"\xce\xfa\xed\xfe": "<", b"\xfe\xed\xfa\xcf": ">", b"\xfe\xed\xfa\xce": ">"}
-_HOST_ARCH = {"x86_64": "amd64", "amd64": "amd64", "aarch64": "arm64", "arm64": "arm64", "i686": "386",
-              "i386": "386", "armv7l": "arm", "riscv64": "riscv64", "ppc64le": "ppc64", "s390x": "s390x"}
-
-
-def host_platform() -> str:
-    """This machine as GOOS/GOARCH, e.g. ``linux/amd64`` or ``darwin/arm64``."""
-    machine = platform.machine().lower()
-    return f"{platform.system().lower()}/{_HOST_ARCH.get(machine, machine)}"
 
 
 def executable_platform(path: str | Path) -> str | None:
@@ -35,6 +26,8 @@ def executable_platform(path: str | Path) -> str | None:
     if head[:4] == b"\x7fELF" and len(head) >= 20:
         order = "<" if head[5] == 1 else ">"  # EI_DATA: 1 little endian, 2 big endian
         (machine,) = struct.unpack(order + "H", head[18:20])
+        if machine == 0x15 and order == "<":  # EM_PPC64 is both of Go's ppc64 (big) and ppc64le
+            return "linux/ppc64le"
         return f"linux/{_ELF_MACHINES.get(machine, f'elf-machine-{machine:#x}')}"
     macho_order = _MACHO_MAGICS.get(head[:4])
     if macho_order is not None and len(head) >= 8:

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 AUTHFILE = "--authfile"
+HOME_DOCKER_CONFIG = "~/.docker/config.json"  # docker's (and crane's) credentials file when DOCKER_CONFIG is unset
 
 
 @dataclass(frozen=True)
@@ -31,7 +32,7 @@ class CredentialSource:
     """The file crane reads credentials from (``path`` None: none, anonymous) and the setting that chose it."""
 
     path: Path | None
-    origin: str  # "--authfile", "DOCKER_CONFIG", "~/.docker/config.json", "REGISTRY_AUTH_FILE", ...
+    origin: str  # "--authfile", "DOCKER_CONFIG", HOME_DOCKER_CONFIG, "REGISTRY_AUTH_FILE", ...
     redirect: bool = False  # crane would not read it by itself: handed over through a private DOCKER_CONFIG
     ignored: tuple[str, ...] = ()  # credentials files that exist but are not read, each with why
 
@@ -42,14 +43,26 @@ class CredentialSource:
         return f"{self.path} (from {self.origin}{missing})"
 
 
+def docker_config_path(env: Mapping[str, str] | None = None) -> Path:
+    """The docker config crane reads first and `crane auth login` writes (pkg/authn DefaultKeychain):
+    ``$DOCKER_CONFIG/config.json``, else ``~/.docker/config.json``."""
+    env = os.environ if env is None else env
+    directory = env.get("DOCKER_CONFIG")
+    return Path(directory) / "config.json" if directory else _home_docker_config(env)
+
+
+def _home_docker_config(env: Mapping[str, str]) -> Path:
+    return Path(env.get("HOME") or Path.home()) / HOME_DOCKER_CONFIG.removeprefix("~/")
+
+
 def find_credentials(authfile: str | Path | None = None, env: Mapping[str, str] | None = None) -> CredentialSource:
     """The credentials file in use for ``authfile`` (None: from the environment, in crane's order above)."""
     env = os.environ if env is None else env
     home = Path(env.get("HOME") or Path.home())
     docker_dir = env.get("DOCKER_CONFIG", "")
-    home_config = home / ".docker" / "config.json"
-    docker_config = Path(docker_dir) / "config.json" if docker_dir else home_config
-    origin = "DOCKER_CONFIG" if docker_dir else "~/.docker/config.json"
+    home_config = _home_docker_config(env)
+    docker_config = docker_config_path(env)
+    origin = "DOCKER_CONFIG" if docker_dir else HOME_DOCKER_CONFIG
     found_docker = home_config.is_file() or docker_config.is_file()
     candidates = [(docker_config if found_docker else None, origin, False)]
     if env.get("REGISTRY_AUTH_FILE"):
@@ -65,7 +78,7 @@ def find_credentials(authfile: str | Path | None = None, env: Mapping[str, str] 
     else:
         chosen = existing[0] if existing else (None, "none found", False)
     if docker_dir and home_config.is_file():  # crane loads DOCKER_CONFIG's file, even a missing one
-        existing.insert(1, (home_config, "~/.docker/config.json", False))
+        existing.insert(1, (home_config, HOME_DOCKER_CONFIG, False))
     ignored = tuple(f"{path} ({name}): not read, {chosen[1]} comes first" for path, name, _ in existing
                     if path != chosen[0] and path is not None and path.is_file())
     return CredentialSource(chosen[0], chosen[1], chosen[2], ignored)

@@ -9,20 +9,20 @@ survives a failed attempt and a killed process: the next attempt resumes from th
 hashed before the file is handed back, so a wrong resumed byte costs a retry, never a bad blob.
 
 Whatever this path cannot do (the registry ignores Range, an unknown auth scheme, no httpx) raises Unsupported
-before any byte is written, and the caller uses `crane blob`. Errors map to the same typed errors as crane's.
+before any byte is written, and the caller uses `crane blob`; what `crane blob` wrote before it broke is kept
+the same way (``keep_prefix``), so a registry that serves blobs itself is continued with a Range request too.
+Errors map to the same typed errors as crane's (failures.py).
 """
 
 from __future__ import annotations
 
 import base64
 import contextlib
-import functools
 import hashlib
-import ipaddress
+import itertools
 import logging
 import os
 import re
-import ssl
 import threading
 import time
 from collections.abc import Callable
@@ -33,7 +33,9 @@ from urllib.parse import urljoin, urlsplit
 
 from .. import errors
 from ..oci import Descriptor
-from ..reference import Reference
+from ..reference import Reference, is_loopback
+from . import failures
+from .access import RegistryRoutes, origin
 from .crane import Crane, redact
 
 if TYPE_CHECKING:
@@ -49,18 +51,14 @@ WRITE_EVERY = 256 << 10  # a range writes (and tells the hasher and progress) on
 # 64 KiB chunk httpx hands over: fewer syscalls, lock round trips and hasher wake-ups at hundreds of MB/s
 STATE_EVERY = 0.5  # seconds between saves of the state file
 MAX_REDIRECTS = 5
+MANIFEST_TYPES = ("application/vnd.oci.image.manifest.v1+json", "application/vnd.oci.image.index.v1+json",
+                  "application/vnd.docker.distribution.manifest.v2+json",
+                  "application/vnd.docker.distribution.manifest.list.v2+json")
 _CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+|\*)")
 
 
 class Unsupported(Exception):
     """The HTTP path cannot fetch this blob; `crane blob` can."""
-
-
-_SERVES_BLOBS_ITSELF: set[str] = set()  # registries seen answering a blob GET without a redirect (this process)
-# Registry -> set once its first ranged GET showed whether it redirects: several blobs starting at once wait for
-# that answer instead of each asking (a registry that serves blobs itself is then asked once, not per blob).
-_PROBED: dict[str, threading.Event] = {}
-_PROBED_LOCK = threading.Lock()
 
 
 @dataclass
@@ -74,29 +72,34 @@ class Part:
         return self.end - self.start + 1 - self.done
 
 
-def fetch_blob(crane: Crane, reference: Reference, descriptor: Descriptor, partial: PartialPaths, destination: Path, *,
-               parts: int, progress: Callable[[int], None], cancel: threading.Event | None = None) -> str:
+def fetch_blob(crane: Crane, routes: RegistryRoutes, reference: Reference, descriptor: Descriptor,
+               partial: PartialPaths, destination: Path, *, parts: int, progress: Callable[[int], None],
+               cancel: threading.Event | None = None,
+               http: tuple[str, str, tuple[tuple[str, str], ...]] | None = None) -> str:
     """Download ``descriptor``'s blob into ``destination`` by way of ``partial`` (the cache's paths for it: kept on
     failure, for resuming); returns its sha256 digest, checked against the descriptor (IntegrityError and the
-    partial deleted if not)."""
-    _await_probe(reference.registry, cancel)
+    partial deleted if not). ``crane`` carries the connection policy (``crane.access``) and hands over
+    credentials; ``routes`` is what this fetch has learnt of the registry's storage host."""
+    crane.access.require_network(f"the download of {reference.with_digest(descriptor.digest)}")
+    _await_probe(routes, reference.registry, cancel)
     try:
-        return _fetch(crane, reference, descriptor, partial, destination, parts, progress, cancel)
+        return _fetch(crane, routes, reference, descriptor, partial, destination, parts, progress, cancel, http)
     finally:
-        _probe_done(reference.registry)  # whatever happened before the first response: the others may go on
+        routes.probe_done(reference.registry)  # whatever happened before the first response: the others may go on
 
 
-def _fetch(crane: Crane, reference: Reference, descriptor: Descriptor, partial: PartialPaths, destination: Path,
-           parts: int, progress: Callable[[int], None], cancel: threading.Event | None) -> str:
-    if reference.registry in _SERVES_BLOBS_ITSELF and not partial.data.exists():
+def _fetch(crane: Crane, routes: RegistryRoutes, reference: Reference, descriptor: Descriptor, partial: PartialPaths,
+           destination: Path, parts: int, progress: Callable[[int], None], cancel: threading.Event | None,
+           http: tuple[str, str, tuple[tuple[str, str], ...]] | None) -> str:
+    if reference.registry in routes.serves_blobs_itself and not partial.data.exists() and http is None:
         raise Unsupported(f"{reference.registry} serves blobs itself, where one crane stream is faster")
     try:
         httpx = _httpx()
     except ImportError as exc:
         raise Unsupported("httpx is not installed") from exc
-    session = _Session(crane, reference, httpx)
+    session = _Session(crane, reference, httpx, http)
     try:
-        download = _Download(session, descriptor, partial, parts, progress, cancel)
+        download = _Download(session, routes, descriptor, partial, parts, progress, cancel)
         try:
             return download.run(destination)
         except errors.IntegrityError:
@@ -105,42 +108,53 @@ def _fetch(crane: Crane, reference: Reference, descriptor: Descriptor, partial: 
             # Bytes an earlier attempt left were wrong (a power loss under the partial file): once more, from zero.
             log.warning("the resumed download of %s did not verify; downloading it again", descriptor.digest)
             progress(-download.counted)
-            return _Download(session, descriptor, partial, parts, progress, cancel).run(destination)
+            return _Download(session, routes, descriptor, partial, parts, progress, cancel).run(destination)
     finally:
         session.close()
 
 
-def probe_early(crane: Crane, reference: Reference, small: Descriptor) -> None:
+def probe_early(crane: Crane, routes: RegistryRoutes, reference: Reference, small: Descriptor) -> None:
     """Find out in a background thread, before any large blob starts, whether the registry hands blob GETs to a
     storage host, by asking for the first byte of ``small`` (the smallest layer). The large downloads from this
     registry wait for the answer (_await_probe), so none of them has to ask with a large blob: a registry that
     reads a whole blob before it answers (`crane registry serve` does) costs no more than a round trip, and the
     HTTP client loads while the small layers download. Registries redirect all blobs alike (ECR, GHCR, Docker Hub,
     a distribution registry on S3); one that served only small blobs itself would just get `crane blob` for all.
-    A probe that fails (auth, TLS, a refused range) decides nothing: each large download finds out itself."""
-    if reference.registry in _SERVES_BLOBS_ITSELF:
+    A probe that fails (auth, TLS, a refused range) decides nothing: each large download finds out itself.
+    Offline, nothing is asked."""
+    if crane.access.offline or reference.registry in routes.serves_blobs_itself:
         return
-    with _PROBED_LOCK:
-        if reference.registry in _PROBED:
-            return
-        _PROBED[reference.registry] = threading.Event()
+    if routes.claim_probe(reference.registry) is not None:
+        return
 
     def ask() -> None:
         try:
             session = _Session(crane, reference, _httpx())
             try:
                 response = session.open(small.digest, 0, 0)
-                if urlsplit(str(response.url)).netloc == session.host:
-                    _SERVES_BLOBS_ITSELF.add(reference.registry)
+                if session.at_registry(str(response.url)):
+                    routes.serves_blobs_itself.add(reference.registry)
                 response.close()
             finally:
                 session.close()
         except Exception as exc:  # best effort: undecided, each large download finds out for itself
             log.debug("probing %s for a storage host failed: %s", reference.registry, exc)
         finally:
-            _probe_done(reference.registry)
+            routes.probe_done(reference.registry)
 
     threading.Thread(target=ask, name="oci-crane-probe", daemon=True).start()
+
+
+def get_manifest(crane: Crane, reference: Reference, tag_or_digest: str,
+                 http: tuple[str, str, tuple[tuple[str, str], ...]], limit: int) -> bytes:
+    """A manifest from an endpoint only the HTTP road reaches (a mirror that needs containerd's ``ns``, headers,
+    or another API root); the caller checks it against its digest."""
+    crane.access.require_network(f"GET the manifest of {reference.repository_name}:{tag_or_digest}")
+    session = _Session(crane, reference, _httpx(), http)
+    try:
+        return session.manifest(tag_or_digest, limit)
+    finally:
+        session.close()
 
 
 def _httpx() -> Any:
@@ -153,103 +167,116 @@ def _httpx() -> Any:
     return httpx
 
 
-def _await_probe(registry: str, cancel: threading.Event | None) -> None:
-    """The first download from ``registry`` in this process returns at once (it probes: _Download.run sets the
+def _await_probe(routes: RegistryRoutes, registry: str, cancel: threading.Event | None) -> None:
+    """The first download from ``registry`` in this fetch returns at once (it probes: _Download.run sets the
     event); later ones wait until it has."""
-    with _PROBED_LOCK:
-        probed = _PROBED.get(registry)
-        if probed is None:
-            _PROBED[registry] = threading.Event()
-            return
+    probed = routes.claim_probe(registry)
+    if probed is None:
+        return
     while not probed.wait(0.1):
         if cancel is not None and cancel.is_set():
             raise errors.CancelledError(f"download from {registry} was cancelled")
 
 
-def _probe_done(registry: str) -> None:
-    with _PROBED_LOCK:
-        _PROBED.setdefault(registry, threading.Event()).set()
+def keep_prefix(written: Path, partial: PartialPaths, descriptor: Descriptor) -> int:
+    """Keep what one stream (`crane blob`, which writes a blob from its first byte on) wrote before it broke or
+    was stopped, as a partial download that the next attempt continues with one Range request from the last
+    byte on disk, whichever registry serves it. Returns the bytes kept; 0 when there was nothing worth keeping
+    (then nothing is kept). The bytes are hashed with the rest before the blob is handed out, as any resumed
+    bytes are."""
+    try:
+        size = written.lstat().st_size
+    except FileNotFoundError:
+        return 0
+    if not 0 < size < descriptor.size:
+        return 0
+    if not partial.adopt(written, descriptor.size):  # preallocated (sparse), as a ranged download's partial file
+        return 0
+    partial.save_state({"digest": descriptor.digest, "parts": [[0, descriptor.size - 1, size]]})
+    return size
 
 
 # --- HTTP: scheme, TLS, credentials, redirects ------------------------------------------------------------------
 
-def tls_verify(crane: Crane) -> ssl.SSLContext | bool:
-    """The one place that reads TLS settings from the Crane: --insecure (no verification), a CA file when the
-    Crane has one (``ca_file``), else the system store, which honours SSL_CERT_FILE / SSL_CERT_DIR as crane does."""
-    if crane.insecure:
-        return False
-    ca_file = crane.ca_file
-    return _context(str(ca_file) if ca_file else None, os.environ.get("SSL_CERT_FILE"), os.environ.get("SSL_CERT_DIR"))
-
-
-@functools.cache
-def _context(ca_file: str | None, *_environment: str | None) -> ssl.SSLContext:
-    """Loading the trust store takes a good part of a second: once per setting (the environment is in the key).
-    --ca-file adds to the system store, as it does for crane (SSL_CERT_DIR): storage hosts keep their public CAs."""
-    context = ssl.create_default_context()
-    if ca_file is not None:
-        context.load_verify_locations(cafile=ca_file)
-    return context
-
-
-def _may_fall_back_to_http(crane: Crane, host: str) -> bool:
-    """crane (ggcr) tries https then http for --insecure, loopback and private addresses."""
-    if crane.insecure:
-        return True
-    if _is_loopback(host):
-        return True
-    try:
-        return ipaddress.ip_address(urlsplit(f"//{host}").hostname or "").is_private
-    except ValueError:
-        return False
-
-
-def _is_loopback(host: str) -> bool:
-    name = urlsplit(f"//{host}").hostname or ""
-    if name == "localhost" or name.endswith(".localhost"):
-        return True
-    try:
-        return ipaddress.ip_address(name).is_loopback
-    except ValueError:
-        return False
-
-
 class _Session:
-    """One registry repository: its scheme, its Authorization header (asked of crane once, on the first 401)."""
+    """One registry repository over HTTP, under the Crane's connection policy: its scheme, and its Authorization
+    header (asked of crane once, on the first 401), sent to the registry's own origin only."""
 
-    def __init__(self, crane: Crane, reference: Reference, httpx_module: Any) -> None:
+    def __init__(self, crane: Crane, reference: Reference, httpx_module: Any,
+                 http: tuple[str, str, tuple[tuple[str, str], ...]] | None = None) -> None:
+        """``http``: for a mirror only this road reaches (sources.Source.http): its API root URL, the query every
+        request carries (containerd's ``?ns=``) and the headers its configuration adds (to it alone)."""
         self.crane = crane
+        self.access = crane.access
         self.reference = reference
         self.httpx = httpx_module
         self.host = "index.docker.io" if reference.registry == "docker.io" else reference.registry
+        self.api_root: str | None = http[0] if http else None
+        self.query: str = http[1] if http else ""
+        self.extra_headers: tuple[tuple[str, str], ...] = http[2] if http else ()
         # Go's proxy rules never proxy loopback; HTTP(S)_PROXY / NO_PROXY otherwise apply as they do for crane.
-        timeout = httpx_module.Timeout(crane.timeout, read=crane.stall_timeout)
+        timeout = httpx_module.Timeout(self.access.timeout, read=self.access.stall_timeout)
         self.client: httpx.Client = httpx_module.Client(
-            verify=tls_verify(crane), trust_env=not _is_loopback(self.host), follow_redirects=False, timeout=timeout,
-            limits=httpx_module.Limits(max_connections=64, max_keepalive_connections=16))
-        self.schemes = ["http"] if crane.plain_http else (
-            ["https", "http"] if _may_fall_back_to_http(crane, self.host) else ["https"])
+            verify=self.access.tls_verify(), trust_env=not is_loopback(self.host), follow_redirects=False,
+            timeout=timeout, limits=httpx_module.Limits(max_connections=64, max_keepalive_connections=16))
+        self.schemes = self.access.schemes(self.host) if self.api_root is None else [urlsplit(self.api_root).scheme]
         self.authorization: str | None = None
         self._lock = threading.Lock()
-        self._secrets: list[str] = []
+        self._secrets: list[str] = [value for _, value in self.extra_headers]
 
     def close(self) -> None:
         self.client.close()
 
     def blob_url(self) -> str:
-        return f"{self.schemes[0]}://{self.host}/v2/{self.reference.repository}/blobs/"
+        return self._repository_url() + "/blobs/"
+
+    def _repository_url(self) -> str:
+        if self.api_root is not None:
+            return f"{self.api_root}/{self.reference.repository}"
+        return f"{self.schemes[0]}://{self.host}/v2/{self.reference.repository}"
+
+    def at_registry(self, url: str) -> bool:
+        """Whether ``url`` is the registry's own origin (scheme, host and port, as the registry is spoken to now):
+        the only place credentials go. A redirect to another host, another port, or from https to http on the
+        same host is not: a token never leaves the registry, and never travels in cleartext unless the registry
+        itself speaks plain http."""
+        return origin(url) == origin(self.blob_url())
 
     def open(self, digest: str, first: int, last: int) -> httpx.Response:
-        """GET bytes first..last of the blob, following redirects; the Authorization header goes to the registry
-        host only, never to a storage host. Returns the open, streaming response (200 or 206: the caller closes
-        it); any other answer raises the typed error crane's path would."""
-        url = self.blob_url() + digest
+        """GET bytes first..last of the blob, following redirects; the Authorization header goes to the registry's
+        origin only, never to a storage host. Returns the open, streaming response (200 or 206: the caller closes
+        it); any other answer raises the typed error crane's path would (registry/failures.py)."""
+        # Ranges of the stored bytes: no content coding.
+        return self._follow(self.blob_url() + digest + self.query,
+                            {"Range": f"bytes={first}-{last}", "Accept-Encoding": "identity"})
+
+    def manifest(self, tag_or_digest: str, limit: int) -> bytes:
+        """The manifest (or index) document for ``tag_or_digest``, read up to ``limit`` bytes (more: refused)."""
+        response = self._follow(f"{self._repository_url()}/manifests/{tag_or_digest}{self.query}",
+                                {"Accept": ", ".join(MANIFEST_TYPES)})
+        try:
+            data = bytearray()
+            for chunk in response.iter_bytes():
+                data += chunk
+                if len(data) > limit:
+                    raise errors.InvalidDocumentError(f"the manifest of {self.reference} is over {limit} bytes",
+                                                      "check the reference: the mirror is broken or hostile")
+            return bytes(data)
+        except self.httpx.HTTPError as exc:
+            raise self.network_error(exc, str(response.url)) from None
+        finally:
+            response.close()
+
+    def _follow(self, url: str, base_headers: dict[str, str]) -> httpx.Response:
         for _hop in range(MAX_REDIRECTS + 2):
-            headers = {"Range": f"bytes={first}-{last}", "Accept-Encoding": "identity"}  # ranges of the stored bytes
-            to_registry = urlsplit(url).netloc == self.host
-            if self.authorization and to_registry:
-                headers["Authorization"] = self.authorization
+            headers = dict(base_headers)
+            to_registry = self.at_registry(url)
+            if to_registry:
+                headers.update(self.extra_headers)
+                if self.authorization:
+                    headers["Authorization"] = self.authorization
             response, url = self._request(url, headers)
+            to_registry = self.at_registry(url)  # the scheme may have fallen back to http (loopback, private)
             if response.status_code in (301, 302, 303, 307, 308) and "location" in response.headers:
                 response.close()
                 url = urljoin(url, response.headers["location"])
@@ -262,20 +289,23 @@ class _Session:
             if response.status_code in (200, 206):
                 return response
             response.close()
-            raise self._status_error(response.status_code, url)
+            raise failures.status_error(response.status_code, _shown(url), from_registry=to_registry,
+                                        retry_after=response.headers.get("retry-after"))
         raise errors.NetworkError(f"more than {MAX_REDIRECTS} redirects for {_shown(url)}")
 
     def _request(self, url: str, headers: dict[str, str]) -> tuple[httpx.Response, str]:
         while True:
+            self.access.require_network(f"GET {_shown(url)}")  # every request, redirects included
             try:
                 return self.client.send(self.client.build_request("GET", url, headers=headers), stream=True), url
             except self.httpx.ConnectError as exc:
                 # crane's fallback: a loopback or private registry that does not speak TLS is asked over http
-                if url.startswith("https:") and len(self.schemes) > 1 and urlsplit(url).netloc == self.host:
+                if url.startswith("https:") and len(self.schemes) > 1 and self.at_registry(url):
                     with self._lock:
                         if self.schemes[0] == "https":
                             self.schemes.pop(0)
                     url = "http" + url[len("https"):]
+                    headers.pop("Authorization", None)  # asked again for the http origin, on its 401
                     continue
                 raise self.network_error(exc, url) from None
             except self.httpx.HTTPError as exc:
@@ -301,25 +331,13 @@ class _Session:
             else:
                 raise Unsupported(f"unknown auth challenge {scheme!r}")
 
-    def _status_error(self, status: int, url: str) -> errors.OciCraneError:
-        where = f"{_shown(url)} answered {status}"
-        if status in (401, 403):
-            return errors.UnauthorizedError(f"the registry refused our credentials: {where}")
-        if status == 404:
-            return errors.NotFoundError(f"not found in the registry: {where}")
-        if status == 416:
-            return errors.IntegrityError(f"the blob is smaller than its descriptor says: {where}")
-        if status == 429:
-            return errors.RateLimitedError(f"the registry is rate limiting us: {where}")
-        return errors.NetworkError(f"cannot download the blob: {where}")
-
     def network_error(self, exc: BaseException, url: str) -> errors.CraneError:
         text = redact(f"{type(exc).__name__}: {exc}", self._secrets)
         if isinstance(exc, self.httpx.TimeoutException):
             return errors.CraneTimeoutError(f"download from {_shown(url)} stalled or timed out ({text})")
         if re.search(r"CERTIFICATE|SSL|TLS|certificate", text):
-            return errors.TLSError(f"TLS handshake with {_shown(url)} failed: {text}")
-        return errors.NetworkError(f"download from {_shown(url)} failed: {text}")
+            return failures.TLS.error(f"TLS handshake with {_shown(url)} failed: {text}")
+        return failures.NETWORK.error(f"download from {_shown(url)} failed: {text}")
 
 
 def _shown(url: str) -> str:
@@ -335,9 +353,11 @@ class _Download:
     only if it is ours); every range thread and the hasher get their own duplicate of that descriptor, so a thread
     that outlives run() never touches a reused descriptor number, and no thread opens the path again."""
 
-    def __init__(self, session: _Session, descriptor: Descriptor, partial: PartialPaths, parts: int,
+    def __init__(self, session: _Session, routes: RegistryRoutes, descriptor: Descriptor, partial: PartialPaths,
+                 parts: int,
                  progress: Callable[[int], None], cancel: threading.Event | None) -> None:
         self.session = session
+        self.routes = routes
         self.descriptor = descriptor
         self.paths = partial
         self.fd = -1  # the partial file, open for reading and writing (set by _resume or _plan)
@@ -366,8 +386,11 @@ class _Download:
             parts = [Part(int(a), int(b), int(c)) for a, b, c in state["parts"]]
         except (ValueError, KeyError, TypeError):
             return None
+        # Contiguous parts covering the blob, each within its bounds: a gap would leave bytes no range fetches,
+        # and the hasher would wait for them for ever.
         if not parts or parts[0].start != 0 or parts[-1].end != self.descriptor.size - 1 or any(
-                part.remaining < 0 or part.done < 0 for part in parts):
+                part.remaining < 0 or part.done < 0 for part in parts) or any(
+                later.start != earlier.end + 1 for earlier, later in itertools.pairwise(parts)):
             return None
         fd = self.paths.resume(self.descriptor.size)  # None: not there, not ours, or not the blob's size
         if fd is None:
@@ -403,17 +426,19 @@ class _Download:
                 first = self.session.open(self.descriptor.digest, start, pending[0].end)
                 if first.status_code == 200 and not (start == 0 and pending[0].end == self.descriptor.size - 1):
                     first.close()
+                    self.paths.discard()  # what is on disk cannot be continued here: crane starts from zero
+                    self.routes.ignores_range.add(self.session.reference.registry)
                     raise Unsupported("the registry ignores Range requests")
-                if urlsplit(str(first.url)).netloc == self.session.host and not self.resumed:
+                if self.session.at_registry(str(first.url)) and not self.resumed:
                     first.close()
-                    _SERVES_BLOBS_ITSELF.add(self.session.reference.registry)
+                    self.routes.serves_blobs_itself.add(self.session.reference.registry)
                     raise Unsupported("the registry serves the blob itself, where one crane stream is faster")
             except BaseException:
                 if not self.resumed:
                     self.paths.discard()  # nothing to resume: no file left behind
                 raise
             finally:
-                _probe_done(self.session.reference.registry)
+                self.routes.probe_done(self.session.reference.registry)
         self._advance(self.resumed)
         hasher = _Hasher(self)
         workers = [threading.Thread(target=self._worker, args=(part, first if index == 0 else None, os.dup(self.fd)),
@@ -437,7 +462,7 @@ class _Download:
         if hasher.digest != self.descriptor.digest:
             self.paths.discard()
             raise errors.IntegrityError(
-                f"blob {self.session.reference.repository_name}@{self.descriptor.digest} has digest "
+                f"blob {self.session.reference.with_digest(self.descriptor.digest)} has digest "
                 f"{hasher.digest}")
         os.replace(self.paths.data, destination)
         self.paths.state.unlink(missing_ok=True)
@@ -497,6 +522,8 @@ class _Download:
                                               f"{part.remaining} bytes of a range missing")
         except self.session.httpx.HTTPError as exc:
             self.failures.append(self.session.network_error(exc, self.session.blob_url()))
+        except errors.OciCraneError as exc:  # a wrong or short range: a NetworkError, an OSError too, retried
+            self.failures.append(exc)
         except OSError as exc:  # a full disk, say: the fix that fits its errno
             self.failures.append(errors.cache_os_error(exc, f"write the download of {self.descriptor.digest}",
                                                        self.paths.cache_root))

@@ -36,6 +36,7 @@ class DistributionRegistry:
     ca_file: Path | None  # PEM of the CA that signed the server cert; None when tls=False
     docker_config: Path  # directory holding config.json with an auths entry for host
     log: Callable[[], str]  # everything the registry logged so far
+    root: Path  # its working directory: config.yml, and storage/ (what a proxy has stored)
 
 
 def binary_path() -> str | None:
@@ -54,7 +55,10 @@ def distribution_registry(
     password: str | None = None,
     tls: bool = True,
     auth: bool = True,
+    proxy_remote: str | None = None,
 ) -> Iterator[DistributionRegistry]:
+    """``proxy_remote`` (a URL, e.g. ``http://127.0.0.1:PORT``) runs it in proxy mode: a read-only pull-through
+    cache of that registry, as fleets run it in front of Docker Hub (docs/mirrors.md)."""
     binary = binary_path()
     if binary is None:
         raise RuntimeError("Debian's docker-registry is not installed: run bin/install-test-deps")
@@ -73,7 +77,8 @@ def distribution_registry(
         port = _free_port()
         host = f"127.0.0.1:{port}"
         config = workdir / "config.yml"
-        config.write_text(_registry_config(workdir, port, tls=tls, htpasswd=htpasswd if auth else None))
+        config.write_text(_registry_config(workdir, port, tls=tls, htpasswd=htpasswd if auth else None,
+                                           proxy_remote=proxy_remote))
         proc, log = _spawn(binary, config)
         try:
             _wait_until_up(proc, log, port, ca_file)
@@ -99,6 +104,7 @@ def distribution_registry(
             ca_file=ca_file,
             docker_config=docker_config,
             log=log,
+            root=workdir,
         )
     finally:
         _stop(proc)
@@ -152,7 +158,8 @@ def _bcrypt_htpasswd(username: str, password: str) -> str:
     return _run("htpasswd", "-Bbn", username, password)
 
 
-def _registry_config(workdir: Path, port: int, *, tls: bool, htpasswd: Path | None) -> str:
+def _registry_config(workdir: Path, port: int, *, tls: bool, htpasswd: Path | None,
+                     proxy_remote: str | None = None) -> str:
     config: dict = {
         "version": 0.1,
         "log": {"level": "info", "formatter": "text"},
@@ -170,6 +177,8 @@ def _registry_config(workdir: Path, port: int, *, tls: bool, htpasswd: Path | No
         }
     if htpasswd is not None:
         config["auth"] = {"htpasswd": {"realm": "oci-crane-loader-tests", "path": str(htpasswd)}}
+    if proxy_remote is not None:
+        config["proxy"] = {"remoteurl": proxy_remote}
     # No notifications, redis or health sections: absent means disabled.
     # JSON is valid YAML, so no YAML library is needed.
     return json.dumps(config, indent=2)

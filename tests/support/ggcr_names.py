@@ -18,13 +18,15 @@ SOURCE = Path(__file__).parent / "reforacle"
 
 @dataclass(frozen=True)
 class Parsed:
-    """What ggcr made of a reference: the error, or registry, repository, identifier (tag or digest) and name."""
+    """What ggcr made of a reference: the error, or registry, repository, identifier (tag or digest), name and the
+    registry's scheme (Registry.Scheme(): "http" where crane falls back to plain http)."""
 
     error: str | None
     registry: str = ""
     repository: str = ""
     identifier: str = ""
     name: str = ""
+    scheme: str = ""
 
 
 def build(into: Path) -> Path:
@@ -57,7 +59,7 @@ class Oracle:
         answer = json.loads(self.process.stdout.readline())
         return Parsed(error=answer.get("error"), registry=answer.get("registry", ""),
                       repository=answer.get("repository", ""), identifier=answer.get("identifier", ""),
-                      name=answer.get("name", ""))
+                      name=answer.get("name", ""), scheme=answer.get("scheme", ""))
 
     def close(self) -> None:
         if self.process.stdin is not None:

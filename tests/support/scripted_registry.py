@@ -1,12 +1,16 @@
 """A registry that is a script: a stdlib HTTP server on 127.0.0.1 whose handler decides each answer, for
-registries that misbehave in ways a real one cannot be made to (stalls, endless bodies, lying descriptors)."""
+registries that misbehave in ways a real one cannot be made to (stalls, endless bodies, lying descriptors), and
+``rate_limited``: 429 (or 503) with Retry-After for the first N requests, then a real registry behind it."""
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
+import http.client
+import json
 import threading
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 
@@ -48,3 +52,59 @@ def serve(handler: type[ScriptedRegistry], before_stop: threading.Event | None =
             before_stop.set()
         server.shutdown()
         server.server_close()
+
+
+@dataclass
+class Throttle:
+    """What ``rate_limited`` did: each request as (method, path, status), in order."""
+
+    requests: list[tuple[str, str, int]] = field(default_factory=list)
+
+    def statuses(self) -> list[int]:
+        return [status for _, _, status in self.requests]
+
+
+def rate_limited(upstream: str, first: int, retry_after: str = "1", status: int = 429,
+                 ) -> tuple[type[ScriptedRegistry], Throttle]:
+    """A handler that answers the first ``first`` requests ``status`` (429, or 503) with ``Retry-After:
+    retry_after`` and a registry error body, then forwards every request to ``upstream`` (host:port, plain http,
+    e.g. `crane registry serve`) unchanged. Serve it with ``serve(handler)``; the Throttle records what happened."""
+    record = Throttle()
+    lock = threading.Lock()
+
+    class RateLimited(ScriptedRegistry):
+        def do_GET(self) -> None:
+            with lock:
+                refuse = len(record.requests) < first
+                if refuse:
+                    record.requests.append((self.command, self.path, status))
+            if refuse:
+                body = json.dumps({"errors": [{"code": "TOOMANYREQUESTS", "message": "slow down"}]}).encode()
+                self.send_response(status)
+                self.send_header("Retry-After", retry_after)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                if self.command == "GET":
+                    self.wfile.write(body)
+                return
+            connection = http.client.HTTPConnection(upstream, timeout=30)
+            try:
+                headers = {k: v for k, v in self.headers.items() if k.lower() not in ("host", "connection")}
+                connection.request(self.command, self.path, headers=headers)
+                answer = connection.getresponse()
+                body = answer.read()
+            finally:
+                connection.close()
+            with lock:
+                record.requests.append((self.command, self.path, answer.status))
+            self.send_response(answer.status)
+            for name, value in answer.getheaders():
+                if name.lower() not in ("connection", "transfer-encoding", "content-length"):
+                    self.send_header(name, value)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            if self.command == "GET":
+                self.wfile.write(body)
+
+    return RateLimited, record

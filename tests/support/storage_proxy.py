@@ -56,7 +56,8 @@ class StorageProxy:
     def __init__(self, upstream: str, *, rate_per_connection: float | None = None, redirect_blobs: bool = True,
                  honour_range: bool = True, cut_at_fraction: float | None = None,
                  corrupt_blobs: bool = False, certificate: tuple[Path, Path] | None = None,
-                 upstream_ca: Path | None = None, bearer_token: str | None = None) -> None:
+                 upstream_ca: Path | None = None, bearer_token: str | None = None,
+                 serves_blobs: bool = False) -> None:
         scheme, _, host = upstream.rpartition("://")
         self.upstream_host = host
         self.upstream_tls = (scheme or ("https" if upstream_ca else "http")) == "https"
@@ -66,6 +67,9 @@ class StorageProxy:
         self.honour_range = honour_range
         self.cut_at_fraction = cut_at_fraction
         self.corrupt_blobs = corrupt_blobs  # the storage host flips one byte in the middle of every blob
+        # A registry that serves blobs itself (no redirect), through the same counted, pausable, cuttable sender
+        # as the storage host: Range honoured (unless honour_range=False), cut_at_fraction and the rate cap apply.
+        self.serves_blobs = serves_blobs
         self.certificate = certificate
         # A token registry (as ghcr.io or Docker Hub for public pulls): /v2/ wants "Bearer <token>", /token hands
         # it out to anyone; the upstream then sees no Authorization header.
@@ -160,6 +164,11 @@ class StorageProxy:
         with self._lock:
             return self._fills.setdefault(digest, threading.Lock())
 
+    def sent_of(self, digest: str) -> int:
+        """Body bytes of ``digest`` sent so far, by the storage host or (serves_blobs) the registry itself."""
+        with self._lock:
+            return self._sent.get(digest, 0)
+
     def response_started(self, response: int, digest: str) -> None:
         with self._lock:
             self._in_flight[response] = digest
@@ -234,88 +243,11 @@ class _Handler(BaseHTTPRequestHandler):
         if self.command != "HEAD":
             self.wfile.write(payload)
 
-
-class _FrontHandler(_Handler):
-    def send_json(self, document: dict[str, Any]) -> None:
-        body = json.dumps(document).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def forward(self) -> None:
-        proxy = self.server.proxy
-        body = self.body()
-        proxy.front_requests.append((self.command, self.path, self.headers.get("Range"),
-                                     "Authorization" in self.headers))
-        headers = {k: v for k, v in self.headers.items() if k.lower() not in HOP_BY_HOP}
-        if proxy.bearer_token is not None:
-            if self.path.startswith("/token"):
-                self.send_json({"token": proxy.bearer_token, "expires_in": 300})
-                return
-            if self.headers.get("Authorization") != f"Bearer {proxy.bearer_token}":
-                self.send_response(401)
-                self.send_header("WWW-Authenticate",
-                                 f'Bearer realm="{proxy.scheme}://{proxy.address}/token",service="storage-proxy"')
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-                return
-            headers.pop("Authorization", None)
-        blob = BLOB_GET.match(self.path.split("?")[0]) if self.command == "GET" else None
-        if blob is not None and proxy.redirect_blobs:
-            headers.pop("Range", None)  # the storage host answers the range; the registry only says yes or no
-        redirect = blob is not None and proxy.redirect_blobs
-        if redirect and blob is not None and proxy.allowed(self.headers.get("Authorization"), blob["name"],
-                                                           blob["digest"]):
-            self.redirect(blob["name"], blob["digest"])
-            return
-        connection = proxy.upstream()
-        try:
-            # A blob the storage host holds already costs the registry a HEAD (its auth still decides), not a GET.
-            held = redirect and blob is not None and proxy.blob_file(blob["digest"]).exists()
-            connection.request("HEAD" if held else self.command, self.path, body=body, headers=headers)
-            response = connection.getresponse()
-            if blob is None or not redirect or response.status != 200:
-                self.relay(response, b"" if held else None)
-                return
-            digest = blob["digest"]
-            with proxy.fill_lock(digest):
-                target = proxy.blob_file(digest)
-                if not target.exists():
-                    partial = target.with_suffix(".part")
-                    with partial.open("wb") as out:
-                        shutil.copyfileobj(response, out, CHUNK)
-                    partial.rename(target)
-        finally:
-            connection.close()
-        proxy.allow(self.headers.get("Authorization"), blob["name"], digest)
-        self.redirect(blob["name"], digest)
-
-    def redirect(self, name: str, digest: str) -> None:
-        proxy = self.server.proxy
-        ticket = proxy.issue_ticket(name, digest)
-        self.send_response(307)
-        self.send_header("Location", f"{proxy.scheme}://{proxy.storage_address}/storage/{ticket}/{digest}")
-        self.send_header("Content-Length", "0")
-        self.end_headers()
-
-    do_GET = do_HEAD = do_POST = do_PUT = do_PATCH = do_DELETE = forward
-
-
-class _StorageHandler(_Handler):
     pace: _Pace | None = None  # this connection's cap (one handler per connection: keep-alive requests share it)
 
-    def do_GET(self) -> None:
+    def serve_blob(self, digest: str) -> None:
+        """The blob from the proxy's copy: 206 for a Range (unless honour_range is off), else 200."""
         proxy = self.server.proxy
-        proxy.requests.append((self.command, self.path, self.headers.get("Range"),
-                               "Authorization" in self.headers))
-        parts = self.path.split("/")
-        found = proxy.ticket(parts[2]) if len(parts) == 4 and parts[1] == "storage" else None
-        if found is None:
-            self.send_error(403, "unknown or expired storage URL")
-            return
-        digest = found[1]
         path = proxy.blob_file(digest)
         size = path.stat().st_size
         start, end = 0, size - 1
@@ -392,6 +324,84 @@ class _StorageHandler(_Handler):
             pass
 
 
+class _FrontHandler(_Handler):
+    def send_json(self, document: dict[str, Any]) -> None:
+        body = json.dumps(document).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def forward(self) -> None:
+        proxy = self.server.proxy
+        body = self.body()
+        proxy.front_requests.append((self.command, self.path, self.headers.get("Range"),
+                                     "Authorization" in self.headers))
+        headers = {k: v for k, v in self.headers.items() if k.lower() not in HOP_BY_HOP}
+        if proxy.bearer_token is not None:
+            if self.path.startswith("/token"):
+                self.send_json({"token": proxy.bearer_token, "expires_in": 300})
+                return
+            if self.headers.get("Authorization") != f"Bearer {proxy.bearer_token}":
+                self.send_response(401)
+                self.send_header("WWW-Authenticate",
+                                 f'Bearer realm="{proxy.scheme}://{proxy.address}/token",service="storage-proxy"')
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return
+            headers.pop("Authorization", None)
+        blob = BLOB_GET.match(self.path.split("?")[0]) if self.command == "GET" else None
+        intercept = proxy.redirect_blobs or proxy.serves_blobs  # the proxy's copy answers, not the registry
+        if blob is not None and intercept:
+            headers.pop("Range", None)  # the storage host answers the range; the registry only says yes or no
+        redirect = blob is not None and intercept
+        if redirect and blob is not None and proxy.allowed(self.headers.get("Authorization"), blob["name"],
+                                                           blob["digest"]):
+            self.answer(blob["name"], blob["digest"])
+            return
+        connection = proxy.upstream()
+        try:
+            # A blob the storage host holds already costs the registry a HEAD (its auth still decides), not a GET.
+            held = redirect and blob is not None and proxy.blob_file(blob["digest"]).exists()
+            connection.request("HEAD" if held else self.command, self.path, body=body, headers=headers)
+            response = connection.getresponse()
+            if blob is None or not redirect or response.status != 200:
+                self.relay(response, b"" if held else None)
+                return
+            digest = blob["digest"]
+            with proxy.fill_lock(digest):
+                target = proxy.blob_file(digest)
+                if not target.exists():
+                    partial = target.with_suffix(".part")
+                    with partial.open("wb") as out:
+                        shutil.copyfileobj(response, out, CHUNK)
+                    partial.rename(target)
+        finally:
+            connection.close()
+        proxy.allow(self.headers.get("Authorization"), blob["name"], digest)
+        self.answer(blob["name"], digest)
+
+    def answer(self, name: str, digest: str) -> None:
+        """A blob GET the registry allowed: the bytes themselves (serves_blobs), else a redirect to storage."""
+        if self.server.proxy.serves_blobs:
+            self.server.proxy.requests.append((self.command, self.path, self.headers.get("Range"),
+                                               "Authorization" in self.headers))
+            self.serve_blob(digest)
+        else:
+            self.redirect(name, digest)
+
+    def redirect(self, name: str, digest: str) -> None:
+        proxy = self.server.proxy
+        ticket = proxy.issue_ticket(name, digest)
+        self.send_response(307)
+        self.send_header("Location", f"{proxy.scheme}://{proxy.storage_address}/storage/{ticket}/{digest}")
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    do_GET = do_HEAD = do_POST = do_PUT = do_PATCH = do_DELETE = forward
+
+
 def _read_chunked(stream: Any) -> bytes:
     data = bytearray()
     while True:
@@ -401,3 +411,16 @@ def _read_chunked(stream: Any) -> bytes:
             return bytes(data)
         data += stream.read(size)
         stream.readline()
+
+
+class _StorageHandler(_Handler):
+    def do_GET(self) -> None:
+        proxy = self.server.proxy
+        proxy.requests.append((self.command, self.path, self.headers.get("Range"),
+                               "Authorization" in self.headers))
+        parts = self.path.split("/")
+        found = proxy.ticket(parts[2]) if len(parts) == 4 and parts[1] == "storage" else None
+        if found is None:
+            self.send_error(403, "unknown or expired storage URL")
+            return
+        self.serve_blob(found[1])

@@ -1,6 +1,7 @@
 // reforacle parses image references with go-containerregistry's pkg/name, the parser crane itself uses, for the
 // differential test in tests/test_reference_fuzz.py. Input: one hex-encoded reference per line (any bytes, even
-// newlines). Output: one JSON object per line, {"error": ...} or the parsed parts.
+// newlines). Output: one JSON object per line, {"error": ...} or the parsed parts and the registry's scheme ("http":
+// crane tries https, then http).
 package main
 
 import (
@@ -18,6 +19,7 @@ type result struct {
 	Repository string `json:"repository,omitempty"`
 	Identifier string `json:"identifier,omitempty"`
 	Name       string `json:"name,omitempty"`
+	Scheme     string `json:"scheme,omitempty"`
 }
 
 func main() {
@@ -36,7 +38,7 @@ func main() {
 			r.Error = err.Error()
 		} else {
 			r = result{Registry: ref.Context().RegistryStr(), Repository: ref.Context().RepositoryStr(),
-				Identifier: ref.Identifier(), Name: ref.Name()}
+				Identifier: ref.Identifier(), Name: ref.Name(), Scheme: ref.Context().Scheme()}
 		}
 		if err := encode.Encode(r); err != nil {
 			panic(err)

@@ -1,0 +1,108 @@
+"""Where a reference's manifest digest comes from: the one rule that both the record's fast path (cached.py) and
+the Puller follow, and where mirrors will be asked first.
+
+- a reference with a digest names it (nothing is asked);
+- with --offline, the digest the tag had when the cache last fetched it (None if it never did);
+- otherwise the registry's answer for the tag (`crane manifest`), its manifest saved into the cache; when the
+  registry cannot be reached (refused, no such host, timed out: never an answer such as 401, 403 or 404), the
+  digest the cache last fetched for the tag, with one warning (OCI_CRANE_NO_OUTAGE_FALLBACK=1 turns that off), as
+  huggingface_hub serves its cache on connection errors: a registry outage does not take down a cached model.
+
+Standard library only: a cached fetch loads no pydantic for this.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import TYPE_CHECKING
+
+from . import errors
+from .reference import Reference
+
+if TYPE_CHECKING:
+    from .cache.store import Store
+    from .registry.crane import Crane
+    from .registry.sources import Source
+
+log = logging.getLogger(__name__)
+
+# Manifests are read into memory whole; real ones are kilobytes (registries cap them at 4 MiB), so anything far
+# larger is refused before it is parsed.
+MAX_DOCUMENT_SIZE = 8 << 20
+
+
+def check_document_size(size: int, what: str) -> None:
+    if size > MAX_DOCUMENT_SIZE:
+        raise errors.InvalidDocumentError(
+            f"{what} is {size / 2**20:.1f} MiB, over the {MAX_DOCUMENT_SIZE / 2**20:.1f} MiB limit for a manifest or "
+            "config "
+            "(these are JSON documents of a few kilobytes; it is not read)",
+            "check the reference: the registry or the artifact is broken or hostile")
+
+
+def source_digest(store: Store, crane: Crane, reference: Reference) -> str | None:
+    """The digest ``reference`` names now (an index's, for a multi-platform one), its manifest in the cache
+    unless the reference pinned it; None with --offline when the tag was never fetched. A tag is asked of the
+    node's mirrors that may resolve it, in order, then of the upstream (registry/sources.py)."""
+    if reference.digest:
+        return reference.digest
+    if crane.access.offline:
+        return store.load_ref(reference)
+    from .registry.sources import plan
+
+    resolvers = [source for source in plan(reference, crane)
+                 if source.endpoint is None or source.endpoint.can_resolve_tags]
+    assert reference.tag is not None  # a reference without a digest has a tag
+    for number, source in enumerate(resolvers, 1):
+        try:
+            raw = manifest_at(source, reference.tag)
+        except errors.OciCraneError as exc:
+            if number < len(resolvers) and not isinstance(exc, errors.OfflineError):
+                log.warning("%s could not resolve %s (%s); asking %s", source.name, reference, exc.cause,
+                            resolvers[number].name)
+                continue
+            if not isinstance(exc, errors.NetworkError):
+                raise  # an answer (401, 403, 404, TLS) is never papered over
+            cached = store.load_ref(reference) if crane.access.outage_fallback else None
+            if cached is None:
+                raise
+            log.warning("cannot reach %s (%s); serving %s from the cache: %s, fetched %s (set "
+                        "OCI_CRANE_NO_OUTAGE_FALLBACK=1 to fail instead)", reference.registry, exc.cause,
+                        reference, cached, _when(store, reference))
+            return cached
+        check_document_size(len(raw), f"manifest of {reference}")
+        if not source.is_upstream:
+            log.info("%s resolved %s", source.name, reference)
+        return store.save_manifest(raw)
+    from .errors import RegistryBlockedError
+
+    raise RegistryBlockedError(f"no source may resolve the tag of {reference}: its mirrors serve digests only "
+                               "and the upstream is blocked", "pin the reference by digest (REF@sha256:...)")
+
+
+def manifest_at(source: Source, tag_or_digest: str) -> bytes:
+    """The manifest ``source`` serves for a tag or digest, by crane or (a mirror only it reaches) the HTTP road."""
+    http = source.http
+    if http is None:
+        return source.crane.manifest(source.at(tag_or_digest).name)
+    from .registry import transfer
+
+    return transfer.get_manifest(source.crane, source.at(tag_or_digest), tag_or_digest, http, MAX_DOCUMENT_SIZE)
+
+
+def _when(store: Store, reference: Reference) -> str:
+    """When the cache's ref for ``reference`` last changed: when the digest it names was fetched."""
+    try:
+        stamp = store.ref_path(reference).stat().st_mtime
+    except OSError:
+        return "at an unknown time"
+    return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(stamp))
+
+
+def require_digest(store: Store, crane: Crane, reference: Reference) -> str:
+    """``source_digest``, or the one error a tag the cache never fetched gets offline."""
+    digest = source_digest(store, crane, reference)
+    if digest is None:
+        raise errors.OfflineError(f"{reference} is not in the cache at {store.root}")
+    return digest
