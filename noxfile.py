@@ -91,13 +91,15 @@ def vllm_oldest(session: nox.Session) -> None:
 
 @nox.session(python=PYTHONS)
 def fast(session: nox.Session) -> None:
-    """Everything but vLLM and the wheel builds: no multi-GB install; run on every supported Python."""
+    """Everything but vLLM, torch (bin/gpu-check's test) and the wheel builds: no multi-GB install; run on every
+    supported Python."""
     _crane(session)
     _test_tools(session)
     session.install("-e", ".[test]")
     # test_vllm.py skips as a whole without vLLM; ignored here so that CI's no-skip rule holds.
     _bytecode(session)
-    session.run("pytest", "-m", "not vllm and not wheels", "--ignore=tests/test_vllm.py", *session.posargs)
+    session.run("pytest", "-m", "not vllm and not wheels and not gpu_check", "--ignore=tests/test_vllm.py",
+                *session.posargs)
 
 
 @nox.session(python=PYTHON)
@@ -114,7 +116,8 @@ ACTIONLINT = "github.com/rhysd/actionlint/cmd/actionlint@v1.7.12"
 def lint(session: nox.Session) -> None:
     """ruff on the code; actionlint (from the Go module proxy) on the hosted CI workflow."""
     session.install("ruff")
-    session.run("ruff", "check", "oci_crane_loader", "tests", "bin", "noxfile.py")
+    # bin/gpu-check and bin/gpu-carry have no .py suffix, so ruff's discovery would pass them over
+    session.run("ruff", "check", "oci_crane_loader", "tests", "bin", "bin/gpu-check", "bin/gpu-carry", "noxfile.py")
     tools = os.path.join(os.path.dirname(os.path.abspath(__file__)), ".tools", "bin")
     session.run("bin/with-go", "go", "install", ACTIONLINT, external=True, env={"GOBIN": tools})
     session.run(os.path.join(tools, "actionlint"), *sorted(glob.glob(".github/workflows/*.yml")), external=True)

@@ -24,6 +24,7 @@ from .safetensors_check import INDEX_FILENAME, SafetensorsIndex, read_header, re
 from .vllm_api import LOGGER_NAME
 
 log = logging.getLogger(LOGGER_NAME)
+_STOP_TIMEOUT = 30.0  # seconds to wait for cancelled downloads to stop (crane is stopped, temp files removed)
 
 _LoaderBase: Any = object  # vLLM is optional: the rest of the package must import without it
 try:
@@ -54,21 +55,35 @@ def stream_weights(puller: Puller, resolved: Resolved, plan: Plan, index: Safete
     With an index, only files it names are read (vLLM's rule: a consolidated copy beside the shards is not
     loaded twice) and each tensor comes from the file the index assigns it to.
     """
-    from safetensors import safe_open
-
     ready: queue.Queue[tuple[LayerPlan, Path] | BaseException | None] = queue.Queue()  # None: all done
+    cancel = threading.Event()
 
     def download() -> None:
         try:
             puller.ensure_blobs(resolved.reference, plan.weight_layers, on_ready=lambda layer, path: ready.put(
-                (layer, path)))
+                (layer, path)), cancel=cancel)
             ready.put(None)
         except BaseException as exc:  # handed to the consuming thread, which raises it
             ready.put(exc)
 
     started = time.monotonic()
+    downloader = threading.Thread(target=download, name="oci-crane-weights", daemon=True)
+    downloader.start()
+    try:
+        yield from _read_shards(ready, resolved, index, started)
+    finally:
+        # A consumer that stops early (the model's load_weights raising, the generator closed) stops the
+        # downloads too: no crane process outlives the load, no temp file is left behind.
+        cancel.set()
+        downloader.join(timeout=_STOP_TIMEOUT)
+
+
+def _read_shards(ready: queue.Queue[tuple[LayerPlan, Path] | BaseException | None], resolved: Resolved,
+                 index: SafetensorsIndex | None, started: float) -> Iterator[tuple[str, Any]]:
+    """stream_weights' consuming side: each verified shard's tensors, in the order the blobs become ready."""
+    from safetensors import safe_open
+
     shards = 0
-    threading.Thread(target=download, name="oci-crane-weights", daemon=True).start()
     while (item := ready.get()) is not None:
         if isinstance(item, BaseException):
             raise item

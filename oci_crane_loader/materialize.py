@@ -131,10 +131,10 @@ def extract_tar(archive: Path, root: Path, where: str, *, into: str | None = Non
     return written
 
 
-def tar_names(archive: Path) -> list[str] | None:
+def tar_names(archive: Path, limits: UnpackLimits | None = None) -> list[str] | None:
     """The normalised names of an archive's entries, read without writing anything; None when the archive cannot
     be read or listed within the entry limit (extract_tar then says why)."""
-    limit = settings().unpack.entries
+    limit = (limits or settings().unpack).entries
     names = []
     try:
         with open_tar(archive) as tar:
@@ -296,7 +296,7 @@ def shard_names(shards: list[LayerPlan], store: Store, model_dir: Path) -> list[
 
 
 def materialize(store: Store, plan: Plan, manifest_digest: str, *, weights: bool = True,
-                subpath: str | None = None, variant: str | None = None) -> Path:
+                subpath: str | None = None, variant: str | None = None, limits: UnpackLimits | None = None) -> Path:
     """The model directory (``weights=False``: only config, tokenizer and other small files, under configs/).
     ``variant`` names a filtered plan (--include/--exclude): a set of files, not checked as a loadable model."""
     final = (store.model_path(manifest_digest, subpath, variant) if weights
@@ -321,9 +321,9 @@ def materialize(store: Store, plan: Plan, manifest_digest: str, *, weights: bool
             blob = store.blob_path(layer.descriptor.digest)
             where = f"layer {number} ({layer.descriptor.media_type})"
             if layer.action is Action.TAR:
-                extract_tar(blob, work, where, into=layer.path)
+                extract_tar(blob, work, where, into=layer.path, limits=limits)
             elif layer.action is Action.IMAGE:
-                extract_tar(blob, work, where, overlay=True)
+                extract_tar(blob, work, where, overlay=True, limits=limits)
             elif layer.action is Action.FILE:
                 assert layer.path is not None
                 link_or_copy(blob, work / layer.path)
