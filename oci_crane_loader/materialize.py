@@ -20,7 +20,7 @@ from typing import IO
 from .cache.contents import absent_from, built_files, missing_files, save_built_files, some
 from .cache.store import Store, remove_tree
 from .errors import CacheError, IntegrityError, InvalidModelError, OciCraneError, cache_os_error
-from .files import link_or_copy
+from .files import create_new, link_or_copy, open_nofollow
 from .formats import Action, LayerPlan, Plan
 from .paths import safe_relative_path
 from .progress import human
@@ -88,11 +88,13 @@ class _Budget:
                 f"than {self.limits.ratio:g} times its size (a decompression bomb?)",
                 "if the artifact is genuine, raise OCI_CRANE_MAX_UNPACK_RATIO")
 
-    def copy(self, source: IO[bytes], target: Path) -> None:
-        with open(target, "wb") as out:
+    def copy(self, source: IO[bytes], target: Path, mode: int) -> None:
+        """Into a new file (O_EXCL, O_NOFOLLOW: never through a symlink planted in the directory), made ``mode``."""
+        with open(create_new(target), "wb") as out:
             while chunk := source.read(1 << 20):
                 self.spend(len(chunk))
                 out.write(chunk)
+            os.fchmod(out.fileno(), mode)
 
 
 def extract_tar(archive: Path, root: Path, where: str, *, into: str | None = None, overlay: bool = False,
@@ -170,18 +172,18 @@ def _extract_member(tar: tarfile.TarFile, member: tarfile.TarInfo, base: Path, r
             raise InvalidModelError(f"{where}: {relative!r} is written twice", "re-push the artifact")
         remove_path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
+    mode = 0o755 if member.mode & 0o111 else 0o644
     if member.islnk():  # a hard link to an earlier entry of this archive: copy it (the copy counts as unpacked)
         source_path = base / safe_relative_path(member.linkname, where)
         if not source_path.is_file():
             raise InvalidModelError(f"{where}: hard link {relative!r} points to a missing file")
-        with open(source_path, "rb") as source:
-            budget.copy(source, target)
+        with open(open_nofollow(source_path), "rb") as source:
+            budget.copy(source, target, mode)
     else:
         extracted = tar.extractfile(member)
         assert extracted is not None
         with extracted:
-            budget.copy(extracted, target)
-    os.chmod(target, 0o755 if member.mode & 0o111 else 0o644)
+            budget.copy(extracted, target, mode)
     return True
 
 

@@ -239,7 +239,7 @@ class Puller:
         pinned = reference.with_digest(descriptor.digest)
         parts = self.range_parts
         ranged = self.ranges.applies(descriptor.size) and parts > 1
-        partial = self.store.partial_path(descriptor.digest)
+        partial = self.store.partial_paths(descriptor.digest)
 
         def fetch_from(source: Source, temp: Path, count: Callable[[int], None]) -> str:
             """One attempt at one source; the digest of the bytes written (crane blob exits non-zero unless they
@@ -250,7 +250,7 @@ class Puller:
             # from where they end, whichever registry serves it (unless it showed it ignores Range). A mirror
             # only the HTTP road reaches always takes it.
             resumable = at.registry not in self.routes.ignores_range
-            if ranged or source.http is not None or (resumable and partial.exists()):
+            if ranged or source.http is not None or (resumable and partial.data.exists()):
                 try:
                     return transfer.fetch_blob(source.crane, self.routes, at, descriptor, partial, temp,
                                                parts=parts, progress=count, cancel=cancel, http=source.http)
