@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from .adapters import AdapterInfo, base_model_mismatch, check_adapter_dir
-from .errors import InvalidReferenceError, OciCraneError, UsageError
+from .errors import AdapterRefusedError, AdapterTimeoutError, InvalidReferenceError, OciCraneError, UsageError
 from .reference import Reference, is_registry_host, parse_reference
 from .settings import settings
 from .vllm_api import LOGGER_NAME
@@ -44,16 +44,6 @@ _WRAPPED = "_oci_crane_wrapped"
 # Where vLLM keeps OpenAIServingModels (it moved in 0.2x); the first that imports is wrapped.
 _SERVING_MODULES = ("vllm.entrypoints.openai.models.serving", "vllm.entrypoints.openai.serving_models")
 _STARTING = contextvars.ContextVar("oci_crane_static_loras", default=False)  # inside init_static_loras
-
-
-class AdapterRefusedError(OciCraneError, PermissionError):
-    """A request named an adapter this server may not load (not under OCI_CRANE_LORA_REPOSITORIES)."""
-
-    default_fix = "ask the server's operator to add the repository to OCI_CRANE_LORA_REPOSITORIES"
-
-
-class AdapterTimeoutError(OciCraneError, TimeoutError):
-    default_fix = "try again in a while: the download goes on (OCI_CRANE_LORA_TIMEOUT bounds a request's wait)"
 
 
 @dataclass
