@@ -29,7 +29,8 @@ class Setup:
     def __init__(self, registry: LocalRegistry, root: Path) -> None:
         self.registry = registry
         self.root = root
-        self.adapters = {name: write_lora(root / name, seed=seed) for name, seed in (("a", 1), ("b", 2), ("c", 3))}
+        self.adapters = {name: write_lora(root / name, seed=seed, base_model=base) for name, seed, base in (
+            ("a", 1, "tiny-llama"), ("b", 2, "tiny-llama"), ("c", 3, "Qwen/Qwen2-7B"))}
         self.refs = {name: self.push(name, f"acme/adapters/{name}:v1") for name in self.adapters}  # c: never asked
         self.base = ""
         self.url = ""
@@ -103,6 +104,10 @@ def test_requests_name_adapters_by_reference(served):
     downloads = served.registry.blob_downloads()[before:]
     assert downloads and len(downloads) == len(set(downloads)), served.registry.log()
     assert completions(served.url, served.refs["a"]) == local_a  # the first adapters are still served
+    log = (served.root / "vllm.log").read_text()
+    # Which digest each name meant, and a base model other than the served one said (not refused).
+    assert f"LoRA adapter {new} is {served.registry.host}/acme/adapters/c@sha256:" in log, log[-4000:]
+    assert "the adapter was trained on 'Qwen/Qwen2-7B'" in log, log[-4000:]
 
 
 def test_refusals_are_clear_4xx(served):
@@ -111,7 +116,7 @@ def test_refusals_are_clear_4xx(served):
     assert code == 400 and "OCI_CRANE_LORA_REPOSITORIES" in text, text
     code, text = failure(served.url, {"model": f"{served.registry.host}/acme/adapters/a:missing", "prompt": "x",
                                       "max_tokens": 1})
-    assert code == 400 and "missing" in text, text
+    assert code == 400 and "not found in the registry" in text, text
     code, text = failure(served.url, {"model": "no-such-adapter", "prompt": "x", "max_tokens": 1})
     assert code == 404, text  # not a reference: vLLM's own answer, unchanged
     code, text = failure(served.url, {"lora_name": "outside", "lora_path": f"{served.registry.host}/other/outside:v1"},
