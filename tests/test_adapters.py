@@ -159,3 +159,38 @@ def test_lora_settings_and_allow_list():
 ])
 def test_which_request_names_are_references(name, expected):
     assert looks_like_reference(name) is expected
+
+
+def test_racing_requests_share_one_download_and_a_timeout_leaves_it_running(monkeypatch):
+    """The vLLM side's scheduling, on a download held open by the test: a request that times out gets
+    AdapterTimeoutError while the download goes on; two spellings of one reference join that one download; once
+    it is done it is forgotten, so a later request (after vLLM unloaded the adapter) fetches again."""
+    import asyncio
+    import threading
+
+    from oci_crane_loader.errors import AdapterTimeoutError
+    from oci_crane_loader.vllm_lora import Adapters
+
+    release, calls = threading.Event(), []
+
+    def held(text: str) -> str:
+        calls.append(text)
+        release.wait(60)
+        return f"fetched {text}"
+
+    adapters = Adapters()
+    monkeypatch.setattr(adapters, "_fetch", held)
+
+    async def scenario() -> list[object]:
+        with pytest.raises(AdapterTimeoutError, match=r"still downloading after 0\.01 s"):
+            await adapters.get("ghcr.io/acme/sql:v1", timeout=0.01)
+        joined = asyncio.gather(adapters.get("oci://ghcr.io/acme/sql:v1", timeout=60),
+                                adapters.get("ghcr.io/acme/sql:v1", timeout=60))
+        await asyncio.sleep(0)  # both are waiting, and the event loop is free
+        release.set()
+        results = list(await joined)
+        results.append(await adapters.get("ghcr.io/acme/sql:v1", timeout=60))
+        return results
+
+    assert asyncio.run(scenario()) == ["fetched ghcr.io/acme/sql:v1"] * 3
+    assert calls == ["ghcr.io/acme/sql:v1", "ghcr.io/acme/sql:v1"]
