@@ -31,6 +31,7 @@ class Setup:
         self.root = root
         self.adapters = {name: write_lora(root / name, seed=seed, base_model=base) for name, seed, base in (
             ("a", 1, "tiny-llama"), ("b", 2, "tiny-llama"), ("c", 3, "Qwen/Qwen2-7B"))}
+        self.adapters["wide"] = write_lora(root / "wide", rank=32)  # above the server's --max-lora-rank 16
         self.refs = {name: self.push(name, f"acme/adapters/{name}:v1") for name in self.adapters}  # c: never asked
         self.base = ""
         self.url = ""
@@ -117,6 +118,8 @@ def test_refusals_are_clear_4xx(served):
     code, text = failure(served.url, {"model": f"{served.registry.host}/acme/adapters/a:missing", "prompt": "x",
                                       "max_tokens": 1})
     assert code == 400 and "not found in the registry" in text, text
+    code, text = failure(served.url, {"model": served.refs["wide"], "prompt": "x", "max_tokens": 1})
+    assert code == 400 and "r=32 is above the server's --max-lora-rank 16" in text, text
     code, text = failure(served.url, {"model": "no-such-adapter", "prompt": "x", "max_tokens": 1})
     assert code == 404, text  # not a reference: vLLM's own answer, unchanged
     code, text = failure(served.url, {"lora_name": "outside", "lora_path": f"{served.registry.host}/other/outside:v1"},
