@@ -2,9 +2,9 @@
 
 The directory is validated before anything is packed or sent (config.json, safetensors weights with sound headers,
 an index that matches its shards; for a PEFT LoRA adapter, adapters.check_adapter_dir), so a push never publishes
-a model that `fetch` would refuse. The artifact is
-written as an OCI image layout in a scratch directory on the model's filesystem, so weights are hard-linked
-rather than copied, then `crane push LAYOUT REF` sends it byte for byte; the layout is removed afterwards, always.
+a model that `fetch` would refuse. The artifact is written as an OCI image layout in a scratch directory on the
+model's filesystem, so weights are hard-linked rather than copied, then `crane push LAYOUT REF` sends it byte for
+byte; the layout is removed afterwards, always.
 """
 
 from __future__ import annotations
