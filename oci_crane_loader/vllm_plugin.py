@@ -69,7 +69,12 @@ def register() -> None:
     _tolerate_references_in_hf_offline_mode()
     from .vllm_lora import install
 
-    install()  # LoRA adapters by reference: the resolver, --lora-modules, /v1/load_lora_adapter
+    try:
+        install()  # LoRA adapters by reference: the resolver, --lora-modules, /v1/load_lora_adapter
+    except errors.OciCraneError as exc:  # an OCI_CRANE_LORA_* variable we cannot use
+        if _in_vllm_cli():
+            raise SystemExit(f"error: {exc.one_line()}") from None
+        raise
 
 
 def _tolerate_references_in_hf_offline_mode() -> None:
