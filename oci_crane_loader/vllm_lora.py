@@ -25,6 +25,7 @@ import functools
 import importlib
 import logging
 import os
+import sys
 import threading
 from dataclasses import dataclass, field
 from http import HTTPStatus
@@ -220,6 +221,19 @@ def install() -> None:
         if os.environ.get("VLLM_ALLOW_RUNTIME_LORA_UPDATING", "").strip().lower() not in ("1", "true"):
             log.warning("oci-crane: OCI_CRANE_LORA_REPOSITORIES is set but vLLM calls LoRA resolvers only with "
                         "VLLM_ALLOW_RUNTIME_LORA_UPDATING=1: requests cannot name adapters by reference")
+    wrap_serving_models()
+
+
+# A module of vLLM's OpenAI server loaded: this process serves HTTP (the engine's processes and LLM(...) do not).
+_SERVER_PACKAGES = ("vllm.entrypoints.openai.", "vllm.entrypoints.launchers.", "vllm.entrypoints.serve.")
+
+
+def wrap_serving_models() -> None:
+    """Wrap OpenAIServingModels in a process that runs vLLM's OpenAI server: from register() (`vllm serve` has
+    imported its server by then) and again when the engine's config is made (before the server builds its
+    models). Elsewhere nothing is imported: the serving module costs seconds to import in each engine process."""
+    if not any(name.startswith(_SERVER_PACKAGES) for name in list(sys.modules)):
+        return
     for name in _SERVING_MODULES:
         try:
             module = importlib.import_module(name)

@@ -127,9 +127,10 @@ def _wrap_create_engine_config() -> None:
 
     @functools.wraps(original)
     def create_engine_config(self: Any, *args: Any, **kwargs: Any) -> Any:
-        from .vllm_lora import SERVING, note_engine_args
+        from .vllm_lora import SERVING, note_engine_args, wrap_serving_models
 
         note_engine_args(self)  # what LoRA adapters are checked against, whichever loader serves the model
+        wrap_serving_models()
         if self.load_format in _our_formats:
             from .errors import OciCraneError
 
