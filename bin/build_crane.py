@@ -74,33 +74,93 @@ def is_current(out_dir: Path, target: str) -> bool:
     return (out_dir / "crane").is_file() and stamp.is_file() and stamp.read_text().split() == [CRANE_VERSION, target]
 
 
-def build(target: str, out_dir: Path) -> Path:
-    """Build crane for ``target`` (GOOS/GOARCH) into ``out_dir/crane``, notices into ``out_dir/licenses``."""
+def _version(text: str) -> tuple[int, int, int] | None:
+    match = re.search(r"v?(\d+)\.(\d+)\.(\d+)", text)
+    return (int(match[1]), int(match[2]), int(match[3])) if match else None
+
+
+def installed_crane() -> tuple[str, str] | None:
+    """A crane on PATH at least as new as the pinned one, as (path, version): the package runs it when it bundles
+    none, so there is nothing to build. OCI_CRANE_BUILD=1 builds the pinned one all the same."""
+    found = shutil.which("crane")
+    if found is None or os.environ.get("OCI_CRANE_BUILD", "") not in ("", "0"):
+        return None
+    try:
+        answer = subprocess.run([found, "version"], capture_output=True, text=True, timeout=30, check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    version, pinned = _version(answer.stdout), _version(CRANE_VERSION)
+    if answer.returncode != 0 or version is None or pinned is None or version < pinned:
+        return None
+    return found, answer.stdout.strip()
+
+
+def build(target: str, out_dir: Path, *, use_installed: bool = False) -> Path | None:
+    """Build crane for ``target`` (GOOS/GOARCH) into ``out_dir/crane``, notices into ``out_dir/licenses``. With
+    ``use_installed`` (an install for this host) a recent enough crane on PATH is used instead: None, nothing built.
+    A failure is one line (after Go's own messages) with the fix, not a traceback."""
     if target not in TARGETS:
         raise SystemExit(f"build_crane: unknown target {target!r}; choose one of {', '.join(TARGETS)}")
     if is_current(out_dir, target):
         print(f"build_crane: crane {CRANE_VERSION} for {target} already at {out_dir / 'crane'}", file=sys.stderr)
         return out_dir / "crane"
+    installed = installed_crane() if use_installed and target == host_target() else None
+    if installed is not None:
+        print(f"build_crane: using crane {installed[1]} at {installed[0]} (on PATH, >= {CRANE_VERSION}) instead of "
+              "building one; OCI_CRANE_BUILD=1 builds the pinned crane anyway", file=sys.stderr)
+        return None
     go, env = find_go()
+    try:
+        return _build(go, env, target, out_dir)
+    except subprocess.CalledProcessError as exc:
+        command = " ".join(str(arg) for arg in exc.cmd[1:] if arg != "-trimpath")
+        raise SystemExit(
+            f"build_crane: `go {command}` failed (exit {exc.returncode}; Go's messages above say why) -- fix: let Go "
+            "download the crane module (GOPROXY, default https://proxy.golang.org,direct; GOPROXY=off forbids it), "
+            f"or install crane >= {CRANE_VERSION} on PATH (brew install crane, or a release from "
+            "https://github.com/google/go-containerregistry/releases), which is then used instead") from None
+
+
+def _build(go: str, env: dict[str, str], target: str, out_dir: Path) -> Path:
     goos, goarch = target.split("/")
-    modcache = _go_env(go, env, "GOMODCACHE")
-    with tempfile.TemporaryDirectory(prefix="crane-build.") as gopath:
-        # A private GOPATH so `go install` never drops a crane into the user's ~/go/bin (on their PATH); the
-        # module and build caches stay the user's, so a second target rebuilds only what differs.
-        env.update(GOPATH=gopath, GOMODCACHE=modcache, GOOS=goos, GOARCH=goarch, CGO_ENABLED="0")
+    with tempfile.TemporaryDirectory(prefix="crane-build.") as scratch:
+        # A private GOPATH so `go install` never drops a crane into the user's ~/go/bin (on their PATH), and the
+        # module and build caches (about 260 MB) in it too, removed with it: nothing is left in HOME. A caller
+        # building several targets can share caches by setting GOMODCACHE / GOCACHE, which are then kept.
+        gopath = Path(scratch)
+        # Go's config directory is the scratch one too, with telemetry off there: no counters in HOME, and no
+        # telemetry process of go's still writing into the directory as it is removed. The user's `go env -w`
+        # settings (a GOPROXY, say) stay in force through GOENV.
+        (gopath / "config" / "go" / "telemetry").mkdir(parents=True)
+        (gopath / "config" / "go" / "telemetry" / "mode").write_text("off")
+        env.update(GOENV=_user_goenv(), XDG_CONFIG_HOME=str(gopath / "config"))
+        env.update(GOPATH=str(gopath), GOOS=goos, GOARCH=goarch, CGO_ENABLED="0",
+                   GOMODCACHE=os.environ.get("GOMODCACHE") or str(gopath / "pkg" / "mod"),
+                   GOCACHE=os.environ.get("GOCACHE") or str(gopath / "cache"),
+                   GOFLAGS=f"{env.get('GOFLAGS', '')} -modcacherw".strip())  # a module cache rmtree can remove
         env.pop("GOBIN", None)  # go refuses GOBIN with a cross-compiling install
         subprocess.run([go, "install", "-trimpath", f"{CRANE_PACKAGE}@{CRANE_VERSION}"], env=env, check=True)
-        bin_dir = Path(gopath) / "bin"
+        bin_dir = gopath / "bin"
         built = bin_dir / "crane" if (bin_dir / "crane").is_file() else bin_dir / f"{goos}_{goarch}" / "crane"
         out_dir.mkdir(parents=True, exist_ok=True)
         partial = out_dir / "crane.partial"
         shutil.copyfile(built, partial)
-    partial.chmod(0o755)
-    _copy_notices(go, env, partial, Path(modcache), out_dir / "licenses")
+        partial.chmod(0o755)
+        _copy_notices(go, env, partial, Path(env["GOMODCACHE"]), out_dir / "licenses")
     partial.replace(out_dir / "crane")
     (out_dir / STAMP).write_text(f"{CRANE_VERSION} {target}\n")
     print(f"build_crane: crane {CRANE_VERSION} for {target} at {out_dir / 'crane'}", file=sys.stderr)
     return out_dir / "crane"
+
+
+def _user_goenv() -> str:
+    """Where `go env -w` keeps the user's settings (Go's os.UserConfigDir()/go/env), found without running go,
+    which would write its telemetry counters there."""
+    if os.environ.get("GOENV"):
+        return os.environ["GOENV"]
+    if sys.platform == "darwin":
+        return str(Path.home() / "Library" / "Application Support" / "go" / "env")
+    return str(Path(os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config") / "go" / "env")
 
 
 def _go_env(go: str, env: dict[str, str], name: str) -> str:
@@ -147,7 +207,8 @@ def main() -> None:
     parser.add_argument("--target", default=None, help=f"GOOS/GOARCH, one of {', '.join(TARGETS)} (default: this host)")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="directory for crane and licenses/")
     args = parser.parse_args()
-    build(args.target or host_target(), args.out)
+    # This host's crane into the package (bin/install-crane): one on PATH, recent enough, serves as well.
+    build(args.target or host_target(), args.out, use_installed=args.target is None and args.out == DEFAULT_OUT)
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 from build_crane import TARGETS  # beside this file: `python bin/build_wheels.py` puts bin/ on sys.path
@@ -31,12 +32,17 @@ def build_all(out_dir: Path) -> list[Path]:
     subprocess.run([*_uv(), "build", "--sdist", "--out-dir", str(out_dir), str(ROOT)], check=True)
     (sdist,) = out_dir.glob("oci_crane_loader-*.tar.gz")
     built = [sdist]
-    for target in TARGETS:
-        before = set(out_dir.glob("*.whl"))
-        subprocess.run([*_uv(), "build", "--wheel", "--out-dir", str(out_dir), str(sdist)], check=True,
-                       env={**os.environ, "OCI_CRANE_TARGET": target})
-        (wheel,) = set(out_dir.glob("*.whl")) - before
-        built.append(wheel)
+    with tempfile.TemporaryDirectory(prefix="crane-caches.") as caches:
+        # One Go module and build cache for the four crane builds (each would fill its own: build_crane.py), removed
+        # at the end; -modcacherw lets it be removed. The user's own GOMODCACHE / GOCACHE, if set, win.
+        go = {"GOMODCACHE": f"{caches}/mod", "GOCACHE": f"{caches}/build"}
+        flags = f"{os.environ.get('GOFLAGS', '')} -modcacherw".strip()
+        for target in TARGETS:
+            before = set(out_dir.glob("*.whl"))
+            subprocess.run([*_uv(), "build", "--wheel", "--out-dir", str(out_dir), str(sdist)], check=True,
+                           env={**go, **os.environ, "GOFLAGS": flags, "OCI_CRANE_TARGET": target})
+            (wheel,) = set(out_dir.glob("*.whl")) - before
+            built.append(wheel)
     return built
 
 

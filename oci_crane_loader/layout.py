@@ -7,12 +7,14 @@ what is written is what `fetch` reads back.
 from __future__ import annotations
 
 import json
+import logging
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from pydantic import BaseModel
 
-from .files import file_sha256, link_or_copy
+from .files import copy_fd, fd_sha256, link_fd, unique_name
 from .oci import (
     OCI_INDEX,
     OCI_LAYOUT_VERSION,
@@ -24,6 +26,8 @@ from .oci import (
     parse_model,
     sha256_digest,
 )
+
+log = logging.getLogger(__name__)
 
 
 def canonical_json(document: object) -> bytes:
@@ -65,10 +69,34 @@ class LayoutWriter:
 
     def add_file(self, media_type: str, path: Path, annotations: dict[str, str] | None = None) -> Descriptor:
         """Large files are hashed in chunks and hard-linked, never read into memory or copied."""
-        digest = file_sha256(path)
-        if not self._blob(digest).exists():
-            link_or_copy(path, self._blob(digest))
-        return _descriptor(media_type, digest, path.stat().st_size, annotations)
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            return self.add_open_file(media_type, fd, path, annotations)
+        finally:
+            os.close(fd)
+
+    def add_open_file(self, media_type: str, fd: int, shown: Path,
+                      annotations: dict[str, str] | None = None) -> Descriptor:
+        """The open file ``fd`` (``shown``: its path, for messages and where /proc is missing) as a blob: hard-linked
+        from the descriptor and hashed from it (copied while hashed where it cannot be linked), so the blob is the
+        file that was opened, whatever its name leads to by now."""
+        incoming = self.root / "blobs" / "sha256" / unique_name("incoming")
+        try:
+            try:
+                link_fd(fd, shown, incoming)
+            except OSError as exc:
+                log.debug("cannot hard-link %s into the layout (%s); copying", shown, exc.strerror)
+                digest = str(copy_fd(fd, incoming, hashing=True))
+            else:
+                digest = fd_sha256(fd)
+            size = incoming.stat().st_size
+            if self._blob(digest).exists():
+                incoming.unlink()
+            else:
+                os.replace(incoming, self._blob(digest))
+        finally:
+            incoming.unlink(missing_ok=True)
+        return _descriptor(media_type, digest, size, annotations)
 
     def add_manifest(self, config: Descriptor, layers: list[Descriptor], artifact_type: str | None = None,
                      annotations: dict[str, str] | None = None, platform: dict[str, str] | None = None) -> str:

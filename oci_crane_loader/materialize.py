@@ -21,7 +21,7 @@ from .adapters import ADAPTER_CONFIG, check_adapter_dir, is_adapter_dir
 from .cache.contents import absent_from, built_files, missing_files, save_built_files, some
 from .cache.store import Store, remove_tree
 from .errors import CacheError, IntegrityError, InvalidModelError, OciCraneError, cache_os_error
-from .files import link_or_copy
+from .files import create_new, link_or_copy, open_nofollow
 from .formats import Action, LayerPlan, Plan
 from .paths import safe_relative_path
 from .progress import human
@@ -89,11 +89,13 @@ class _Budget:
                 f"than {self.limits.ratio:g} times its size (a decompression bomb?)",
                 "if the artifact is genuine, raise OCI_CRANE_MAX_UNPACK_RATIO")
 
-    def copy(self, source: IO[bytes], target: Path) -> None:
-        with open(target, "wb") as out:
+    def copy(self, source: IO[bytes], target: Path, mode: int) -> None:
+        """Into a new file (O_EXCL, O_NOFOLLOW: never through a symlink planted in the directory), made ``mode``."""
+        with open(create_new(target), "wb") as out:
             while chunk := source.read(1 << 20):
                 self.spend(len(chunk))
                 out.write(chunk)
+            os.fchmod(out.fileno(), mode)
 
 
 def extract_tar(archive: Path, root: Path, where: str, *, into: str | None = None, overlay: bool = False,
@@ -130,10 +132,10 @@ def extract_tar(archive: Path, root: Path, where: str, *, into: str | None = Non
     return written
 
 
-def tar_names(archive: Path) -> list[str] | None:
+def tar_names(archive: Path, limits: UnpackLimits | None = None) -> list[str] | None:
     """The normalised names of an archive's entries, read without writing anything; None when the archive cannot
     be read or listed within the entry limit (extract_tar then says why)."""
-    limit = settings().unpack.entries
+    limit = (limits or settings().unpack).entries
     names = []
     try:
         with open_tar(archive) as tar:
@@ -171,18 +173,18 @@ def _extract_member(tar: tarfile.TarFile, member: tarfile.TarInfo, base: Path, r
             raise InvalidModelError(f"{where}: {relative!r} is written twice", "re-push the artifact")
         remove_path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
+    mode = 0o755 if member.mode & 0o111 else 0o644
     if member.islnk():  # a hard link to an earlier entry of this archive: copy it (the copy counts as unpacked)
         source_path = base / safe_relative_path(member.linkname, where)
         if not source_path.is_file():
             raise InvalidModelError(f"{where}: hard link {relative!r} points to a missing file")
-        with open(source_path, "rb") as source:
-            budget.copy(source, target)
+        with open(open_nofollow(source_path), "rb") as source:
+            budget.copy(source, target, mode)
     else:
         extracted = tar.extractfile(member)
         assert extracted is not None
         with extracted:
-            budget.copy(extracted, target)
-    os.chmod(target, 0o755 if member.mode & 0o111 else 0o644)
+            budget.copy(extracted, target, mode)
     return True
 
 
@@ -301,7 +303,7 @@ def shard_names(shards: list[LayerPlan], store: Store, model_dir: Path) -> list[
 
 
 def materialize(store: Store, plan: Plan, manifest_digest: str, *, weights: bool = True,
-                subpath: str | None = None, variant: str | None = None) -> Path:
+                subpath: str | None = None, variant: str | None = None, limits: UnpackLimits | None = None) -> Path:
     """The model directory (``weights=False``: only config, tokenizer and other small files, under configs/).
     ``variant`` names a filtered plan (--include/--exclude): a set of files, not checked as a loadable model."""
     final = (store.model_path(manifest_digest, subpath, variant) if weights
@@ -326,9 +328,9 @@ def materialize(store: Store, plan: Plan, manifest_digest: str, *, weights: bool
             blob = store.blob_path(layer.descriptor.digest)
             where = f"layer {number} ({layer.descriptor.media_type})"
             if layer.action is Action.TAR:
-                extract_tar(blob, work, where, into=layer.path)
+                extract_tar(blob, work, where, into=layer.path, limits=limits)
             elif layer.action is Action.IMAGE:
-                extract_tar(blob, work, where, overlay=True)
+                extract_tar(blob, work, where, overlay=True, limits=limits)
             elif layer.action is Action.FILE:
                 assert layer.path is not None
                 link_or_copy(blob, work / layer.path)

@@ -4,20 +4,30 @@ are packed, its config.json, the times written into documents, and deterministic
 Hidden files and directories (``.git/``, ``.cache/``) and Python bytecode are left out; symlinks are followed when
 they resolve inside the directory and refused when not. The same directory always packs to the same digests:
 times come from SOURCE_DATE_EPOCH or the files' mtimes, never the clock.
+
+A file is packed from one descriptor (``open_packed``): what is hashed, linked or copied into the layout, and
+described in its annotations is the file that was opened and checked to be inside the directory, even if its name
+is swapped for a symlink meanwhile (docs/security.md).
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import io
 import json
 import os
+import stat
+import sys
 import tarfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from .errors import InvalidModelError
+from .files import SYMLINK_ERRNOS, open_nofollow
 
 # Python bytecode is a by-product of running the model's code, never part of the model (modctl skips it too).
 _SKIPPED_DIRS = {"__pycache__"}
@@ -76,6 +86,66 @@ def _check_link(model_dir: Path, root: Path, path: Path, relative: str) -> None:
             "cache snapshot links into ../../blobs: use `huggingface-cli download REPO --local-dir DIR`)")
 
 
+@dataclass(frozen=True)
+class PackedFile:
+    """One file of the model directory, open: pack from ``fd`` and ``info`` (its fstat), never from its path."""
+
+    name: str  # relative POSIX path, as collect_files gives it
+    fd: int
+    info: os.stat_result
+
+
+@contextlib.contextmanager
+def open_packed(model_dir: Path, name: str) -> Iterator[PackedFile]:
+    """``name`` (from collect_files) opened once for packing. A symlink is followed only to a file inside the
+    directory, as collect_files checked; the file it leads to is opened with O_NOFOLLOW, must be a regular file, and
+    where the OS tells where an open file is (Linux, macOS) that must be inside the directory too. So a name swapped
+    for a symlink out of the directory (to ~/.docker/config.json, say) after the check is refused, never read."""
+    root = model_dir.resolve()
+    try:
+        real = (root / name).resolve(strict=True)
+    except (OSError, RuntimeError) as exc:
+        raise _changed(model_dir, name, "is gone or is now a broken symlink") from exc
+    if real != root and not real.is_relative_to(root):
+        raise _changed(model_dir, name, f"is now a symlink to {real}, outside the model directory")
+    try:
+        fd = open_nofollow(real)
+    except OSError as exc:
+        if exc.errno in SYMLINK_ERRNOS:
+            raise _changed(model_dir, name, "was replaced by a symlink") from None
+        raise _changed(model_dir, name, f"cannot be opened ({exc.strerror})") from exc
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise _changed(model_dir, name, "is no longer a regular file")
+        opened = _opened_path(fd)
+        if opened is not None and opened != root and not opened.is_relative_to(root):
+            raise _changed(model_dir, name, f"was opened at {opened}, outside the model directory")
+        yield PackedFile(name, fd, info)
+    finally:
+        os.close(fd)
+
+
+def _changed(model_dir: Path, name: str, what: str) -> InvalidModelError:
+    return InvalidModelError(f"{model_dir}/{name} {what} (it changed after it was checked, while packing)",
+                             "keep the model directory unchanged while it is pushed, then push again")
+
+
+def _opened_path(fd: int) -> Path | None:
+    """Where the kernel says an open file is (the real path, every symlink resolved); None where it cannot say."""
+    try:
+        if sys.platform.startswith("linux"):
+            return Path(os.readlink(f"/proc/self/fd/{fd}").removesuffix(" (deleted)"))
+        if sys.platform == "darwin":
+            import fcntl
+
+            return Path(os.fsdecode(fcntl.fcntl(fd, fcntl.F_GETPATH, bytes(1024)).rstrip(b"\0")))
+    except OSError as exc:
+        if exc.errno not in (errno.ENOENT, errno.EINVAL):  # no /proc (a sandbox): the other checks still hold
+            raise
+    return None
+
+
 def model_files(model_dir: Path) -> list[str]:
     """Relative paths, config and tokenizer files first, then weights, each group sorted by path."""
     return sorted(collect_files(model_dir), key=lambda name: (name.endswith(".safetensors"), name))
@@ -132,8 +202,8 @@ def deterministic_tar(model_dir: Path, names: list[str]) -> bytes:
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT) as tar:
         for name in sorted(names):
-            info = tar.gettarinfo(model_dir / name, arcname=name)
-            info.mtime, info.uid, info.gid, info.uname, info.gname, info.mode = 0, 0, 0, "", "", 0o644
-            with open(model_dir / name, "rb") as handle:
+            with open_packed(model_dir, name) as packed, open(packed.fd, "rb", closefd=False) as handle:
+                info = tar.gettarinfo(arcname=name, fileobj=handle)
+                info.mtime, info.uid, info.gid, info.uname, info.gname, info.mode = 0, 0, 0, "", "", 0o644
                 tar.addfile(info, handle)
     return buffer.getvalue()

@@ -37,7 +37,7 @@ from .registry.access import RegistryRoutes
 from .registry.crane import Crane
 from .registry.sources import Source
 from .registry.sources import plan as plan_sources
-from .settings import Settings
+from .settings import Settings, UnpackLimits
 from .sourcing import check_document_size, manifest_at, require_digest
 
 log = logging.getLogger(__name__)
@@ -79,7 +79,7 @@ def open_puller(options: FetchOptions, progress: Progress | None = None, store: 
     return Puller(store or Store(options.cache_dir), open_crane(options), jobs=options.jobs, progress=progress,
                   subpath=options.subpath, platform=options.platform, retries=options.retries, include=options.include,
                   exclude=options.exclude, ranges=RangeSettings.of(options.settings),
-                  retry_window=options.settings.retry_window)
+                  retry_window=options.settings.retry_window, unpack=options.settings.unpack)
 
 
 class Backoff:
@@ -139,7 +139,8 @@ class Puller:
     def __init__(self, store: Store, crane: Crane, *, jobs: int = 4, progress: Progress | None = None,
                  subpath: str | None = None, platform: str | None = None, retries: int = 2,
                  include: tuple[str, ...] = (), exclude: tuple[str, ...] = (),
-                 ranges: RangeSettings | None = None, retry_window: float = Settings.retry_window) -> None:
+                 ranges: RangeSettings | None = None, retry_window: float = Settings.retry_window,
+                 unpack: UnpackLimits | None = None) -> None:
         if not 1 <= jobs <= MAX_JOBS:
             raise errors.UsageError(f"jobs must be 1 to {MAX_JOBS}, not {jobs}", f"pass --jobs 1 to {MAX_JOBS}")
         self.subpath = subpath  # the model directory inside an image or artifact (normalised), when the user names it
@@ -152,6 +153,7 @@ class Puller:
         # from zero, a ranged download from the bytes on disk)
         self.retries = retries
         self.retry_window = retry_window  # seconds a blob may go on failing without a byte more kept on disk
+        self.unpack = unpack  # bounds on what one archive unpacks to; None: the OCI_CRANE_MAX_UNPACK_* settings
         self._names: dict[str, str] = {}  # digest -> the file it becomes, for messages
         self._sources: dict[str, list[Source]] = {}  # repository -> where its bytes may come from
         self.came_from: dict[str, str] = {}  # digest -> the source that served it (manifests and blobs)
@@ -237,7 +239,7 @@ class Puller:
         pinned = reference.with_digest(descriptor.digest)
         parts = self.range_parts
         ranged = self.ranges.applies(descriptor.size) and parts > 1
-        partial = self.store.partial_path(descriptor.digest)
+        partial = self.store.partial_paths(descriptor.digest)
 
         def fetch_from(source: Source, temp: Path, count: Callable[[int], None]) -> str:
             """One attempt at one source; the digest of the bytes written (crane blob exits non-zero unless they
@@ -248,7 +250,7 @@ class Puller:
             # from where they end, whichever registry serves it (unless it showed it ignores Range). A mirror
             # only the HTTP road reaches always takes it.
             resumable = at.registry not in self.routes.ignores_range
-            if ranged or source.http is not None or (resumable and partial.exists()):
+            if ranged or source.http is not None or (resumable and partial.data.exists()):
                 try:
                     return transfer.fetch_blob(source.crane, self.routes, at, descriptor, partial, temp,
                                                parts=parts, progress=count, cancel=cancel, http=source.http)
@@ -425,7 +427,7 @@ class Puller:
     def _check_subpath_in_archives(self, plan: Plan) -> None:
         """Once the small layers are cached, their archives' names are known too: check --subpath again."""
         _check_subpath_exists(plan, self.subpath,
-                              lambda layer: tar_names(self.store.blob_path(layer.descriptor.digest)))
+                              lambda layer: tar_names(self.store.blob_path(layer.descriptor.digest), self.unpack))
 
     def owns(self, path: str | Path) -> bool:
         """Whether ``path`` is in this Puller's cache (a model or config directory it made)."""
@@ -433,7 +435,7 @@ class Puller:
 
     def materialize(self, resolved: Resolved, plan: Plan) -> Path:
         """The full model directory, once every weight blob is in the cache (see ``ensure_blobs``)."""
-        return materialize(self.store, plan, resolved.digest, subpath=self.subpath)
+        return materialize(self.store, plan, resolved.digest, subpath=self.subpath, limits=self.unpack)
 
     def _download_and_materialize(self, resolved: Resolved, plan: Plan, *, weights: bool,
                                   variant: str | None = None) -> Path:
@@ -453,7 +455,7 @@ class Puller:
             self._check_subpath_in_archives(plan)  # the archives' names, before any weight is downloaded
             if weights:
                 self.ensure_blobs(resolved.reference, plan.weight_layers)
-        return materialize(self.store, plan, resolved.digest, weights=weights, subpath=self.subpath,
+        return materialize(self.store, plan, resolved.digest, weights=weights, subpath=self.subpath, limits=self.unpack,
                            variant=variant)
 
     # --- whole operations --------------------------------------------------------------------------------------
@@ -523,7 +525,8 @@ class Puller:
         reference = parse_reference(text)
         resolved = self.resolve(reference)
         plan = self.plan(resolved)
-        archives = [layer for layer in plan.small_layers if layer.action is Action.TAR]
+        # Archives and image layers (under WEIGHTS_THRESHOLD) are listed file by file, each layer on its own.
+        archives = [layer for layer in plan.small_layers if layer.action in (Action.TAR, Action.IMAGE)]
         self.check_free_space(archives)
         self.ensure_blobs(reference, archives)
         files: list[dict[str, object]] = []
@@ -531,16 +534,17 @@ class Puller:
         for layer in plan.layers:
             entry = {"media_type": layer.descriptor.media_type, "digest": layer.descriptor.digest,
                      "size": layer.descriptor.size}
-            if layer.action is Action.TAR and not layer.weights:
+            if layer.action in (Action.TAR, Action.IMAGE) and not layer.weights:
                 scratch = self.store.new_model_dir(resolved.digest)
                 try:
                     extracted = extract_tar(self.store.blob_path(layer.descriptor.digest), scratch, "inspect",
-                                            into=layer.path)
+                                            limits=self.unpack, into=layer.path,
+                                            overlay=layer.action is Action.IMAGE)
                     files += [{**entry, "path": name, "size": (scratch / name).stat().st_size, "from_tar": True}
-                              for name in extracted]
+                              for name in dict.fromkeys(extracted) if (scratch / name).is_file()]
                 finally:
                     remove_tree(scratch)
-            elif layer.action is Action.TAR:  # a weight tar: its file names are known only once downloaded
+            elif layer.action in (Action.TAR, Action.IMAGE):  # weights: file names known only once downloaded
                 files.append({**entry, "path": layer.path, "archive": True})
             elif layer.action is Action.SHARD:
                 shard_number += 1

@@ -71,9 +71,14 @@ def validate_model_dir(model_dir: Path) -> list[str]:
 
 def _scratch_dir(model_dir: Path, store: Store) -> Path:
     """A new empty directory on the model's filesystem, so the layout's blobs can be hard links: the cache's scratch
-    space, else the system temp dir, else beside the model. Elsewhere (copies) only if none of them is."""
+    space, else the system temp dir, else beside the model. Elsewhere (copies) only if none of them is.
+
+    Not a cache shared by a group: crane pushes, with our credentials, whatever the layout directory holds when it
+    runs, and a member could swap ours there for a directory of theirs (docs/security.md)."""
+    private = False
     with contextlib.suppress(OSError):  # not there, or not writable: try the next one
-        if store.scratch_shares_filesystem(model_dir):
+        private = store.scratch_is_private()
+        if private and store.scratch_shares_filesystem(model_dir):
             return store.scratch_dir("push-layout.")
     device = model_dir.stat().st_dev
     candidates = [(Path(tempfile.gettempdir()), "oci-crane-push-layout."),
@@ -84,7 +89,8 @@ def _scratch_dir(model_dir: Path, store: Store) -> Path:
                 return Path(tempfile.mkdtemp(prefix=prefix, suffix=f".{os.getpid()}.incomplete", dir=parent))
         except OSError:
             continue  # not there, or not writable: try the next one
-    scratch = store.scratch_dir("push-layout.")
+    scratch = (store.scratch_dir("push-layout.") if private
+               else Path(tempfile.mkdtemp(prefix="oci-crane-push-layout.", suffix=f".{os.getpid()}.incomplete")))
     log.warning("no writable directory on the filesystem of %s: the push copies its files into %s first",
                 model_dir, scratch)
     return scratch

@@ -13,6 +13,7 @@ input: a web form, VLLM_MODEL).
 from __future__ import annotations
 
 import ipaddress
+import os
 import re
 import string
 from collections.abc import Callable
@@ -111,6 +112,9 @@ def parse_reference(text: str) -> Reference:
     """Parse ``[oci://][registry[:port]/]repository[:tag][@sha256:<hex>]``; raise InvalidReferenceError if invalid."""
 
     def fail(problem: str) -> InvalidReferenceError:
+        taken = misread(text) if isinstance(text, str) else None
+        if taken is not None:
+            return InvalidReferenceError(f"invalid reference {text!r}: {problem}; {taken[0]}", taken[1])
         return InvalidReferenceError(f"invalid reference {text!r}: {problem}")
 
     if not isinstance(text, str) or not text.strip():
@@ -123,7 +127,9 @@ def parse_reference(text: str) -> Reference:
     if any(ord(c) < 0x20 or ord(c) == 0x7F for c in body):
         raise fail("it contains a control character")
     if "://" in body:  # ggcr would read "https:" as a registry with an empty port
-        raise fail("only the oci:// scheme is accepted; drop http:// or https://")
+        scheme = body.partition("://")[0]
+        raise fail(f"only the oci:// scheme is accepted, not {scheme}://" + (
+            "; drop it" if scheme.lower() in ("http", "https") else ""))
 
     if "@" in body and "/" in body.partition("@")[2]:  # a digest holds no '/': this is user[:password]@host
         shown = body.rpartition("@")[2]
@@ -168,6 +174,26 @@ def parse_reference(text: str) -> Reference:
     if tag is None and digest is None:
         tag = DEFAULT_TAG
     return Reference(registry=registry, repository=repository, tag=tag, digest=digest, original=text)
+
+
+def misread(text: str) -> tuple[str, str] | None:
+    """What ``text`` is, when it is not a reference but a local path or a Hugging Face model id (``./models/tiny``,
+    ``Qwen/Qwen2-0.5B``, ``hf://Qwen/Qwen2-0.5B``): what it looks like, and what to do instead; else None."""
+    if text[:5].lower() == "hf://" or _HF_ID.fullmatch(text):
+        model = text[5:] if text[:5].lower() == "hf://" else text
+        return ("it looks like a Hugging Face model id, not a registry reference",
+                f"vLLM serves a Hub model as it is (vllm serve {model}, without --load-format oci-crane); to serve "
+                f"it from your registry, `hf download {model} --local-dir DIR`, then `oci-crane push DIR "
+                "REGISTRY/REPOSITORY:TAG` (docs/from-hf.md)")
+    if text.startswith(("./", "../", "/", "~", ".\\")) or text in (".", "..") or os.path.exists(text):
+        return ("it is a local path, not a registry reference",
+                f"push the directory first (oci-crane push {text} REGISTRY/REPOSITORY:TAG) and use that tag; vLLM "
+                f"serves a directory as it is (vllm serve {text}, without --load-format oci-crane)")
+    return None
+
+
+# org/Model-Name as the Hub writes it: no registry host, one slash, and uppercase (which no registry allows).
+_HF_ID = re.compile(r"(?=[^/]*[A-Z]|[^/]*/[^/]*[A-Z])[A-Za-z0-9][\w.-]*/[\w.-]+")
 
 
 def _check_repository(repository: str, full: str, fail: _Fail) -> None:

@@ -97,6 +97,29 @@ def build_argv(reference: str | None, extra: Sequence[str], env: Mapping[str, st
     return ["vllm", "serve", model, *added, *user_args]
 
 
+# Words of an option name that mark its value as a secret (--api-key, --hf-token, --db-password): whole words, so
+# --tokenizer and --max-num-batched-tokens stay readable.
+_SECRET_WORDS = frozenset({"key", "apikey", "token", "secret", "password", "passwd"})
+
+
+def shown(argv: Sequence[str]) -> str:
+    """``argv`` as a shell line for people (stderr, --dry-run), with the value of every secret-looking option as
+    ``***``, given as ``--opt value`` or ``--opt=value``; the argv that is exec'd keeps them."""
+    out: list[str] = []
+    hide_next = False
+    for arg in argv:
+        name = _option(arg)
+        secret = name.startswith("--") and not _SECRET_WORDS.isdisjoint(name[2:].split("-"))
+        if hide_next and not arg.startswith("-"):
+            out.append("***")
+        elif secret and "=" in arg:
+            out.append(arg.split("=", 1)[0] + "=***")
+        else:
+            out.append(arg)
+        hide_next = secret and "=" not in arg
+    return shlex.join(out)
+
+
 def _default_cache() -> str:
     from .cache.store import default_cache_dir  # OCI_CRANE_LOADER_CACHE, else ~/.cache/oci-crane-loader
 

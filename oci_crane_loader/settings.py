@@ -119,9 +119,15 @@ def parse_retries(text: str | int, name: str, default: int) -> int:
                                f"set {name} to 0 (no retry) .. {MAX_RETRIES} (default {default})")
 
 
+# A year: beyond it a timeout means "never", and Python's waits overflow (threading.TIMEOUT_MAX, about 292 years
+# on Linux, less elsewhere) with an OverflowError deep inside a download.
+MAX_SECONDS = 365 * 24 * 3600.0
+
+
 def _seconds(env: Mapping[str, str], name: str, default: float) -> float:
-    return float(_positive(env, name, default, float, what="a number of seconds",
-                           fix=f"set {name} to a positive number of seconds (default {default:g}) or unset it"))
+    return float(_positive(env, name, default, float, what=f"a number of seconds up to {MAX_SECONDS:.0f}",
+                           fix=f"set {name} to a positive number of seconds up to {MAX_SECONDS:.0f} (a year; default "
+                               f"{default:g}) or unset it", most=MAX_SECONDS))
 
 
 def parse_bytes(text: str) -> int:
@@ -132,9 +138,9 @@ def parse_bytes(text: str) -> int:
 
 
 def _positive(env: Mapping[str, str], name: str, default: float, parse: Callable[[str], Any], *,
-              what: str = "a positive number", fix: str | None = None) -> Any:
-    """``name`` parsed, finite and above zero (nan or inf would silently switch a bound off), else ``default``
-    when unset; anything else is one SettingsError naming the variable."""
+              what: str = "a positive number", fix: str | None = None, most: float = math.inf) -> Any:
+    """``name`` parsed, finite, above zero (nan or inf would silently switch a bound off) and at most ``most``,
+    else ``default`` when unset; anything else is one SettingsError naming the variable."""
     raw = env.get(name, "").strip()
     if not raw:
         return default
@@ -142,7 +148,7 @@ def _positive(env: Mapping[str, str], name: str, default: float, parse: Callable
         value = parse(raw)
     except (ValueError, OverflowError):
         value = None
-    if value is None or not (math.isfinite(value) and value > 0):
+    if value is None or not (math.isfinite(value) and 0 < value <= most):
         raise errors.SettingsError(f"{name}={raw!r} is not {what}", fix or
                                    f"set {name} to a positive number (e.g. {default:g}), or unset it for the default")
     return value

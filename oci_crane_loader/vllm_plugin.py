@@ -240,3 +240,8 @@ def _prefetch(puller: Puller, resolved: Resolved, layers: list[LayerPlan], cance
     elapsed = max(time.monotonic() - started, 1e-3)
     log.info("oci-crane: weights of %s downloaded: %s in %.1f s (%s/s)", resolved.pinned, human(tally.downloaded),
              elapsed, human(tally.downloaded / elapsed))
+    if puller.came_from:  # which mirror (or the upstream) served them, as `fetch --json` says under "sources"
+        served: dict[str, int] = {}
+        for source in puller.came_from.values():
+            served[source] = served.get(source, 0) + 1
+        log.info("oci-crane: %s", "; ".join(f"{count} blob(s) from {source}" for source, count in served.items()))

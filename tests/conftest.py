@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from support.distribution import DistributionRegistry, binary_path, distribution_registry
 
 from oci_crane_loader import errors
 from oci_crane_loader.registry.crane import find_crane
@@ -48,3 +49,12 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
+@pytest.fixture
+def pull_through(registry: LocalRegistry, tmp_path: Path) -> Iterator[DistributionRegistry]:
+    """The CNCF distribution registry (Debian's docker-registry) in proxy mode: a pull-through mirror of the
+    `registry` fixture, plain http, no auth (docs/mirrors.md)."""
+    if binary_path() is None:
+        pytest.skip("Debian's docker-registry is not installed: run bin/install-test-deps")
+    with distribution_registry(tmp_path / "mirror", tls=False, auth=False,
+                               proxy_remote=f"http://{registry.host}") as mirror:
+        yield mirror

@@ -86,13 +86,14 @@ cache, reference, partials = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
 store = Store(cache)
 with contextlib.ExitStack() as running:
     for partial in partials:  # what an interrupted (or running) ranged download leaves, as transfer.py writes it
-        path, size, written = store.partial_path(partial["digest"]), partial["size"], partial["written"]
+        paths, size, written = store.partial_paths(partial["digest"]), partial["size"], partial["written"]
+        path = paths.data
         with open(path, "wb") as handle:
             handle.truncate(size)  # preallocated, sparse
             handle.write(Path(partial["source"]).read_bytes()[:written] if written else b"")
         if written:
             parts = [[0, written - 1, written], [written, size - 1, 0]]
-            path.with_name(path.name + ".json").write_text(json.dumps({"digest": partial["digest"], "parts": parts}))
+            paths.state.write_text(json.dumps({"digest": partial["digest"], "parts": parts}))
         if partial["running"]:  # a download in another process holds the blob's lock
             running.enter_context(store.try_blob_lock(partial["digest"], create=True))
     done = subprocess.run([sys.executable, "-m", "oci_crane_loader", "fetch", reference, "--cache-dir", cache, "-q",

@@ -4,6 +4,7 @@ listing, verify and prune work on."""
 from __future__ import annotations
 
 import logging
+import os
 import stat
 import threading
 from pathlib import Path
@@ -14,6 +15,7 @@ from oci_crane_loader import errors
 from oci_crane_loader.cache.store import DigestFile, ModelDir, RefFile, ScratchEntry, Store
 from oci_crane_loader.oci import Descriptor, sha256_digest
 from oci_crane_loader.reference import parse_reference
+from oci_crane_loader.settings import settings
 
 PAYLOAD = b"weights"
 
@@ -171,3 +173,60 @@ def test_forget_ref_deletes_the_ref_and_the_directories_it_leaves_empty(tmp_path
     assert store.forget_ref(reference) is None
     assert not (tmp_path / "cache" / "refs" / "127.0.0.1:5000" / "acme" / "deep").exists()
     assert [ref.name for ref in store.refs()] == ["127.0.0.1:5000/acme/other:v1"]
+
+
+@pytest.mark.parametrize("swap", ["symlink", "hard link"])
+def test_a_temp_file_swapped_before_its_commit_is_refused_and_what_it_names_is_untouched(tmp_path, swap):
+    """A group member renames our temp blob away and puts a link to one of our files (with the blob's bytes, so
+    the digest matches) in its place: the commit reads, fchmods and renames only a regular file of ours with one
+    link. The file keeps its mode (os.chmod of the path made it read-only) and no blob links it."""
+    store = Store(tmp_path / "cache")
+    victim = tmp_path / "mine.bin"
+    victim.write_bytes(PAYLOAD)
+    victim.chmod(0o640)
+
+    def fill_then_swap(temp: Path) -> None:
+        temp.write_bytes(PAYLOAD)
+        temp.unlink()
+        if swap == "symlink":
+            temp.symlink_to(victim)
+        else:
+            temp.hardlink_to(victim)
+
+    with pytest.raises(errors.CacheError, match="replaced by a symlink or a file that is not ours"):
+        store.write_blob(descriptor(), fill_then_swap)
+    assert stat.S_IMODE(victim.stat().st_mode) == 0o640 and victim.read_bytes() == PAYLOAD
+    assert not store.blob_path(descriptor().digest).exists() and scratch_names(store) == []
+
+
+def test_the_lock_timeout_given_to_the_store_is_the_one_it_waits(tmp_path, monkeypatch, request):
+    """Settings are read once, by whoever opens the store; an explicit value wins over the environment."""
+    monkeypatch.setenv("OCI_CRANE_LOCK_TIMEOUT", "1234")
+    monkeypatch.delenv("OCI_CRANE_NO_FSYNC", raising=False)
+    settings.cache_clear()
+    request.addfinalizer(settings.cache_clear)
+    holder, impatient = Store(tmp_path / "cache"), Store(tmp_path / "cache", lock_timeout=0.1, fsync=False)
+    assert (holder.lock_timeout, holder.fsync) == (1234.0, True) and not impatient.fsync
+    with holder.try_blob_lock(descriptor().digest, create=True) as free:
+        assert free
+        with pytest.raises(errors.CacheError, match="gave up after 0s waiting for cache lock"):
+            impatient.write_blob(descriptor(), writes(PAYLOAD))
+    assert impatient.write_blob(descriptor(), writes(PAYLOAD))
+    assert not (impatient.root / "unsynced").exists()  # fsync=False: no durability marker
+
+
+def test_a_fifo_planted_at_a_partial_download_neither_blocks_nor_is_resumed(tmp_path):
+    """Opening a FIFO for reading waits for a writer: the partial file and its state file are opened O_NONBLOCK,
+    and found not to be regular files."""
+    paths = Store(tmp_path / "cache").partial_paths(descriptor().digest)
+    os.mkfifo(paths.data)
+    os.mkfifo(paths.state)
+    found: list[object] = []
+    looking = threading.Thread(target=lambda: found.extend([paths.load_state(), paths.resume(len(PAYLOAD))]),
+                               daemon=True)
+    looking.start()
+    looking.join(timeout=60)  # only so that a regression fails instead of hanging the suite
+    assert found == [None, None]
+    fd = paths.create(len(PAYLOAD))  # and a fresh download replaces them
+    os.close(fd)
+    assert stat.S_ISREG(paths.data.lstat().st_mode) and not paths.state.exists()

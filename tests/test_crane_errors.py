@@ -119,7 +119,8 @@ UNEXPECTED_EOF = (
 
 # (stderr, exact class, a standard exception it must also be, what the cause starts with)
 CLASSIFIED = [
-    (UNAUTHORIZED, errors.UnauthorizedError, PermissionError, "the registry refused our credentials"),
+    # none configured here for 127.0.0.1:41993: crane sent none, and the cause says so
+    (UNAUTHORIZED, errors.UnauthorizedError, PermissionError, crane._NONE_SENT),
     (TLS, errors.TLSError, ConnectionError, "TLS handshake with the registry failed"),
     (HTTP_TO_HTTPS, errors.TLSError, ConnectionError, "TLS handshake with the registry failed"),
     (MANIFEST_UNKNOWN, errors.NotFoundError, LookupError, "not found in the registry"),
@@ -145,9 +146,20 @@ def test_stderr_is_classified(fp, binary, stderr, cls, standard, what):
     # The cause quotes crane's own message, without its "Error: " prefix.
     assert exc.cause == f"{what}: {stderr.removeprefix('Error: ')}"
     # A credentials error's fix names the file crane read (keychain.py); the others keep their class's fix.
-    assert exc.fix == (crane._credentials_fix(cls, find_credentials()) or cls.default_fix)
+    assert exc.fix == (crane._credentials_fix(cls, find_credentials(), sent=False) or cls.default_fix)
     if cls is errors.UnauthorizedError:
         assert "oci-crane login REGISTRY" in exc.fix and find_credentials().describe() in exc.fix
+
+
+def test_credentials_that_were_sent_and_refused_are_called_so(tmp_path):
+    config = tmp_path / "config.json"
+    config.write_text('{"auths": {"127.0.0.1:41993": {"auth": "dTpw"}}}')
+    source = find_credentials(config)
+    refused = classify(["crane", "manifest", "--", REF], 1, UNAUTHORIZED, ["pw", "dTpw"], source)
+    assert refused.cause.startswith("the registry refused our credentials: ") and "holds none" not in refused.fix
+    unsent = classify(["crane", "manifest", "--", REF], 1, UNAUTHORIZED, [], source)
+    assert unsent.cause.startswith(f"{crane._NONE_SENT}: ") and f"{config} (from --authfile), which holds none" \
+        in unsent.fix
 
 
 def test_classification_covers_every_rule():
@@ -166,7 +178,7 @@ def test_one_line_has_cause_and_fix(fp, binary):
     exc = _failing_manifest(fp, binary, "2025/01/01 12:00:00 retrying\n" + UNAUTHORIZED + "\n")
     line = exc.one_line()
     assert "\n" not in line
-    assert line.startswith("the registry refused our credentials: fetching manifest 127.0.0.1:41993/x/y:latest")
+    assert line.startswith(f"{crane._NONE_SENT}: fetching manifest 127.0.0.1:41993/x/y:latest")
     assert " -- fix: log in with `oci-crane login REGISTRY -u USER --password-stdin`" in line
     assert str(exc) == line  # what a traceback ends with is the same line the CLI prints
 
@@ -203,7 +215,7 @@ def test_denied_at_the_token_endpoint_is_unauthorized(fp, binary):
               "%2Fprivate%3Apull&service=ghcr.io: DENIED: denied")
     exc = _failing_manifest(fp, binary, stderr + "\n")
     assert type(exc) is errors.UnauthorizedError
-    assert exc.cause.startswith("the registry refused our credentials: fetching manifest ghcr.io/acme/private:v1: ")
+    assert exc.cause.startswith(f"{crane._NONE_SENT}: fetching manifest ghcr.io/acme/private:v1: ")
     assert exc.cause.endswith("DENIED: denied")
     assert "scope=" not in exc.cause  # query strings are redacted wholesale
 

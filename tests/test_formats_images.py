@@ -239,6 +239,19 @@ def test_large_layers_are_weights_that_inspect_does_not_download(registry, tmp_p
     assert tree_bytes(Path(str(result["path"]))) == tree_bytes(source)
 
 
+def test_inspect_lists_the_files_of_each_image_layer(registry, tmp_path, cache_dir):
+    source = write_model(tmp_path / "src", shards=1)
+    reference = f"{registry.host}/acme/listed:v1"
+    push_image(tmp_path, reference, [BASE, [Entry("models/"), *files_of(source, "models/")],
+                                     [Entry("etc/.wh.os-release")]], "gzip")
+    done = run_cli("inspect", reference, "--cache-dir", str(cache_dir))
+    assert done.returncode == 0, done.stderr
+    listed = [line.split()[-1] for line in done.stdout.splitlines() if line.startswith("  ")]
+    assert listed == ["etc/os-release", "usr/bin/true", "usr/share/app/defaults/config.json",
+                      *[f"models/{name}" for name in tree_bytes(source)]]
+    assert "unnamed" not in done.stdout
+
+
 def test_links_in_a_layer_hard_link_copied_symlink_dropped(registry, tmp_path, cache_dir):
     source = write_model(tmp_path / "src", shards=1)
     layer = [Entry("models/"), *files_of(source, "models/"),

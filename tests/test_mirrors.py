@@ -12,9 +12,7 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import pytest
 from support.commands import REPO_ROOT, run_cli
-from support.distribution import binary_path, distribution_registry
 from support.models import push_model, tree_bytes, write_model
 from support.storage_proxy import StorageProxy
 
@@ -29,15 +27,6 @@ def registries_conf(path: Path, upstream: str, mirror: str | None, *, pull_from_
     path.write_text(f'[[registry]]\nprefix = "{upstream}"\nlocation = "{upstream}"\ninsecure = true\n'
                     f'blocked = {"true" if blocked else "false"}\n{mirror_table}')
     return {"CONTAINERS_REGISTRIES_CONF": str(path), "OCI_CRANE_HOSTS_DIR": str(path.parent / "no-certs.d")}
-
-
-@pytest.fixture
-def pull_through(registry, tmp_path: Path):
-    if binary_path() is None:
-        pytest.skip("Debian's docker-registry is not installed: run bin/install-test-deps")
-    with distribution_registry(tmp_path / "mirror", tls=False, auth=False,
-                               proxy_remote=f"http://{registry.host}") as mirror:
-        yield mirror
 
 
 def fetch_json(reference: str, cache_dir: Path, env: dict[str, str]) -> dict[str, object]:

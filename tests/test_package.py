@@ -35,7 +35,8 @@ LAYERS: tuple[tuple[str, frozenset[str]], ...] = (
                             "safetensors_check", "progress", "cache.listing", "cache.verify", "cache.prune"})),
     ("a fetch's terms", frozenset({"options", "cached", "sourcing"})),
     ("registry", frozenset({"registry.*"})),
-    ("cache", frozenset({"cache", "cache.store", "cache.usage", "cache.reachability", "cache.contents"})),
+    ("cache", frozenset({"cache", "cache.store", "cache.partial", "cache.durability", "cache.usage",
+                         "cache.reachability", "cache.contents"})),
     ("leaves", frozenset({"errors", "digests", "oci", "reference", "paths", "files", "settings", "platforms"})),
 )
 

@@ -42,7 +42,8 @@ def test_missing_credentials_are_unauthorized_and_no_secret_leaks(private, tmp_p
     done = run_cli("fetch", f"{private.host}/team/model:v1", "--cache-dir", str(cache_dir),
                    env={"DOCKER_CONFIG": str(anonymous)})
     assert done.returncode == 1
-    assert "refused our credentials" in done.stderr and "docker login" in done.stderr
+    assert "no credentials were sent" in done.stderr and "docker login" in done.stderr
+    assert "refused our credentials" not in done.stderr  # none were sent: there was nothing to refuse
     wrong = tmp_path / "wrong-docker-config"
     wrong.mkdir()
     import base64
@@ -54,6 +55,27 @@ def test_missing_credentials_are_unauthorized_and_no_secret_leaks(private, tmp_p
     assert done.returncode == 1 and "UNAUTHORIZED" in done.stderr
     for secret in (private.password, token, f"not-{private.password}"):
         assert secret not in done.stderr and secret not in done.stdout
+
+
+def test_an_empty_docker_config_hiding_registry_auth_file_is_named(private, tmp_path, cache_dir, monkeypatch):
+    """What `logout` leaves, ~/.docker/config.json with no auths, still comes first: REGISTRY_AUTH_FILE is unread."""
+    push_model(write_model(tmp_path / "src"), f"{private.host}/team/model:v1", tmp_path)
+    home = tmp_path / "home"
+    (home / ".docker").mkdir(parents=True)
+    (home / ".docker" / "config.json").write_text('{\n\t"auths": {}\n}')
+    podman = tmp_path / "podman-auth.json"
+    podman.write_text((private.docker_config / "config.json").read_text())
+    monkeypatch.delenv("DOCKER_CONFIG")
+    env = {"HOME": str(home), "REGISTRY_AUTH_FILE": str(podman)}
+    done = run_cli("fetch", f"{private.host}/team/model:v1", "--cache-dir", str(cache_dir), "-q", env=env)
+    assert done.returncode == 1 and len(done.stderr.strip().splitlines()) == 1, done.stderr
+    assert done.stderr.startswith("error: the registry asks for credentials, and no credentials were sent: ")
+    assert f"crane read {home}/.docker/config.json (from ~/.docker/config.json), which holds none" in done.stderr
+    assert f"REGISTRY_AUTH_FILE ({podman}) is ignored while that file exists: pass --authfile {podman}" \
+        in done.stderr
+    fixed = run_cli("fetch", f"{private.host}/team/model:v1", "--cache-dir", str(cache_dir), "-q", "--authfile",
+                    str(podman), env=env)
+    assert fixed.returncode == 0, fixed.stderr
 
 
 def test_untrusted_certificate_is_a_tls_error_with_a_fix(private, tmp_path, cache_dir):
@@ -107,7 +129,7 @@ def test_login_ls_logout_with_the_bundled_crane(private, tmp_path, cache_dir):
     assert logout.returncode == 0, logout.stderr
     assert json.loads((config_dir / "config.json").read_text()).get("auths", {}) == {}
     after = run_cli("fetch", reference, "--cache-dir", str(tmp_path / "other-cache"), env=env)
-    assert after.returncode == 1 and "refused our credentials" in after.stderr
+    assert after.returncode == 1 and "no credentials were sent" in after.stderr
 
 
 def test_login_refuses_what_is_not_a_registry_and_an_empty_password(private, tmp_path):
@@ -118,3 +140,74 @@ def test_login_refuses_what_is_not_a_registry_and_an_empty_password(private, tmp
     empty = run_cli("login", private.host, "-u", "me", "--password-stdin", env=env, input="\n")
     assert empty.returncode == 1 and "the password is empty" in empty.stderr
     assert not (tmp_path / "config.json").exists()
+
+
+def login_fails(*args: str, env: dict[str, str], password: str) -> str:
+    """The single error line of a login that must be refused."""
+    done = run_cli("login", *args, "--password-stdin", env=env, input=password + "\n")
+    assert done.returncode == 1 and done.stdout == "", done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and " -- fix: " in lines[0], done.stderr
+    assert password not in done.stderr
+    return lines[0]
+
+
+def test_a_wrong_password_is_refused_before_anything_is_written(private, tmp_path):
+    """docs/registries.md: login checks the credentials with the registry first (GET /v2/ with basic auth here)."""
+    config_dir = tmp_path / "docker-config"
+    config_dir.mkdir()
+    env = {"DOCKER_CONFIG": str(config_dir)}
+    wrong = f"not-{private.password}"
+    line = login_fails(private.host, "-u", private.username, env=env, password=wrong)
+    assert line.startswith(f"error: {private.host} refused the password or token of {private.username} "
+                           f"(https://{private.host}/v2/ answered 401); nothing was stored -- fix: check the user")
+    assert not (config_dir / "config.json").exists()
+    line = login_fails(private.host, "-u", "mallory", env=env, password=private.password)
+    assert "refused the password or token of mallory" in line
+
+    new = tmp_path / "made" / "for" / "auth.json"  # neither the file nor its directories stay behind
+    login_fails(private.host, "-u", private.username, "--authfile", str(new), env=env, password=wrong)
+    assert not (tmp_path / "made").exists()
+    existing = tmp_path / "existing.json"
+    existing.write_text('{"auths": {"other.example.com": {"auth": "b3RoZXI6cHc="}}}')
+    before = existing.read_bytes()
+    login_fails(private.host, "-u", private.username, "--authfile", str(existing), env=env, password=wrong)
+    assert existing.read_bytes() == before
+
+    right = run_cli("login", private.host, "-u", private.username, "--password-stdin", "--authfile", str(new),
+                    env=env, input=private.password)
+    assert right.returncode == 0, right.stderr
+    assert list(json.loads(new.read_text())["auths"]) == [private.host]
+
+
+def test_login_checks_tls_as_fetch_does(private, tmp_path):
+    env = {"DOCKER_CONFIG": str(tmp_path), "SSL_CERT_FILE": str(tmp_path / "no-such-ca.pem")}
+    line = login_fails(private.host, "-u", private.username, env=env, password=private.password)
+    assert line.startswith(f"error: TLS handshake with https://{private.host}/v2/ failed (")
+    assert "nothing was stored" in line and "--ca-file" in line
+    assert not (tmp_path / "config.json").exists()
+    for way in (("--ca-file", str(private.ca_file)), ("--insecure",)):
+        done = run_cli("login", private.host, "-u", private.username, "--password-stdin", *way, env=env,
+                       input=private.password)
+        assert done.returncode == 0, done.stderr
+
+
+def test_login_makes_an_existing_credentials_file_private(private, tmp_path):
+    shared = tmp_path / "auth.json"
+    shared.write_text("{}")
+    shared.chmod(0o644)
+    done = run_cli("login", private.host, "-u", private.username, "--password-stdin", "--authfile", str(shared),
+                   env={"DOCKER_CONFIG": str(tmp_path / "unused")}, input=private.password)
+    assert done.returncode == 0, done.stderr
+    assert shared.stat().st_mode & 0o777 == 0o600
+    assert f"note: made {shared} readable by you only (mode 0600)" in done.stderr
+
+
+def test_login_into_a_dangling_link_says_so(private, tmp_path):
+    link = tmp_path / "auth.json"
+    link.symlink_to(tmp_path / "gone" / "auth.json")
+    line = login_fails(private.host, "-u", private.username, "--authfile", str(link),
+                       env={"DOCKER_CONFIG": str(tmp_path)}, password=private.password)
+    assert line == (f"error: --authfile {link} is a symbolic link to {tmp_path / 'gone' / 'auth.json'}, which does "
+                    "not exist -- fix: fix or remove the link, or name the credentials file itself")
+    assert "cache" not in line

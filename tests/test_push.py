@@ -3,6 +3,7 @@ config on the registry, determinism, other clients (oras, skopeo) reading our Mo
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -17,14 +18,17 @@ from support.commands import run_cli, tool
 from support.models import tree_bytes, write_model
 
 from oci_crane_loader import errors
+from oci_crane_loader import layout as layout_module
+from oci_crane_loader.cache.store import Store
+from oci_crane_loader.formats import modelpack_pack
 from oci_crane_loader.formats.modelpack_pack import (
     _param_size,
     modelpack_media_type,
     modelpack_properties,
     pack_modelpack,
 )
-from oci_crane_loader.packing import collect_files
-from oci_crane_loader.push import push
+from oci_crane_loader.packing import SourceTimes, collect_files
+from oci_crane_loader.push import _scratch_dir, push
 from oci_crane_loader.registry.crane import Crane
 
 EPOCH = 1700000000
@@ -411,3 +415,90 @@ def test_python_api_refuses_a_digest_reference_before_packing(tmp_path, cache_di
         push(source, f"127.0.0.1:1/acme/tiny@sha256:{'b' * 64}", cache_dir=cache_dir)
     with pytest.raises(errors.OciCraneError, match="unknown format"):
         push(source, "127.0.0.1:1/acme/tiny:v1", format="gguf", cache_dir=cache_dir)
+
+
+# --- a file swapped for a symlink while it is packed (docs/security.md) ---------------------------------------------
+
+def _swap_for_symlink(path: Path, target: Path) -> bytes:
+    """What an attacker does between our check and our read: the file becomes a symlink out of the directory."""
+    original = path.read_bytes()
+    moved = path.with_name(path.name + ".moved")
+    path.rename(moved)
+    path.symlink_to(target)
+    return original
+
+
+def _secret(tmp_path: Path) -> Path:
+    secret = tmp_path / "home" / ".docker" / "config.json"
+    secret.parent.mkdir(parents=True)
+    secret.write_text('{"auths": {"registry.example": {"auth": "c2VjcmV0"}}}')
+    return secret
+
+
+def _swap_once_collected(monkeypatch: pytest.MonkeyPatch, path: Path, target: Path) -> None:
+    """The swap, injected where pack_modelpack has collected (and checked) the files and not yet opened them."""
+    real_read = SourceTimes.read
+
+    def swap_then_read(model_dir: Path, files: list[str]) -> SourceTimes:
+        _swap_for_symlink(path, target)
+        return real_read(model_dir, files)
+
+    monkeypatch.setattr(modelpack_pack.SourceTimes, "read", swap_then_read)
+
+
+def test_a_file_swapped_for_a_symlink_after_collection_is_refused(tmp_path, monkeypatch):
+    """Between collect_files (the symlink check) and the read: the name now leads outside, so it is refused."""
+    source, secret = full_model(tmp_path / "src"), _secret(tmp_path)
+    _swap_once_collected(monkeypatch, source / "config.json", secret)
+    layout = tmp_path / "layout"
+    with pytest.raises(errors.InvalidModelError, match="changed after it was checked"):
+        pack_modelpack(source, layout)
+    assert all(blob.read_bytes() != secret.read_bytes() for blob in (layout / "blobs" / "sha256").iterdir())
+
+
+@pytest.mark.parametrize("linked", [True, False], ids=["hard-linked", "copied"])
+def test_a_file_swapped_after_it_was_opened_is_packed_as_it_was(tmp_path, monkeypatch, linked):
+    """Between the open and the link (or copy) into the layout: both work from the descriptor, so the layout gets
+    the original bytes, never the symlink's target."""
+    source, secret = full_model(tmp_path / "src"), _secret(tmp_path)
+    shard = source / "model-00001-of-00002.safetensors"
+    swapped: list[bytes] = []
+    real_link = layout_module.link_fd
+
+    def swap_then_link(fd, shown, target):
+        if Path(shown).name == shard.name:
+            swapped.append(_swap_for_symlink(shard, secret))
+            if not linked:
+                raise OSError(errno.EXDEV, "pretend another file system")
+        return real_link(fd, shown, target)
+
+    monkeypatch.setattr(layout_module, "link_fd", swap_then_link)
+    layout = tmp_path / "layout"
+    pack_modelpack(source, layout)
+    blobs = {blob.read_bytes() for blob in (layout / "blobs" / "sha256").iterdir()}
+    assert swapped and swapped[0] in blobs and secret.read_bytes() not in blobs
+
+
+def test_push_never_uploads_the_target_of_a_file_swapped_while_packing(registry, tmp_path, cache_dir, monkeypatch):
+    """End to end through the registry: the swap between validation and packing fails the push in one error and
+    nothing of the secret, nor any manifest, reaches the registry."""
+    source, secret = full_model(tmp_path / "src"), _secret(tmp_path)
+    _swap_once_collected(monkeypatch, source / "tokenizer.json", secret)
+    with pytest.raises(errors.InvalidModelError, match=r"tokenizer.json is now a symlink to .*outside the model"):
+        push(source, f"{registry.host}/acme/swapped:v1", cache_dir=cache_dir, insecure=True)
+    assert manifest_puts(registry) == [] and uploads(registry) == []
+    assert tmp_leftovers(cache_dir) == []
+
+
+@pytest.mark.parametrize(("mode", "in_cache"), [(0o755, True), (0o2775, False), (0o3775, True)])
+def test_push_builds_its_layout_in_the_cache_only_where_no_one_else_can_swap_it(tmp_path, cache_dir, mode, in_cache):
+    """crane pushes whatever the layout directory holds: in a cache shared by a group (2775) a member could swap
+    ours for theirs, so the layout goes to the system temp dir (sticky) or beside the model instead."""
+    source = write_model(tmp_path / "src", shards=1)
+    store = Store(cache_dir)
+    (store.root / "tmp").chmod(mode)
+    scratch = _scratch_dir(source, store)
+    try:
+        assert scratch.is_relative_to(store.root) is in_cache
+    finally:
+        scratch.rmdir()

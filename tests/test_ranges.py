@@ -26,7 +26,7 @@ from support.models import push_model, write_model
 from support.storage_proxy import StorageProxy
 
 from oci_crane_loader import errors
-from oci_crane_loader.cache import store as store_module
+from oci_crane_loader.cache import durability
 from oci_crane_loader.cache.store import Store
 from oci_crane_loader.fetching import fetch as fetch_model
 from oci_crane_loader.oci import Descriptor
@@ -299,10 +299,10 @@ def test_wrong_bytes_left_on_disk_are_downloaded_again(registry: LocalRegistry, 
     """A partial file whose state says "all there" but whose bytes never reached the disk (a power loss)."""
     source, name = pushed
     descriptor = shard_descriptor(cache_dir, f"{registry.host}/{name}")
-    partial = Store(cache_dir).partial_path(descriptor.digest)
-    partial.write_bytes(b"\0" * descriptor.size)
+    paths = Store(cache_dir).partial_paths(descriptor.digest)
+    paths.data.write_bytes(b"\0" * descriptor.size)
     half = descriptor.size // 2
-    partial.with_name(partial.name + ".json").write_text(json.dumps(
+    paths.state.write_text(json.dumps(
         {"digest": descriptor.digest, "parts": [[0, half - 1, half], [half, descriptor.size - 1, 0]]}))
     path = fetch(cache_dir, f"{registry.host}/{name}")
     assert (path / "model.safetensors").read_bytes() == (source / "model.safetensors").read_bytes()
@@ -324,8 +324,7 @@ def test_a_stopped_process_leaves_no_final_file_and_the_next_fetch_resumes(
     with StorageProxy(registry.host, rate_per_connection=512 << 10) as proxy:  # 4 s at the least
         reference = f"{proxy.address}/{name}"
         descriptor = shard_descriptor(cache_dir, reference)
-        partial = Store(cache_dir).partial_path(descriptor.digest)
-        state = partial.with_name(partial.name + ".json")
+        state = Store(cache_dir).partial_paths(descriptor.digest).state
         child = subprocess.Popen([sys.executable, "-c", KILLABLE, str(cache_dir), reference], cwd=REPO_ROOT,
                                  env={**os.environ, "PYTHONPATH": str(REPO_ROOT)}, stderr=subprocess.PIPE)
         try:
@@ -384,7 +383,7 @@ def test_blobs_are_synced_in_the_background_and_markers_settle(tmp_path: Path) -
     data = b"weights" * 1000
     descriptor = Descriptor(mediaType="x", digest="sha256:" + hashlib.sha256(data).hexdigest(), size=len(data))
     assert store.write_blob(descriptor, lambda temp: temp.write_bytes(data))
-    assert store_module.background_sync().wait(timeout=GIVE_UP)
+    assert durability.background_sync().wait(timeout=GIVE_UP)
     assert not list((store.root / "unsynced").iterdir())  # synced: the marker is gone
     assert store.blob_path(descriptor.digest).read_bytes() == data
 
@@ -442,7 +441,7 @@ def test_markers_of_a_live_process_are_left_alone_and_of_a_dead_one_settled(tmp_
     data = b"w" * 4096
     digest = "sha256:" + hashlib.sha256(data).hexdigest()
     store.blob_path(digest).write_bytes(data)
-    boot = store_module.boot_id()
+    boot = durability.boot_id()
     if not boot:
         pytest.skip("no boot id on this platform: every marker is re-hashed, covered by the power-loss test")
     live = write_marker(store, digest, boot, os.getpid())
@@ -451,5 +450,101 @@ def test_markers_of_a_live_process_are_left_alone_and_of_a_dead_one_settled(tmp_
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     write_marker(store, digest, boot, int(dead.stdout))
     Store(store.root)  # a dead process's marker: synced by this process's background thread, not on its way in
-    assert store_module.background_sync().wait(timeout=60)
+    assert durability.background_sync().wait(timeout=60)
     assert not live.exists() and store.blob_path(digest).read_bytes() == data
+
+
+# --- a cache shared by a group: names someone else can plant (docs/security.md) -----------------------------------
+
+def victim_file(path: Path, size: int) -> bytes:
+    """One of the fetching user's own files, outside the cache: what a planted link would make us write into."""
+    data = os.urandom(size)
+    path.write_bytes(data)
+    return data
+
+
+def test_a_symlink_planted_at_an_unsynced_marker_is_replaced_never_written_through(
+        registry: LocalRegistry, tmp_path: Path, cache_dir: Path) -> None:
+    """unsynced/<hex> has a predictable name: a marker is written to a new temp file and renamed over the link.
+    The links are planted after the cache is opened (opening settles stray markers, a long-lived process does not
+    open it again)."""
+    source = write_model(tmp_path / "src")
+    push_model(source, f"{registry.host}/acme/planted:v1", tmp_path)
+    victim = tmp_path / "victim.bin"
+    original = victim_file(victim, 3600)
+    puller = open_puller(fetch_options(cache_dir=cache_dir))
+    markers = puller.store.root / "unsynced"
+    markers.mkdir()
+    for shard in source.glob("*.safetensors"):
+        (markers / hashlib.sha256(shard.read_bytes()).hexdigest()).symlink_to(victim)
+    recorded, _blobs = puller.fetch(parse_reference(f"{registry.host}/acme/planted:v1"))
+    path = recorded.path
+    assert victim.read_bytes() == original
+    assert all((path / shard.name).read_bytes() == shard.read_bytes() for shard in source.glob("*.safetensors"))
+    assert durability.background_sync().wait(timeout=GIVE_UP)
+    assert not any(markers.iterdir())  # our markers replaced the links, then were dropped once synced
+
+
+def _plant_link(victim: Path, at: Path) -> None:
+    at.symlink_to(victim)
+
+
+def _plant_hard_link(victim: Path, at: Path) -> None:
+    os.link(victim, at)  # the same user's file: owner and size match, only its link count tells
+
+
+def _plant_foreign_file(victim: Path, at: Path) -> None:
+    at.write_bytes(victim.read_bytes())
+    os.chown(at, 65534, 65534)  # another user's file of the right size (nobody)
+
+
+PLANTS = [_plant_link, _plant_hard_link] + ([_plant_foreign_file] if os.geteuid() == 0 else [])
+
+
+@pytest.mark.parametrize("plant", PLANTS)
+def test_a_planted_partial_download_is_never_resumed_or_written_through(
+        registry: LocalRegistry, pushed: tuple[Path, str], tmp_path: Path, cache_dir: Path, plant) -> None:
+    """tmp/<hex>.partial, its state file and the state's temp have predictable names. Planted there: a symlink to
+    one of our files of the blob's size (with a state file that says a third of it is done), a hard link to it, or
+    another user's file. The ranged fetch must not resume into it nor write through the state's names."""
+    source, name = pushed
+    with StorageProxy(registry.host) as proxy:
+        reference = f"{proxy.address}/{name}"
+        descriptor = shard_descriptor(cache_dir, reference)
+        paths = Store(cache_dir).partial_paths(descriptor.digest)
+        victim = tmp_path / "victim.bin"
+        original = victim_file(victim, descriptor.size)
+        plant(victim, paths.data)
+        done = descriptor.size // 3  # where a resumed download would ask from (no fresh range starts there)
+        state = json.dumps({"digest": descriptor.digest, "parts": [[0, descriptor.size - 1, done]]})
+        (tmp_path / "victim-state.json").write_text(state)
+        paths.state.symlink_to(tmp_path / "victim-state.json")
+        victim_temp = tmp_path / "victim-temp"
+        victim_temp.write_text("mine")
+        paths.state_temp.symlink_to(victim_temp)
+        path = fetch(cache_dir, reference)
+        ranges = shard_ranges(proxy.requests)
+    assert (path / "model.safetensors").read_bytes() == (source / "model.safetensors").read_bytes()
+    assert victim.read_bytes() == original
+    assert (tmp_path / "victim-state.json").read_text() == state and victim_temp.read_text() == "mine"
+    assert all(not asked.startswith(f"bytes={done}-") for asked in ranges), ranges  # downloaded from zero
+    assert not scratch(cache_dir, "*.partial*")
+
+
+def test_a_symlinked_ref_directory_is_refused_and_nothing_is_written_through_it(
+        registry: LocalRegistry, tmp_path: Path, cache_dir: Path) -> None:
+    """refs/<registry>/<repository>/@tags is named after what the user fetches: planted as a symlink to one of our
+    directories, the tag's ref (named after the tag) would land there. The fetch fails in one line instead."""
+    reference = f"{registry.host}/acme/refs:config.json"
+    push_model(write_model(tmp_path / "src"), reference, tmp_path)
+    mine = tmp_path / "my-directory"
+    mine.mkdir()
+    (mine / "config.json").write_text("my own file")
+    tags = Store(cache_dir).ref_path(parse_reference(reference)).parent
+    tags.parent.mkdir(parents=True)
+    tags.symlink_to(mine)
+    done = run_cli("fetch", reference, "--cache-dir", str(cache_dir), "-q")
+    assert done.returncode == 1
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and "is a symlink or a file, where the cache keeps a directory of refs" in lines[0], lines
+    assert [p.name for p in mine.iterdir()] == ["config.json"] and (mine / "config.json").read_text() == "my own file"

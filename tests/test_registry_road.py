@@ -98,7 +98,8 @@ def test_offline_gate_holds_for_each_road_alone(registry, tmp_path, cache_dir):
     descriptor = Descriptor(mediaType="application/octet-stream", digest="sha256:" + "a" * 64, size=1 << 20)
     with pytest.raises(errors.OfflineError, match="download of"):
         transfer.fetch_blob(crane, RegistryRoutes(), parse_reference(f"{registry.host}/acme/none:v1"), descriptor,
-                            tmp_path / "partial", tmp_path / "out", parts=2, progress=lambda _: None)
+                            Store(tmp_path / "cache").partial_paths(descriptor.digest), tmp_path / "out", parts=2,
+                            progress=lambda _: None)
     routes = RegistryRoutes()
     transfer.probe_early(crane, routes, parse_reference(f"{registry.host}/acme/none:v1"), descriptor)
     assert routes.claim_probe(registry.host) is None  # no probe was started: the first asker is still to come
@@ -245,7 +246,8 @@ def test_a_password_never_follows_a_redirect_to_plain_http_on_the_same_host(down
     descriptor = Descriptor(mediaType="application/octet-stream", digest=DIGEST, size=len(BLOB))
     destination = tmp_path / "blob"
     digest = transfer.fetch_blob(crane, RegistryRoutes(), parse_reference(f"{host}/acme/model:v1"), descriptor,
-                                 tmp_path / "blob.partial", destination, parts=3, progress=lambda _: None)
+                                 Store(tmp_path / "cache").partial_paths(DIGEST), destination, parts=3,
+                                 progress=lambda _: None)
     assert digest == DIGEST and destination.read_bytes() == BLOB
     assert server.storage_requests and all(not tls for tls, _ in server.storage_requests)
     assert [authorization for _, authorization in server.storage_requests] == [None] * len(server.storage_requests)

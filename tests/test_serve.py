@@ -134,3 +134,24 @@ def test_serve_without_vllm_installed_says_so(tmp_path):
     done = run_cli("serve", "acme/tiny", env=env)
     assert done.returncode == 1
     assert "not on PATH" in done.stderr and " -- fix: " in done.stderr
+
+
+SECRET_ARGS = "--api-key sk-live-1234 --hf_token=hf_abcdef --db-password 's3 cr3t' --tokenizer acme/tok"
+
+
+def test_secret_options_are_masked_in_the_dry_run_and_on_stderr_but_reach_vllm(tmp_path):
+    record = tmp_path / "argv.txt"
+    bin_dir = fake_program(tmp_path / "bin", "vllm", f'for a in "$@"; do echo "$a"; done > {record}')
+    env = {"PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}", "VLLM_ARGS": SECRET_ARGS, "USE_ALL_GPUS": ""}
+    dry = run_cli("serve", "acme/tiny", "--dry-run", "--", "--client-secret=abc123", env=env)
+    assert dry.returncode == 0, dry.stderr
+    assert shlex.split(dry.stdout) == ["vllm", "serve", "acme/tiny", "--api-key", "***", "--hf_token=***",
+                                       "--db-password", "***", "--tokenizer", "acme/tok", "--client-secret=***"]
+    done = run_cli("serve", "acme/tiny", env=env)
+    assert done.returncode == 0, done.stderr
+    for secret in ("sk-live-1234", "hf_abcdef", "s3 cr3t", "s3", "cr3t"):
+        assert secret not in done.stderr + dry.stdout + dry.stderr
+    assert "--tokenizer acme/tok" in done.stderr
+    assert record.read_text().splitlines() == ["serve", "acme/tiny", "--api-key", "sk-live-1234",
+                                               "--hf_token=hf_abcdef", "--db-password", "s3 cr3t", "--tokenizer",
+                                               "acme/tok"]

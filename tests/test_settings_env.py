@@ -31,7 +31,8 @@ def fresh_settings() -> Iterator[None]:
     ("OCI_CRANE_TIMEOUT", "abc"), ("OCI_CRANE_LOCK_TIMEOUT", "x"), ("OCI_CRANE_STALL_TIMEOUT", "nan"),
     ("OCI_CRANE_STALL_TIMEOUT", "inf"), ("OCI_CRANE_TIMEOUT", "0"), ("OCI_CRANE_TIMEOUT", "-5"),
     ("OCI_CRANE_OFFLINE", "maybe"), ("OCI_CRANE_NO_FSYNC", "2"), ("OCI_CRANE_MAX_UNPACK_RATIO", "lots"),
-    ("OCI_CRANE_MAX_UNPACK_BYTES", "-5G"),
+    ("OCI_CRANE_MAX_UNPACK_BYTES", "-5G"), ("OCI_CRANE_TIMEOUT", "1e300"), ("OCI_CRANE_STALL_TIMEOUT", "1e300"),
+    ("OCI_CRANE_LOCK_TIMEOUT", "1e12"),
 ])
 def test_a_bad_setting_is_one_line_naming_the_variable(cache_dir, name, value):
     done = run_cli("fetch", UNREACHABLE, "--cache-dir", str(cache_dir), "-q", env={name: value})

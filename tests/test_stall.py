@@ -105,5 +105,55 @@ def test_a_push_whose_upload_stalls_is_stopped_with_one_error(registry, tmp_path
         done = run_cli("push", str(model), f"{stuck}/stall/push:v1", "--quiet", "--cache-dir", str(tmp_path / "c"),
                        env={**os.environ, "OCI_CRANE_STALL_TIMEOUT": "2"}, timeout=120)
     assert done.returncode == 1, done.stderr
-    assert f"push to {stuck}/stall/push:v1 stalled: no bytes for 2s" in done.stderr, done.stderr
+    assert f"push to {stuck}/stall/push:v1 stalled: no bytes for 2s after " in done.stderr, done.stderr
+    assert "bytes, and crane sat idle, waiting on the registry" in done.stderr
     assert len(done.stderr.strip().splitlines()) == 1, done.stderr
+
+
+def test_crane_working_before_its_first_upload_is_not_a_stall(registry, tmp_path):
+    """Before it reads the first file of a layout with thousands of layers, crane works for minutes (about 14 s
+    for 1000 files on a slow machine, 200 s for 5000): its CPU time counts as progress, where only bytes did."""
+    import os
+    from pathlib import Path
+
+    from support.models import write_model
+
+    if not Path("/proc/self/fdinfo").is_dir():
+        pytest.skip("this OS does not show a process's file offsets (/proc/PID/fdinfo): a push has a fixed limit")
+    model = write_model(tmp_path / "model", shards=1)
+    (model / "extra").mkdir()
+    for number in range(800):
+        (model / "extra" / f"{number}.txt").write_text(f"file {number}\n")
+    done = run_cli("push", str(model), f"{registry.host}/many/files:v1", "--quiet", "--cache-dir",
+                   str(tmp_path / "c"), env={**os.environ, "OCI_CRANE_STALL_TIMEOUT": "1"}, timeout=600)
+    assert done.returncode == 0, done.stderr
+    fetched = run_cli("fetch", f"{registry.host}/many/files:v1", "--cache-dir", str(tmp_path / "c"), "--quiet")
+    assert fetched.returncode == 0, fetched.stderr
+    assert len(list((Path(fetched.stdout.strip()) / "extra").iterdir())) == 800
+
+
+def test_the_upload_meter_tells_a_working_crane_from_an_idle_one(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from oci_crane_loader.registry.crane import BUSY_CPU, _UploadMeter
+
+    if not Path("/proc/self/stat").is_file():
+        pytest.skip("needs Linux /proc")
+    busy = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    idle = subprocess.Popen(["sleep", "60"])
+    try:
+        working, sleeping = _UploadMeter(busy.pid, tmp_path), _UploadMeter(idle.pid, tmp_path)
+        deadline = time.monotonic() + 60
+        while not working.working():  # BUSY_CPU seconds of CPU, however slow this machine is
+            assert time.monotonic() < deadline, "a busy loop used no CPU for a minute"
+            time.sleep(0.1)
+        assert working.cpu_mark >= BUSY_CPU
+        assert not working.working()  # said once per BUSY_CPU seconds of CPU, not at every look
+        assert not sleeping.working()
+    finally:
+        busy.kill()
+        idle.kill()
+        busy.wait()
+        idle.wait()

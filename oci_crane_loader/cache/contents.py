@@ -12,6 +12,7 @@ import os
 import stat
 from pathlib import Path
 
+from ..files import write_new
 from .store import Store
 from .usage import walk_files
 
@@ -78,7 +79,7 @@ def save_json(store: Store, final: Path, data: object) -> None:
     final.parent.mkdir(parents=True, exist_ok=True)
     temp = store.temp_path("record")
     try:
-        temp.write_text(json.dumps(data))
+        write_new(temp, json.dumps(data).encode())  # O_EXCL|O_NOFOLLOW, as every file written in the cache
         os.replace(temp, final)
     finally:
         temp.unlink(missing_ok=True)

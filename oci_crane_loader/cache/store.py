@@ -21,30 +21,28 @@ This module is the only code that knows these paths: everything else asks the St
 its typed iterators (``blobs``, ``manifests``, ``refs``, ``model_dirs``, ``scratch_entries``).
 
 Correctness comes from atomic renames (temp file, os.replace), not from the locks: locks only stop two
-processes downloading the same blob twice. A half-written file is never visible under its final name.
+processes downloading the same blob twice. A half-written file is never visible under its final name. When its
+bytes reach the disk is cache/durability.py's business (background fsync, recovery after a power loss).
 
-A blob is renamed into place before its bytes are on disk (fsync would stall every download: see
-docs/fetching.md): first a small durable marker unsynced/<hex> names it and this boot, a background thread
-fsyncs it and then drops the marker. A marker left by an earlier boot (power lost before the sync) gets its blob
-re-hashed when the next Store opens, before anything is served from it.
+A cache may be shared by a group (mode 2775, umask 002), whose members can plant symlinks at its predictable
+names: every file written here is created new (O_EXCL, O_NOFOLLOW) under a unique temp name and renamed into
+place, which replaces whatever is at the final name instead of writing through it; refs are written relative to
+directory descriptors opened with O_NOFOLLOW; a blob is committed from a descriptor (fstat, fchmod), never by path
+(docs/security.md, "A cache shared by a group").
 """
 
 from __future__ import annotations
 
-import atexit
 import contextlib
-import functools
+import errno
 import hashlib
 import json
 import logging
 import os
-import queue
 import re
 import shutil
 import stat
 import tempfile
-import threading
-import time
 import uuid
 from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass
@@ -53,9 +51,11 @@ from typing import TYPE_CHECKING
 
 from .. import errors
 from ..digests import digest_hex, sha256_digest
-from ..files import file_sha256
+from ..files import NOFOLLOW, SYMLINK_ERRNOS, create_new, fd_sha256, open_nofollow, write_new
 from ..reference import Reference
 from ..settings import settings
+from .durability import background_sync, fsync_dir, mark_unsynced, recover_unsynced
+from .partial import PartialPaths
 from .usage import tree_inodes
 
 if TYPE_CHECKING:
@@ -63,13 +63,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-
-def fsync(fd: int) -> None:
-    # fsync makes a small file (manifest, ref, unsynced marker) durable before it gets its final name. Blobs are
-    # synced in the background instead (BackgroundSync). A throwaway cache (CI, an ephemeral pod) may skip all of
-    # it with OCI_CRANE_NO_FSYNC=1: a killed process still never leaves a partial file, a power loss may.
-    if not settings().no_fsync:
-        os.fsync(fd)
 
 TAGS, DIGESTS = "@tags", "@digests"  # ref directories under refs/<registry>/<repository>/
 LAYOUT_MARKER = ".layout-2"  # in refs/: the refs were moved to the @tags/ layout
@@ -80,6 +73,8 @@ FILTERED = "filtered-"  # in a model directory's name: the files --include/--exc
 # A model or config directory: the manifest digest's hex, then -<hash of --subpath> or -filtered-<hash of both>
 _DIR_NAME = re.compile(r"([a-f0-9]{64})(?:-(filtered-)?[a-f0-9]+)?")
 _DIR_KINDS = (("model", "models"), ("config", "configs"))
+_LAYOUT = ("blobs/sha256", "manifests/sha256", "refs", "models/sha256", "configs/sha256", "tmp", "locks")
+_DIR_FLAGS = os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | NOFOLLOW
 
 
 @dataclass(frozen=True)
@@ -150,23 +145,42 @@ def default_cache_dir() -> Path:
     return Path(base) / "oci-crane-loader"
 
 
-def fsync_dir(path: Path) -> None:
-    if settings().no_fsync:
-        return
-    with contextlib.suppress(OSError):  # not every platform lets you open a directory
-        _fsync_file(path)
-
-
 class Store:
-    def __init__(self, root: Path | str | None = None) -> None:
+    """The cache at ``root`` (default: OCI_CRANE_LOADER_CACHE, else ~/.cache/oci-crane-loader). ``lock_timeout``
+    (seconds to wait for another process's lock) and ``fsync`` (False: a throwaway cache that skips every fsync)
+    default to the settings, read once here; an entry point that has its own values passes them.
+
+    Opening is cheap: the layout's directories (made if missing), and one look at unsynced/ (settled there and
+    then, not at the first write: a cached fetch writes nothing, and a torn blob must go before anything serves
+    it). Refs of an older layout are moved on first use of refs/, not at open."""
+
+    def __init__(self, root: Path | str | None = None, *, lock_timeout: float | None = None,
+                 fsync: bool | None = None) -> None:
         self.root = Path(root).expanduser().resolve() if root else default_cache_dir().resolve()
+        if lock_timeout is None or fsync is None:
+            current = settings()
+            lock_timeout = current.lock_timeout if lock_timeout is None else lock_timeout
+            fsync = not current.no_fsync if fsync is None else fsync
+        self.lock_timeout = lock_timeout
+        # fsync makes a small file (manifest, ref, unsynced marker) durable before it gets its final name; blobs
+        # are synced in the background (durability.py). A throwaway cache (CI, an ephemeral pod) may skip it all
+        # with OCI_CRANE_NO_FSYNC=1: a killed process still never leaves a partial file, a power loss may.
+        self.fsync = fsync
+        self._refs_migrated = False
         try:
-            for sub in ("blobs/sha256", "manifests/sha256", "refs", "models/sha256", "configs/sha256", "tmp", "locks"):
+            for sub in _LAYOUT:
                 (self.root / sub).mkdir(parents=True, exist_ok=True)
-            self._try_migrate_refs()
-            recover_unsynced(self)
+            recover_unsynced(self.root / "unsynced", self.blob_path, self._discard_dirs_linking)
         except OSError as exc:
             raise errors.cache_os_error(exc, f"create the cache at {self.root}", self.root) from exc
+
+    def _sync(self, fd: int) -> None:
+        if self.fsync:
+            os.fsync(fd)
+
+    def _sync_dir(self, path: Path) -> None:
+        if self.fsync:
+            fsync_dir(path)
 
     # --- paths -------------------------------------------------------------------------------------------------
     def blob_path(self, digest: str) -> Path:
@@ -184,24 +198,29 @@ class Store:
 
     def ref_path(self, reference: Reference) -> Path:
         """Where a fetch of ``reference`` is recorded: its digest if it names one, else its tag."""
+        self._migrate_refs_once()
         repository = self.root / "refs" / reference.registry / reference.repository
         if reference.digest is not None:
             return repository / DIGESTS / digest_hex(reference.digest)
         assert reference.tag is not None
         return repository / TAGS / reference.tag
 
-    def partial_path(self, digest: str) -> Path:
-        """A download in progress that a later attempt, or another process, may resume (under the blob's lock)."""
-        return self.root / "tmp" / f"{digest_hex(digest)}.partial"
+    def partial_paths(self, digest: str) -> PartialPaths:
+        """The files of a ranged download in progress, which a later attempt, or another process, may resume (under
+        the blob's lock): its bytes, its state file and that file's temp (cache/partial.py opens them safely)."""
+        data = self.root / "tmp" / f"{digest_hex(digest)}.partial"
+        state = data.with_name(data.name + ".json")
+        return PartialPaths(data, state, state.with_name(state.name + ".new"), self.root)
 
     def partial_bytes(self, descriptor: Descriptor) -> int:
         """Bytes of the blob that its ranged download has on disk (its partial file's allocated blocks: the file is
-        preallocated, sparse, to the blob's size); 0 without a partial file of that size."""
+        preallocated, sparse, to the blob's size); 0 without a partial file of that size (a symlink counts 0)."""
         try:
-            info = self.partial_path(descriptor.digest).stat()
+            info = self.partial_paths(descriptor.digest).data.lstat()
         except FileNotFoundError:
             return 0
-        return min(info.st_blocks * 512, descriptor.size) if info.st_size == descriptor.size else 0
+        regular = stat.S_ISREG(info.st_mode) and info.st_size == descriptor.size
+        return min(info.st_blocks * 512, descriptor.size) if regular else 0
 
     def unwritten_partial_bytes(self, exclude: Collection[str] = ()) -> int:
         """Bytes that ranged downloads running now (their blob's lock is held) have yet to write into their
@@ -215,8 +234,9 @@ class Store:
                 if free:
                     continue
             with contextlib.suppress(FileNotFoundError):  # finished meanwhile
-                info = path.stat()
-                total += max(0, info.st_size - info.st_blocks * 512)
+                info = path.lstat()
+                if stat.S_ISREG(info.st_mode):
+                    total += max(0, info.st_size - info.st_blocks * 512)
         return total
 
     def temp_path(self, hint: str) -> Path:
@@ -237,9 +257,9 @@ class Store:
         except filelock.Timeout:
             log.info("waiting for another process that holds the cache lock %s", name)
             try:
-                lock.acquire(timeout=settings().lock_timeout)
+                lock.acquire(timeout=self.lock_timeout)
             except filelock.Timeout as exc:
-                raise errors.CacheError(f"gave up after {settings().lock_timeout:.0f}s waiting for cache lock {name}",
+                raise errors.CacheError(f"gave up after {self.lock_timeout:.0f}s waiting for cache lock {name}",
                                         "if no other oci-crane process runs, delete the lock file in "
                                         f"{self.root / 'locks'}") from exc
         try:
@@ -311,43 +331,62 @@ class Store:
 
     def _commit_blob(self, temp: Path, descriptor: Descriptor, source: str, hashed: str | None = None) -> None:
         """Verify size and digest of a written temp file, then give it its final, read-only name; its bytes
-        reach the disk in the background (see the module docstring)."""
-        size = temp.stat().st_size
-        if size != descriptor.size:
-            raise errors.IntegrityError(
-                f"{source} is {size} bytes but its descriptor says {descriptor.size} ({descriptor.digest})")
-        actual = hashed or file_sha256(temp)
-        if actual != descriptor.digest:
-            raise errors.IntegrityError(f"{source} has digest {actual}, expected {descriptor.digest}")
-        final = self.blob_path(descriptor.digest)
-        marker = None if settings().no_fsync else self._mark_unsynced(descriptor.digest)
-        os.chmod(temp, stat.S_IRUSR | stat.S_IRGRP | stat.S_IROTH)  # shared by hard links: protect it
-        os.replace(temp, final)
+        reach the disk in the background (durability.py).
+
+        The temp file is opened once, without following a symlink, and must be a regular file of ours with one
+        name: what is checked, hashed and made read-only (fchmod) is that descriptor; after the rename the final
+        name must hold the same inode."""
+        try:
+            fd = open_nofollow(temp)
+        except OSError as exc:
+            if exc.errno not in SYMLINK_ERRNOS:
+                raise
+            raise self._planted(temp) from None
+        try:
+            info = os.fstat(fd)
+            if not stat.S_ISREG(info.st_mode) or info.st_nlink != 1 or (
+                    hasattr(os, "geteuid") and info.st_uid != os.geteuid()):
+                raise self._planted(temp)
+            if info.st_size != descriptor.size:
+                raise errors.IntegrityError(f"{source} is {info.st_size} bytes but its descriptor says "
+                                            f"{descriptor.size} ({descriptor.digest})")
+            actual = hashed or fd_sha256(fd)
+            if actual != descriptor.digest:
+                raise errors.IntegrityError(f"{source} has digest {actual}, expected {descriptor.digest}")
+            final = self.blob_path(descriptor.digest)
+            marker = self._mark_unsynced(descriptor.digest) if self.fsync else None
+            os.fchmod(fd, stat.S_IRUSR | stat.S_IRGRP | stat.S_IROTH)  # shared by hard links: protect it
+            os.replace(temp, final)
+            placed = final.lstat()
+            if (placed.st_dev, placed.st_ino) != (info.st_dev, info.st_ino):  # swapped between fstat and rename
+                final.unlink(missing_ok=True)
+                raise self._planted(temp)
+        finally:
+            os.close(fd)
         if marker is not None:
             background_sync().submit(final, marker)
 
+    def _planted(self, path: Path) -> errors.CacheError:
+        return errors.CacheError(
+            f"{path} was replaced by a symlink or a file that is not ours while we wrote it",
+            f"only trusted users may write {self.root} (docs/security.md, a cache shared by a group); fetch again")
+
     def _mark_unsynced(self, digest: str) -> Path:
-        """A durable note, made before the blob's rename, that its bytes may not be on disk yet (two small
-        fsyncs: milliseconds, where the blob's own fsync takes as long as the disk needs to write it)."""
+        """A durable note, made before the blob's rename, that its bytes may not be on disk yet (durability.py)."""
         marker = self.root / "unsynced" / digest_hex(digest)
-        marker.parent.mkdir(exist_ok=True)  # made when first needed: a read-only cache of an older version opens
-        with open(marker, "w") as handle:
-            handle.write(f"{boot_id()} {os.getpid()}\n")
-            handle.flush()
-            os.fsync(handle.fileno())
-        fsync_dir(marker.parent)
+        mark_unsynced(marker, self.temp_path("unsynced"))
         return marker
 
     # --- manifests and refs ------------------------------------------------------------------------------------
-    def _atomic_write(self, final: Path, data: bytes) -> None:
-        final.parent.mkdir(parents=True, exist_ok=True)
+    def _atomic_write(self, final: Path, data: bytes, directory: int | None = None) -> None:
+        """``data`` at ``final``: a new temp file (O_EXCL, O_NOFOLLOW), synced, renamed over whatever is there (a
+        rename replaces a symlink, never writes through it). ``directory``: a descriptor of final's directory."""
+        if directory is None:
+            final.parent.mkdir(parents=True, exist_ok=True)
         temp = self.temp_path(final.name)
         try:
-            with open(temp, "wb") as handle:
-                handle.write(data)
-                handle.flush()
-                fsync(handle.fileno())
-            os.replace(temp, final)
+            write_new(temp, data, sync=self._sync)
+            os.replace(temp, final.name if directory is not None else final, dst_dir_fd=directory)
         finally:
             temp.unlink(missing_ok=True)
 
@@ -377,7 +416,8 @@ class Store:
         with contextlib.suppress(OSError):
             if path.read_text().strip() == (reference.digest or digest):
                 return  # unchanged: an offline fetch from a read-only cache writes nothing
-        self._atomic_write(path, (reference.digest or digest).encode())
+        with self._ref_dirs(path.parent, create=True) as directories:
+            self._atomic_write(path, (reference.digest or digest).encode(), directories[-1])
 
     def load_ref(self, reference: Reference) -> str | None:
         if reference.digest:
@@ -398,34 +438,73 @@ class Store:
         return held
 
     def remove_ref_file(self, path: Path) -> None:
-        """Delete a file under refs/ and the directories it leaves empty."""
-        path.unlink(missing_ok=True)
-        stop = self.root / "refs"
-        parent = path.parent
-        while parent != stop and parent.is_relative_to(stop):
-            try:
-                parent.rmdir()
-            except OSError:
-                return
-            parent = parent.parent
+        """Delete a file under refs/ and the directories it leaves empty (never through a symlinked directory)."""
+        names = path.parent.relative_to(self.root / "refs").parts
+        try:
+            with self._ref_dirs(path.parent, create=False) as directories:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(path.name, dir_fd=directories[-1])
+                for depth in reversed(range(len(names))):  # directories[depth] holds names[depth]
+                    try:
+                        os.rmdir(names[depth], dir_fd=directories[depth])
+                    except OSError:
+                        return
+        except FileNotFoundError:
+            return
+
+    @contextlib.contextmanager
+    def _ref_dirs(self, directory: Path, *, create: bool) -> Iterator[list[int]]:
+        """Descriptors of refs/ and of each directory below it down to ``directory``, opened with O_NOFOLLOW (made
+        where missing when ``create``): a symlink planted on the way is refused, never followed out of the cache.
+        FileNotFoundError for a missing one without ``create``."""
+        base = self.root / "refs"
+        opened: list[int] = []
+        try:
+            opened.append(self._open_ref_dir(str(base), None, base))
+            shown = base
+            for name in directory.relative_to(base).parts:
+                shown = shown / name
+                if create:
+                    with contextlib.suppress(FileExistsError):
+                        os.mkdir(name, dir_fd=opened[-1])
+                opened.append(self._open_ref_dir(name, opened[-1], shown))
+            yield opened
+        finally:
+            for fd in opened:
+                os.close(fd)
+
+    @staticmethod
+    def _open_ref_dir(name: str, parent: int | None, shown: Path) -> int:
+        try:
+            return os.open(name, _DIR_FLAGS, dir_fd=parent)
+        except OSError as exc:
+            if exc.errno not in (*SYMLINK_ERRNOS, errno.ENOTDIR):
+                raise
+            raise errors.CacheError(f"{shown} is a symlink or a file, where the cache keeps a directory of refs",
+                                    f"remove {shown} (someone with write access to the cache put it there)") from None
 
     def _migrate_refs(self) -> None:
         """Caches written before the @tags/ layout hold refs/<registry>/<repo>/<tag>: move each such file to
         .../@tags/<tag> once (a tag `b` of `r/a` and the repository `r/a/b` could not both be cached there)."""
-        marker = self.root / "refs" / LAYOUT_MARKER
+        base = self.root / "refs"
+        marker = base / LAYOUT_MARKER
         if marker.exists():
             return
-        for directory, _dirs, files in os.walk(self.root / "refs"):
+        for directory, _dirs, files in os.walk(base):  # os.walk does not descend into symlinked directories
             parent = Path(directory)
-            if parent.name in (TAGS, DIGESTS) or parent == self.root / "refs":
+            if parent.name in (TAGS, DIGESTS) or parent == base or not files:
                 continue
-            for name in files:
-                (parent / TAGS).mkdir(exist_ok=True)
-                with contextlib.suppress(FileNotFoundError):  # another process moved it first
-                    os.replace(parent / name, parent / TAGS / name)
-        marker.touch()
+            with self._ref_dirs(parent / TAGS, create=True) as directories:
+                for name in files:
+                    with contextlib.suppress(FileNotFoundError):  # another process moved it first
+                        os.replace(name, name, src_dir_fd=directories[-2], dst_dir_fd=directories[-1])
+        with contextlib.suppress(FileExistsError):
+            os.close(create_new(marker))
 
-    def _try_migrate_refs(self) -> None:
+    def _migrate_refs_once(self) -> None:
+        if self._refs_migrated:
+            return
+        self._refs_migrated = True
         try:
             self._migrate_refs()
         except OSError as exc:  # a read-only cache still serves what the new layout holds
@@ -437,7 +516,7 @@ class Store:
         ``digest`` reaches."""
         marker = self.temp_path(f"{FETCHING}{digest_hex(digest)[:16]}")
         try:
-            marker.write_text(digest)
+            write_new(marker, digest.encode())
         except OSError:  # a read-only cache: an offline fetch, nothing to protect
             yield
             return
@@ -456,7 +535,7 @@ class Store:
         temp = self.temp_path("record")
         try:
             final.parent.mkdir(exist_ok=True)
-            temp.write_text(json.dumps(record))
+            write_new(temp, json.dumps(record).encode())
             os.replace(temp, final)
         except OSError as exc:  # a read-only cache
             log.debug("cannot save the fetch record %s: %s", final, exc)
@@ -467,7 +546,7 @@ class Store:
         """The record saved for ``key``; None when there is none or it is not one (torn, edited, oversized, nested
         past what the parser takes)."""
         try:
-            with open(self._record_path(key), "rb", opener=_open_nofollow) as handle:
+            with open(self._record_path(key), "rb", opener=open_nofollow) as handle:
                 text = handle.read(max_size + 1)
             if len(text) > max_size:
                 return None
@@ -507,6 +586,13 @@ class Store:
         """A new empty directory in tmp/, for the caller to remove (`cache prune` removes it once an hour old)."""
         return Path(tempfile.mkdtemp(prefix=prefix, suffix=f".{os.getpid()}.incomplete", dir=self.root / "tmp"))
 
+    def scratch_is_private(self) -> bool:
+        """Whether only this user can rename or delete what it puts in tmp/: nobody else may write there, or tmp/ is
+        sticky (as /tmp is). A cache shared by a group (mode 2775) is neither: a member could swap a scratch
+        directory for a symlink to one of their own while we fill it."""
+        mode = (self.root / "tmp").stat().st_mode
+        return not mode & (stat.S_IWGRP | stat.S_IWOTH) or bool(mode & stat.S_ISVTX)
+
     def scratch_shares_filesystem(self, path: Path) -> bool:
         """Whether files at ``path`` can be hard-linked into a scratch directory (one filesystem)."""
         return (self.root / "tmp").stat().st_dev == path.stat().st_dev
@@ -525,15 +611,23 @@ class Store:
             if not final.is_dir():
                 raise
             remove_tree(temp)
-        fsync_dir(final.parent)
+        self._sync_dir(final.parent)
         return final
+
+    def _discard_dirs_linking(self, inodes: set[tuple[int, int]]) -> None:
+        """The model and config directories holding one of ``inodes`` (torn blobs, see durability.py)."""
+        for directory in list(self.model_dirs()):
+            if tree_inodes(directory.path) & inodes:
+                log.warning("%s links a torn blob: deleted, the next fetch builds it again", directory.path)
+                self.discard_dir(directory.path)
+        self.drop_stale_records()
 
     def discard_dir(self, path: Path) -> None:
         """Delete a model or config directory. It is renamed into tmp/ first, so it leaves models/ in one step
         (fetch trusts any directory there to be complete); an interrupted delete leaves a tmp/ leftover only."""
         doomed = self.temp_path(f"prune-{path.name[:16]}")
         os.rename(path, doomed)
-        fsync_dir(path.parent)
+        self._sync_dir(path.parent)
         shutil.rmtree(doomed)
 
     # --- listing -----------------------------------------------------------------------------------------------
@@ -545,6 +639,7 @@ class Store:
 
     def refs(self) -> Iterator[RefFile]:
         """Every file under refs/ but the layout marker, sorted by path: valid refs and strays alike."""
+        self._migrate_refs_once()
         base = self.root / "refs"
         for path in sorted(Path(directory) / name for directory, _dirs, files in os.walk(base) for name in files):
             parts = path.relative_to(base).parts
@@ -580,197 +675,6 @@ class Store:
                     text = path.read_text().strip()
                     fetching = text if _DIGEST.fullmatch(text) else None
             yield ScratchEntry(path, fetching)
-
-
-def _open_nofollow(path: str, flags: int) -> int:
-    return os.open(path, flags | getattr(os, "O_NOFOLLOW", 0))
-
-
-def boot_id() -> str:
-    """This boot's id (Linux); elsewhere "" which no marker matches, so every marker of a dead process counts as
-    from an earlier boot and its blob is re-hashed (safe, only slower)."""
-    try:
-        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
-    except OSError:
-        return ""
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def recover_unsynced(store: Store) -> None:
-    """Settle the unsynced markers a process left (killed, or gone before its background sync ended): from this
-    boot the bytes are in the page cache, so fsync them; from an earlier boot (a power loss or crash came first)
-    re-hash the blob and delete it if torn, with the model and config directories that link it (their copy of
-    the bytes is the same torn inode): the next fetch downloads and builds them again. A marker of a live process
-    is its own business."""
-    torn: set[tuple[int, int]] = set()
-    for path in _sorted_entries(store.root / "unsynced"):
-        try:
-            boot, pid = path.read_text().split()
-        except (OSError, ValueError):
-            boot, pid = "", "0"
-        if not _HEX.fullmatch(path.name):
-            continue
-        digest = f"sha256:{path.name}"
-        this_boot = boot != "" and boot == boot_id()
-        if this_boot and pid.isdigit() and _alive(int(pid)):
-            continue
-        blob = store.blob_path(digest)
-        if this_boot:  # the bytes are in the page cache: synced in the background, not on this command's path
-            if blob.exists():
-                background_sync().submit(blob, path)
-            continue
-        with contextlib.suppress(FileNotFoundError):
-            if file_sha256(blob) != digest:
-                log.warning("blob %s was torn by a crash before it reached the disk: deleted", digest)
-                found = blob.stat()
-                torn.add((found.st_dev, found.st_ino))
-                blob.unlink()
-        with contextlib.suppress(OSError):  # a read-only cache: its blobs were checked, the marker may stay
-            path.unlink(missing_ok=True)
-    if torn:
-        _discard_dirs_linking(store, torn)
-
-
-def _discard_dirs_linking(store: Store, inodes: set[tuple[int, int]]) -> None:
-    for directory in list(store.model_dirs()):
-        if tree_inodes(directory.path) & inodes:
-            log.warning("%s links a torn blob: deleted, the next fetch builds it again", directory.path)
-            store.discard_dir(directory.path)
-    store.drop_stale_records()
-
-
-def _fsync_file(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-class BackgroundSync:
-    """One daemon thread that fsyncs blobs after their rename, then drops their unsynced markers. It starts only
-    once no download has run for SETTLE seconds: an fsync while bytes still arrive competes with them for the disk,
-    and a process cannot exit while one of its threads is inside fsync. A normal exit does not wait for it: what is
-    left is handed to a detached process (``_hand_over``), so that a command returns once its model is ready; a
-    killed process leaves the markers, and the next Store to open settles them (recover_unsynced)."""
-
-    SETTLE = 2.0  # seconds; a CLI fetch exits before that, a long-lived process (vLLM) syncs after its downloads
-
-    def __init__(self) -> None:
-        self._queue: queue.Queue[tuple[Path, Path]] = queue.Queue()
-        self._pending: dict[Path, Path] = {}  # marker -> blob, submitted and not synced yet
-        self._lock = threading.Lock()
-        self._changed = threading.Condition(self._lock)
-        self._downloads = 0  # downloads running now (``downloading``)
-        self._quiet_since = time.monotonic()
-        self._urgent = False  # ``wait`` was called: sync now, quiet or not
-        self._idle = threading.Event()
-        self._idle.set()
-        threading.Thread(target=self._run, name="oci-crane-fsync", daemon=True).start()
-        atexit.register(self._hand_over)
-
-    def submit(self, blob: Path, marker: Path) -> None:
-        with self._lock:
-            if marker in self._pending:
-                return
-            self._pending[marker] = blob
-            self._idle.clear()
-        self._queue.put((blob, marker))
-
-    @contextlib.contextmanager
-    def downloading(self) -> Iterator[None]:
-        """Around a download: the fsyncs wait for it (and SETTLE seconds more)."""
-        with self._lock:
-            self._downloads += 1
-        try:
-            yield
-        finally:
-            with self._changed:
-                self._downloads -= 1
-                self._quiet_since = time.monotonic()
-                self._changed.notify_all()
-
-    def _hand_over(self) -> None:
-        """At exit: the blobs not synced yet go to a detached Python process that syncs them and drops their
-        markers (if it dies too, the markers stay for the next Store to settle)."""
-        with self._lock:
-            pending = [str(each) for pair in self._pending.items() for each in (pair[1], pair[0])]
-            self._pending.clear()
-        if not pending:
-            return
-        import subprocess
-        import sys
-
-        with contextlib.suppress(OSError):
-            subprocess.Popen([sys.executable, "-c", _SYNC_LATER, *pending], stdin=subprocess.DEVNULL,
-                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-                             close_fds=True)
-
-    def wait(self, timeout: float | None = None) -> bool:
-        """True once every submitted blob is synced (tests, and callers that want durability now: no settling)."""
-        with self._changed:
-            self._urgent = True
-            self._changed.notify_all()
-        return self._idle.wait(timeout)
-
-    def _wait_for_quiet(self) -> None:
-        with self._changed:
-            while not self._urgent:
-                left = None if self._downloads else self._quiet_since + self.SETTLE - time.monotonic()
-                if left is not None and left <= 0:
-                    return
-                self._changed.wait(left)
-
-    def _run(self) -> None:
-        while True:
-            blob, marker = self._queue.get()
-            self._wait_for_quiet()
-            try:
-                _fsync_file(blob)
-                fsync_dir(blob.parent)
-                marker.unlink(missing_ok=True)
-            except OSError as exc:  # the marker stays: the next Store settles it
-                log.debug("background fsync of %s failed: %s", blob, exc)
-            with self._lock:
-                self._pending.pop(marker, None)
-                if not self._pending:
-                    self._idle.set()
-
-
-# The detached syncer's whole program (argv: blob marker blob marker ...): standard library only, quick to start.
-_SYNC_LATER = """
-import os, sys
-args = sys.argv[1:]
-for blob, marker in zip(args[::2], args[1::2]):
-    try:
-        fd = os.open(blob, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        fd = os.open(os.path.dirname(blob), os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.unlink(marker)
-    except OSError:
-        pass
-"""
-
-
-@functools.cache
-def background_sync() -> BackgroundSync:
-    return BackgroundSync()
 
 
 def _sorted_entries(directory: Path) -> list[Path]:

@@ -11,7 +11,7 @@ from pathlib import Path
 from ..errors import InvalidModelError
 from ..layout import LayoutWriter, canonical_json
 from ..oci import Descriptor
-from ..packing import SourceTimes, deterministic_tar, model_files, read_hf_config
+from ..packing import SourceTimes, deterministic_tar, model_files, open_packed, read_hf_config
 from .dmr import CONFIG_V01, CONFIG_V02, MODEL_FILE, SAFETENSORS, VLLM_CONFIG_TAR, DMRConfig, ModelProperties
 from .modelpack import FILE_METADATA, FILEPATH, FileMetadata
 
@@ -43,17 +43,20 @@ def pack_dmr(model_dir: Path, layout_dir: Path, *, version: str = "v0.2", annota
     if version == "v0.2":
         for name in files:
             media_type = SAFETENSORS if name.endswith(".safetensors") else MODEL_FILE
-            metadata = FileMetadata(name=name, mode=0o644, uid=0, gid=0, size=(model_dir / name).stat().st_size,
-                                    mtime=created, typeflag=48)
-            annotations = {FILEPATH: name, FILE_METADATA: canonical_json(metadata.model_dump(mode="json")).decode()}
-            layers.append(writer.add_file(media_type, model_dir / name, annotations))
+            with open_packed(model_dir, name) as packed:  # one descriptor: its bytes and its size
+                metadata = FileMetadata(name=name, mode=0o644, uid=0, gid=0, size=packed.info.st_size,
+                                        mtime=created, typeflag=48)
+                annotations = {FILEPATH: name,
+                               FILE_METADATA: canonical_json(metadata.model_dump(mode="json")).decode()}
+                layers.append(writer.add_open_file(media_type, packed.fd, model_dir / name, annotations))
         config_type = CONFIG_V02
     else:
         others = [name for name in files if not name.endswith(".safetensors")]
         for name in files:
             if name.endswith(".safetensors"):
                 shard_annotations = {FILEPATH: name} if annotate_shards else None
-                layers.append(writer.add_file(SAFETENSORS, model_dir / name, shard_annotations))
+                with open_packed(model_dir, name) as packed:
+                    layers.append(writer.add_open_file(SAFETENSORS, packed.fd, model_dir / name, shard_annotations))
         if others:
             layers.append(writer.add_bytes(VLLM_CONFIG_TAR, deterministic_tar(model_dir, others)))
         config_type = CONFIG_V01

@@ -6,6 +6,7 @@ The reader is modelpack.py: the media types, annotations and config model writte
 from __future__ import annotations
 
 import fnmatch
+import os
 import posixpath
 import stat
 from pathlib import Path
@@ -13,7 +14,7 @@ from pathlib import Path
 from ..errors import InvalidModelError
 from ..layout import LayoutWriter, canonical_json
 from ..oci import TITLE
-from ..packing import SourceTimes, collect_files, read_hf_config, timestamp
+from ..packing import SourceTimes, collect_files, open_packed, read_hf_config, timestamp
 from ..safetensors_check import read_header
 from .modelpack import (
     ARTIFACT_TYPE,
@@ -126,20 +127,20 @@ def modelpack_properties(model_dir: Path, weights: list[str]) -> dict[str, str]:
     return properties
 
 
-def _file_metadata(path: Path, name: str, epoch: int | None) -> str:
-    """As modctl writes it. Owner is 0:0 so the digest does not depend on who packs; mtime is SOURCE_DATE_EPOCH
-    when set, else the file's own."""
-    info = path.stat()
+def _file_metadata(info: os.stat_result, name: str, epoch: int | None) -> str:
+    """As modctl writes it, from the packed file's fstat. Owner is 0:0 so the digest does not depend on who packs;
+    mtime is SOURCE_DATE_EPOCH when set, else the file's own."""
     mtime = epoch if epoch is not None else int(info.st_mtime)
     metadata = FileMetadata(name=posixpath.basename(name), mode=stat.S_IMODE(info.st_mode), uid=0, gid=0,
                             size=info.st_size, mtime=timestamp(mtime), typeflag=0)
     return canonical_json(metadata.model_dump(mode="json")).decode()
 
 
-def modelpack_layer_annotations(path: Path, name: str, untested: bool, epoch: int | None) -> dict[str, str]:
+def modelpack_layer_annotations(info: os.stat_result, name: str, untested: bool,
+                                epoch: int | None) -> dict[str, str]:
     # Keys sorted, as Go marshals a map: the same bytes modctl would write for the same values.
     return {MEDIATYPE_UNTESTED: "true" if untested else "false",
-            FILE_METADATA: _file_metadata(path, name, epoch),
+            FILE_METADATA: _file_metadata(info, name, epoch),
             FILEPATH: name,
             TITLE: name}  # oras and other generic clients name the file by its title
 
@@ -159,15 +160,16 @@ def pack_modelpack(model_dir: Path, layout_dir: Path) -> str:
     if not any(name.endswith(".safetensors") for name in weights):
         raise InvalidModelError(f"{model_dir} has no .safetensors files",
                                 "save the model with safetensors (save_pretrained(..., safe_serialization=True))")
+    # Read before the files are packed, so that the headers it reads are those of the files the checks saw.
+    properties = ModelConfig.model_validate(modelpack_properties(model_dir, weights))
     times = SourceTimes.read(model_dir, files)
     writer = LayoutWriter(layout_dir)
     layers = []
     for _, name, media_type, untested in classified:
-        source = model_dir / name
-        layers.append(writer.add_file(media_type, source.resolve(),
-                                      modelpack_layer_annotations(source, name, untested, times.epoch)))
+        with open_packed(model_dir, name) as packed:  # one descriptor: its bytes and its metadata
+            layers.append(writer.add_open_file(media_type, packed.fd, model_dir / name,
+                                               modelpack_layer_annotations(packed.info, name, untested, times.epoch)))
     config = ModelPackConfig(
         descriptor=ModelDescriptor(created_at=times.created, name=model_dir.resolve().name),
-        modelfs=ModelFS(type="layers", diff_ids=[layer.digest for layer in layers]),
-        config=ModelConfig.model_validate(modelpack_properties(model_dir, weights)))
+        modelfs=ModelFS(type="layers", diff_ids=[layer.digest for layer in layers]), config=properties)
     return writer.add_manifest(writer.add_document(CONFIG, config), layers, artifact_type=ARTIFACT_TYPE)

@@ -211,19 +211,26 @@ def classify(command: Sequence[str], returncode: int, stderr: str, secrets: Iter
              credentials: CredentialSource | None = None) -> errors.CraneError:
     """Map crane's stderr to one typed error whose cause quotes crane's own (redacted) message; the fix of a
     credentials error names ``credentials``, the file crane read."""
+    secrets = list(secrets)
     clean = redact(stderr.strip(), secrets)
     lines = [line for line in clean.splitlines() if line.strip()]
     message = next((line[len("Error: "):] for line in reversed(lines) if line.startswith("Error: ")),
                    lines[-1] if lines else f"crane exited with status {returncode}")
     failure = failures.from_stderr(clean)
     if failure is not None:
-        fix = _credentials_fix(failure.error, credentials) if credentials is not None else None
-        return failure.error(f"{failure.what}: {message}", fix, command=list(command), returncode=returncode,
+        # With the file crane read known, no secret configured there for these registries means none was sent.
+        sent = bool(secrets) or credentials is None
+        fix = _credentials_fix(failure.error, credentials, sent=sent) if credentials is not None else None
+        what = failure.what if sent or failure.error is not errors.UnauthorizedError else _NONE_SENT
+        return failure.error(f"{what}: {message}", fix, command=list(command), returncode=returncode,
                              stderr=clean)
     return errors.CraneError(f"crane failed: {message}", command=list(command), returncode=returncode, stderr=clean)
 
 
-def _credentials_fix(error: type[errors.CraneError], source: CredentialSource) -> str | None:
+_NONE_SENT = "the registry asks for credentials, and no credentials were sent"
+
+
+def _credentials_fix(error: type[errors.CraneError], source: CredentialSource, *, sent: bool = True) -> str | None:
     if error is errors.CredentialHelperError and source.path is not None:
         return f"fix or remove the credential helper named in {source.path} (credHelpers / credsStore)"
     if error is not errors.UnauthorizedError:
@@ -232,11 +239,20 @@ def _credentials_fix(error: type[errors.CraneError], source: CredentialSource) -
         return (f"log in with `oci-crane login REGISTRY -u USER --password-stdin` (or `docker login REGISTRY`): "
                 f"crane found {source.describe()}")
     if source.redirect or source.origin in ("REGISTRY_AUTH_FILE", "XDG_RUNTIME_DIR"):
-        return (f"check this registry's credentials in {source.describe()}: `oci-crane login --authfile "
+        held = "" if sent else ", which holds none for this registry"
+        return (f"check this registry's credentials in {source.describe()}{held}: `oci-crane login --authfile "
                 f"{source.path} REGISTRY -u USER --password-stdin` (or `podman login --authfile {source.path} "
                 "REGISTRY`) renews them")
-    return (f"log in with `oci-crane login REGISTRY -u USER --password-stdin` (or `docker login REGISTRY`); "
-            f"crane read {source.describe()}")
+    if sent:
+        return (f"log in with `oci-crane login REGISTRY -u USER --password-stdin` (or `docker login REGISTRY`); "
+                f"crane read {source.describe()}")
+    fix = (f"log in with `oci-crane login REGISTRY -u USER --password-stdin` (or `docker login REGISTRY`): crane "
+           f"read {source.describe()}, which holds none for this registry")
+    shadowed = [line.split(" (", 1)[0] for line in source.ignored if "(REGISTRY_AUTH_FILE)" in line]
+    if shadowed:  # podman users: an empty ~/.docker/config.json (as `logout` leaves it) hides their file
+        fix += (f"; REGISTRY_AUTH_FILE ({shadowed[0]}) is ignored while that file exists: pass --authfile "
+                f"{shadowed[0]}, or remove {source.path} if it holds nothing")
+    return fix
 
 
 # --- running --------------------------------------------------------------------------------------------------
@@ -334,9 +350,10 @@ class Crane:
                 proc = subprocess.Popen(argv, stdout=out, stderr=err, env=env, **_die_with_us())
             except FileNotFoundError as exc:
                 raise errors.CraneMissingError(f"crane at {argv[0]} disappeared", command=argv) from exc
+            meter = _UploadMeter(proc.pid, layout)
             try:
-                self._watch(proc, _UploadMeter(proc.pid, layout), progress, f"push to {reference}", argv,
-                            stall_until=size)
+                self._watch(proc, meter, progress, f"push to {reference}", argv, stall_until=size,
+                            working=meter.working)
             finally:
                 if proc.poll() is None:
                     _stop(proc)
@@ -397,10 +414,11 @@ class Crane:
 
     def _watch(self, proc: subprocess.Popen[bytes], measure: Callable[[], int | None],
                progress: Callable[[int], None] | None, what: str, argv: list[str], limit: int | None = None,
-               cancel: threading.Event | None = None, stall_until: int | None = None) -> None:
+               cancel: threading.Event | None = None, stall_until: int | None = None,
+               working: Callable[[], bool] | None = None) -> None:
         """Wait for crane, reporting the growth of ``measure()`` (bytes written, or read) to ``progress``; stop it
-        when they stall (while fewer than ``stall_until`` have moved, if given), when ``cancel`` is set, or past
-        ``limit``."""
+        when they stall (while fewer than ``stall_until`` have moved, if given) and, given ``working``, crane is
+        idle too; when ``cancel`` is set; or past ``limit``."""
         size, last_growth = 0, time.monotonic()
         while True:
             if cancel is not None and cancel.is_set():
@@ -418,14 +436,17 @@ class Crane:
                 size, last_growth = current, time.monotonic()
             if finished:
                 return
+            if working is not None and working():  # preparing (no bytes yet), not stalled
+                last_growth = time.monotonic()
             if limit is not None and size > limit:
                 _stop(proc)
                 raise _oversized(what, limit, argv)
             if (time.monotonic() - last_growth > self.stall_timeout
                     and (stall_until is None or size < stall_until)):
                 _stop(proc)
+                idle = ", and crane sat idle, waiting on the registry" if working is not None else ""
                 raise errors.CraneTimeoutError(
-                    f"{what} stalled: no bytes for {self.stall_timeout:.0f}s after {size} bytes",
+                    f"{what} stalled: no bytes for {self.stall_timeout:.0f}s after {size} bytes{idle}",
                     command=argv)
 
 
@@ -439,10 +460,26 @@ class _UploadMeter:
         self.prefix = str(directory.resolve()) + os.sep
         self.open: dict[str, int] = {}  # path -> offset, for the files open at the last look
         self.done: dict[str, int] = {}  # path -> size, for those closed since
+        self.cpu_mark = 0.0  # crane's CPU seconds when working() last said yes
 
     @staticmethod
     def available() -> bool:
         return os.path.isdir("/proc/self/fdinfo")
+
+    def working(self) -> bool:
+        """Whether crane used BUSY_CPU seconds of CPU since this last said yes (/proc/PID/stat). Before its first
+        upload crane works through the layout's manifest for minutes when it holds thousands of files, reading
+        none of them; waiting on a registry that stopped answering, it uses next to no CPU."""
+        try:
+            with open(f"/proc/{self.pid}/stat") as stat:
+                fields = stat.read().rsplit(")", 1)[1].split()  # after the command name, which may hold spaces
+            cpu = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+        except (OSError, IndexError, ValueError):
+            return False
+        if cpu - self.cpu_mark < BUSY_CPU:
+            return False
+        self.cpu_mark = cpu
+        return True
 
     def __call__(self) -> int | None:
         """Bytes through so far; None once crane is gone (its /proc entry with it)."""
@@ -466,6 +503,9 @@ class _UploadMeter:
                 self.done[path] = os.path.getsize(path)
         self.open = now
         return sum(self.done.values()) + sum(now.values())
+
+
+BUSY_CPU = 0.5  # CPU seconds that count as work while no byte moves; an idle Go process takes far less a minute
 
 
 def _oversized(what: str, size: int, argv: list[str]) -> errors.CraneIntegrityError:

@@ -20,7 +20,6 @@ import base64
 import contextlib
 import hashlib
 import itertools
-import json
 import logging
 import os
 import re
@@ -41,6 +40,8 @@ from .crane import Crane, redact
 
 if TYPE_CHECKING:
     import httpx
+
+    from ..cache.partial import PartialPaths
 
 log = logging.getLogger(__name__)
 
@@ -71,14 +72,14 @@ class Part:
         return self.end - self.start + 1 - self.done
 
 
-def fetch_blob(crane: Crane, routes: RegistryRoutes, reference: Reference, descriptor: Descriptor, partial: Path,
-               destination: Path, *, parts: int, progress: Callable[[int], None],
+def fetch_blob(crane: Crane, routes: RegistryRoutes, reference: Reference, descriptor: Descriptor,
+               partial: PartialPaths, destination: Path, *, parts: int, progress: Callable[[int], None],
                cancel: threading.Event | None = None,
                http: tuple[str, str, tuple[tuple[str, str], ...]] | None = None) -> str:
-    """Download ``descriptor``'s blob into ``destination`` by way of ``partial`` (kept on failure, for resuming);
-    returns its sha256 digest, checked against the descriptor (IntegrityError and the partial deleted if not).
-    ``crane`` carries the connection policy (``crane.access``) and hands over credentials; ``routes`` is what
-    this fetch has learnt of the registry's storage host."""
+    """Download ``descriptor``'s blob into ``destination`` by way of ``partial`` (the cache's paths for it: kept on
+    failure, for resuming); returns its sha256 digest, checked against the descriptor (IntegrityError and the
+    partial deleted if not). ``crane`` carries the connection policy (``crane.access``) and hands over
+    credentials; ``routes`` is what this fetch has learnt of the registry's storage host."""
     crane.access.require_network(f"the download of {reference.with_digest(descriptor.digest)}")
     _await_probe(routes, reference.registry, cancel)
     try:
@@ -87,10 +88,10 @@ def fetch_blob(crane: Crane, routes: RegistryRoutes, reference: Reference, descr
         routes.probe_done(reference.registry)  # whatever happened before the first response: the others may go on
 
 
-def _fetch(crane: Crane, routes: RegistryRoutes, reference: Reference, descriptor: Descriptor, partial: Path,
+def _fetch(crane: Crane, routes: RegistryRoutes, reference: Reference, descriptor: Descriptor, partial: PartialPaths,
            destination: Path, parts: int, progress: Callable[[int], None], cancel: threading.Event | None,
            http: tuple[str, str, tuple[tuple[str, str], ...]] | None) -> str:
-    if reference.registry in routes.serves_blobs_itself and not partial.exists() and http is None:
+    if reference.registry in routes.serves_blobs_itself and not partial.data.exists() and http is None:
         raise Unsupported(f"{reference.registry} serves blobs itself, where one crane stream is faster")
     try:
         httpx = _httpx()
@@ -177,41 +178,22 @@ def _await_probe(routes: RegistryRoutes, registry: str, cancel: threading.Event 
             raise errors.CancelledError(f"download from {registry} was cancelled")
 
 
-def discard(partial: Path) -> None:
-    partial.unlink(missing_ok=True)
-    _state_path(partial).unlink(missing_ok=True)
-
-
-def _state_path(partial: Path) -> Path:
-    return partial.with_name(partial.name + ".json")
-
-
-def keep_prefix(written: Path, partial: Path, descriptor: Descriptor) -> int:
+def keep_prefix(written: Path, partial: PartialPaths, descriptor: Descriptor) -> int:
     """Keep what one stream (`crane blob`, which writes a blob from its first byte on) wrote before it broke or
     was stopped, as a partial download that the next attempt continues with one Range request from the last
     byte on disk, whichever registry serves it. Returns the bytes kept; 0 when there was nothing worth keeping
     (then nothing is kept). The bytes are hashed with the rest before the blob is handed out, as any resumed
     bytes are."""
     try:
-        size = written.stat().st_size
+        size = written.lstat().st_size
     except FileNotFoundError:
         return 0
     if not 0 < size < descriptor.size:
         return 0
-    discard(partial)
-    os.replace(written, partial)
-    with open(partial, "r+b") as handle:
-        handle.truncate(descriptor.size)  # preallocated (sparse), as a ranged download's partial file is
-    _write_state(partial, descriptor.digest, [Part(0, descriptor.size - 1, size)])
+    if not partial.adopt(written, descriptor.size):  # preallocated (sparse), as a ranged download's partial file
+        return 0
+    partial.save_state({"digest": descriptor.digest, "parts": [[0, descriptor.size - 1, size]]})
     return size
-
-
-def _write_state(partial: Path, digest: str, parts: list[Part]) -> None:
-    state = {"digest": digest, "parts": [[part.start, part.end, part.done] for part in parts]}
-    path = _state_path(partial)
-    temp = path.with_name(path.name + ".new")
-    temp.write_text(json.dumps(state))
-    os.replace(temp, path)
 
 
 # --- HTTP: scheme, TLS, credentials, redirects ------------------------------------------------------------------
@@ -367,12 +349,18 @@ def _shown(url: str) -> str:
 # --- the download ---------------------------------------------------------------------------------------------
 
 class _Download:
-    def __init__(self, session: _Session, routes: RegistryRoutes, descriptor: Descriptor, partial: Path, parts: int,
+    """One attempt. The partial file is opened once (by the cache's PartialPaths: never through a symlink, resumed
+    only if it is ours); every range thread and the hasher get their own duplicate of that descriptor, so a thread
+    that outlives run() never touches a reused descriptor number, and no thread opens the path again."""
+
+    def __init__(self, session: _Session, routes: RegistryRoutes, descriptor: Descriptor, partial: PartialPaths,
+                 parts: int,
                  progress: Callable[[int], None], cancel: threading.Event | None) -> None:
         self.session = session
         self.routes = routes
         self.descriptor = descriptor
-        self.partial = partial
+        self.paths = partial
+        self.fd = -1  # the partial file, open for reading and writing (set by _resume or _plan)
         self.progress = progress
         self.cancel = cancel
         self.stop = threading.Event()
@@ -386,19 +374,17 @@ class _Download:
         size = self.descriptor.size
         count = max(1, min(parts, size // MIN_PART))
         step = -(-size // count)
-        discard(self.partial)
-        with open(self.partial, "wb") as handle:
-            handle.truncate(size)  # preallocated (sparse): every range writes at its own offset
+        self.fd = self.paths.create(size)  # preallocated (sparse): every range writes at its own offset
         return [Part(start, min(start + step, size) - 1) for start in range(0, size, step)]
 
     def _resume(self) -> list[Part] | None:
         """The parts of an earlier attempt on this blob, if its partial file and state agree with the descriptor."""
+        state = self.paths.load_state()
         try:
-            state = json.loads(_state_path(self.partial).read_text())
-            if state["digest"] != self.descriptor.digest or self.partial.stat().st_size != self.descriptor.size:
+            if state is None or state["digest"] != self.descriptor.digest:
                 return None
             parts = [Part(int(a), int(b), int(c)) for a, b, c in state["parts"]]
-        except (OSError, ValueError, KeyError, TypeError):
+        except (ValueError, KeyError, TypeError):
             return None
         # Contiguous parts covering the blob, each within its bounds: a gap would leave bytes no range fetches,
         # and the hasher would wait for them for ever.
@@ -406,6 +392,10 @@ class _Download:
                 part.remaining < 0 or part.done < 0 for part in parts) or any(
                 later.start != earlier.end + 1 for earlier, later in itertools.pairwise(parts)):
             return None
+        fd = self.paths.resume(self.descriptor.size)  # None: not there, not ours, or not the blob's size
+        if fd is None:
+            return None
+        self.fd = fd
         self.resumed = sum(part.done for part in parts)
         log.info("resuming %s from %d of %d bytes on disk", self.descriptor.digest, self.resumed,
                  self.descriptor.size)
@@ -417,9 +407,16 @@ class _Download:
         self.progress(delta)
 
     def _save_state(self) -> None:
-        _write_state(self.partial, self.descriptor.digest, self.parts)
+        self.paths.save_state({"digest": self.descriptor.digest,
+                               "parts": [[p.start, p.end, p.done] for p in self.parts]})
 
     def run(self, destination: Path) -> str:
+        try:
+            return self._run(destination)
+        finally:
+            os.close(self.fd)
+
+    def _run(self, destination: Path) -> str:
         pending = [part for part in self.parts if part.remaining > 0]
         first = None
         if pending:
@@ -429,7 +426,7 @@ class _Download:
                 first = self.session.open(self.descriptor.digest, start, pending[0].end)
                 if first.status_code == 200 and not (start == 0 and pending[0].end == self.descriptor.size - 1):
                     first.close()
-                    discard(self.partial)  # what is on disk cannot be continued here: crane starts from zero
+                    self.paths.discard()  # what is on disk cannot be continued here: crane starts from zero
                     self.routes.ignores_range.add(self.session.reference.registry)
                     raise Unsupported("the registry ignores Range requests")
                 if self.session.at_registry(str(first.url)) and not self.resumed:
@@ -438,13 +435,13 @@ class _Download:
                     raise Unsupported("the registry serves the blob itself, where one crane stream is faster")
             except BaseException:
                 if not self.resumed:
-                    discard(self.partial)  # nothing to resume: no file left behind
+                    self.paths.discard()  # nothing to resume: no file left behind
                 raise
             finally:
                 self.routes.probe_done(self.session.reference.registry)
         self._advance(self.resumed)
         hasher = _Hasher(self)
-        workers = [threading.Thread(target=self._worker, args=(part, first if index == 0 else None),
+        workers = [threading.Thread(target=self._worker, args=(part, first if index == 0 else None, os.dup(self.fd)),
                                     name="oci-crane-range", daemon=True) for index, part in enumerate(pending)]
         try:
             for thread in [hasher.thread, *workers]:
@@ -463,12 +460,16 @@ class _Download:
         if self.failures:
             raise self.failures[0]
         if hasher.digest != self.descriptor.digest:
-            discard(self.partial)
+            self.paths.discard()
             raise errors.IntegrityError(
                 f"blob {self.session.reference.with_digest(self.descriptor.digest)} has digest "
                 f"{hasher.digest}")
-        os.replace(self.partial, destination)
-        _state_path(self.partial).unlink(missing_ok=True)
+        os.replace(self.paths.data, destination)
+        self.paths.state.unlink(missing_ok=True)
+        moved, ours = os.stat(destination, follow_symlinks=False), os.fstat(self.fd)
+        if (moved.st_dev, moved.st_ino) != (ours.st_dev, ours.st_ino):  # someone swapped the name meanwhile
+            raise errors.CacheError(f"{self.paths.data} was replaced by another file while downloading",
+                                    f"make sure only trusted users can write {self.paths.cache_root}; fetch again")
         return hasher.digest
 
     def _cancelled(self) -> bool:
@@ -490,10 +491,10 @@ class _Download:
                     self._save_state()
                 last_save = time.monotonic()
 
-    def _worker(self, part: Part, opened: httpx.Response | None) -> None:
+    def _worker(self, part: Part, opened: httpx.Response | None, fd: int) -> None:
         response = opened
         try:
-            with open(self.partial, "r+b") as out:
+            with open(fd, "r+b") as out:  # this thread's own duplicate of the partial file's descriptor
                 if response is None:
                     response = self.session.open(self.descriptor.digest, part.start + part.done, part.end)
                 self._check_range(response, part)
@@ -525,7 +526,7 @@ class _Download:
             self.failures.append(exc)
         except OSError as exc:  # a full disk, say: the fix that fits its errno
             self.failures.append(errors.cache_os_error(exc, f"write the download of {self.descriptor.digest}",
-                                                       self.partial.parent.parent))
+                                                       self.paths.cache_root))
         except BaseException as exc:
             self.failures.append(exc)
         finally:
@@ -567,6 +568,7 @@ class _Hasher:
     def __init__(self, download: _Download) -> None:
         self.download = download
         self.digest = ""
+        self.fd = os.dup(download.fd)  # its own: closed when the thread ends, whenever that is
         self.thread = threading.Thread(target=self._run, name="oci-crane-hash", daemon=True)
 
     def _available(self, offset: int) -> int:
@@ -581,7 +583,7 @@ class _Hasher:
         sha = hashlib.sha256()
         offset = 0
         try:
-            with open(download.partial, "rb") as source:
+            with open(self.fd, "rb") as source:
                 while offset < download.descriptor.size and not download.stop.is_set():
                     with download.moved:
                         ready = self._available(offset)
@@ -594,14 +596,14 @@ class _Hasher:
                         data = os.pread(source.fileno(), min(ready, 4 * CHUNK), offset)
                         if not data:  # someone truncated it under us
                             download.failures.append(errors.IntegrityError(
-                                f"{download.partial} shrank below {offset + ready} bytes while downloading"))
+                                f"{download.paths.data} shrank below {offset + ready} bytes while downloading"))
                             return
                         sha.update(data)
                         offset += len(data)
                         ready -= len(data)
         except OSError as exc:
             download.failures.append(errors.cache_os_error(exc, f"hash the download of {download.descriptor.digest}",
-                                                           download.partial.parent.parent))
+                                                           download.paths.cache_root))
             return
         if offset == download.descriptor.size:
             self.digest = "sha256:" + sha.hexdigest()
