@@ -96,10 +96,10 @@ def fast(session: nox.Session) -> None:
     _crane(session)
     _test_tools(session)
     session.install("-e", ".[test]")
-    # test_vllm.py skips as a whole without vLLM; ignored here so that CI's no-skip rule holds.
+    # test_vllm.py and test_vllm_lora.py skip as a whole without vLLM; ignored here so that CI's no-skip rule holds.
     _bytecode(session)
     session.run("pytest", "-m", "not vllm and not wheels and not gpu_check", "--ignore=tests/test_vllm.py",
-                *session.posargs)
+                "--ignore=tests/test_vllm_lora.py", *session.posargs)
 
 
 @nox.session(python=PYTHON)

@@ -18,6 +18,10 @@ the tool's process tree and its ratios. Parts (all but vllm by default; --parts 
   vllm      (--vllm; needs vLLM's CPU build) time until `vllm serve`'s /v1/models answers, for a synthetic Llama of
             --vllm-size-mib MiB served from the registry (--load-format oci-crane) and from a local directory,
             and a plain cold `oci-crane fetch` of it
+  lora      (--parts lora; needs vLLM's CPU build and transformers) one `vllm serve` of the tests' tiny Llama with
+            LoRA on: the time to the first token of a request naming an adapter the server has not seen, from the
+            registry by reference (the resolver fetches and checks it) vs from a local directory
+            (/v1/load_lora_adapter, then the request)
 
 The issue's targets are checked at the end. Results go to --json (default docs/benchmarks.json); --plot writes a PNG
 (default docs/benchmarks.png); --docs rewrites the generated part of docs/benchmarks.md. No timing is asserted by
@@ -349,6 +353,48 @@ def vllm_part(registry: str, size_mib: int, scratch: Path, repeat: int) -> list[
     return rows
 
 
+def lora_part(registry: str, scratch: Path, repeat: int) -> list[Row]:
+    """A new adapter per run on both sides (distinct weights, so nothing is cached), one token each."""
+    from support.adapters import write_lora
+    from support.vllm_server import post, vllm_server, write_tiny_llama
+
+    base = write_tiny_llama(scratch / "lora-base")
+    local = [write_lora(scratch / f"lora-local-{n}", seed=100 + n) for n in range(repeat)]
+    references = []
+    for n in range(repeat):
+        references.append(f"{registry}/bench/adapters/a{n}:v1")
+        subprocess.run([*OCI_CRANE, "push", str(write_lora(scratch / f"lora-{n}", seed=200 + n)), references[-1]],
+                       check=True, capture_output=True)
+    mib = sum(path.stat().st_size for path in local[0].iterdir()) / MIB
+    by_reference = Row("lora", "first token, adapter by reference (registry)", mib)
+    from_directory = Row("lora", "first token, adapter from a local directory", mib)
+    env = {"OCI_CRANE_LORA_REPOSITORIES": f"{registry}/bench/adapters", "VLLM_ALLOW_RUNTIME_LORA_UPDATING": "1",
+           "OCI_CRANE_LOADER_CACHE": str(scratch / "lora-cache")}
+
+    def first_token(url: str, model: str) -> None:
+        post(f"{url}/v1/completions", {"model": model, "prompt": "the quick brown fox", "max_tokens": 1})
+
+    with vllm_server(str(base), "--enable-lora", "--max-lora-rank", "16", "--max-loras", "2", env=env,
+                     log=scratch / "vllm-lora.log", poll=0.1) as url:
+        first_token(url, str(base))  # the engine's own warm-up is not what is measured
+        for n in range(repeat):
+            start = time.perf_counter()
+            load = urllib.request.Request(f"{url}/v1/load_lora_adapter", headers={"Content-Type": "application/json"},
+                                          data=json.dumps({"lora_name": f"local-{n}",
+                                                           "lora_path": str(local[n])}).encode())
+            with urllib.request.urlopen(load, timeout=300):
+                pass
+            first_token(url, f"local-{n}")
+            from_directory.seconds.append(time.perf_counter() - start)
+            start = time.perf_counter()
+            first_token(url, references[n])
+            by_reference.seconds.append(time.perf_counter() - start)
+    for row in (by_reference, from_directory):
+        print(f"  lora      {row.tool:46} {row.median:8.3f} s  ({', '.join(f'{s:.3f}' for s in row.seconds)})",
+              flush=True)
+    return [by_reference, from_directory]
+
+
 def fleet_part(registry: object, repository: str, mib: float, scratch: Path, nodes: list[int]) -> list[Row]:
     """N nodes at once, direct and through a pull-through mirror; upstream bytes counted from the upstream's own
     log (each blob GET times that blob's size)."""
@@ -454,7 +500,8 @@ def table(rows: list[Row]) -> str:
         if row.part in ("resume", "fleet"):
             continue
         crane, ceiling = crane_of(rows, row), find(rows, row.part, "plain HTTP ceiling")
-        timed_bytes = row.mib and "warm" not in row.tool and "vllm serve" not in row.tool  # else: not a download
+        # else not a download: a cached fetch, a server's start, a request
+        timed_bytes = row.mib and not any(word in row.tool for word in ("warm", "vllm serve", "first token"))
         speed = f"{row.mib / row.median:.0f}" if timed_bytes else ""
         cpu = f"{statistics.median(row.cpu):.2f}" if row.cpu else ""
         rss = f"{max(row.rss):.0f}" if row.rss else ""
@@ -594,7 +641,7 @@ def compile_bytecode() -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--parts", default="loopback,capped,resume,startup",
-                        help="comma-separated: loopback, capped, resume, startup, vllm")
+                        help="comma-separated: loopback, capped, resume, startup, vllm, fleet, lora")
     parser.add_argument("--repeat", type=int, default=3, help="runs per tool (default 3; startup: at least 5)")
     parser.add_argument("--size-mib", type=int, default=512, help="loopback model size (default 512)")
     parser.add_argument("--shards", type=int, default=4, help="loopback model shards (default 4)")
@@ -667,6 +714,8 @@ def main() -> None:
                                    [int(n) for n in options.fleet_nodes.split(",")])
             if "vllm" in parts:
                 rows += vllm_part(registry.host, options.vllm_size_mib, scratch, options.vllm_repeat)
+            if "lora" in parts:
+                rows += lora_part(registry.host, scratch, options.repeat)
     checks = targets(rows)
     report = table(rows)
     goals = "\n".join(["| target | measured | goal | met |", "|---|---:|---:|---|"] +

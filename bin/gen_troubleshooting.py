@@ -26,6 +26,9 @@ EXAMPLES: dict[str, tuple[str, str | None]] = {
     "UsageError": ("no password: standard input is not a terminal", "pipe the password in and pass --password-stdin"),
     "SettingsError": ("OCI_CRANE_TIMEOUT='abc' is not a number of seconds",
                       "set OCI_CRANE_TIMEOUT to a positive number of seconds (default 120) or unset it"),
+    "AdapterRefusedError": ("ghcr.io/other/sql is not under the repositories this server loads LoRA adapters from "
+                            "(OCI_CRANE_LORA_REPOSITORIES)", None),
+    "AdapterTimeoutError": ("the LoRA adapter ghcr.io/acme/adapters/sql:v1 is still downloading after 300 s", None),
     "InvalidReferenceError": ("invalid reference 'Bad/Ref': repository 'Bad/Ref' must be lowercase", None),
     "InvalidDocumentError": ("invalid manifest: layers.0.size: Input should be a valid integer", None),
     "UnsupportedFormatError": (

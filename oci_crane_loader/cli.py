@@ -198,7 +198,8 @@ def _registry_parsers(commands: argparse._SubParsersAction[argparse.ArgumentPars
 
 def _push_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     push = commands.add_parser("push", help="pack a local model directory and push it to a registry")
-    push.add_argument("directory", metavar="DIR", help="the model directory (config.json, *.safetensors, tokenizer)")
+    push.add_argument("directory", metavar="DIR", help="the model directory (config.json, *.safetensors, tokenizer), "
+                      "or a PEFT LoRA adapter (adapter_config.json, adapter_model.safetensors)")
     push.add_argument("reference", metavar="REF", help="a tag to push to, e.g. ghcr.io/acme/llama:v1")
     push.add_argument("--format", choices=("modelpack", "dmr"), default="modelpack",
                       help="CNCF ModelPack (default) or Docker Model Runner (config v0.2)")

@@ -110,6 +110,18 @@ class InvalidModelError(OciCraneError, ValueError):
     default_fix = "re-export the model with the safetensors library and push it again"
 
 
+class AdapterRefusedError(OciCraneError, PermissionError):
+    """A request named a LoRA adapter this vLLM server may not load: not under OCI_CRANE_LORA_REPOSITORIES."""
+
+    default_fix = "ask the server's operator to add the repository to OCI_CRANE_LORA_REPOSITORIES"
+
+
+class AdapterTimeoutError(OciCraneError, TimeoutError):
+    """A request waited OCI_CRANE_LORA_TIMEOUT for its LoRA adapter's download; the download goes on."""
+
+    default_fix = "try again in a while: the download goes on (OCI_CRANE_LORA_TIMEOUT bounds a request's wait)"
+
+
 class IntegrityError(OciCraneError, ValueError):
     """Bytes do not match their digest or size: a blob from the registry, or a damaged file in the cache."""
 

@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
 
+from .adapters import ADAPTER_CONFIG, check_adapter_dir, is_adapter_dir
 from .cache.contents import absent_from, built_files, missing_files, save_built_files, some
 from .cache.store import Store, remove_tree
 from .errors import CacheError, IntegrityError, InvalidModelError, OciCraneError, cache_os_error
@@ -234,12 +235,18 @@ def remove_path(path: Path) -> None:
 
 
 def find_model_root(tree: Path) -> Path:
-    """The shallowest directory holding config.json and safetensors weights; failing that, the shallowest holding
-    config.json (ties: the first by name). Weights first, because a base image's /etc/app/config.json must not
-    beat /models/<name>/config.json."""
-    candidates = sorted(tree.rglob("config.json"), key=lambda p: (len(p.relative_to(tree).parts), str(p)))
-    candidates = [p for p in candidates if p.is_file() and p.parent.name != "1_Pooling"]
-    candidates.sort(key=lambda p: not any(p.parent.glob("*.safetensors")))  # stable: depth order kept within
+    """The shallowest directory holding config.json and safetensors weights; failing that, the shallowest holding a
+    LoRA adapter's config; failing that, the shallowest holding config.json (ties: the first by name). Weights
+    first, because a base image's /etc/app/config.json must not beat /models/<name>/config.json."""
+    def found(name: str) -> list[Path]:
+        return sorted((p for p in tree.rglob(name) if p.is_file() and p.parent.name != "1_Pooling"),
+                      key=lambda p: (len(p.relative_to(tree).parts), str(p)))
+
+    # A LoRA adapter (KAITO's adapter images keep it under /data) ranks after a model with weights and before a
+    # config.json without any (a base image's).
+    candidates = found("config.json")
+    weighted = [p for p in candidates if any(p.parent.glob("*.safetensors"))]
+    candidates = weighted + found(ADAPTER_CONFIG) + [p for p in candidates if p not in weighted]
     if not candidates:
         if any(tree.rglob("*.gguf")):
             raise missing_safetensors(tree, tree, "the artifact (no config.json anywhere)")
@@ -368,6 +375,13 @@ def lacks(directory: Path, missing: list[str]) -> str:
 
 
 def _check_model(model_root: Path, work: Path, plan: Plan, *, weights: bool) -> None:
+    if weights and is_adapter_dir(model_root):  # a LoRA adapter: no config.json of its own
+        check_adapter_dir(model_root)
+        return
+    if is_adapter_dir(model_root):
+        raise InvalidModelError("the artifact is a LoRA adapter (adapter_config.json), not a model vLLM can serve "
+                                "alone", "serve its base model and name the adapter with --lora-modules NAME=REF, or "
+                                "as a request's model (docs/vllm.md: LoRA adapters)")
     if not (model_root / "config.json").is_file():  # vLLM and transformers cannot start without it
         raise missing_config(plan)
     if weights:

@@ -1,9 +1,10 @@
 """`oci-crane push DIR REF`: check a local model directory, pack it as an OCI artifact, push it with crane.
 
 The directory is validated before anything is packed or sent (config.json, safetensors weights with sound headers,
-an index that matches its shards), so a push never publishes a model that `fetch` would refuse. The artifact is
-written as an OCI image layout in a scratch directory on the model's filesystem, so weights are hard-linked
-rather than copied, then `crane push LAYOUT REF` sends it byte for byte; the layout is removed afterwards, always.
+an index that matches its shards; for a PEFT LoRA adapter, adapters.check_adapter_dir), so a push never publishes
+a model that `fetch` would refuse. The artifact is written as an OCI image layout in a scratch directory on the
+model's filesystem, so weights are hard-linked rather than copied, then `crane push LAYOUT REF` sends it byte for
+byte; the layout is removed afterwards, always.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import errors
+from .adapters import ADAPTER_CONFIG, check_adapter_dir
 from .cache.store import Store, remove_tree
 from .formats.dmr_pack import pack_dmr
 from .formats.modelpack_pack import pack_modelpack
@@ -53,6 +55,9 @@ def validate_model_dir(model_dir: Path) -> list[str]:
     if not model_dir.is_dir():
         raise errors.InvalidModelError(f"{model_dir} is not a directory", fix)
     files = collect_files(model_dir)
+    if "config.json" not in files and ADAPTER_CONFIG in files:  # a LoRA adapter: it rides on a base model's config
+        check_adapter_dir(model_dir)
+        return files
     if "config.json" not in files:
         raise errors.InvalidModelError(f"{model_dir} has no config.json (vLLM needs it to load the model)", fix)
     read_hf_config(model_dir)  # refuses a config.json that is not a JSON object

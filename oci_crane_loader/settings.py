@@ -56,6 +56,10 @@ class Settings:
     retries: int = 5  # OCI_CRANE_RETRIES: new tries in a row of a blob download that keeps no new byte (0: none)
     retry_window: float = 120.0  # OCI_CRANE_RETRY_WINDOW: seconds a download may go on failing with no new byte
     disable_progress: bool = False  # OCI_CRANE_DISABLE_PROGRESS: no progress on stderr, as --quiet
+    # OCI_CRANE_LORA_REPOSITORIES: the repository prefixes vLLM's LoRA resolver may load adapters from; () is off
+    lora_repositories: tuple[str, ...] = ()
+    lora_max_bytes: int = 2 << 30  # OCI_CRANE_LORA_MAX_BYTES: the most one adapter artifact may hold
+    lora_timeout: float = 300.0  # OCI_CRANE_LORA_TIMEOUT: seconds a request may wait for its adapter's download
 
     @classmethod
     def from_environment(cls, env: Mapping[str, str]) -> Settings:
@@ -73,7 +77,32 @@ class Settings:
                    unpack=UnpackLimits.from_environment(env), retries=parse_retries(
                        env.get("OCI_CRANE_RETRIES", ""), "OCI_CRANE_RETRIES", cls.retries),
                    retry_window=_seconds(env, "OCI_CRANE_RETRY_WINDOW", cls.retry_window),
-                   disable_progress=flag(env, "OCI_CRANE_DISABLE_PROGRESS"))
+                   disable_progress=flag(env, "OCI_CRANE_DISABLE_PROGRESS"),
+                   lora_repositories=parse_prefixes(env.get("OCI_CRANE_LORA_REPOSITORIES", ""),
+                                                    "OCI_CRANE_LORA_REPOSITORIES"),
+                   lora_max_bytes=_positive(env, "OCI_CRANE_LORA_MAX_BYTES", cls.lora_max_bytes, parse_bytes),
+                   lora_timeout=_seconds(env, "OCI_CRANE_LORA_TIMEOUT", cls.lora_timeout))
+
+
+def parse_prefixes(text: str, name: str) -> tuple[str, ...]:
+    """``ghcr.io/acme/adapters, registry.local:5000/team``: repository prefixes, normalised as references are
+    (``docker.io/library/x`` for ``x``, no ``oci://``, no trailing ``/``). A prefix matches whole path components
+    only: ``ghcr.io/acme`` allows ``ghcr.io/acme/sql``, never ``ghcr.io/acme-evil/sql``."""
+    from .reference import parse_reference
+
+    prefixes = []
+    for item in (part.strip() for part in text.split(",")):
+        if not item:
+            continue
+        try:
+            # Parsed as the parent of a repository: a prefix may be a whole registry, or a one-letter path.
+            parsed = parse_reference(item.removeprefix("oci://").rstrip("/") + "/xx")
+            prefixes.append(parsed.repository_name.removesuffix("/xx"))
+        except errors.InvalidReferenceError as exc:
+            raise errors.SettingsError(f"{name}: {item!r} is not a repository prefix ({exc.cause})",
+                                       f"set {name} to repository prefixes, comma-separated, e.g. "
+                                       "ghcr.io/acme/adapters,registry.local:5000/team") from None
+    return tuple(prefixes)
 
 
 MAX_RETRIES = 20
@@ -157,6 +186,11 @@ VARIABLES = {
     "OCI_CRANE_MAX_UNPACK_RATIO": f"unpacked bytes per archive byte (default {UnpackLimits.ratio:g})",
     "OCI_CRANE_MAX_UNPACK_BYTES": "unpacked bytes of one archive, e.g. 2T (default 1T)",
     "OCI_CRANE_MAX_UNPACK_ENTRIES": f"files in one archive (default {UnpackLimits.entries})",
+    "OCI_CRANE_LORA_REPOSITORIES": "vLLM: repository prefixes (comma-separated) a request's `model` may name a LoRA "
+                                   "adapter under, fetched on demand (unset: off)",
+    "OCI_CRANE_LORA_MAX_BYTES": "vLLM: the largest LoRA adapter artifact fetched on demand (default 2G)",
+    "OCI_CRANE_LORA_TIMEOUT": f"vLLM: seconds a request waits for its adapter's download (default "
+                              f"{Settings.lora_timeout:g}); the download goes on",
     "OCI_CRANE_BINARY": "the crane executable to run (default: the bundled copy, then PATH)",
 }
 

@@ -67,6 +67,14 @@ def register() -> None:
         _our_formats.add(load_format)
     _wrap_create_engine_config()
     _tolerate_references_in_hf_offline_mode()
+    from .vllm_lora import install
+
+    try:
+        install()  # LoRA adapters by reference: the resolver, --lora-modules, /v1/load_lora_adapter
+    except errors.OciCraneError as exc:  # an OCI_CRANE_LORA_* variable we cannot use
+        if _in_vllm_cli():
+            raise SystemExit(f"error: {exc.one_line()}") from None
+        raise
 
 
 def _tolerate_references_in_hf_offline_mode() -> None:
@@ -119,6 +127,10 @@ def _wrap_create_engine_config() -> None:
 
     @functools.wraps(original)
     def create_engine_config(self: Any, *args: Any, **kwargs: Any) -> Any:
+        from .vllm_lora import SERVING, note_engine_args, wrap_serving_models
+
+        note_engine_args(self)  # what LoRA adapters are checked against, whichever loader serves the model
+        wrap_serving_models()
         if self.load_format in _our_formats:
             from .errors import OciCraneError
 
@@ -128,6 +140,7 @@ def _wrap_create_engine_config() -> None:
                 if _in_vllm_cli():  # a command-line user gets our one line, not a traceback through asyncio
                     raise SystemExit(f"error: {exc.one_line()}") from None
                 raise
+            SERVING.cache_dir = self.download_dir  # adapters by reference share the model's cache
         return original(self, *args, **kwargs)
 
     setattr(create_engine_config, _WRAPPED, True)

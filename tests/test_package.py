@@ -29,9 +29,9 @@ def test_entry_points_are_declared():
 # A name ending in ".*" stands for every module of that package, the package itself included.
 LAYERS: tuple[tuple[str, frozenset[str]], ...] = (
     ("doors", frozenset({"__init__", "__main__", "cli", "cli_format", "auth", "doctor", "serve", "kserve", "demo",
-                         "vllm_plugin", "loader", "vllm_api"})),
+                         "vllm_plugin", "loader", "vllm_api", "vllm_lora"})),
     ("one fetch", frozenset({"fetching"})),
-    ("the work", frozenset({"pull", "push", "local_dir", "materialize", "layout", "packing", "formats.*",
+    ("the work", frozenset({"pull", "push", "adapters", "local_dir", "materialize", "layout", "packing", "formats.*",
                             "safetensors_check", "progress", "cache.listing", "cache.verify", "cache.prune"})),
     ("a fetch's terms", frozenset({"options", "cached", "sourcing"})),
     ("registry", frozenset({"registry.*"})),
