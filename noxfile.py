@@ -125,7 +125,7 @@ def lint(session: nox.Session) -> None:
 
 @nox.session(python=PYTHON)
 def types(session: nox.Session) -> None:
-    session.install("-e", ".", "mypy")
+    session.install("-e", ".[sign]", "mypy")
     session.run("mypy")
 
 

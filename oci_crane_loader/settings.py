@@ -56,6 +56,8 @@ class Settings:
     retries: int = 5  # OCI_CRANE_RETRIES: new tries in a row of a blob download that keeps no new byte (0: none)
     retry_window: float = 120.0  # OCI_CRANE_RETRY_WINDOW: seconds a download may go on failing with no new byte
     disable_progress: bool = False  # OCI_CRANE_DISABLE_PROGRESS: no progress on stderr, as --quiet
+    # OCI_CRANE_VERIFY_KEYS: public key files (':'-separated) a model must be signed with (signatures/policy.py)
+    verify_keys: tuple[str, ...] = ()
 
     @classmethod
     def from_environment(cls, env: Mapping[str, str]) -> Settings:
@@ -73,7 +75,9 @@ class Settings:
                    unpack=UnpackLimits.from_environment(env), retries=parse_retries(
                        env.get("OCI_CRANE_RETRIES", ""), "OCI_CRANE_RETRIES", cls.retries),
                    retry_window=_seconds(env, "OCI_CRANE_RETRY_WINDOW", cls.retry_window),
-                   disable_progress=flag(env, "OCI_CRANE_DISABLE_PROGRESS"))
+                   disable_progress=flag(env, "OCI_CRANE_DISABLE_PROGRESS"),
+                   verify_keys=tuple(path.strip() for path in env.get("OCI_CRANE_VERIFY_KEYS", "").split(":")
+                                     if path.strip()))
 
 
 MAX_RETRIES = 20
@@ -151,6 +155,7 @@ VARIABLES = {
     "OCI_CRANE_MAX_UNPACK_RATIO": f"unpacked bytes per archive byte (default {UnpackLimits.ratio:g})",
     "OCI_CRANE_MAX_UNPACK_BYTES": "unpacked bytes of one archive, e.g. 2T (default 1T)",
     "OCI_CRANE_MAX_UNPACK_ENTRIES": f"files in one archive (default {UnpackLimits.entries})",
+    "OCI_CRANE_VERIFY_KEYS": "public key files, ':'-separated: serve only models signed with one (as --verify-key)",
     "OCI_CRANE_BINARY": "the crane executable to run (default: the bundled copy, then PATH)",
 }
 
