@@ -17,6 +17,7 @@ from support.models import write_model
 
 from oci_crane_loader import errors
 from oci_crane_loader.cache.store import Store
+from oci_crane_loader.fetching import prepare
 from oci_crane_loader.layout import LayoutWriter, canonical_json
 from oci_crane_loader.options import from_extra_config
 from oci_crane_loader.reference import parse_reference
@@ -178,6 +179,53 @@ def test_the_vllm_loader_takes_verify_key_from_its_extra_config(tmp_path, keys):
         from_extra_config({"verify_key": str(keys[0])}, tmp_path / "cache")  # the private half
     with pytest.raises(errors.UsageError, match="verify_key"):
         from_extra_config({"verify_key": 1}, tmp_path / "cache")
+
+
+def test_the_vllm_prepare_path_is_refused_before_any_weight(registry, tmp_path, model, keys):
+    # What vLLM's loader and its early prefetch call (fetching.prepare), with the loader's own options.
+    _, public = keys
+    reference = f"{registry.host}/acme/unsigned:v1"
+    digest = push(model, reference, tmp_path / "push-cache")
+    options = from_extra_config({"verify_key": str(public)}, tmp_path / "cache")
+    with pytest.raises(errors.SignatureError, match="is missing"):
+        prepare(options, reference)
+    assert model_blob_downloads(registry, digest, tmp_path / "cache") == []
+    assert not (tmp_path / "cache" / "configs" / "sha256").exists() or \
+        not list((tmp_path / "cache" / "configs" / "sha256").iterdir())
+
+
+def test_serve_refuses_a_bad_key_before_vllm_starts(tmp_path):
+    junk = tmp_path / "junk.pub"
+    junk.write_text("not a key")
+    done = run_cli("serve", "127.0.0.1:1/acme/x:v1", "--verify-key", str(junk), "--dry-run")
+    assert done.returncode == EXIT_SIGNATURE and "junk.pub is not a PEM public key" in done.stderr
+    assert done.stdout == ""
+
+
+def test_an_outage_verifies_from_the_kept_signatures(registry, tmp_path, model, keys):
+    secret, public = keys
+    _, other = key_pair(tmp_path / "other", "other")
+    reference = f"{registry.host}/acme/signed:v1"
+    push(model, reference, tmp_path / "push-cache", "--sign-key", str(secret))
+    fetched(reference, tmp_path / "cache", "--verify-key", str(public))
+    registry.process.terminate()
+    registry.process.wait(timeout=30)
+    assert fetched(reference, tmp_path / "cache", "--verify-key", str(public)).is_dir()
+    done = run_cli("fetch", reference, "--cache-dir", str(tmp_path / "cache"), "--quiet", "--verify-key", str(other))
+    assert done.returncode == EXIT_SIGNATURE
+    assert "verifying those the cache kept" in done.stderr and "no valid signature in the cache" in done.stderr
+
+
+def test_cache_verify_and_prune_leave_kept_signatures_alone(registry, tmp_path, model, keys):
+    secret, public = keys
+    reference = f"{registry.host}/acme/signed:v1"
+    digest = push(model, reference, tmp_path / "push-cache", "--sign-key", str(secret))
+    fetched(reference, tmp_path / "cache", "--verify-key", str(public))
+    for action in ("verify", "prune"):
+        done = run_cli("cache", action, "--cache-dir", str(tmp_path / "cache"))
+        assert done.returncode == 0, done.stderr
+    assert Store(tmp_path / "cache").load_signatures(digest) is not None
+    assert fetched(reference, tmp_path / "cache", "--verify-key", str(public), "--offline").is_dir()
 
 
 def test_without_a_policy_no_signature_is_asked_for(registry, tmp_path, model):
