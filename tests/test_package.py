@@ -35,7 +35,7 @@ LAYERS: tuple[tuple[str, frozenset[str]], ...] = (
                             "safetensors_check", "progress", "cache.listing", "cache.verify", "cache.prune",
                             "signatures.sign"})),
     ("a fetch's terms", frozenset({"options", "cached", "sourcing", "signatures", "signatures.policy",
-                                   "signatures.cosign", "signatures.keys"})),
+                                   "signatures.cosign", "signatures.keys", "signatures.bundles"})),
     ("registry", frozenset({"registry.*"})),
     ("cache", frozenset({"cache", "cache.store", "cache.usage", "cache.reachability", "cache.contents"})),
     ("leaves", frozenset({"errors", "digests", "oci", "reference", "paths", "files", "settings", "platforms"})),

@@ -6,6 +6,7 @@ what we sign."""
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import os
 import subprocess
@@ -95,6 +96,13 @@ def signed_entry(secret: Path, payload: bytes) -> tuple[bytes, str]:
     from cryptography.hazmat.primitives import hashes
 
     return payload, base64.b64encode(key.sign(payload, ec.ECDSA(hashes.SHA256()))).decode()
+
+
+def refused_counting_blobs(registry, reference: str, cache_dir: Path, public: Path) -> tuple[str, int]:
+    """A fetch refused for its signature: its error line, and how many blobs it downloaded."""
+    before = len(registry.blob_downloads())
+    line = fetch_refused(reference, cache_dir, "--verify-key", str(public))
+    return line, len(registry.blob_downloads()) - before
 
 
 def model_blob_downloads(registry, digest: str, cache_dir: Path) -> list[str]:
@@ -279,10 +287,9 @@ def test_a_flood_of_signatures_is_read_only_up_to_the_cap(registry, tmp_path, mo
     wrong = make_payload(parse_reference(reference), "sha256:" + "0" * 64)
     entries = [signed_entry(secret, wrong[:-1] + b" " * number + b"}") for number in range(MAX_SIGNATURES + 40)]
     put_signatures(tmp_path, f"{registry.host}/acme/flood", digest, entries)
-    before = len(registry.blob_downloads())
-    line = fetch_refused(reference, tmp_path / "cache", "--verify-key", str(public))
+    line, downloads = refused_counting_blobs(registry, reference, tmp_path / "cache", public)
     assert f"40 signatures past the first {MAX_SIGNATURES}" in line
-    assert len(registry.blob_downloads()) - before == MAX_SIGNATURES
+    assert downloads == MAX_SIGNATURES
 
 
 def test_offline_verifies_from_the_cache_after_the_signature_is_removed(registry, tmp_path, model, keys):
@@ -391,3 +398,116 @@ def test_payload_is_byte_for_byte_what_cosign_writes():
     assert make_payload(reference, digest) == (
         b'{"critical":{"identity":{"docker-reference":"127.0.0.1:5000/acme/m"},"image":{"docker-manifest-digest":'
         b'"sha256:' + b"ab" * 32 + b'"},"type":"cosign container image signature"},"optional":null}')
+
+
+# --- cosign 3's sigstore bundles, as OCI 1.1 referrers (the tag-schema fallback: crane registry serve has no API) --
+
+BUNDLE = "application/vnd.dev.sigstore.bundle.v0.3+json"
+
+
+def dsse_bundle(secret: Path, digest: str, predicate: str = "https://sigstore.dev/cosign/sign/v1") -> bytes:
+    """A key-signed sigstore bundle as cosign 3 makes it for an image: a DSSE envelope over an in-toto statement."""
+    from oci_crane_loader.signatures.bundles import pae
+
+    statement = json.dumps({"_type": "https://in-toto.io/Statement/v1", "subject": [
+        {"digest": {"sha256": digest.removeprefix("sha256:")}}], "predicateType": predicate, "predicate": {}}).encode()
+    _, signature = signed_entry(secret, pae("application/vnd.in-toto+json", statement))
+    return json.dumps({"mediaType": BUNDLE, "verificationMaterial": {"publicKey": {"hint": "x"}}, "dsseEnvelope": {
+        "payload": base64.b64encode(statement).decode(), "payloadType": "application/vnd.in-toto+json",
+        "signatures": [{"sig": signature}]}}).encode()
+
+
+def put_referrers(tmp_path: Path, repository: str, digest: str, bundle: bytes, copies: int = 1,
+                  declared_size: int | None = None) -> None:
+    """``bundle`` as a referrer manifest of ``digest``, listed ``copies`` times in the tag-schema index
+    (``sha256-<hex>``) that registries without the referrers API hold."""
+    import httpx
+
+    layout = tmp_path / f"bundle-layout-{len(list(tmp_path.glob('bundle-layout-*')))}"
+    writer = LayoutWriter(layout)
+    layer = writer.add_bytes(BUNDLE, bundle)
+    config = writer.add_bytes("application/vnd.oci.empty.v1+json", b"{}")
+    manifest = writer.add_manifest(config, [layer], artifact_type=BUNDLE)
+    Crane().push(layout, f"{repository}@{manifest}")  # the blobs and the referrer manifest
+    raw = (layout / "blobs" / "sha256" / manifest.removeprefix("sha256:")).read_bytes()
+    host, _, path = repository.partition("/")
+    url = f"http://{host}/v2/{path}/manifests"
+    media = "application/vnd.oci.image.manifest.v1+json"
+    if declared_size is not None:  # a manifest whose bundle layer claims another size, put by hand
+        document = json.loads(raw)
+        document["layers"][0]["size"] = declared_size
+        raw = json.dumps(document).encode()
+        manifest = "sha256:" + hashlib.sha256(raw).hexdigest()
+        assert httpx.put(f"{url}/{manifest}", content=raw, headers={"Content-Type": media}).status_code == 201
+    index = {"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json", "manifests": [
+        {"mediaType": media, "digest": manifest, "size": len(raw), "artifactType": BUNDLE}] * copies}
+    done = httpx.put(f"{url}/{digest.replace(':', '-')}", content=json.dumps(index).encode(),
+                     headers={"Content-Type": "application/vnd.oci.image.index.v1+json"})
+    assert done.status_code == 201, done.text
+
+
+def test_a_bundle_referrer_signed_with_the_key_is_served_and_kept_for_offline(registry, tmp_path, model, keys):
+    secret, public = keys
+    reference = f"{registry.host}/acme/bundled:v1"
+    digest = push(model, reference, tmp_path / "push-cache")
+    put_referrers(tmp_path, f"{registry.host}/acme/bundled", digest, dsse_bundle(secret, digest))
+    assert fetched(reference, tmp_path / "cache", "--verify-key", str(public)).is_dir()
+    assert fetched(reference, tmp_path / "cache", "--verify-key", str(public), "--offline").is_dir()
+    _, other = key_pair(tmp_path / "other", "other")
+    assert "none of the trusted keys" in fetch_refused(reference, tmp_path / "cache2", "--verify-key", str(other))
+
+
+def test_a_bundle_for_another_digest_or_predicate_is_refused(registry, tmp_path, model, keys):
+    secret, public = keys
+    reference = f"{registry.host}/acme/bundled:v1"
+    digest = push(model, reference, tmp_path / "push-cache")
+    put_referrers(tmp_path, f"{registry.host}/acme/bundled", digest, dsse_bundle(secret, "sha256:" + "1" * 64))
+    assert "a bundle signature for another manifest" in fetch_refused(reference, tmp_path / "cache", "--verify-key",
+                                                                      str(public))
+    put_referrers(tmp_path, f"{registry.host}/acme/bundled", digest,
+                  dsse_bundle(secret, digest, predicate="https://slsa.dev/provenance/v1"))
+    assert "not cosign's signature" in fetch_refused(reference, tmp_path / "cache", "--verify-key", str(public))
+
+
+def test_a_referrer_flood_is_read_only_up_to_the_cap(registry, tmp_path, model, keys):
+    from oci_crane_loader.signatures.bundles import MAX_BUNDLES
+
+    secret, public = keys
+    reference = f"{registry.host}/acme/flood:v1"
+    digest = push(model, reference, tmp_path / "push-cache")
+    put_referrers(tmp_path, f"{registry.host}/acme/flood", digest, dsse_bundle(secret, "sha256:" + "1" * 64),
+                  copies=MAX_BUNDLES + 100)
+    line, downloads = refused_counting_blobs(registry, reference, tmp_path / "cache", public)
+    assert f"100 bundles past the first {MAX_BUNDLES}" in line
+    assert downloads == MAX_BUNDLES
+
+
+def test_a_huge_bundle_is_refused_unread(registry, tmp_path, model, keys):
+    from oci_crane_loader.signatures.bundles import MAX_BUNDLE
+
+    secret, public = keys
+    reference = f"{registry.host}/acme/huge:v1"
+    digest = push(model, reference, tmp_path / "push-cache")
+    put_referrers(tmp_path, f"{registry.host}/acme/huge", digest, dsse_bundle(secret, digest),
+                  declared_size=1 << 30)
+    line, downloads = refused_counting_blobs(registry, reference, tmp_path / "cache", public)
+    assert f"is {1 << 30} bytes (at most {MAX_BUNDLE})" in line
+    assert downloads == 0
+
+
+def test_what_cosign_3_signs_by_default_we_verify(registry, tmp_path, model, cosign):
+    # cosign 3 writes a sigstore bundle as a referrer (not the .sig tag) unless told otherwise.
+    _, env = cosign
+    binary = Path(__file__).resolve().parents[1] / ".tools" / "cosign3" / "cosign"
+    if not binary.is_file():
+        pytest.skip("cosign 3 is not installed: COSIGN_VERSION=v3.1.3 bin/install-cosign")
+    subprocess.run([str(binary), "generate-key-pair"], cwd=tmp_path, env=env, check=True, capture_output=True)
+    reference = f"{registry.host}/acme/cosign3:v1"
+    digest = push(model, reference, tmp_path / "push-cache")
+    done = subprocess.run([str(binary), "sign", "--key", "cosign.key", "--tlog-upload=false", "--allow-http-registry",
+                           f"{registry.host}/acme/cosign3@{digest}"], cwd=tmp_path, env=env, capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert fetched(reference, tmp_path / "cache", "--verify-key", str(tmp_path / "cosign.pub")).is_dir()
+    assert f"/acme/cosign3/manifests/{signature_tag(digest)}" not in "\n".join(
+        line for line in registry.lines if " PUT " in line)
