@@ -36,7 +36,7 @@ def _test_tools(session: nox.Session) -> None:
     """oras and cosign (Go module proxy) always; Debian's registry and skopeo where apt can run without a password
     prompt."""
     session.run("bash", "bin/install-oras", external=True)
-    session.run("bash", "bin/install-cosign", external=True)  # tests/test_signatures.py: cosign signs and verifies
+    session.run("bash", "bin/install-cosign", external=True)  # tests/test_signatures.py: cosign 2 and 3
     can_install = platform.system() == "Linux" and (
         os.geteuid() == 0
         or (shutil.which("sudo") is not None and subprocess.run(["sudo", "-n", "true"], check=False).returncode == 0))

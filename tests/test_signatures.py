@@ -498,13 +498,13 @@ def test_a_huge_bundle_is_refused_unread(registry, tmp_path, model, keys):
 def test_what_cosign_3_signs_by_default_we_verify(registry, tmp_path, model, cosign):
     # cosign 3 writes a sigstore bundle as a referrer (not the .sig tag) unless told otherwise.
     _, env = cosign
-    binary = Path(__file__).resolve().parents[1] / ".tools" / "cosign3" / "cosign"
-    if not binary.is_file():
-        pytest.skip("cosign 3 is not installed: COSIGN_VERSION=v3.1.3 bin/install-cosign")
-    subprocess.run([str(binary), "generate-key-pair"], cwd=tmp_path, env=env, check=True, capture_output=True)
+    binary = tool("cosign3")
+    if binary is None:
+        pytest.skip("cosign 3 is not installed: run bin/install-cosign")
+    subprocess.run([binary, "generate-key-pair"], cwd=tmp_path, env=env, check=True, capture_output=True)
     reference = f"{registry.host}/acme/cosign3:v1"
     digest = push(model, reference, tmp_path / "push-cache")
-    done = subprocess.run([str(binary), "sign", "--key", "cosign.key", "--tlog-upload=false", "--allow-http-registry",
+    done = subprocess.run([binary, "sign", "--key", "cosign.key", "--tlog-upload=false", "--allow-http-registry",
                            f"{registry.host}/acme/cosign3@{digest}"], cwd=tmp_path, env=env, capture_output=True,
                           text=True, timeout=120)
     assert done.returncode == 0, done.stderr
