@@ -495,8 +495,9 @@ def test_a_huge_bundle_is_refused_unread(registry, tmp_path, model, keys):
     assert downloads == 0
 
 
-def test_what_cosign_3_signs_by_default_we_verify(registry, tmp_path, model, cosign):
-    # cosign 3 writes a sigstore bundle as a referrer (not the .sig tag) unless told otherwise.
+def test_cosign_3_and_we_verify_each_others_signatures(registry, tmp_path, model, cosign, keys):
+    # cosign 3 writes a sigstore bundle as a referrer (not the .sig tag) unless told otherwise; its `verify --key`
+    # still reads the .sig tag that `push --sign-key` writes.
     _, env = cosign
     binary = tool("cosign3")
     if binary is None:
@@ -504,10 +505,23 @@ def test_what_cosign_3_signs_by_default_we_verify(registry, tmp_path, model, cos
     subprocess.run([binary, "generate-key-pair"], cwd=tmp_path, env=env, check=True, capture_output=True)
     reference = f"{registry.host}/acme/cosign3:v1"
     digest = push(model, reference, tmp_path / "push-cache")
-    done = subprocess.run([binary, "sign", "--key", "cosign.key", "--tlog-upload=false", "--allow-http-registry",
+    # No transparency log: without a signing config (which names one), --tlog-upload=false is allowed.
+    done = subprocess.run([binary, "sign", "--key", "cosign.key", "--use-signing-config=false", "--tlog-upload=false",
+                           "--allow-http-registry",
                            f"{registry.host}/acme/cosign3@{digest}"], cwd=tmp_path, env=env, capture_output=True,
                           text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert fetched(reference, tmp_path / "cache", "--verify-key", str(tmp_path / "cosign.pub")).is_dir()
     assert f"/acme/cosign3/manifests/{signature_tag(digest)}" not in "\n".join(
         line for line in registry.lines if " PUT " in line)
+    _, other = key_pair(tmp_path / "other", "other")
+    assert "none of the trusted keys" in fetch_refused(reference, tmp_path / "cache2", "--verify-key", str(other))
+
+    secret, public = keys
+    ours = f"{registry.host}/acme/ours:v1"
+    signed = push(model, ours, tmp_path / "push-cache", "--sign-key", str(secret))
+    for key, expected in ((public, 0), (other, 1)):
+        done = subprocess.run([binary, "verify", "--key", str(key), "--insecure-ignore-tlog", "--allow-http-registry",
+                               f"{registry.host}/acme/ours@{signed}"], env=env, capture_output=True, text=True,
+                              timeout=120)
+        assert (done.returncode != 0) == bool(expected), done.stderr
