@@ -525,3 +525,19 @@ def test_cosign_3_and_we_verify_each_others_signatures(registry, tmp_path, model
                                f"{registry.host}/acme/ours@{signed}"], env=env, capture_output=True, text=True,
                               timeout=120)
         assert (done.returncode != 0) == bool(expected), done.stderr
+
+
+@pytest.mark.parametrize(("named", "problem"), [
+    ("index.docker.io/library/ubuntu", None),  # what cosign writes for `ubuntu`: Docker Hub's aliases are one
+    ("docker.io/library/ubuntu", None),
+    ("index.docker.io/library/debian", "another repository"),
+    ("", "another repository"),
+])
+def test_the_payloads_repository_is_compared_as_crane_names_it(named, problem):
+    from oci_crane_loader.signatures.cosign import payload_problem
+
+    digest = "sha256:" + "ab" * 32
+    payload = json.dumps({"critical": {"identity": {"docker-reference": named}, "image": {
+        "docker-manifest-digest": digest}, "type": "cosign container image signature"}, "optional": None}).encode()
+    found = payload_problem(payload, digest, parse_reference("ubuntu:22.04"))
+    assert (found is None) if problem is None else (problem in str(found))
