@@ -33,8 +33,10 @@ def _crane(session: nox.Session) -> None:
 
 
 def _test_tools(session: nox.Session) -> None:
-    """oras (Go module proxy) always; Debian's registry and skopeo where apt can run without a password prompt."""
+    """oras and cosign (Go module proxy) always; Debian's registry and skopeo where apt can run without a password
+    prompt."""
     session.run("bash", "bin/install-oras", external=True)
+    session.run("bash", "bin/install-cosign", external=True)  # tests/test_signatures.py: cosign 2 and 3
     can_install = platform.system() == "Linux" and (
         os.geteuid() == 0
         or (shutil.which("sudo") is not None and subprocess.run(["sudo", "-n", "true"], check=False).returncode == 0))
@@ -125,7 +127,7 @@ def lint(session: nox.Session) -> None:
 
 @nox.session(python=PYTHON)
 def types(session: nox.Session) -> None:
-    session.install("-e", ".", "mypy")
+    session.install("-e", ".[sign]", "mypy")
     session.run("mypy")
 
 

@@ -71,6 +71,12 @@ EXAMPLES: dict[str, tuple[str, str | None]] = {
     "RegistryBlockedError": ("index.docker.io/library/ubuntu is blocked (blocked = true) in "
                              "/etc/containers/registries.conf.d/50-airgap.conf, and no mirror that is not blocked "
                              "serves it", None),
+    "SignatureError": ("ghcr.io/acme/llama:v1 (sha256:0913dc526325...) is not signed by a trusted key (cosign.pub): "
+                       "no valid signature in ghcr.io/acme/llama: cosign's tag sha256-0913dc526325....sig is "
+                       "missing; no sigstore bundle among its referrers",
+                       "sign exactly this digest with the key whose public half you trust (cosign sign --key "
+                       "cosign.key ghcr.io/acme/llama@sha256:0913dc526325..., or oci-crane push --sign-key), or pass "
+                       "the right --verify-key"),
 }
 
 HEADER = """\

@@ -39,12 +39,15 @@ if TYPE_CHECKING:  # the pull machinery (pydantic, filelock) is imported by the 
 EXIT_OK = 0
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
+EXIT_SIGNATURE = 3
 EXIT_INTERRUPTED = 130
 EXIT_TERMINATED = 143
 EXIT_CODES = {
     EXIT_OK: "success",
     EXIT_FAILURE: "failure: the error line on stderr names the cause and the fix",
     EXIT_USAGE: "usage: an unknown option or a value that cannot be used; nothing was done",
+    EXIT_SIGNATURE: "not signed: a signature policy is in force (--verify-key, OCI_CRANE_VERIFY_KEYS) and no trusted "
+                    "key signed the model's digest; nothing of the model was downloaded",
     EXIT_INTERRUPTED: "interrupted (Ctrl-C, SIGINT); partial downloads were kept for the next fetch to continue",
     EXIT_TERMINATED: "terminated (SIGTERM); partial downloads were kept for the next fetch to continue",
 }
@@ -66,8 +69,15 @@ def _common(parser: argparse.ArgumentParser, *, subpath: bool = True) -> None:
         parser.add_argument("--subpath", metavar="DIR",
                             help="the model directory inside an image or artifact, from its root: /models/b/ and "
                                  "models/b are one (default: where config.json is)")
+    _verify_key(parser)
     _connection(parser)
     parser.add_argument("--debug", action="store_true", help="log every step and show tracebacks")
+
+
+def _verify_key(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--verify-key", action="append", default=[], metavar="FILE",
+                        help="serve the model only if this public key (PEM, e.g. cosign.pub) signed its digest "
+                             "(repeatable: any one of them; also OCI_CRANE_VERIFY_KEYS)")
 
 
 def _connection(parser: argparse.ArgumentParser) -> None:
@@ -155,6 +165,7 @@ def _deploy_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser
     serve.add_argument("reference", metavar="REF", nargs="?",
                        help="an OCI reference, Hugging Face id or directory (default: $VLLM_MODEL)")
     serve.add_argument("--dry-run", action="store_true", help="print the vllm command line instead of running it")
+    _verify_key(serve)
     serve.add_argument("--debug", action="store_true", help="show tracebacks")
     kserve = commands.add_parser("kserve-init", help="KServe storage initializer: fetch URI into DEST, as pairs",
                                  description="Run by KServe as the storage initializer of a ClusterStorageContainer: "
@@ -205,6 +216,9 @@ def _push_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
                       help="CNCF ModelPack (default) or Docker Model Runner (config v0.2)")
     _connection(push)
     push.add_argument("--cache-dir", help="where the temporary layout goes (default: the cache's tmp/)")
+    push.add_argument("--sign-key", metavar="KEY",
+                      help="then sign the pushed digest with this unencrypted PEM private key, as `cosign sign --key` "
+                           "does (cosign's encrypted keys: sign with cosign; docs/security.md)")
     push.add_argument("--json", action="store_true", help="print one JSON object instead of the pinned reference")
     push.add_argument("--quiet", "-q", action="store_true",
                       help="no progress on stderr (also OCI_CRANE_DISABLE_PROGRESS=1)")
@@ -239,7 +253,7 @@ def _options(args: argparse.Namespace, jobs: int = 4) -> FetchOptions:
                          insecure=args.insecure, jobs=jobs, subpath=getattr(args, "subpath", None),
                          plain_http=args.plain_http, ca_file=args.ca_file, authfile=args.authfile,
                          retries=getattr(args, "retries", None), include=getattr(args, "include", ()),
-                         exclude=getattr(args, "exclude", ()))
+                         exclude=getattr(args, "exclude", ()), verify_keys=getattr(args, "verify_key", ()))
 
 
 def _puller(args: argparse.Namespace) -> Puller:
@@ -303,7 +317,7 @@ def _run(args: argparse.Namespace) -> int:
         crane = Crane(insecure=args.insecure, plain_http=args.plain_http, ca_file=args.ca_file,
                       authfile=args.authfile)
         pushed = push(args.directory, args.reference, format=args.format, cache_dir=args.cache_dir, crane=crane,
-                      progress=_progress(args))
+                      progress=_progress(args), sign_key=args.sign_key)
         print(json.dumps(pushed.to_json(), indent=2) if args.json else pushed.pinned)
     return 0
 
@@ -329,6 +343,12 @@ def _deploy_command(args: argparse.Namespace) -> None:
     if args.command == "serve":
         from .serve import build_argv, exec_vllm, shown
 
+        if args.verify_key:  # the vLLM loader reads it there, as a container sets it
+            from .options import check_verify_keys
+
+            check_verify_keys(args.verify_key, settings())  # a bad key file is refused before vLLM starts
+            keys = [*settings().verify_keys, *(os.path.abspath(path) for path in args.verify_key)]
+            os.environ["OCI_CRANE_VERIFY_KEYS"] = ":".join(keys)
         argv = build_argv(args.reference, args.vllm_args, os.environ)
         if args.dry_run:  # secrets masked: a dry run's output lands in CI logs (exec_vllm gets them unchanged)
             print(shown(argv))
@@ -457,6 +477,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                         format="%(levelname)s %(name)s: %(message)s")
     try:
         return _run(args)
+    except errors.SignatureError as exc:
+        if args.debug:
+            raise
+        print(f"error: {exc.one_line()}", file=sys.stderr)
+        return EXIT_SIGNATURE
     except errors.OciCraneError as exc:
         if args.debug:
             note = getattr(exc, "note", None)

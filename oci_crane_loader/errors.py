@@ -279,3 +279,12 @@ class RegistryBlockedError(OciCraneError, PermissionError):
     """The node's containers-registries.conf blocks the registry (`blocked = true`) and no mirror may serve it."""
 
     default_fix = "pull from a registry the configuration allows, or ask whoever manages the file to unblock it"
+
+
+class SignatureError(OciCraneError):
+    """A signature policy is in force (--verify-key, OCI_CRANE_VERIFY_KEYS, verify_key) and the model has no valid
+    signature by a trusted key for its manifest digest; or a key cannot be read. Nothing of the model was
+    downloaded. (Not a PermissionError: that is an OSError, and no handler of OSErrors may swallow a refusal.)"""
+
+    default_fix = ("sign the model (cosign sign --key cosign.key REF@DIGEST, or oci-crane push --sign-key), or trust "
+                   "the key it was signed with (--verify-key); docs/security.md, Signatures")

@@ -1,7 +1,8 @@
 """The fetch service: every way into a fetch (the command line, Python's ``fetch()``, KServe's initializer, the
 demo and the vLLM loader) comes through here. It parses the reference once, sources its digest by one rule
 (sourcing.py), answers from the cache's record when that holds (cached.py: nothing heavy is loaded for it), else
-asks the Puller (imported only then), and records the result in one place.
+asks the Puller (imported only then), and records the result in one place. With a signature policy
+(signatures/policy.py) the digest's signature is checked as soon as the digest is known, before either.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from .cached import Recorded, find_recorded, record_key, save_record
 from .files import list_files
 from .options import FetchOptions, open_crane
 from .reference import Reference, parse_reference
+from .signatures.policy import require_signed
 from .sourcing import require_digest, source_digest
 
 if TYPE_CHECKING:
@@ -60,6 +62,8 @@ def fetch(options: FetchOptions, text: str, progress: Progress | None = None) ->
     crane = open_crane(options)
     top = source_digest(store, crane, reference)
     if top is not None:
+        # Before the record's shortcut and before any download: a policy holds for cached models too.
+        require_signed(store, crane, reference, top, options.verify)
         key = _key(top, options)
         with store.fetching(top):  # as the full path does: a prune running now keeps what this fetch hands out
             recorded = find_recorded(store, top, key)
@@ -85,6 +89,7 @@ def prepare(options: FetchOptions, text: str) -> tuple[Puller, Resolved, Plan, P
     reference = parse_reference(text)
     puller = open_puller(options)
     digest = require_digest(puller.store, puller.crane, reference)
+    require_signed(puller.store, puller.crane, reference, digest, options.verify)
     resolved, plan, path = puller.prepare(reference, digest)
     return puller, resolved, plan, path
 

@@ -16,6 +16,7 @@ from .paths import safe_relative_path
 from .registry.access import RegistryAccess, registry_access
 from .registry.crane import Crane
 from .settings import Settings, parse_retries, settings
+from .signatures.policy import VerifyPolicy, verify_policy
 
 MAX_JOBS = 64  # concurrent crane processes; more only thrashes the registry and the disk
 LOCAL_DIR_MODES = ("copy", "link")  # how --local-dir gets each file (local_dir.py); the first is the default
@@ -35,6 +36,8 @@ class FetchOptions:
     # the HTTP downloads alike.
     access: RegistryAccess = field(default_factory=RegistryAccess)
     settings: Settings = field(default_factory=Settings)  # the OCI_CRANE_* environment, read once
+    # The keys a model must be signed with (--verify-key, OCI_CRANE_VERIFY_KEYS); none: no signature policy.
+    verify: VerifyPolicy = field(default_factory=VerifyPolicy)
 
     @property
     def offline(self) -> bool:
@@ -65,16 +68,26 @@ def fetch_options(*, cache_dir: str | Path | None = None, platform: str | None =
                   insecure: bool = False, jobs: int = 4, subpath: str | None = None, plain_http: bool = False,
                   ca_file: str | Path | None = None, authfile: str | Path | None = None,
                   retries: int | None = None, include: Sequence[str] = (),
-                  exclude: Sequence[str] = ()) -> FetchOptions:
+                  exclude: Sequence[str] = (), verify_keys: Sequence[str | Path] = ()) -> FetchOptions:
     """The one place the options of a fetch are checked; UsageError names the option and how to fix it.
-    ``retries`` None: OCI_CRANE_RETRIES, else 2."""
+    ``retries`` None: OCI_CRANE_RETRIES, else 2. ``verify_keys``: public key files a model must be signed with,
+    added to OCI_CRANE_VERIFY_KEYS's (read and checked now)."""
     environment = settings()
     access = registry_access(offline=offline, insecure=insecure, plain_http=plain_http, ca_file=ca_file,
                              authfile=authfile, retries=None if retries is None else check_retries(retries),
                              environment=environment)
     return FetchOptions(cache_dir=check_cache_dir(cache_dir), platform=platform or None, jobs=check_jobs(jobs),
                         subpath=normalise_subpath(subpath), include=check_patterns(include, "--include"),
-                        exclude=check_patterns(exclude, "--exclude"), access=access, settings=environment)
+                        exclude=check_patterns(exclude, "--exclude"), access=access, settings=environment,
+                        verify=check_verify_keys(verify_keys, environment))
+
+
+def check_verify_keys(paths: Sequence[str | Path] | str, environment: Settings) -> VerifyPolicy:
+    if isinstance(paths, str | Path) or not all(isinstance(path, str | Path) and str(path).strip()
+                                                 for path in paths):
+        raise errors.UsageError(f"--verify-key {paths!r} is not a list of key files",
+                                "pass --verify-key once per public key file")
+    return verify_policy([*environment.verify_keys, *paths])
 
 
 def open_crane(options: FetchOptions) -> Crane:
@@ -131,7 +144,8 @@ def normalise_subpath(subpath: str | None) -> str | None:
 # --- vLLM's --model-loader-extra-config ------------------------------------------------------------------------
 
 _EXTRA_KEYS: dict[str, type] = {"jobs": int, "platform": str, "insecure": bool, "offline": bool, "subpath": str,
-                                "plain_http": bool, "ca_file": str, "authfile": str, "retries": int}
+                                "plain_http": bool, "ca_file": str, "authfile": str, "retries": int,
+                                "verify_key": str}
 
 
 def from_extra_config(extra: dict[str, Any] | str | None, download_dir: str | Path | None) -> FetchOptions:
@@ -156,8 +170,9 @@ def from_extra_config(extra: dict[str, Any] | str | None, download_dir: str | Pa
             raise errors.UsageError(f"oci-crane: model_loader_extra_config[{key!r}] must be "
                                     f"{_EXTRA_KEYS[key].__name__}, got {value!r}",
                                     "fix the value in --model-loader-extra-config")
+    verify_key = extra.pop("verify_key", None)
     try:
-        return fetch_options(cache_dir=download_dir or None, **extra)
+        return fetch_options(cache_dir=download_dir or None, verify_keys=[verify_key] if verify_key else [], **extra)
     except errors.UsageError as exc:  # said in the loader's terms: the option is a key of the extra config
         cause = exc.cause
         for key in ("jobs", "subpath", "plain_http", "ca_file", "authfile", "retries", "insecure"):

@@ -38,6 +38,7 @@ from .registry.crane import Crane
 from .registry.sources import Source
 from .registry.sources import plan as plan_sources
 from .settings import Settings, UnpackLimits
+from .signatures.policy import VerifyPolicy, require_signed
 from .sourcing import check_document_size, manifest_at, require_digest
 
 log = logging.getLogger(__name__)
@@ -79,7 +80,8 @@ def open_puller(options: FetchOptions, progress: Progress | None = None, store: 
     return Puller(store or Store(options.cache_dir), open_crane(options), jobs=options.jobs, progress=progress,
                   subpath=options.subpath, platform=options.platform, retries=options.retries, include=options.include,
                   exclude=options.exclude, ranges=RangeSettings.of(options.settings),
-                  retry_window=options.settings.retry_window, unpack=options.settings.unpack)
+                  retry_window=options.settings.retry_window, unpack=options.settings.unpack,
+                  verify=options.verify)
 
 
 class Backoff:
@@ -140,13 +142,14 @@ class Puller:
                  subpath: str | None = None, platform: str | None = None, retries: int = 2,
                  include: tuple[str, ...] = (), exclude: tuple[str, ...] = (),
                  ranges: RangeSettings | None = None, retry_window: float = Settings.retry_window,
-                 unpack: UnpackLimits | None = None) -> None:
+                 unpack: UnpackLimits | None = None, verify: VerifyPolicy | None = None) -> None:
         if not 1 <= jobs <= MAX_JOBS:
             raise errors.UsageError(f"jobs must be 1 to {MAX_JOBS}, not {jobs}", f"pass --jobs 1 to {MAX_JOBS}")
         self.subpath = subpath  # the model directory inside an image or artifact (normalised), when the user names it
         self.platform = platform  # the child to choose from an image index; None: the host's
         self.store = store
         self.crane = crane
+        self.verify = verify or VerifyPolicy()  # the signature policy a digest sourced here must pass (inspect)
         self.jobs = jobs
         self.progress = progress or Progress(enabled=False)
         # crane retries until response headers; a body that drops mid-stream is tried again here (crane blob
@@ -208,7 +211,9 @@ class Puller:
         """``digest``: what the reference names now, if the caller sourced it already (fetching.py); else it is
         sourced here by the same rule (sourcing.py). The tag's ref moves only once the fetch succeeds
         (record()), never here."""
-        digest = digest or require_digest(self.store, self.crane, reference)
+        if digest is None:  # else the caller (fetching.py) sourced it and checked its signature
+            digest = require_digest(self.store, self.crane, reference)
+            require_signed(self.store, self.crane, reference, digest, self.verify)
         raw = self._manifest_by_digest(reference, digest)
         document = parse_manifest_or_index(raw, f"manifest of {reference}")
         if isinstance(document, Manifest):

@@ -41,10 +41,14 @@ class PushResult:
     format: str  # "modelpack" or "dmr-v0.2"
     files: list[str] = field(default_factory=list)  # relative paths, one layer each
     bytes: int = 0  # total size of the files
+    signature: str | None = None  # the pinned signature image, with --sign-key
 
     def to_json(self) -> dict[str, object]:
-        return {"reference": self.reference, "pinned": self.pinned, "digest": self.digest, "format": self.format,
-                "files": self.files, "bytes": self.bytes}
+        found: dict[str, object] = {"reference": self.reference, "pinned": self.pinned, "digest": self.digest,
+                                    "format": self.format, "files": self.files, "bytes": self.bytes}
+        if self.signature is not None:
+            found["signature"] = self.signature
+        return found
 
 
 def validate_model_dir(model_dir: Path) -> list[str]:
@@ -98,15 +102,21 @@ def _scratch_dir(model_dir: Path, store: Store) -> Path:
 
 def push(model_dir: str | os.PathLike[str], reference: str, *, format: str = "modelpack", insecure: bool = False,
          cache_dir: str | os.PathLike[str] | None = None, crane: Crane | None = None,
-         progress: Progress | None = None) -> PushResult:
+         progress: Progress | None = None, sign_key: str | os.PathLike[str] | None = None) -> PushResult:
     """Validate ``model_dir``, pack it (``format``: "modelpack" or "dmr") and push it to ``reference`` (a tag).
 
     ``progress`` shows each step with its time, and the upload's bytes where the OS counts crane's reads (Linux).
     Raises InvalidModelError for a directory that is not a loadable model, InvalidReferenceError for a reference
     without a tag to push to, and the CraneError subclasses for registry failures. Nothing is pushed unless the
-    directory is valid."""
+    directory is valid. ``sign_key``: an unencrypted PEM private key; the pushed digest is then signed as
+    `cosign sign --key` does (signatures/sign.py) and ``signature`` names the signature image."""
     if format not in FORMATS:
         raise errors.OciCraneError(f"unknown format {format!r}", "use --format modelpack or --format dmr")
+    key = None
+    if sign_key is not None:  # read before anything is packed or sent
+        from .signatures.keys import load_private_key
+
+        key = load_private_key(sign_key)
     directory = Path(model_dir)
     files = validate_model_dir(directory)
     parsed = parse_reference(reference)
@@ -126,13 +136,20 @@ def push(model_dir: str | os.PathLike[str], reference: str, *, format: str = "mo
             else:
                 digest = pack_dmr(directory, layout, version="v0.2")
         log.debug("packed %s as %s: manifest %s in %s", directory, format, digest, layout)
+        crane = crane or Crane(insecure=insecure)
         with progress.transfer(f"pushing {what} to {parsed.name}", size) as advance:
-            pinned = (crane or Crane(insecure=insecure)).push(layout, parsed.name, advance, size=size)
+            pinned = crane.push(layout, parsed.name, advance, size=size)
     finally:
         remove_tree(layout)
     pushed = pinned.rpartition("@")[2]
     if pushed != digest:
         raise errors.IntegrityError(f"crane reported manifest {pushed} but the packed manifest is {digest}",
                                     "run again with --debug; check the crane version (oci-crane doctor)")
+    signature = None
+    if key is not None:
+        from .signatures.sign import sign_pushed
+
+        with progress.working(f"signing {digest[:19]} with {key.path}"):
+            signature = sign_pushed(crane, store, parsed, digest, key)
     return PushResult(reference=str(parsed), pinned=pinned, digest=digest, format=_FORMAT_NAMES[format],
-                      files=files, bytes=size)
+                      files=files, bytes=size, signature=signature)

@@ -60,6 +60,8 @@ class Settings:
     lora_repositories: tuple[str, ...] = ()
     lora_max_bytes: int = 2 << 30  # OCI_CRANE_LORA_MAX_BYTES: the most one adapter artifact may hold
     lora_timeout: float = 300.0  # OCI_CRANE_LORA_TIMEOUT: seconds a request may wait for its adapter's download
+    # OCI_CRANE_VERIFY_KEYS: public key files (':'-separated) a model must be signed with (signatures/policy.py)
+    verify_keys: tuple[str, ...] = ()
 
     @classmethod
     def from_environment(cls, env: Mapping[str, str]) -> Settings:
@@ -81,7 +83,9 @@ class Settings:
                    lora_repositories=parse_prefixes(env.get("OCI_CRANE_LORA_REPOSITORIES", ""),
                                                     "OCI_CRANE_LORA_REPOSITORIES"),
                    lora_max_bytes=_positive(env, "OCI_CRANE_LORA_MAX_BYTES", cls.lora_max_bytes, parse_bytes),
-                   lora_timeout=_seconds(env, "OCI_CRANE_LORA_TIMEOUT", cls.lora_timeout))
+                   lora_timeout=_seconds(env, "OCI_CRANE_LORA_TIMEOUT", cls.lora_timeout),
+                   verify_keys=tuple(path.strip() for path in env.get("OCI_CRANE_VERIFY_KEYS", "").split(":")
+                                     if path.strip()))
 
 
 def parse_prefixes(text: str, name: str) -> tuple[str, ...]:
@@ -191,6 +195,7 @@ VARIABLES = {
     "OCI_CRANE_LORA_MAX_BYTES": "vLLM: the largest LoRA adapter artifact fetched on demand (default 2G)",
     "OCI_CRANE_LORA_TIMEOUT": f"vLLM: seconds a request waits for its adapter's download (default "
                               f"{Settings.lora_timeout:g}); the download goes on",
+    "OCI_CRANE_VERIFY_KEYS": "public key files, ':'-separated: serve only models signed with one (as --verify-key)",
     "OCI_CRANE_BINARY": "the crane executable to run (default: the bundled copy, then PATH)",
 }
 

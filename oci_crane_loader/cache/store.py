@@ -15,6 +15,8 @@
     records/files/<kind>-<name>.json  the files (and sizes) a model or config directory was built with
                                   (cache/contents.py: a fetch and verify find a file missing from it)
     records/local-dirs/<hex>.json the files the last `--local-dir` placement put in a directory (hash of its path)
+    signatures/sha256/<hex>.json  the signatures that verified for a manifest (signatures/policy.py): --offline
+                                  verifies from them again, with the keys in force then
     locks/<hex>.lock, locks/prune.lock
 
 This module is the only code that knows these paths: everything else asks the Store, and lists the cache through
@@ -524,6 +526,25 @@ class Store:
             yield
         finally:
             marker.unlink(missing_ok=True)
+
+    # --- signatures ------------------------------------------------------------------------------------------
+    def signatures_path(self, manifest_digest: str) -> Path:
+        return self.root / "signatures" / "sha256" / f"{digest_hex(manifest_digest)}.json"
+
+    def save_signatures(self, manifest_digest: str, data: bytes) -> None:
+        """The signatures verified for a manifest; a read-only cache keeps what it had (an offline fetch)."""
+        try:
+            self._atomic_write(self.signatures_path(manifest_digest), data)
+        except OSError as exc:
+            log.warning("cannot keep the signatures of %s in the cache: %s", manifest_digest, exc)
+
+    def load_signatures(self, manifest_digest: str, *, max_size: int = 4 << 20) -> bytes | None:
+        try:
+            with open(self.signatures_path(manifest_digest), "rb", opener=open_nofollow) as handle:
+                data = handle.read(max_size + 1)
+        except OSError:
+            return None
+        return data if len(data) <= max_size else None
 
     # --- fetch records ------------------------------------------------------------------------------------------
     def _record_path(self, key: str) -> Path:

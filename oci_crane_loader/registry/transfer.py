@@ -157,6 +157,17 @@ def get_manifest(crane: Crane, reference: Reference, tag_or_digest: str,
         session.close()
 
 
+def get_referrers(crane: Crane, reference: Reference, digest: str, limit: int) -> bytes:
+    """The OCI 1.1 referrers index of ``digest`` (GET /v2/<repo>/referrers/<digest>; crane has no command for
+    it), read up to ``limit`` bytes; NotFoundError where the registry has no referrers API."""
+    crane.access.require_network(f"GET the referrers of {reference.with_digest(digest)}")
+    session = _Session(crane, reference, _httpx())
+    try:
+        return session.document(f"referrers/{digest}", limit, f"the referrers of {reference.with_digest(digest)}")
+    finally:
+        session.close()
+
+
 def _httpx() -> Any:
     """httpx, imported when a ranged download or a probe needs it, its loggers quieted: they log every URL (a
     presigned one's signature too) and headers."""
@@ -252,15 +263,19 @@ class _Session:
 
     def manifest(self, tag_or_digest: str, limit: int) -> bytes:
         """The manifest (or index) document for ``tag_or_digest``, read up to ``limit`` bytes (more: refused)."""
-        response = self._follow(f"{self._repository_url()}/manifests/{tag_or_digest}{self.query}",
-                                {"Accept": ", ".join(MANIFEST_TYPES)})
+        return self.document(f"manifests/{tag_or_digest}", limit, f"the manifest of {self.reference}")
+
+    def document(self, path: str, limit: int, what: str) -> bytes:
+        """A JSON document of the repository's API (``manifests/...``, ``referrers/...``), up to ``limit`` bytes."""
+        response = self._follow(f"{self._repository_url()}/{path}{self.query}", {"Accept": ", ".join(MANIFEST_TYPES)})
         try:
             data = bytearray()
             for chunk in response.iter_bytes():
                 data += chunk
                 if len(data) > limit:
-                    raise errors.InvalidDocumentError(f"the manifest of {self.reference} is over {limit} bytes",
-                                                      "check the reference: the mirror is broken or hostile")
+                    raise errors.InvalidDocumentError(f"{what} is over {limit} bytes",
+                                                      "check the reference: the registry or mirror is broken or "
+                                                      "hostile")
             return bytes(data)
         except self.httpx.HTTPError as exc:
             raise self.network_error(exc, str(response.url)) from None

@@ -1,0 +1,220 @@
+"""The signature policy: with trusted keys (--verify-key, OCI_CRANE_VERIFY_KEYS, the vLLM loader's verify_key), a
+model is served only if one of them signed its manifest digest, checked right after the digest is sourced and
+before anything of the model is downloaded (fetching.py, pull.py's inspect).
+
+Online the signatures come from the registry: cosign's ``sha256-<hex>.sig`` tag (through crane and the keychain,
+like everything else), and only when it holds no valid one, the sigstore bundles among the digest's OCI 1.1
+referrers (bundles.py: cosign 3's default); those that verify are kept in the cache, and --offline (or a
+registry outage, where the cache serves the tag) verifies those again, with the keys in force then. A model
+whose signatures were never cached is refused offline. Without keys nothing here runs: no request, no import of
+`cryptography`.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from .. import errors
+from .bundles import envelope, read_bundle, referrer_manifests, statement_problem
+from .cosign import MAX_SIGNATURES, Layer, payload_problem, signature_layers, signature_tag
+
+if TYPE_CHECKING:
+    from ..cache.store import Store
+    from ..reference import Reference
+    from ..registry.crane import Crane
+    from .keys import PublicKey
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class VerifyPolicy:
+    """The trusted keys; none: no policy (the default)."""
+
+    keys: tuple[PublicKey, ...] = ()
+
+    @property
+    def enforced(self) -> bool:
+        return bool(self.keys)
+
+    def names(self) -> str:
+        return ", ".join(key.path for key in self.keys)
+
+
+def verify_policy(paths: Sequence[str | Path]) -> VerifyPolicy:
+    """The keys at ``paths``, each read and checked now: a bad key file is refused before any work."""
+    if not paths:
+        return VerifyPolicy()
+    from .keys import load_public_key
+
+    return VerifyPolicy(tuple(load_public_key(path) for path in dict.fromkeys(str(path) for path in paths)))
+
+
+@dataclass(frozen=True)
+class Signature:
+    """One signature as read: the bytes a key signed, the signature, and the statement those bytes carry (for
+    cosign's tag scheme both are the simple-signing payload; for a bundle, DSSE's PAE and its in-toto statement)."""
+
+    signed: bytes
+    signature: bytes
+    statement: bytes
+    kind: str = "cosign"  # or "bundle"
+
+    def to_json(self) -> dict[str, str]:
+        return {"kind": self.kind, **{name: base64.b64encode(getattr(self, name)).decode()
+                                      for name in ("signed", "signature", "statement")}}
+
+    def problem(self, digest: str, reference: Reference) -> str | None:
+        if self.kind == "bundle":
+            return statement_problem(self.statement, digest)
+        return payload_problem(self.statement, digest, reference)
+
+
+def require_signed(store: Store, crane: Crane, reference: Reference, digest: str, policy: VerifyPolicy) -> None:
+    """Return if a trusted key signed ``digest`` for ``reference``'s repository; else SignatureError, which names
+    the reference, the digest, what was found wrong and the fix."""
+    if not policy.enforced:
+        return
+    if crane.access.offline:
+        cached = _cached(store, digest)
+        if cached is None:
+            raise errors.SignatureError(
+                f"{reference} ({digest}): --offline and the cache holds no verified signature for it (a signature "
+                "policy is in force)", "fetch it once online with the same --verify-key, so that its signature is "
+                "kept in the cache")
+        _require(reference, digest, *_sort(reference, digest, cached, policy), policy, where="the cache")
+        return
+    try:
+        good, problems = _online(store, crane, reference, digest, policy)
+    except errors.NetworkError as exc:
+        cached = _cached(store, digest) if crane.access.outage_fallback else None
+        if cached is None:
+            raise
+        log.warning("cannot reach %s for the signatures of %s (%s); verifying those the cache kept",
+                    reference.registry, reference.with_digest(digest), exc.cause)
+        _require(reference, digest, *_sort(reference, digest, cached, policy), policy, where="the cache")
+        return
+    _require(reference, digest, good, problems, policy, where=reference.repository_name)
+    store.save_signatures(digest, json.dumps({"signatures": [entry.to_json() for entry in good]}).encode())
+
+
+def _online(store: Store, crane: Crane, reference: Reference, digest: str,
+            policy: VerifyPolicy) -> tuple[list[Signature], list[str]]:
+    """cosign's .sig tag first (cosign 2's default: one manifest); the referrers' bundles (cosign 3's default) only
+    when that holds no valid signature."""
+    found, problems = _from_sig_tag(store, crane, reference, digest)
+    good, wrong = _sort(reference, digest, found, policy)
+    if good:
+        return good, []
+    if not found:
+        problems.append(f"cosign's tag {signature_tag(digest)} is missing")
+    try:
+        bundles, notes = _from_referrers(crane, reference, digest)
+    except errors.NetworkError:
+        raise
+    except errors.OciCraneError as exc:  # a broken referrers road never hides the .sig tag's answer
+        bundles, notes = [], [f"the referrers could not be read ({exc.cause})"]
+    if not bundles and not notes:
+        notes = ["no sigstore bundle among its referrers"]
+    good, wrong_bundles = _sort(reference, digest, bundles, policy)
+    return good, [*problems, *wrong, *notes, *wrong_bundles]
+
+
+def _sort(reference: Reference, digest: str, found: list[Signature],
+          policy: VerifyPolicy) -> tuple[list[Signature], list[str]]:
+    """The signatures a trusted key made over a statement that vouches for ``digest``, and why each other fails."""
+    good: list[Signature] = []
+    problems: list[str] = []
+    for entry in found:
+        if not any(key.verifies(entry.signature, entry.signed) for key in policy.keys):
+            problems.append("a signature that none of the trusted keys made (another key, or a changed payload)")
+            continue
+        problem = entry.problem(digest, reference)
+        if problem is not None:
+            problems.append(problem)
+            continue
+        good.append(entry)
+    return good, problems
+
+
+def _require(reference: Reference, digest: str, good: list[Signature], problems: list[str], policy: VerifyPolicy,
+             *, where: str) -> None:
+    if good:
+        log.info("%s: %d signature(s) of %s by a trusted key", reference, len(good), digest)
+        return
+    cause = "; ".join(dict.fromkeys(problems)) or "no signature"
+    raise errors.SignatureError(
+        f"{reference} ({digest}) is not signed by a trusted key ({policy.names()}): no valid signature in {where}: "
+        f"{cause}",
+        f"sign exactly this digest with the key whose public half you trust (cosign sign --key cosign.key "
+        f"{reference.with_digest(digest)}, or oci-crane push --sign-key), or pass the right --verify-key")
+
+
+def _from_sig_tag(store: Store, crane: Crane, reference: Reference, digest: str) -> tuple[list[Signature],
+                                                                                         list[str]]:
+    """The signatures stored beside ``digest`` (cosign's .sig tag): [] when there is none."""
+    from ..sourcing import check_document_size
+
+    try:
+        raw = crane.manifest(f"{reference.repository_name}:{signature_tag(digest)}")
+    except errors.NotFoundError:
+        return [], []
+    check_document_size(len(raw), f"signature manifest of {reference}")
+    layers, problems = signature_layers(raw)
+    found = []
+    for layer in layers:
+        payload = _payload(store, crane, reference, layer)
+        found.append(Signature(payload, layer.signature, payload))
+    return found, problems
+
+
+def _from_referrers(crane: Crane, reference: Reference, digest: str) -> tuple[list[Signature], list[str]]:
+    manifests, notes = referrer_manifests(crane, reference, digest)
+    found: list[Signature] = []
+    for manifest in manifests:
+        try:
+            opened = envelope(read_bundle(crane, reference, manifest))
+        except errors.NetworkError:
+            raise
+        except errors.OciCraneError as exc:  # one broken referrer (missing, oversized) never hides the others
+            notes.append(exc.cause)
+            continue
+        if isinstance(opened, str):
+            notes.append(opened)
+        else:
+            found.append(Signature(*opened, kind="bundle"))
+    return found, notes
+
+
+def _payload(store: Store, crane: Crane, reference: Reference, layer: Layer) -> bytes:
+    from ..digests import sha256_digest
+
+    temp = store.temp_path("signature-payload")
+    try:
+        crane.blob(reference.with_digest(layer.digest), temp, size=layer.size)
+        payload = temp.read_bytes()
+    finally:
+        temp.unlink(missing_ok=True)
+    if sha256_digest(payload) != layer.digest:  # crane checks it too; a payload is what the signature covers
+        raise errors.IntegrityError(f"signature payload {layer.digest} of {reference} does not match its digest")
+    return payload
+
+
+def _cached(store: Store, digest: str) -> list[Signature] | None:
+    data = store.load_signatures(digest)
+    if data is None:
+        return None
+    try:
+        entries = json.loads(data)["signatures"]
+        return [Signature(base64.b64decode(entry["signed"]), base64.b64decode(entry["signature"]),
+                          base64.b64decode(entry["statement"]), str(entry.get("kind", "cosign")))
+                for entry in entries[:MAX_SIGNATURES]]
+    except (ValueError, KeyError, TypeError, AttributeError, RecursionError):
+        log.warning("the cached signatures of %s are damaged; ignoring them", digest)
+        return None
