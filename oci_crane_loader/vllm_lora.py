@@ -133,7 +133,7 @@ class Adapters:
                 future.add_done_callback(functools.partial(self._forget, key))
         try:
             return await asyncio.wait_for(asyncio.shield(asyncio.wrap_future(future)), timeout)
-        except TimeoutError:
+        except asyncio.TimeoutError:  # not the builtin TimeoutError before Python 3.11
             raise AdapterTimeoutError(f"the LoRA adapter {text} is still downloading after {timeout:g} s") from None
 
     def _forget(self, key: str, future: concurrent.futures.Future[Fetched]) -> None:
