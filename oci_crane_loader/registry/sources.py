@@ -93,7 +93,3 @@ def _same_place(endpoint: Endpoint, reference: Reference) -> bool:
     """Whether the upstream endpoint is the reference's own registry and repository (no location rewriting)."""
     return endpoint.crane_usable and _endpoint_reference(endpoint, "latest").repository_name == \
         reference.repository_name
-
-
-def describe(sources: list[Source]) -> str:
-    return ", ".join(source.name for source in sources)
