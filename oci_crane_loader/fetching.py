@@ -17,6 +17,7 @@ from .cached import Recorded, find_recorded, record_key, save_record
 from .files import list_files
 from .options import FetchOptions, open_crane
 from .reference import Reference, parse_reference
+from .signatures.openssf import require_files
 from .signatures.policy import require_signed
 from .sourcing import require_digest, source_digest
 
@@ -24,6 +25,7 @@ if TYPE_CHECKING:
     from .formats import Plan
     from .progress import Progress
     from .pull import Puller, Resolved
+    from .signatures.openssf import FileBundle
 
 log = logging.getLogger(__name__)
 
@@ -61,20 +63,26 @@ def fetch(options: FetchOptions, text: str, progress: Progress | None = None) ->
     store = open_store(options)
     crane = open_crane(options)
     top = source_digest(store, crane, reference)
+    signed: FileBundle | None = None
     if top is not None:
         # Before the record's shortcut and before any download: a policy holds for cached models too.
-        require_signed(store, crane, reference, top, options.verify)
+        signed = require_signed(store, crane, reference, top, options.verify)
         key = _key(top, options)
         with store.fetching(top):  # as the full path does: a prune running now keeps what this fetch hands out
             recorded = find_recorded(store, top, key)
+            if recorded is not None and signed is not None and (options.subpath or options.include or
+                                                                options.exclude):
+                recorded = None  # the full path refuses a part of a model its model-signing bundle covers whole
             if recorded is not None:
+                if signed is not None:  # cheap when this directory was checked against this bundle before
+                    require_files(store, signed, recorded.path, reference, recorded.digest)
                 _save_ref(store, reference, top, options)
                 return _result(reference, recorded)
     from .pull import open_puller
 
     # The Puller says why when `top` is None (a tag offline that the cache never fetched).
     puller = open_puller(options, progress, store)
-    made, linked = puller.fetch(reference, top)
+    made, linked = puller.fetch(reference, top, signed)
     # The next fetch of the same thing answers from this record, without parsing anything.
     save_record(store, _key(made.index_digest or made.digest, options), made, linked)
     mirrored = not options.offline and any(source.endpoint is not None for source in puller.sources(reference))
@@ -89,8 +97,8 @@ def prepare(options: FetchOptions, text: str) -> tuple[Puller, Resolved, Plan, P
     reference = parse_reference(text)
     puller = open_puller(options)
     digest = require_digest(puller.store, puller.crane, reference)
-    require_signed(puller.store, puller.crane, reference, digest, options.verify)
-    resolved, plan, path = puller.prepare(reference, digest)
+    signed = require_signed(puller.store, puller.crane, reference, digest, options.verify)
+    resolved, plan, path = puller.prepare(reference, digest, signed)
     return puller, resolved, plan, path
 
 

@@ -38,6 +38,7 @@ from .registry.crane import Crane
 from .registry.sources import Source
 from .registry.sources import plan as plan_sources
 from .settings import Settings, UnpackLimits
+from .signatures.openssf import SIGN_FIX, SIGNATURE_NAMES, FileBundle, check_layers, require_files
 from .signatures.policy import VerifyPolicy, require_signed
 from .sourcing import check_document_size, manifest_at, require_digest
 
@@ -50,6 +51,9 @@ class Resolved:
     digest: str  # the manifest's digest (after choosing from an index)
     manifest: Manifest
     index_digest: str | None = None
+    # Where no cosign signature vouches for the manifest under a policy: the model-signing bundle its files must
+    # match (signatures/openssf.py), checked against the plan before downloading and the files once made.
+    signed: FileBundle | None = None
 
     @property
     def pinned(self) -> str:
@@ -207,17 +211,17 @@ class Puller:
         self.store.save_manifest(raw)
         return raw
 
-    def resolve(self, reference: Reference, digest: str | None = None) -> Resolved:
-        """``digest``: what the reference names now, if the caller sourced it already (fetching.py); else it is
-        sourced here by the same rule (sourcing.py). The tag's ref moves only once the fetch succeeds
-        (record()), never here."""
+    def resolve(self, reference: Reference, digest: str | None = None, signed: FileBundle | None = None) -> Resolved:
+        """``digest``: what the reference names now, if the caller sourced it already (fetching.py) and checked its
+        signature (``signed``: what require_signed returned); else it is sourced here by the same rule
+        (sourcing.py). The tag's ref moves only once the fetch succeeds (record()), never here."""
         if digest is None:  # else the caller (fetching.py) sourced it and checked its signature
             digest = require_digest(self.store, self.crane, reference)
-            require_signed(self.store, self.crane, reference, digest, self.verify)
+            signed = require_signed(self.store, self.crane, reference, digest, self.verify)
         raw = self._manifest_by_digest(reference, digest)
         document = parse_manifest_or_index(raw, f"manifest of {reference}")
         if isinstance(document, Manifest):
-            return Resolved(reference, digest, document)
+            return Resolved(reference, digest, document, signed=signed)
         child = select_child(document, self.platform)
         check_document_size(child.size, f"manifest {child.digest} of {reference}")
         child_raw = self._manifest_by_digest(reference, child.digest)
@@ -464,15 +468,17 @@ class Puller:
                            variant=variant)
 
     # --- whole operations --------------------------------------------------------------------------------------
-    def fetch(self, reference: Reference, digest: str | None = None) -> tuple[Recorded, list[tuple[str, int]]]:
+    def fetch(self, reference: Reference, digest: str | None = None,
+              signed: FileBundle | None = None) -> tuple[Recorded, list[tuple[str, int]]]:
         """The model directory, downloaded and made if the cache lacks it, and the (digest, size) of the blobs it
-        links, for the record fetching.py keeps. ``digest``: see ``resolve``."""
-        resolved = self.resolve(reference, digest)
+        links, for the record fetching.py keeps. ``digest``, ``signed``: see ``resolve``."""
+        resolved = self.resolve(reference, digest, signed)
         with self.store.fetching(resolved.index_digest or resolved.digest):
             plan = self.plan(resolved)
             variant = filter_key(self.include, self.exclude)
             if variant is not None:
                 plan = filter_plan(plan, self.include, self.exclude)
+            self._check_signed_plan(resolved, plan)
             path = self.store.model_path(resolved.digest, self.subpath, variant)
             if path.is_symlink():  # never ours: planted to lead elsewhere, so set aside and the model made anew
                 log.warning("%s in the cache is a symbolic link, not a model directory: removing it", path)
@@ -481,10 +487,39 @@ class Puller:
                 self.check_cached(resolved, plan, path)
             if not path.is_dir() or missing_files(self.store, path) != []:  # materialize() judges and rebuilds
                 path = self._download_and_materialize(resolved, plan, weights=True, variant=variant)
+            if resolved.signed is not None:  # the files as made, before the fetch counts as done
+                require_files(self.store, resolved.signed, path, resolved.reference, resolved.digest)
             self.record(resolved)
         linked = [(layer.descriptor.digest, layer.descriptor.size) for layer in plan.layers
                   if layer.action in (Action.FILE, Action.SHARD)]
         return Recorded(path, resolved.digest, resolved.index_digest, plan.format), linked
+
+    def _check_signed_plan(self, resolved: Resolved, plan: Plan, *, streamed: bool = False) -> None:
+        """Under a model-signing bundle (``resolved.signed``), before any weight is downloaded: the manifest's file
+        layers against it (a file layer's digest is its file's sha256). ``streamed``: the weights go to vLLM as
+        they arrive, so every file must be checked here (no archive, no unnamed shard)."""
+        bundle = resolved.signed
+        if bundle is None:
+            return
+        what = f"{resolved.reference} ({resolved.digest}) is not the model its model-signing bundle signed (key " \
+               f"{bundle.key.path})"
+        if self.subpath is not None or self.include or self.exclude:
+            raise errors.SignatureError(f"{what}: the bundle covers the whole model, and --subpath, --include or "
+                                        "--exclude asks for a part of it",
+                                        "fetch the whole model, or sign its manifest digest with cosign")
+        files = {layer.path: layer.descriptor.digest for layer in plan.layers
+                 if layer.action is Action.FILE and layer.path is not None}
+        complete = all(layer.action is Action.FILE and layer.path is not None for layer in plan.layers)
+        problem = check_layers(bundle, files, complete)
+        if problem is None and streamed and not complete:
+            problem = "weights streamed to vLLM from archives or unnamed shards cannot be checked before they load"
+        if problem is None and streamed and any(bundle.file_digest(path) is None for path in files
+                                                if path not in SIGNATURE_NAMES):
+            problem = (f"the bundle hashes {bundle.method} with {bundle.serialization.get('hash_type')!r}, not whole "
+                       "files with sha256: weights streamed to vLLM cannot be checked before they load (sign with "
+                       "model_signing's default serialization)")
+        if problem is not None:
+            raise errors.SignatureError(f"{what}: {problem}", SIGN_FIX)
 
     def check_cached(self, resolved: Resolved, plan: Plan, path: Path) -> None:
         """A cheap look (sizes, no hashing) at the blobs the cached model directory ``path`` links: a truncated,
@@ -509,18 +544,22 @@ class Puller:
                                         "fetch again") from exc
         log.warning("%s: set aside with the model directories that link it, downloading it again", what)
 
-    def prepare(self, text: str | Reference, digest: str | None = None) -> tuple[Resolved, Plan, Path]:
+    def prepare(self, text: str | Reference, digest: str | None = None,
+                signed: FileBundle | None = None) -> tuple[Resolved, Plan, Path]:
         """Resolve, plan, and materialise only the small files (config, tokenizer): what vLLM needs as `model`
         before any weight is downloaded; weights follow through ``ensure_blobs``. Formats whose weights and
         config share archives (images, KitOps) cannot be split: the whole model directory is fetched here."""
-        resolved = self.resolve(text if isinstance(text, Reference) else parse_reference(text), digest)
+        resolved = self.resolve(text if isinstance(text, Reference) else parse_reference(text), digest, signed)
         with self.store.fetching(resolved.index_digest or resolved.digest):
             plan = self.plan(resolved)
             if plan.streamable and not plan.weight_layers:
                 raise errors.UnsupportedFormatError(f"{resolved.reference} holds no safetensors weights")
+            self._check_signed_plan(resolved, plan, streamed=plan.streamable)
             # Archive formats hold weights and config together: the whole directory. materialize() then checks
             # that it holds safetensors weights.
             path = self._download_and_materialize(resolved, plan, weights=not plan.streamable)
+            if resolved.signed is not None and not plan.streamable:  # the whole directory, before vLLM reads it
+                require_files(self.store, resolved.signed, path, resolved.reference, resolved.digest)
             # Streamed weights are verified blob by blob as they arrive; the tag moves once the config files are.
             self.record(resolved)
         return resolved, plan, path

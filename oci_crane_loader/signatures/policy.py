@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .. import errors
+from . import openssf
 from .bundles import envelope, read_bundle, referrer_manifests, statement_problem
 from .cosign import MAX_SIGNATURES, Layer, payload_problem, signature_layers, signature_tag
 
@@ -29,6 +30,7 @@ if TYPE_CHECKING:
     from ..reference import Reference
     from ..registry.crane import Crane
     from .keys import PublicKey
+    from .openssf import FileBundle
 
 log = logging.getLogger(__name__)
 
@@ -76,11 +78,33 @@ class Signature:
         return payload_problem(self.statement, digest, reference)
 
 
-def require_signed(store: Store, crane: Crane, reference: Reference, digest: str, policy: VerifyPolicy) -> None:
-    """Return if a trusted key signed ``digest`` for ``reference``'s repository; else SignatureError, which names
-    the reference, the digest, what was found wrong and the fix."""
+def require_signed(store: Store, crane: Crane, reference: Reference, digest: str,
+                   policy: VerifyPolicy) -> FileBundle | None:
+    """Return if a trusted key signed ``digest`` for ``reference``'s repository (None), or, failing that, signed a
+    model-signing bundle among its files (openssf.py: the bundle, which the files fetched must then match); else
+    SignatureError, which names the reference, the digest, what was found wrong and the fix."""
     if not policy.enforced:
-        return
+        return None
+    try:
+        _require_manifest_signature(store, crane, reference, digest, policy)
+        return None
+    except errors.SignatureError as refused:
+        try:
+            bundle, notes = openssf.up_front(store, crane, reference, digest, policy.keys)
+        except errors.NetworkError:
+            if not crane.access.outage_fallback:
+                raise
+            bundle, notes = openssf.up_front(store, crane, reference, digest, policy.keys, cache_only=True)
+        if bundle is None:
+            raise errors.SignatureError(f"{refused.cause}; {'; '.join(notes)}",
+                                        f"{refused.fix}; or {openssf.SIGN_FIX}") from None
+    log.info("%s: no cosign signature, but a model-signing bundle (%s) signed by %s: its files are checked "
+             "against it", reference, bundle.name, bundle.key.path)
+    return bundle
+
+
+def _require_manifest_signature(store: Store, crane: Crane, reference: Reference, digest: str,
+                                policy: VerifyPolicy) -> None:
     if crane.access.offline:
         cached = _cached(store, digest)
         if cached is None:
