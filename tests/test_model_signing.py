@@ -292,3 +292,28 @@ def test_the_exit_code_and_no_traceback_for_every_refusal(registry, tmp_path, si
     push(signed_model, reference, tmp_path / "push-cache")
     done = run_cli("fetch", reference, "--cache-dir", str(tmp_path / "cache"), "--quiet", "--verify-key", str(public))
     assert done.returncode == EXIT_SIGNATURE and "Traceback" not in done.stderr
+
+
+def test_a_file_the_signer_left_out_is_refused(registry, tmp_path, keys):
+    """`--ignore-paths` leaves a file out of the bundle, but the push carries it: unsigned bytes the registry could
+    change unseen, so refused like any extra file (the bundle's own ignore list does not excuse it)."""
+    model = write_model(tmp_path / "model")
+    (model / "README.md").write_text("# a model card\n")
+    done = subprocess.run([sys.executable, "-m", "model_signing", "sign", "key", str(model), "--private_key",
+                           str(keys[0]), "--signature", str(model / "model.sig"), "--ignore-paths",
+                           str(model / "README.md")], capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stderr
+    reference = f"{registry.host}/acme/ignored:v1"
+    push(model, reference, tmp_path / "push-cache")
+    assert "README.md is in the model but not in its model-signing bundle" in fetch_refused(
+        reference, tmp_path / "cache", "--verify-key", str(keys[1]))
+
+
+def test_a_file_planted_in_the_cached_directory_is_refused_warm(registry, tmp_path, signed_model, keys):
+    reference = f"{registry.host}/acme/msign:v1"
+    push(signed_model, reference, tmp_path / "push-cache")
+    path = fetched(reference, tmp_path / "cache", "--verify-key", str(keys[1]))
+    path.chmod(0o755)
+    (path / "planted.py").write_text("print('not signed')\n")
+    line = fetch_refused(reference, tmp_path / "cache", "--verify-key", str(keys[1]))
+    assert "1 file(s) are not in the bundle: planted.py" in line

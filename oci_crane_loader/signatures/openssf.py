@@ -31,7 +31,6 @@ from typing import TYPE_CHECKING, Any
 from .. import errors
 from ..digests import sha256_digest
 from ..files import list_files
-from ..oci import load_json
 from .bundles import IN_TOTO_PAYLOAD, STATEMENT_TYPE, envelope
 
 if TYPE_CHECKING:
@@ -79,6 +78,13 @@ class FileBundle:
         """``name``'s sha256 as the bundle says it, where the bundle hashes whole files with sha256."""
         digest = self.resources.get(name) if self.method == "files" else None
         return digest if digest is not None and digest.startswith("sha256:") else None
+
+
+def load_json(raw: bytes, what: str) -> Any:
+    """oci.load_json (depth-bounded), imported only here: a fetch without such a bundle loads no pydantic."""
+    from ..oci import load_json as load
+
+    return load(raw, what)
 
 
 def find_bundle_layer(raw_manifest: bytes, what: str) -> tuple[str, str, int] | None:
