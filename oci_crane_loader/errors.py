@@ -285,7 +285,8 @@ class SignatureError(OciCraneError):
     """A signature policy is in force (--verify-key, OCI_CRANE_VERIFY_KEYS, verify_key) and the model has no valid
     signature by a trusted key for its manifest digest (nor a model-signing bundle by one over its files); or a key
     cannot be read. Nothing of the model was downloaded, except where a model-signing bundle's files were found
-    wrong once made: then nothing was recorded, placed or handed to vLLM. (Not a PermissionError: that is an OSError, and no handler of OSErrors may swallow a refusal.)"""
+    wrong once made: then nothing was recorded, placed or handed to vLLM. (Not a PermissionError: that is an
+    OSError, and no handler of OSErrors may swallow a refusal.)"""
 
     default_fix = ("sign the model (cosign sign --key cosign.key REF@DIGEST, or oci-crane push --sign-key), or trust "
                    "the key it was signed with (--verify-key); docs/security.md, Signatures")

@@ -569,6 +569,7 @@ class Puller:
         reference = parse_reference(text)
         resolved = self.resolve(reference)
         plan = self.plan(resolved)
+        self._check_signed_plan(resolved, plan)
         # Archives and image layers (under WEIGHTS_THRESHOLD) are listed file by file, each layer on its own.
         archives = [layer for layer in plan.small_layers if layer.action in (Action.TAR, Action.IMAGE)]
         self.check_free_space(archives)

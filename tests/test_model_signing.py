@@ -194,7 +194,7 @@ def test_offline_holds_the_policy_from_the_cache(registry, tmp_path, signed_mode
                   if layer["annotations"].get("org.opencontainers.image.title") == "model.sig")
     Store(cache).blob_path(bundle).unlink()
     line = fetch_refused(reference, cache, "--verify-key", str(keys[1]), "--offline")
-    assert "the cache lacks its model-signing bundle model.sig" in line
+    assert "the cache lacks its model-signing bundle model.sig" in line, line
 
 
 def test_local_dir_places_nothing_when_refused(registry, tmp_path, signed_model, keys):
@@ -317,3 +317,26 @@ def test_a_file_planted_in_the_cached_directory_is_refused_warm(registry, tmp_pa
     (path / "planted.py").write_text("print('not signed')\n")
     line = fetch_refused(reference, tmp_path / "cache", "--verify-key", str(keys[1]))
     assert "1 file(s) are not in the bundle: planted.py" in line
+
+
+def test_an_outage_verifies_the_bundle_the_cache_kept(registry, tmp_path, signed_model, keys):
+    reference = f"{registry.host}/acme/msign:v1"
+    push(signed_model, reference, tmp_path / "push-cache")
+    path = fetched(reference, tmp_path / "cache", "--verify-key", str(keys[1]))
+    registry.process.terminate()
+    registry.process.wait(timeout=30)
+    done = run_cli("fetch", reference, "--cache-dir", str(tmp_path / "cache"), "--quiet", "--verify-key",
+                   str(keys[1]))
+    assert done.returncode == 0 and done.stdout.strip() == str(path), done.stderr
+    assert "verifying the model-signing bundle the cache kept" in done.stderr
+    _, other = key_pair(tmp_path / "other", "other")
+    done = run_cli("fetch", reference, "--cache-dir", str(tmp_path / "cache"), "--quiet", "--verify-key", str(other))
+    assert done.returncode == EXIT_SIGNATURE and "signed by none of the trusted keys" in done.stderr
+
+
+def test_inspect_checks_the_file_list_too(registry, tmp_path, signed_model, keys):
+    (signed_model / "extra.txt").write_text("not signed")
+    reference = f"{registry.host}/acme/extra:v1"
+    push(signed_model, reference, tmp_path / "push-cache")
+    line = fetch_refused(reference, tmp_path / "cache", "--verify-key", str(keys[1]), command="inspect")
+    assert "extra.txt is in the model but not in its model-signing bundle" in line

@@ -49,6 +49,7 @@ PREDICATE = "https://model_signing/signature/v1.0"
 MAX_MODEL_BUNDLE = 16 << 20
 MAX_RESOURCES = 200_000
 TITLE_KEYS = ("org.opencontainers.image.title", "org.cncf.model.filepath", "org.cnai.model.filepath")
+UNCACHED = "the cache lacks its"  # a note that says nothing was judged (offline, an outage)
 INSTALL_FIX = "pip install 'oci-crane-loader[model-signing]'"
 SIGN_FIX = ("sign the model directory as you push it (model_signing sign key DIR --private_key KEY.pem "
             "--signature DIR/model.sig), or sign the manifest digest with cosign, or pass the right --verify-key; "
@@ -115,7 +116,7 @@ def up_front(store: Store, crane: Crane, reference: Reference, digest: str,
     raw = store.load_manifest(digest)
     if raw is None:
         if cache_only:
-            return None, ["the cache holds no manifest to look for a model-signing bundle in"]
+            return None, [f"{UNCACHED} manifest to look for a model-signing bundle in"]
         from ..sourcing import check_document_size
 
         raw = crane.manifest(reference.with_digest(digest))
@@ -133,7 +134,7 @@ def up_front(store: Store, crane: Crane, reference: Reference, digest: str,
     if store.has_blob_sized(blob, size):
         data = store.blob_path(blob).read_bytes()
     elif cache_only:
-        return None, [f"the cache lacks its model-signing bundle {name} ({blob})"]
+        return None, [f"{UNCACHED} model-signing bundle {name} ({blob})"]
     else:
         data = crane.run("blob", reference.with_digest(blob))
     if len(data) != size or sha256_digest(data) != blob:

@@ -85,19 +85,35 @@ def require_signed(store: Store, crane: Crane, reference: Reference, digest: str
     SignatureError, which names the reference, the digest, what was found wrong and the fix."""
     if not policy.enforced:
         return None
+    refused: errors.SignatureError | errors.NetworkError
     try:
         _require_manifest_signature(store, crane, reference, digest, policy)
         return None
-    except errors.SignatureError as refused:
-        try:
-            bundle, notes = openssf.up_front(store, crane, reference, digest, policy.keys)
-        except errors.NetworkError:
-            if not crane.access.outage_fallback:
-                raise
-            bundle, notes = openssf.up_front(store, crane, reference, digest, policy.keys, cache_only=True)
-        if bundle is None:
-            raise errors.SignatureError(f"{refused.cause}; {'; '.join(notes)}",
-                                        f"{refused.fix}; or {openssf.SIGN_FIX}") from None
+    except errors.SignatureError as exc:
+        refused = exc
+    except errors.NetworkError as exc:  # an outage and no cosign signature kept: a bundle the cache kept may do
+        if not crane.access.outage_fallback:
+            raise
+        refused = exc
+    outage = isinstance(refused, errors.NetworkError)
+    try:
+        bundle, notes = openssf.up_front(store, crane, reference, digest, policy.keys, cache_only=outage)
+    except errors.NetworkError:
+        if not crane.access.outage_fallback:
+            raise
+        outage = True
+        bundle, notes = openssf.up_front(store, crane, reference, digest, policy.keys, cache_only=True)
+    if bundle is None:
+        if isinstance(refused, errors.NetworkError):
+            if any(note.startswith(openssf.UNCACHED) for note in notes):
+                raise refused  # nothing to judge without the registry
+            raise errors.SignatureError(f"{reference} ({digest}) is not signed by a trusted key ({policy.names()}): "
+                                        f"the registry is unreachable, and in the cache: {'; '.join(notes)}",
+                                        openssf.SIGN_FIX)
+        raise errors.SignatureError(f"{refused.cause}; {'; '.join(notes)}", f"{refused.fix}; or {openssf.SIGN_FIX}")
+    if outage:
+        log.warning("cannot reach %s for the signatures of %s; verifying the model-signing bundle the cache kept",
+                    reference.registry, reference.with_digest(digest))
     log.info("%s: no cosign signature, but a model-signing bundle (%s) signed by %s: its files are checked "
              "against it", reference, bundle.name, bundle.key.path)
     return bundle
