@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -340,3 +341,20 @@ def test_inspect_checks_the_file_list_too(registry, tmp_path, signed_model, keys
     push(signed_model, reference, tmp_path / "push-cache")
     line = fetch_refused(reference, tmp_path / "cache", "--verify-key", str(keys[1]), command="inspect")
     assert "extra.txt is in the model but not in its model-signing bundle" in line
+
+
+def test_without_the_library_one_error_names_the_extra(registry, tmp_path, signed_model, keys):
+    """The key check up front needs only `cryptography`; the files' check needs `model-signing`: where it cannot be
+    imported (a package that fails to import shadows it here), the fetch is refused with the extra to install, and
+    nothing is recorded (installed again, the fetch succeeds)."""
+    blocker = tmp_path / "blocker" / "model_signing"
+    blocker.mkdir(parents=True)
+    (blocker / "__init__.py").write_text("raise ImportError('model-signing is not installed here')\n")
+    reference = f"{registry.host}/acme/msign:v1"
+    push(signed_model, reference, tmp_path / "push-cache")
+    env = {"PYTHONPATH": os.pathsep.join([str(blocker.parent), os.environ.get("PYTHONPATH", "")])}
+    done = run_cli("fetch", reference, "--cache-dir", str(tmp_path / "cache"), "--quiet", "--verify-key",
+                   str(keys[1]), env=env)
+    assert done.returncode == EXIT_SIGNATURE, done.stderr
+    assert "pip install 'oci-crane-loader[model-signing]'" in done.stderr and "Traceback" not in done.stderr
+    assert fetched(reference, tmp_path / "cache", "--verify-key", str(keys[1])).is_dir()
