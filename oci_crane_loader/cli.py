@@ -47,7 +47,8 @@ EXIT_CODES = {
     EXIT_FAILURE: "failure: the error line on stderr names the cause and the fix",
     EXIT_USAGE: "usage: an unknown option or a value that cannot be used; nothing was done",
     EXIT_SIGNATURE: "not signed: a signature policy is in force (--verify-key, OCI_CRANE_VERIFY_KEYS) and no trusted "
-                    "key signed the model's digest; nothing of the model was downloaded",
+                    "key signed the model's digest (nor a model-signing bundle its files match); its weights were "
+                    "not downloaded, or, where its files proved wrong only once made, not recorded or placed",
     EXIT_INTERRUPTED: "interrupted (Ctrl-C, SIGINT); partial downloads were kept for the next fetch to continue",
     EXIT_TERMINATED: "terminated (SIGTERM); partial downloads were kept for the next fetch to continue",
 }
