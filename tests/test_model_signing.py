@@ -358,3 +358,34 @@ def test_without_the_library_one_error_names_the_extra(registry, tmp_path, signe
     assert done.returncode == EXIT_SIGNATURE, done.stderr
     assert "pip install 'oci-crane-loader[model-signing]'" in done.stderr and "Traceback" not in done.stderr
     assert fetched(reference, tmp_path / "cache", "--verify-key", str(keys[1])).is_dir()
+
+
+def test_a_bundle_attached_as_a_referrer_is_read_too(registry, tmp_path, keys):
+    """model.sig kept out of the artifact and attached to its manifest as a sigstore bundle referrer (as `oras
+    attach` does): verified as a file of the artifact would be, kept in the cache for --offline."""
+    from test_signatures import put_referrers
+
+    model = write_model(tmp_path / "model")
+    signature = tmp_path / "model.sig"
+    done = subprocess.run([sys.executable, "-m", "model_signing", "sign", "key", str(model), "--private_key",
+                           str(keys[0]), "--signature", str(signature)], capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stderr
+    reference = f"{registry.host}/acme/attached:v1"
+    digest = push(model, reference, tmp_path / "push-cache")
+    cache = tmp_path / "cache"
+    line = fetch_refused(reference, cache, "--verify-key", str(keys[1]))
+    assert "no model-signing bundle (a file model.sig) among its files or referrers" in line
+    put_referrers(tmp_path, f"{registry.host}/acme/attached", digest, signature.read_bytes())
+    path = fetched(reference, cache, "--verify-key", str(keys[1]))
+    assert not (path / "model.sig").exists()
+    assert fetched(reference, cache, "--verify-key", str(keys[1]), "--offline") == path
+    _, other = key_pair(tmp_path / "other", "other")
+    assert "was signed by none of the trusted keys" in fetch_refused(reference, tmp_path / "cache2", "--verify-key",
+                                                                     str(other))
+    # The same bundle attached to another model: its files are not these.
+    other_model = write_model(tmp_path / "other-model", seed=1)
+    reference = f"{registry.host}/acme/attached:v2"
+    digest = push(other_model, reference, tmp_path / "push-cache")
+    put_referrers(tmp_path, f"{registry.host}/acme/attached", digest, signature.read_bytes())
+    assert "is not the file model.sig (a referrer) signed" in fetch_refused(reference, cache, "--verify-key",
+                                                                            str(keys[1]))

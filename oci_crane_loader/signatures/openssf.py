@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 from .. import errors
 from ..digests import sha256_digest
 from ..files import list_files
-from .bundles import IN_TOTO_PAYLOAD, STATEMENT_TYPE, envelope
+from .bundles import IN_TOTO_PAYLOAD, STATEMENT_TYPE, envelope, read_bundle, referrer_manifests
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -44,6 +44,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 SIGNATURE_NAMES = ("model.sig",)  # model_signing's default --signature: the file of the artifact we read
+REFERRER = "model.sig (a referrer)"  # a bundle attached to the manifest rather than carried among its files
 PREDICATE = "https://model_signing/signature/v1.0"
 # A bundle lists each file with a digest (~150 bytes a file): 16 MiB is 100 000 files. Checked before parsing.
 MAX_MODEL_BUNDLE = 16 << 20
@@ -126,7 +127,10 @@ def up_front(store: Store, crane: Crane, reference: Reference, digest: str,
         store.save_manifest(raw)  # the fetch reads it next
     found = find_bundle_layer(raw, f"manifest of {reference}")
     if found is None:
-        return None, [f"no model-signing bundle (a file {' or '.join(SIGNATURE_NAMES)}) among its files"]
+        bundle, notes = _from_referrers(store, crane, reference, digest, keys, cache_only)
+        if bundle is None and not notes:
+            notes = [f"no model-signing bundle (a file {' or '.join(SIGNATURE_NAMES)}) among its files or referrers"]
+        return bundle, notes
     name, blob, size = found
     if not 0 < size <= MAX_MODEL_BUNDLE:
         return None, [f"its model-signing bundle {name} is {size} bytes (at most {MAX_MODEL_BUNDLE >> 20} MiB): not "
@@ -141,6 +145,52 @@ def up_front(store: Store, crane: Crane, reference: Reference, digest: str,
         raise errors.IntegrityError(f"{name} ({blob}) of {reference} does not match its digest")
     opened = open_bundle(data, name, blob, keys)
     return (opened, []) if isinstance(opened, FileBundle) else (None, [opened])
+
+
+def _from_referrers(store: Store, crane: Crane, reference: Reference, digest: str, keys: tuple[PublicKey, ...],
+                    cache_only: bool) -> tuple[FileBundle | None, list[str]]:
+    """A model-signing bundle among ``digest``'s sigstore bundle referrers (`oras attach --artifact-type
+    application/vnd.dev.sigstore.bundle.v0.3+json REF model.sig:application/vnd.dev.sigstore.bundle.v0.3+json`),
+    read as cosign 3's are (bundles.py: at most 16, each at most 256 KiB); one that verifies is kept in the cache
+    for --offline, which verifies it again with the keys in force then."""
+    import base64
+
+    kept = json.dumps(["model-signing referrer", digest])
+    if cache_only:
+        record = store.load_record(kept) or {}
+        try:
+            data, blob = base64.b64decode(str(record["bundle"]), validate=True), str(record["blob"])
+        except (KeyError, ValueError):
+            return None, []
+        opened = open_bundle(data, REFERRER, blob, keys)
+        return (opened, []) if isinstance(opened, FileBundle) else (None, [opened])
+    problems: list[str] = []
+    try:
+        manifests, _ = referrer_manifests(crane, reference, digest)
+    except errors.NetworkError:
+        raise
+    except errors.OciCraneError:  # a broken referrers road: policy.py has said so already
+        return None, []
+    for manifest in manifests:
+        try:
+            data = read_bundle(crane, reference, manifest)
+        except errors.NetworkError:
+            raise
+        except errors.OciCraneError:  # one broken referrer: policy.py has said so already
+            continue
+        if not _names_model_signing(data):
+            continue  # cosign's own: judged by policy.py
+        opened = open_bundle(data, REFERRER, manifest, keys)
+        if isinstance(opened, FileBundle):
+            store.save_record(kept, {"bundle": base64.b64encode(data).decode(), "blob": manifest})
+            return opened, []
+        problems.append(opened)
+    return None, problems
+
+
+def _names_model_signing(data: bytes) -> bool:
+    opened = envelope(data)
+    return not isinstance(opened, str) and PREDICATE.encode() in opened[2]
 
 
 def open_bundle(data: bytes, name: str, blob: str, keys: tuple[PublicKey, ...]) -> FileBundle | str:
