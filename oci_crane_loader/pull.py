@@ -316,13 +316,13 @@ class Puller:
                     wait = retry.next_wait(kept, asked=exc.retry_after)
                     if wait is None:
                         raise
-                    log.warning("%s: %s; retry %d of %d in %.1f s%s", self._name(descriptor), exc.cause,
-                                retry.failures, self.retries, wait,
+                    asked = f" (the registry's Retry-After: {exc.retry_after:g} s)" \
+                        if exc.retry_after is not None else ""
+                    log.warning("%s: %s; retry %d of %d in %.1f s%s%s", self._name(descriptor), exc.cause,
+                                retry.failures, self.retries, wait, asked,
                                 f", continuing from {human(kept)} on disk" if kept else "")
-                    if cancel is not None:
-                        cancel.wait(wait)
-                    else:
-                        time.sleep(wait)
+                    self._wait(descriptor, wait, "rate limited" if exc.retry_after is not None else "retrying",
+                               cancel)
                 except errors.CraneError as exc:
                     if "no space left on device" in exc.stderr.lower():  # crane's write to our temp file failed
                         raise errors.cache_os_error(OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)),
@@ -334,6 +334,18 @@ class Puller:
         else:  # cached already, or another process finished it while we waited
             self.progress.skipped(descriptor.size)
         return self.store.blob_path(descriptor.digest)
+
+    def _wait(self, descriptor: Descriptor, seconds: float, why: str, cancel: threading.Event | None) -> None:
+        """Sleep before a retry, the bar counting down each second; a cancel ends the wait at once."""
+        deadline = time.monotonic() + seconds
+        while (left := deadline - time.monotonic()) > 0:
+            self.progress.waiting(descriptor, left, why)
+            if cancel is not None:
+                if cancel.wait(min(1.0, left)):
+                    break
+            else:
+                time.sleep(min(1.0, left))
+        self.progress.resumed(descriptor)
 
     def ensure_blobs(self, reference: Reference, layers: Iterable[LayerPlan],
                      on_ready: Callable[[LayerPlan, Path], None] | None = None,
