@@ -205,6 +205,8 @@ VARIABLES = {
     "OCI_CRANE_LORA_TIMEOUT": f"vLLM: seconds a request waits for its adapter's download (default "
                               f"{Settings.lora_timeout:g}); the download goes on",
     "OCI_CRANE_VERIFY_KEYS": "public key files, ':'-separated: serve only models signed with one (as --verify-key)",
+    "OCI_CRANE_HOSTS_DIR": "containerd's hosts directories for mirrors, ':'-separated (default "
+                           "/etc/containerd/certs.d; docs/mirrors.md)",
     "OCI_CRANE_BINARY": "the crane executable to run (default: the bundled copy, then PATH)",
 }
 
