@@ -11,6 +11,9 @@ the tool's process tree and its ratios. Parts (all but vllm by default; --parts 
             --capped-shards shards, oci-crane vs crane pull
   resume    the storage port drops the stream once --cut-at of the single blob is sent: bytes fetched again
   startup   --help and --version (wall and CPU seconds); the crane processes a cached `fetch --offline` starts
+  sign      what a signature policy costs: a --sign-size-mib model pushed and signed with our own
+            `push --sign-key` (a fresh P-256 key), fetched warm, --offline and cold without and with
+            `--verify-key`: the seconds and registry requests the policy adds
   fleet     (--parts fleet; needs Debian's docker-registry) --fleet-nodes N1,N2,... nodes (processes with caches of
             their own) fetching one --fleet-size-mib model at once, straight from the registry and through the
             distribution registry in proxy mode named as a mirror in a registries.conf (a fresh, empty mirror for
@@ -144,9 +147,9 @@ def timed(command: list[str], env: dict[str, str] | None = None, check: bool = T
 
 
 def measure(row: Row, template: list[str], scratch: Path, repeat: int, *, env: dict[str, str] | None = None,
-            before: Callable[[Path], None] | None = None, keep: Path | None = None) -> Row:
+            before: Callable[[Path], None] | None = None, keep: Path | None = None, quiet: bool = False) -> Row:
     """Run ``template`` ({out}: a fresh directory each run, deleted after unless it is ``keep``) ``repeat``
-    times into ``row``."""
+    times into ``row``; ``quiet``: print nothing (the caller prints a summary)."""
     for attempt in range(repeat):
         out = keep or scratch / f"out-{attempt}"
         if before is not None:
@@ -157,8 +160,9 @@ def measure(row: Row, template: list[str], scratch: Path, repeat: int, *, env: d
         row.rss.append(rss)
         if keep is None:
             shutil.rmtree(out, ignore_errors=True)
-    print(f"  {row.part:9} {row.tool:34} {row.median:8.2f} s  ({', '.join(f'{s:.2f}' for s in row.seconds)})",
-          flush=True)
+    if not quiet:
+        print(f"  {row.part:9} {row.tool:34} {row.median:8.2f} s  ({', '.join(f'{s:.2f}' for s in row.seconds)})",
+              flush=True)
     return row
 
 
@@ -325,6 +329,52 @@ def startup_part(reference: str, scratch: Path, repeat: int) -> list[Row]:
     row.extra["crane_processes"] = len(log.read_text().splitlines()) if log.exists() else 0
     rows.append(row)
     shutil.rmtree(cache)
+    return rows
+
+
+def sign_part(registry: object, mib: int, scratch: Path, repeat: int) -> list[Row]:
+    """Each case without and then with `--verify-key`, the runs of the two interleaved so that a busy machine
+    slows both alike; the registry's log counts the requests of each run. The warm cache is filled with the
+    policy, so that it keeps the signatures `--offline` needs."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    private = ec.generate_private_key(ec.SECP256R1())
+    secret, public = scratch / "sign.pem", scratch / "sign.pub"
+    secret.write_bytes(private.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                             serialization.NoEncryption()))
+    public.write_bytes(private.public_key().public_bytes(serialization.Encoding.PEM,
+                                                        serialization.PublicFormat.SubjectPublicKeyInfo))
+    make_model(scratch / "signed", mib, 1)
+    reference = f"{registry.host}/bench/signed:v1"  # type: ignore[attr-defined]
+    subprocess.run([*OCI_CRANE, "push", str(scratch / "signed"), reference, "--sign-key", str(secret), "-q"],
+                   check=True, capture_output=True)
+    shutil.rmtree(scratch / "signed")
+    warm = scratch / "sign-warm"
+    timed([part.replace("{out}", str(warm)) for part in oci_crane_fetch(reference, "--verify-key", str(public))])
+    policy = ["--verify-key", str(public)]
+    rows: list[Row] = []
+    for case, extra, keep in (("warm", [], warm), ("warm, --offline", ["--offline"], warm), ("cold", [], None)):
+        pair = (Row("sign", f"fetch ({case})", mib), Row("sign", f"fetch ({case}), --verify-key", mib))
+        requests: list[list[int]] = [[], []]
+        for _ in range(repeat):
+            for index, row in enumerate(pair):
+                before = len(registry.lines)  # type: ignore[attr-defined]
+                measure(row, oci_crane_fetch(reference, *extra, *(policy if index else [])), scratch, 1, keep=keep,
+                        quiet=True)
+                requests[index].append(len(registry.lines) - before)  # type: ignore[attr-defined]
+        for row, counts in zip(pair, requests, strict=True):
+            row.extra["registry_requests"] = statistics.median(counts)
+        without, with_policy = pair
+        with_policy.extra.update(added_s=with_policy.median - without.median, ratio=with_policy.median / without.median,
+                                 added_cpu_s=statistics.median(with_policy.cpu) - statistics.median(without.cpu),
+                                 added_requests=with_policy.extra["registry_requests"] -
+                                 without.extra["registry_requests"])  # type: ignore[operator]
+        print(f"  sign      {case:18} {without.median:6.3f} s, with --verify-key {with_policy.median:6.3f} s: "
+              f"{with_policy.extra['added_s']:+.3f} s (x{with_policy.extra['ratio']:.2f}), "
+              f"{with_policy.extra['added_requests']:+g} registry requests", flush=True)
+        rows += pair
+    shutil.rmtree(warm)
     return rows
 
 
@@ -496,8 +546,10 @@ def table(rows: list[Row]) -> str:
     the plain HTTP ceiling's median / this median."""
     lines = ["| part | tool | median s | min-max s | MiB/s | CPU s | peak RSS MiB | x crane pull | of ceiling |",
              "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+    if all(row.part in ("resume", "fleet", "sign") for row in rows):
+        lines = []  # those parts have tables of their own
     for row in rows:
-        if row.part in ("resume", "fleet"):
+        if row.part in ("resume", "fleet", "sign"):
             continue
         crane, ceiling = crane_of(rows, row), find(rows, row.part, "plain HTTP ceiling")
         # else not a download: a cached fetch, a server's start, a request
@@ -514,6 +566,15 @@ def table(rows: list[Row]) -> str:
         lines += ["", "| fleet | nodes | wall s | upstream bytes / model size |", "|---|---:|---:|---:|"]
         lines += [f"| {row.tool} | {row.extra['nodes']} | {row.median:.2f} | {row.extra['upstream_ratio']:.2f} |"
                   for row in fleet]
+    signed = [row for row in rows if row.part == "sign"]
+    if signed:
+        lines += [*([""] if lines else []), "| signature policy | without s | with --verify-key s | added s | ratio | "
+                  "added CPU s | registry requests without / with |", "|---|---:|---:|---:|---:|---:|---:|"]
+        for without, policy in zip(signed[::2], signed[1::2], strict=True):
+            lines.append(f"| {without.tool} | {without.median:.3f} | {policy.median:.3f} | "
+                         f"{policy.extra['added_s']:+.3f} | {policy.extra['ratio']:.2f} | "
+                         f"{policy.extra['added_cpu_s']:+.3f} | {without.extra['registry_requests']:g} / "
+                         f"{policy.extra['registry_requests']:g} |")
     resumed = [row for row in rows if row.part == "resume"]
     if resumed:
         lines += ["", "| resume after a cut | seconds | bytes served | fetched again | of the blob | runs |",
@@ -561,6 +622,14 @@ def targets(rows: list[Row]) -> list[dict[str, object]]:
         one, most = min(mirrored, key=lambda r: r.extra["nodes"]), max(mirrored, key=lambda r: r.extra["nodes"])  # type: ignore[arg-type, return-value]
         check(f"fleet through a mirror: {most.extra['nodes']} nodes' time / {one.extra['nodes']} node's",
               most.median / one.median, "<= 2.0", lambda v: v <= 2.0)
+    # "Verification adds at most one round trip and a few milliseconds to a fetch."
+    for case in ("warm", "cold"):
+        signed = find(rows, "sign", f"fetch ({case}), --verify-key")
+        if signed:
+            check(f"signature policy: registry requests added to a {case} fetch",
+                  float(signed.extra["added_requests"]), "<= 1", lambda v: v <= 1)  # type: ignore[arg-type]
+            check(f"signature policy: seconds added to a {case} fetch", float(signed.extra["added_s"]),  # type: ignore[arg-type]
+                  "<= 0.01", lambda v: v <= 0.01)
     offline = find(rows, "startup", "fetch --offline (cached model)")
     if offline:
         check("crane processes started by a cached fetch --offline", float(offline.extra["crane_processes"]),  # type: ignore[arg-type]
@@ -640,8 +709,8 @@ def compile_bytecode() -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--parts", default="loopback,capped,resume,startup",
-                        help="comma-separated: loopback, capped, resume, startup, vllm, fleet, lora")
+    parser.add_argument("--parts", default="loopback,capped,resume,startup,sign",
+                        help="comma-separated: loopback, capped, resume, startup, sign, vllm, fleet, lora")
     parser.add_argument("--repeat", type=int, default=3, help="runs per tool (default 3; startup: at least 5)")
     parser.add_argument("--size-mib", type=int, default=512, help="loopback model size (default 512)")
     parser.add_argument("--shards", type=int, default=4, help="loopback model shards (default 4)")
@@ -650,6 +719,7 @@ def main() -> None:
     parser.add_argument("--capped-shards", type=int, default=4, help="shards of the second capped model (default 4)")
     parser.add_argument("--rate-mb-s", type=float, default=50, help="per-connection cap in MB/s (default 50)")
     parser.add_argument("--cut-at", type=float, default=0.8, help="resume: the fraction sent before the cut (0.8)")
+    parser.add_argument("--sign-size-mib", type=int, default=1, help="sign: the signed model's size (default 1)")
     parser.add_argument("--fleet-nodes", default="1,4,8,16", help="fleet: node counts (default 1,4,8,16)")
     parser.add_argument("--fleet-size-mib", type=int, default=256, help="fleet: model size (default 256)")
     parser.add_argument("--vllm", action="store_true", help="add the vllm part (needs vLLM's CPU build)")
@@ -670,6 +740,7 @@ def main() -> None:
                  "capped": f"capped at {options.rate_mb_s:g} MB/s per connection: {options.capped_size_mib} MiB as "
                            f"1 blob and in {options.capped_shards} shards",
                  "resume": f"cut at {options.cut_at:g} of the {options.capped_size_mib} MiB blob",
+                 "sign": f"sign: a {options.sign_size_mib} MiB model, median of {max(options.repeat, 7)}",
                  "fleet": f"fleet: {options.fleet_size_mib} MiB in 4 shards, {options.fleet_nodes} nodes",
                  "vllm": f"vLLM: a synthetic Llama of about {options.vllm_size_mib} MiB, {options.vllm_repeat} "
                          "starts per side"}
@@ -706,6 +777,8 @@ def main() -> None:
             if "resume" in parts:
                 rows += resume_part(registry.host, "bench/single:v1", options.capped_size_mib, options.cut_at, rate,
                                     scratch)
+            if "sign" in parts:
+                rows += sign_part(registry, options.sign_size_mib, scratch, max(options.repeat, 7))
             if "fleet" in parts:
                 make_model(scratch / "fleet", options.fleet_size_mib, 4)
                 push(scratch / "fleet", f"{registry.host}/bench/fleet:v1", scratch)
