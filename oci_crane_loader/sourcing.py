@@ -64,6 +64,8 @@ def source_digest(store: Store, crane: Crane, reference: Reference,
                 log.warning("%s could not resolve %s (%s); asking %s", source.name, reference, exc.cause,
                             resolvers[number].name)
                 continue
+            if isinstance(exc, (errors.NotFoundError, errors.UnauthorizedError)) and source.is_upstream:
+                _hint_hub(reference, exc)
             if not isinstance(exc, errors.NetworkError):
                 raise  # an answer (401, 403, 404, TLS) is never papered over
             cached = store.load_ref(reference) if crane.access.outage_fallback else None
@@ -84,6 +86,17 @@ def source_digest(store: Store, crane: Crane, reference: Reference,
 
     raise RegistryBlockedError(f"no source may resolve the tag of {reference}: its mirrors serve digests only "
                                "and the upstream is blocked", "pin the reference by digest (REF@sha256:...)")
+
+
+def _hint_hub(reference: Reference, exc: errors.OciCraneError) -> None:
+    """Docker Hub answers 401 or 404 for a repository it does not hold: a lowercase Hugging Face id gets the
+    hint an uppercase one gets before any request (reference.misread)."""
+    from .reference import hub_hint
+
+    hint = hub_hint(reference)
+    if hint is not None:
+        exc.fix = f"{exc.fix}; {hint}"
+        exc.args = (exc.one_line(),)
 
 
 def manifest_at(source: Source, tag_or_digest: str) -> bytes:
