@@ -146,7 +146,7 @@ def place_model(model_dir: Path, files: list[str], target: Path | str, *, store:
                               if unreported is None or name.split("/", 1)[0] != unreported)
         if placed != previous:
             try:
-                save_json(store, record, {"files": placed})
+                save_json(store, record, {"files": placed, "target": str(target.resolve())})  # prune reads it
             except OSError as exc:  # a read-only cache: the next placement leaves these files as extra ones
                 log.debug("cannot record what was placed in %s: %s", target, exc)
     return report
