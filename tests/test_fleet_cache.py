@@ -33,8 +33,8 @@ from oci_crane_loader.registry.crane import Crane
 pytestmark = [pytest.mark.slow,
               pytest.mark.skipif(binary_path() is None, reason="nginx is not installed: run bin/install-test-deps")]
 NODES = 8
-SHARD = 6 << 20
-# Each upstream connection's rate: filling the mirror with one shard takes about 3 s, long enough that the nodes'
+SHARD = 8 << 20
+# Each upstream connection's rate: filling the mirror with one shard takes about 4 s, long enough that the nodes'
 # requests for it arrive while it fills (the test checks they did, else it would prove nothing).
 RATE = 2 << 20
 
