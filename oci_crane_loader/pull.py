@@ -448,8 +448,9 @@ class Puller:
         the shards and fail fast on a bad artifact), then with ``weights`` the weight layers; the directory made
         (``weights=False``: the config directory, weights to be streamed later)."""
         self.check_free_space(plan.layers)
-        if weights and any(self.ranges.applies(layer.descriptor.size) and not self.store.has_blob(layer.descriptor)
-                           for layer in plan.weight_layers):
+        if weights and not self.crane.offline and any(
+                self.ranges.applies(layer.descriptor.size) and not self.store.has_blob(layer.descriptor)
+                for layer in plan.weight_layers):
             # Whether large blobs may come as ranges, asked with the smallest layer while the small ones download,
             # of the source asked first (a mirror, if any: the upstream is not asked what it will not serve). A
             # mirror only the HTTP road reaches takes that road anyway.
