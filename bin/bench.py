@@ -14,10 +14,11 @@ the tool's process tree and its ratios. Parts (all but vllm by default; --parts 
   sign      what a signature policy costs: a --sign-size-mib model pushed and signed with our own
             `push --sign-key` (a fresh P-256 key), fetched warm, --offline and cold without and with
             `--verify-key`: the seconds and registry requests the policy adds
-  fleet     (--parts fleet; needs Debian's docker-registry) --fleet-nodes N1,N2,... nodes (processes with caches of
-            their own) fetching one --fleet-size-mib model at once, straight from the registry and through the
-            distribution registry in proxy mode named as a mirror in a registries.conf (a fresh, empty mirror for
-            each N): upstream bytes / model size and wall time
+  fleet     (--parts fleet; needs Debian's docker-registry and nginx) --fleet-nodes N1,N2,... nodes (processes with
+            caches of their own) fetching one --fleet-size-mib model at once, straight from the registry, through
+            the distribution registry in proxy mode and through nginx's proxy cache (deploy/nginx-mirror.conf.template),
+            each named as the mirror in a registries.conf (a fresh, empty mirror for each N): upstream bytes / model
+            size, wall time, and CPU seconds per node (its process tree's user+sys)
   vllm      (--vllm; needs vLLM's CPU build) time until `vllm serve`'s /v1/models answers, for a synthetic Llama of
             --vllm-size-mib MiB served from the registry (--load-format oci-crane) and from a local directory,
             and a plain cold `oci-crane fetch` of it
@@ -446,13 +447,12 @@ def lora_part(registry: str, scratch: Path, repeat: int) -> list[Row]:
 
 
 def fleet_part(registry: object, repository: str, mib: float, scratch: Path, nodes: list[int]) -> list[Row]:
-    """N nodes at once, direct and through a pull-through mirror; upstream bytes counted from the upstream's own
-    log (each blob GET times that blob's size)."""
-    from support.distribution import binary_path, distribution_registry
+    """N nodes at once, direct and through each pull-through mirror this machine has (a fresh, empty one for each
+    N): Debian's distribution registry in proxy mode and nginx's proxy cache (deploy/nginx-mirror.conf.template).
+    Upstream bytes are counted from the upstream's own log (each blob GET times that blob's size); CPU seconds are
+    each node's process tree's user+sys (the node and the crane processes it reaped), as wait4 reports them."""
+    from support import distribution, nginx_mirror
 
-    if binary_path() is None:
-        print("fleet: Debian's docker-registry is not installed (bin/install-test-deps): skipped", flush=True)
-        return []
     host = registry.host  # type: ignore[attr-defined]
     reference = f"{host}/{repository}"
     manifest = json.loads(subprocess.run([find_crane(), "manifest", reference], capture_output=True, check=True,
@@ -464,39 +464,64 @@ def fleet_part(registry: object, repository: str, mib: float, scratch: Path, nod
     def upstream_bytes() -> int:
         return sum(sizes.get(digest, 0) for digest in registry.blob_downloads())  # type: ignore[attr-defined]
 
-    def run_nodes(count: int, env: dict[str, str], label: str) -> tuple[float, int]:
+    def run_nodes(count: int, env: dict[str, str], label: str) -> tuple[float, float, int]:
+        """Wall seconds, mean CPU seconds per node, upstream bytes."""
         before = upstream_bytes()
         caches = [scratch / f"fleet-{label}-{count}-{node}" for node in range(count)]
         started = time.monotonic()
         procs = [subprocess.Popen([*OCI_CRANE, "fetch", reference, "-q", "--cache-dir", str(cache)],
                                   env={**os.environ, **env}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
                  for cache in caches]
+        errors: list[list[bytes]] = [[] for _ in procs]
+        readers = [threading.Thread(target=lambda p=proc, e=err: e.append(p.stderr.read()), daemon=True)  # type: ignore[misc, union-attr]
+                   for proc, err in zip(procs, errors, strict=True)]
+        for reader in readers:
+            reader.start()
+        cpu = 0.0
         for proc in procs:
-            _, err = proc.communicate(timeout=1800)
-            if proc.returncode != 0:
-                raise SystemExit(f"fleet: a node failed: {err.decode(errors='replace')[-2000:]}")
+            _, status, usage = os.wait4(proc.pid, 0)
+            proc.returncode = os.waitstatus_to_exitcode(status)
+            cpu += usage.ru_utime + usage.ru_stime
         elapsed = time.monotonic() - started
+        for proc, reader, err in zip(procs, readers, errors, strict=True):
+            reader.join()
+            if proc.returncode != 0:
+                raise SystemExit(f"fleet: a node failed: {b''.join(err).decode(errors='replace')[-2000:]}")
         for cache in caches:
             shutil.rmtree(cache, ignore_errors=True)
-        return elapsed, upstream_bytes() - before
+        return elapsed, cpu / count, upstream_bytes() - before
+
+    def row(label: str, count: int, measured: tuple[float, float, int]) -> Row:
+        elapsed, cpu, sent = measured
+        print(f"  fleet     {label + ', ' + str(count) + ' nodes':40} {elapsed:8.2f} s  CPU/node {cpu:6.2f} s  "
+              f"upstream {sent / model_bytes:5.2f} x the model", flush=True)
+        return Row("fleet", f"{label}, {count} nodes", mib * count, [elapsed], [cpu],
+                   extra={"nodes": count, "upstream_ratio": sent / model_bytes, "cpu_per_node": cpu})
+
+    def mirrored(count: int, mirror_host: str) -> tuple[float, float, int]:
+        conf = scratch / f"registries-{count}.conf"
+        conf.write_text(f'[[registry]]\nprefix = "{host}"\nlocation = "{host}"\ninsecure = true\n'
+                        f'[[registry.mirror]]\nlocation = "{mirror_host}"\ninsecure = true\n')
+        return run_nodes(count, {**no_mirrors, "CONTAINERS_REGISTRIES_CONF": str(conf)}, "mirror")
 
     rows: list[Row] = []
     no_mirrors = {"CONTAINERS_REGISTRIES_CONF": str(scratch / "none.conf"),
                   "OCI_CRANE_HOSTS_DIR": str(scratch / "no-certs.d")}
     (scratch / "none.conf").write_text("")
+    if distribution.binary_path() is None:
+        print("fleet: Debian's docker-registry is not installed (bin/install-test-deps): no distribution rows")
+    if nginx_mirror.binary_path() is None:
+        print("fleet: nginx is not installed (bin/install-test-deps): no nginx rows")
     for count in nodes:
-        elapsed, sent = run_nodes(count, no_mirrors, "direct")
-        rows.append(Row("fleet", f"direct, {count} nodes", mib * count, [elapsed],
-                        extra={"nodes": count, "upstream_ratio": sent / model_bytes}))
-        with distribution_registry(scratch / f"mirror-{count}", tls=False, auth=False,
-                                   proxy_remote=f"http://{host}") as mirror:
-            conf = scratch / f"registries-{count}.conf"
-            conf.write_text(f'[[registry]]\nprefix = "{host}"\nlocation = "{host}"\ninsecure = true\n'
-                            f'[[registry.mirror]]\nlocation = "{mirror.host}"\ninsecure = true\n')
-            elapsed, sent = run_nodes(count, {**no_mirrors, "CONTAINERS_REGISTRIES_CONF": str(conf)}, "mirror")
-        rows.append(Row("fleet", f"through a mirror, {count} nodes", mib * count, [elapsed],
-                        extra={"nodes": count, "upstream_ratio": sent / model_bytes}))
-        print(f"fleet: {count} nodes done", flush=True)
+        rows.append(row("direct", count, run_nodes(count, no_mirrors, "direct")))
+        if distribution.binary_path() is not None:
+            with distribution.distribution_registry(scratch / f"mirror-{count}", tls=False, auth=False,
+                                                    proxy_remote=f"http://{host}") as proxy:
+                rows.append(row("through distribution", count, mirrored(count, proxy.host)))
+        if nginx_mirror.binary_path() is not None:
+            with nginx_mirror.nginx_mirror(scratch / f"nginx-{count}", f"http://{host}") as cache:
+                rows.append(row("through an nginx cache", count, mirrored(count, cache.host)))
+            shutil.rmtree(scratch / f"nginx-{count}", ignore_errors=True)
     return rows
 
 
@@ -563,9 +588,10 @@ def table(rows: list[Row]) -> str:
                      f"| {speed} | {cpu} | {rss} | {versus} | {of_ceiling} |")
     fleet = [row for row in rows if row.part == "fleet"]
     if fleet:
-        lines += ["", "| fleet | nodes | wall s | upstream bytes / model size |", "|---|---:|---:|---:|"]
-        lines += [f"| {row.tool} | {row.extra['nodes']} | {row.median:.2f} | {row.extra['upstream_ratio']:.2f} |"
-                  for row in fleet]
+        lines += ["", "| fleet | nodes | wall s | CPU s per node | upstream bytes / model size |",
+                  "|---|---:|---:|---:|---:|"]
+        lines += [f"| {row.tool.rpartition(', ')[0]} | {row.extra['nodes']} | {row.median:.2f} | "
+                  f"{row.extra['cpu_per_node']:.2f} | {row.extra['upstream_ratio']:.2f} |" for row in fleet]
     signed = [row for row in rows if row.part == "sign"]
     if signed:
         lines += [*([""] if lines else []), "| signature policy | without s | with --verify-key s | added s | ratio | "
@@ -614,14 +640,19 @@ def targets(rows: list[Row]) -> list[dict[str, object]]:
               "<= 0.25", lambda v: v <= 0.25)  # type: ignore[arg-type]
     check("warm fetch time / cold fetch time",
           ratio("loopback", "oci-crane fetch (warm)", "oci-crane fetch (cold)"), "<= 0.10", lambda v: v <= 0.10)
-    mirrored = [row for row in rows if row.tool.startswith("through a mirror")]
-    for row in mirrored:
-        check(f"fleet through a mirror, {row.extra['nodes']} nodes: upstream bytes / model size",
-              float(row.extra["upstream_ratio"]), "<= 1.0", lambda v: v <= 1.0)  # type: ignore[arg-type]
-    if len(mirrored) > 1:
-        one, most = min(mirrored, key=lambda r: r.extra["nodes"]), max(mirrored, key=lambda r: r.extra["nodes"])  # type: ignore[arg-type, return-value]
-        check(f"fleet through a mirror: {most.extra['nodes']} nodes' time / {one.extra['nodes']} node's",
-              most.median / one.median, "<= 2.0", lambda v: v <= 2.0)
+    for mirror in ("through distribution", "through an nginx cache"):
+        mirrored = [row for row in rows if row.part == "fleet" and row.tool.startswith(mirror + ",")]
+        for row in mirrored:
+            check(f"fleet {mirror}, {row.extra['nodes']} nodes: upstream bytes / model size",
+                  float(row.extra["upstream_ratio"]), "<= 1.0", lambda v: v <= 1.0)  # type: ignore[arg-type]
+        if len(mirrored) > 1:
+            one, most = min(mirrored, key=lambda r: r.extra["nodes"]), max(mirrored, key=lambda r: r.extra["nodes"])  # type: ignore[arg-type, return-value]
+            check(f"fleet {mirror}: {most.extra['nodes']} nodes' time / {one.extra['nodes']} node's",
+                  most.median / one.median, "<= 2.0", lambda v: v <= 2.0)
+            # What the time target stands for where all nodes share a few cores: each node's own work.
+            check(f"fleet {mirror}: CPU s per node, {most.extra['nodes']} nodes / {one.extra['nodes']}",
+                  float(most.extra["cpu_per_node"]) / float(one.extra["cpu_per_node"]),  # type: ignore[arg-type]
+                  "<= 2.0", lambda v: v <= 2.0)
     # "Verification adds at most one round trip and a few milliseconds to a fetch."
     for case in ("warm", "cold"):
         signed = find(rows, "sign", f"fetch ({case}), --verify-key")

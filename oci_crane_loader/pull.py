@@ -460,11 +460,16 @@ class Puller:
         the shards and fail fast on a bad artifact), then with ``weights`` the weight layers; the directory made
         (``weights=False``: the config directory, weights to be streamed later)."""
         self.check_free_space(plan.layers)
-        if weights and any(self.ranges.applies(layer.descriptor.size) and not self.store.has_blob(layer.descriptor)
-                           for layer in plan.weight_layers):
-            # Whether large blobs may come as ranges, asked with the smallest layer while the small ones download.
-            transfer.probe_early(self.crane, self.routes, resolved.reference, min(
-                (layer.descriptor for layer in plan.layers), key=lambda descriptor: descriptor.size))
+        if weights and not self.crane.offline and any(
+                self.ranges.applies(layer.descriptor.size) and not self.store.has_blob(layer.descriptor)
+                for layer in plan.weight_layers):
+            # Whether large blobs may come as ranges, asked with the smallest layer while the small ones download,
+            # of the source asked first (a mirror, if any: the upstream is not asked what it will not serve). A
+            # mirror only the HTTP road reaches takes that road anyway.
+            smallest = min((layer.descriptor for layer in plan.layers), key=lambda descriptor: descriptor.size)
+            first = self.sources(resolved.reference)[0]
+            if first.http is None:
+                transfer.probe_early(first.crane, self.routes, first.at(smallest.digest), smallest)
         if weights and self.subpath is None:  # one pool, small layers first: no wait between the two
             self.ensure_blobs(resolved.reference, [*plan.small_layers, *plan.weight_layers])
         else:

@@ -444,7 +444,9 @@ class _Download:
                     self.paths.discard()  # what is on disk cannot be continued here: crane starts from zero
                     self.routes.ignores_range.add(self.session.reference.registry)
                     raise Unsupported("the registry ignores Range requests")
-                if self.session.at_registry(str(first.url)) and not self.resumed:
+                # A mirror only this road reaches (api_root set: containerd's ?ns=, headers) has no crane stream
+                # to hand over to: a blob it serves itself is read here.
+                if self.session.at_registry(str(first.url)) and not self.resumed and self.session.api_root is None:
                     first.close()
                     self.routes.serves_blobs_itself.add(self.session.reference.registry)
                     raise Unsupported("the registry serves the blob itself, where one crane stream is faster")
