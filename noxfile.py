@@ -43,7 +43,7 @@ def _test_tools(session: nox.Session) -> None:
     if can_install:
         session.run("bash", "bin/install-test-deps", external=True)
     else:
-        session.log("skipping bin/install-test-deps (needs root): tests of Debian's docker-registry will skip")
+        session.log("skipping bin/install-test-deps (needs root): tests of Debian's docker-registry, nginx will skip")
 
 
 def _bytecode(session: nox.Session) -> None:

@@ -93,9 +93,9 @@ def check_credentials(crane: Crane, host: str, username: str, password: str) -> 
     falls back to it (--insecure, loopback and private addresses), or http alone (--plain-http); TLS as crane's
     (--insecure, --ca-file, SSL_CERT_FILE)."""
     from .reference import is_loopback
-    from .registry.transfer import _httpx, _shown
+    from .registry.transfer import quiet_httpx, shown_url
 
-    httpx = _httpx()
+    httpx = quiet_httpx()
     access = crane.access.online()  # a login is asked for now, as `crane auth login` is
     schemes = access.schemes(host)
     basic = "Basic " + base64.b64encode(f"{username}:{password}".encode()).decode()
@@ -131,10 +131,10 @@ def check_credentials(crane: Crane, host: str, username: str, password: str) -> 
                                                "check the registry address")
             query = {"account": username, **({"service": params["service"]} if "service" in params else {})}
             answer = get(params["realm"], params=query, headers={"Authorization": basic})
-            where = f"its token service {_shown(params['realm'])}"
+            where = f"its token service {shown_url(params['realm'])}"
         else:
             answer = get(url, headers={"Authorization": basic})
-            where = _shown(url)
+            where = shown_url(url)
     if answer.status_code in (401, 403):
         raise errors.UnauthorizedError(
             f"{host} refused the password or token of {username} ({where} answered {answer.status_code}); nothing "
@@ -147,15 +147,15 @@ def check_credentials(crane: Crane, host: str, username: str, password: str) -> 
 
 def _unreachable(exc: Exception, url: str, password: str) -> errors.CraneError:
     from .registry.crane import redact
-    from .registry.transfer import _shown
+    from .registry.transfer import shown_url
 
     text = redact(f"{type(exc).__name__}: {exc}", [password])
     if re.search(r"CERTIFICATE|SSL|TLS|certificate", text):
-        return errors.TLSError(f"TLS handshake with {_shown(url)} failed ({text}); nothing was stored",
+        return errors.TLSError(f"TLS handshake with {shown_url(url)} failed ({text}); nothing was stored",
                                "trust the registry's CA with --ca-file /path/ca.pem (or SSL_CERT_FILE); a registry "
                                "that speaks plain http: --plain-http; one you control on a trusted network: "
                                "--insecure")
-    return errors.NetworkError(f"cannot reach {_shown(url)} to check the credentials ({text}); nothing was stored")
+    return errors.NetworkError(f"cannot reach {shown_url(url)} to check the credentials ({text}); nothing was stored")
 
 
 def logout(registry: str, *, authfile: str | Path | None = None) -> Path:

@@ -218,8 +218,9 @@ def _push_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
     _connection(push)
     push.add_argument("--cache-dir", help="where the temporary layout goes (default: the cache's tmp/)")
     push.add_argument("--sign-key", metavar="KEY",
-                      help="then sign the pushed digest with this unencrypted PEM private key, as `cosign sign --key` "
-                           "does (cosign's encrypted keys: sign with cosign; docs/security.md)")
+                      help="then sign the pushed digest with this private key, as `cosign sign --key` does: cosign.key "
+                           "from `cosign generate-key-pair` (its password in COSIGN_PASSWORD, else asked on the "
+                           "terminal) or an unencrypted PEM key; read before anything is pushed (docs/security.md)")
     push.add_argument("--json", action="store_true", help="print one JSON object instead of the pinned reference")
     push.add_argument("--quiet", "-q", action="store_true",
                       help="no progress on stderr (also OCI_CRANE_DISABLE_PROGRESS=1)")

@@ -22,6 +22,7 @@ from .progress import human
 from .registry.crane import MINIMUM_VERSION, SOURCE_NAMES, choose_crane
 from .registry.keychain import HOME_DOCKER_CONFIG, find_credentials
 from .registry.mirrors import load_config
+from .settings import settings
 from .vllm_api import SUPPORTED_RANGE, in_supported_range, installed_version
 
 MIN_FREE_BYTES = 1 << 30  # less than this cannot hold a model worth serving
@@ -206,7 +207,9 @@ def check_mirrors(reference: str | None = None, *, environ: Mapping[str, str] | 
 
     parsed = parse_reference(reference) if reference else None  # a bad reference is the usual one-line error
     try:
-        config = load_config(environ=os.environ if environ is None else environ, root=root)
+        # The variables' values as a fetch sees them (settings.py), or those given (tests).
+        config = load_config(environ=os.environ if environ is None else environ, root=root,
+                             hosts_dirs=settings().hosts_dirs if environ is None else None)
         if parsed is None:
             return Check("mirrors", True, "\n      ".join(config.summary()),
                          facts={"files": [str(path) for path in config.registries_files],

@@ -215,9 +215,11 @@ class UnauthorizedError(CraneError, PermissionError):
 
 
 class RateLimitedError(CraneError):
-    """The registry answered 429 Too Many Requests (Docker Hub limits anonymous pulls)."""
+    """The registry answered 429 Too Many Requests (Docker Hub limits anonymous pulls), or 503 with a Retry-After
+    (busy), and went on answering so for every retry."""
 
-    default_fix = "wait and retry, or log in to raise the registry's rate limit"
+    default_fix = ("wait and retry (--retries and OCI_CRANE_RETRY_WINDOW let a fetch wait longer), log in to raise "
+                   "the registry's rate limit, or pull through a mirror (docs/mirrors.md)")
 
 
 class NetworkError(CraneError, ConnectionError):

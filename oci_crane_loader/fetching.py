@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from .formats import Plan
     from .progress import Progress
     from .pull import Puller, Resolved
+    from .registry.crane import Crane
     from .signatures.openssf import FileBundle
 
 log = logging.getLogger(__name__)
@@ -41,7 +42,8 @@ class FetchResult:
     bytes: int
     index_digest: str | None = None
     # Where this fetch got each manifest and blob it downloaded (digest -> "mirror URL" or "upstream REPO"); set
-    # only when the node configures mirrors for the reference, so a plain fetch's JSON is as it always was.
+    # only when the node configures mirrors for the reference, so a plain fetch's JSON is as it always was. A
+    # fetch answered from the cache downloaded at most the tag's manifest: {} for a digest reference.
     sources: dict[str, str] | None = None
 
     def to_json(self) -> dict[str, object]:
@@ -62,7 +64,8 @@ def fetch(options: FetchOptions, text: str, progress: Progress | None = None) ->
     reference = parse_reference(text)
     store = open_store(options)
     crane = open_crane(options)
-    top = source_digest(store, crane, reference)
+    came_from: dict[str, str] = {}  # what was downloaded, from where: the tag's manifest here, then the Puller's
+    top = source_digest(store, crane, reference, came_from)
     signed: FileBundle | None = None
     if top is not None:
         # Before the record's shortcut and before any download: a policy holds for cached models too.
@@ -77,7 +80,7 @@ def fetch(options: FetchOptions, text: str, progress: Progress | None = None) ->
                 if signed is not None:  # cheap when this directory was checked against this bundle before
                     require_files(store, signed, recorded.path, reference, recorded.digest)
                 _save_ref(store, reference, top, options)
-                return _result(reference, recorded)
+                return _result(reference, recorded, came_from if _mirrored(options, crane, reference) else None)
     from .pull import open_puller
 
     # The Puller says why when `top` is None (a tag offline that the cache never fetched).
@@ -86,7 +89,7 @@ def fetch(options: FetchOptions, text: str, progress: Progress | None = None) ->
     # The next fetch of the same thing answers from this record, without parsing anything.
     save_record(store, _key(made.index_digest or made.digest, options), made, linked)
     mirrored = not options.offline and any(source.endpoint is not None for source in puller.sources(reference))
-    return _result(reference, made, dict(puller.came_from) if mirrored else None)
+    return _result(reference, made, {**came_from, **puller.came_from} if mirrored else None)
 
 
 def prepare(options: FetchOptions, text: str) -> tuple[Puller, Resolved, Plan, Path]:
@@ -96,10 +99,17 @@ def prepare(options: FetchOptions, text: str) -> tuple[Puller, Resolved, Plan, P
 
     reference = parse_reference(text)
     puller = open_puller(options)
-    digest = require_digest(puller.store, puller.crane, reference)
+    digest = require_digest(puller.store, puller.crane, reference, puller.came_from)  # the vLLM log's sources
     signed = require_signed(puller.store, puller.crane, reference, digest, options.verify)
     resolved, plan, path = puller.prepare(reference, digest, signed)
     return puller, resolved, plan, path
+
+
+def _mirrored(options: FetchOptions, crane: Crane, reference: Reference) -> bool:
+    """Whether the node configures a mirror for ``reference`` (then a result says where its bytes came from)."""
+    from .registry.sources import plan
+
+    return not options.offline and any(source.endpoint is not None for source in plan(reference, crane))
 
 
 def _key(top: str, options: FetchOptions) -> str:

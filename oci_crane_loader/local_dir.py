@@ -42,7 +42,6 @@ from .cache.store import Store, default_cache_dir
 from .errors import InvalidModelError, LocalDirError, UsageError
 from .options import LOCAL_DIR_MODES as MODES
 from .paths import safe_relative_path
-from .settings import settings
 
 log = logging.getLogger(__name__)
 
@@ -132,13 +131,13 @@ def place_model(model_dir: Path, files: list[str], target: Path | str, *, store:
         # DIR itself may be a symlink (/models -> /mnt/models): the user named it. Below it, nothing is followed.
         root = os.open(target, _DIR_FLAGS & ~getattr(os, "O_NOFOLLOW", 0))
         stack.callback(os.close, root)  # closing it also releases the lock
-        _lock(root, target)
+        _lock(root, target, store.lock_timeout)
         record = store.placement_path(target.resolve())
         previous = _placed_before(record)
         placed: dict[str, list[int]] = {}
         for name in sorted(wanted):
             try:
-                placed[name] = _place(model_dir / name, root, name, target, report, mode)
+                placed[name] = _place(model_dir / name, root, name, target, report, mode, fsync=store.fsync)
             except OSError as exc:
                 raise _os_error(exc, target / name) from None
         for name in sorted(set(previous) - wanted):
@@ -147,13 +146,13 @@ def place_model(model_dir: Path, files: list[str], target: Path | str, *, store:
                               if unreported is None or name.split("/", 1)[0] != unreported)
         if placed != previous:
             try:
-                save_json(store, record, {"files": placed})
+                save_json(store, record, {"files": placed, "target": str(target.resolve())})  # prune reads it
             except OSError as exc:  # a read-only cache: the next placement leaves these files as extra ones
                 log.debug("cannot record what was placed in %s: %s", target, exc)
     return report
 
 
-def _lock(root: int, target: Path) -> None:
+def _lock(root: int, target: Path, timeout: float) -> None:
     """Hold DIR for this placement (flock on its descriptor, released when it is closed), waiting as long as a cache
     lock would. Where the file system has no flock (some NFS mounts) the placement runs unlocked."""
     try:
@@ -172,9 +171,9 @@ def _lock(root: int, target: Path) -> None:
             return
         if deadline is None:
             log.info("waiting for another fetch that is placing a model in %s", target)
-            deadline = time.monotonic() + settings().lock_timeout
+            deadline = time.monotonic() + timeout
         elif time.monotonic() > deadline:
-            raise LocalDirError(f"gave up after {settings().lock_timeout:.0f}s waiting for another fetch that is "
+            raise LocalDirError(f"gave up after {timeout:.0f}s waiting for another fetch that is "
                                 f"placing a model in {target}", "let it finish, or choose another --local-dir")
         time.sleep(0.05)
 
@@ -189,7 +188,8 @@ def _placed_before(record: Path) -> dict[str, list[int]]:
             and len(value) == 2 and all(isinstance(number, int) for number in value)}
 
 
-def _place(source: Path, root: int, name: str, target: Path, report: LocalDirReport, mode: str) -> list[int]:
+def _place(source: Path, root: int, name: str, target: Path, report: LocalDirReport, mode: str, *,
+           fsync: bool) -> list[int]:
     """Put one file in place; its [size, mtime_ns] as it is left."""
     *parents, base = name.split("/")
     with _directory(root, parents, target) as folder:
@@ -206,7 +206,7 @@ def _place(source: Path, root: int, name: str, target: Path, report: LocalDirRep
                 and _same_content(source, source_stat, base, folder, existing)):
             report.unchanged.append(name)
             return [existing.st_size, existing.st_mtime_ns]
-        how = _link_or_copy(source, source_stat, folder, base, link=mode == "link")
+        how = _link_or_copy(source, source_stat, folder, base, link=mode == "link", fsync=fsync)
         (report.linked if how == "linked" else report.copied).append(name)
         if existing is not None and not shares_cache:
             report.replaced.append(name)
@@ -294,7 +294,8 @@ def _same_content(source: Path, source_stat: os.stat_result, name: str, folder: 
                 return True
 
 
-def _link_or_copy(source: Path, source_stat: os.stat_result, folder: int, name: str, *, link: bool) -> str:
+def _link_or_copy(source: Path, source_stat: os.stat_result, folder: int, name: str, *, link: bool,
+                  fsync: bool) -> str:
     """Put ``source`` at ``name`` in ``folder`` through a temporary name and a rename (which replaces a file or a
     symlink there, never what a symlink points to): a hard link if ``link`` and the file system allows, else a
     copy of DIR's own."""
@@ -310,7 +311,7 @@ def _link_or_copy(source: Path, source_stat: os.stat_result, folder: int, name: 
                     raise
                 log.debug("cannot hard-link %s (%s); copying", name, exc.strerror)
         if how == "copied":
-            _copy(source, source_stat, folder, temporary)
+            _copy(source, source_stat, folder, temporary, fsync=fsync)
         os.rename(temporary, name, src_dir_fd=folder, dst_dir_fd=folder)
     except BaseException:
         with suppress(FileNotFoundError):
@@ -319,7 +320,7 @@ def _link_or_copy(source: Path, source_stat: os.stat_result, folder: int, name: 
     return how
 
 
-def _copy(source: Path, source_stat: os.stat_result, folder: int, temporary: str) -> None:
+def _copy(source: Path, source_stat: os.stat_result, folder: int, temporary: str, *, fsync: bool) -> None:
     """A new file, writable by its owner, with the cached file's bytes and times (the times make a second run's
     quick check find it unchanged): a reflink where the file system has them, else the bytes copied."""
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
@@ -329,7 +330,7 @@ def _copy(source: Path, source_stat: os.stat_result, folder: int, temporary: str
             while chunk := data.read(_COPY_CHUNK):
                 out.write(chunk)
             out.flush()
-        if not settings().no_fsync:
+        if fsync:  # the store's choice (OCI_CRANE_NO_FSYNC)
             os.fsync(out.fileno())
         os.utime(out.fileno(), ns=(source_stat.st_atime_ns, source_stat.st_mtime_ns))
 

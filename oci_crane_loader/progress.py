@@ -3,8 +3,8 @@ rate and ETA, drawn by `rich` (imported only then: `oci-crane --help` and script
 CI): one plain line per finished file. Off with --quiet or OCI_CRANE_DISABLE_PROGRESS=1 (the caller decides).
 
 pull.py reports: ``start`` (a batch of blobs, with the file names the plan knows), ``begin`` (a download starts,
-in the thread that downloads it), ``advance`` (bytes, from several threads), ``finished``, ``skipped`` (cached),
-``close``.
+in the thread that downloads it), ``advance`` (bytes, from several threads), ``waiting``/``resumed`` (a retry's
+wait, counted down on its bar), ``finished``, ``skipped`` (cached), ``close``.
 """
 
 from __future__ import annotations
@@ -79,6 +79,23 @@ class Progress:
             if task is not None:
                 self._bars.advance(task, delta)
             self._bars.advance(self._total_task, delta)
+
+    def waiting(self, descriptor: Descriptor, seconds: float, why: str) -> None:
+        """``descriptor``'s download waits ``seconds`` more before its next try (``why``: a rate limit's
+        Retry-After, or a broken stream): on a terminal its bar says so, counting down; elsewhere the warning line
+        pull.py logs says it once."""
+        with self._lock:
+            task = self._tasks.get(descriptor.digest)
+            if self._bars is not None and task is not None:
+                self._bars.update(task, description=f"{self.name(descriptor)}: {printable(why)}, next try in "
+                                                    f"{max(0.0, seconds):.0f} s")
+
+    def resumed(self, descriptor: Descriptor) -> None:
+        """The wait is over: the bar is named after its file again."""
+        with self._lock:
+            task = self._tasks.get(descriptor.digest)
+            if self._bars is not None and task is not None:
+                self._bars.update(task, description=self.name(descriptor))
 
     def skipped(self, size: int) -> None:
         with self._lock:

@@ -320,13 +320,13 @@ class Puller:
                     wait = retry.next_wait(kept, asked=exc.retry_after)
                     if wait is None:
                         raise
-                    log.warning("%s: %s; retry %d of %d in %.1f s%s", self._name(descriptor), exc.cause,
-                                retry.failures, self.retries, wait,
+                    asked = f" (the registry's Retry-After: {exc.retry_after:g} s)" \
+                        if exc.retry_after is not None else ""
+                    log.warning("%s: %s; retry %d of %d in %.1f s%s%s", self._name(descriptor), exc.cause,
+                                retry.failures, self.retries, wait, asked,
                                 f", continuing from {human(kept)} on disk" if kept else "")
-                    if cancel is not None:
-                        cancel.wait(wait)
-                    else:
-                        time.sleep(wait)
+                    self._wait(descriptor, wait, "rate limited" if exc.retry_after is not None else "retrying",
+                               cancel)
                 except errors.CraneError as exc:
                     if "no space left on device" in exc.stderr.lower():  # crane's write to our temp file failed
                         raise errors.cache_os_error(OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)),
@@ -338,6 +338,18 @@ class Puller:
         else:  # cached already, or another process finished it while we waited
             self.progress.skipped(descriptor.size)
         return self.store.blob_path(descriptor.digest)
+
+    def _wait(self, descriptor: Descriptor, seconds: float, why: str, cancel: threading.Event | None) -> None:
+        """Sleep before a retry, the bar counting down each second; a cancel ends the wait at once."""
+        deadline = time.monotonic() + seconds
+        while (left := deadline - time.monotonic()) > 0:
+            self.progress.waiting(descriptor, left, why)
+            if cancel is not None:
+                if cancel.wait(min(1.0, left)):
+                    break
+            else:
+                time.sleep(min(1.0, left))
+        self.progress.resumed(descriptor)
 
     def ensure_blobs(self, reference: Reference, layers: Iterable[LayerPlan],
                      on_ready: Callable[[LayerPlan, Path], None] | None = None,
@@ -452,11 +464,16 @@ class Puller:
         the shards and fail fast on a bad artifact), then with ``weights`` the weight layers; the directory made
         (``weights=False``: the config directory, weights to be streamed later)."""
         self.check_free_space(plan.layers)
-        if weights and any(self.ranges.applies(layer.descriptor.size) and not self.store.has_blob(layer.descriptor)
-                           for layer in plan.weight_layers):
-            # Whether large blobs may come as ranges, asked with the smallest layer while the small ones download.
-            transfer.probe_early(self.crane, self.routes, resolved.reference, min(
-                (layer.descriptor for layer in plan.layers), key=lambda descriptor: descriptor.size))
+        if weights and not self.crane.offline and any(
+                self.ranges.applies(layer.descriptor.size) and not self.store.has_blob(layer.descriptor)
+                for layer in plan.weight_layers):
+            # Whether large blobs may come as ranges, asked with the smallest layer while the small ones download,
+            # of the source asked first (a mirror, if any: the upstream is not asked what it will not serve). A
+            # mirror only the HTTP road reaches takes that road anyway.
+            smallest = min((layer.descriptor for layer in plan.layers), key=lambda descriptor: descriptor.size)
+            first = self.sources(resolved.reference)[0]
+            if first.http is None:
+                transfer.probe_early(first.crane, self.routes, first.at(smallest.digest), smallest)
         if weights and self.subpath is None:  # one pool, small layers first: no wait between the two
             self.ensure_blobs(resolved.reference, [*plan.small_layers, *plan.weight_layers])
         else:

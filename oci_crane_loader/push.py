@@ -108,12 +108,13 @@ def push(model_dir: str | os.PathLike[str], reference: str, *, format: str = "mo
     ``progress`` shows each step with its time, and the upload's bytes where the OS counts crane's reads (Linux).
     Raises InvalidModelError for a directory that is not a loadable model, InvalidReferenceError for a reference
     without a tag to push to, and the CraneError subclasses for registry failures. Nothing is pushed unless the
-    directory is valid. ``sign_key``: an unencrypted PEM private key; the pushed digest is then signed as
-    `cosign sign --key` does (signatures/sign.py) and ``signature`` names the signature image."""
+    directory is valid. ``sign_key``: cosign's encrypted private key (password: COSIGN_PASSWORD) or an unencrypted
+    PEM one; the pushed digest is then signed as `cosign sign --key` does (signatures/sign.py) and ``signature``
+    names the signature image."""
     if format not in FORMATS:
         raise errors.OciCraneError(f"unknown format {format!r}", "use --format modelpack or --format dmr")
     key = None
-    if sign_key is not None:  # read before anything is packed or sent
+    if sign_key is not None:  # read (and decrypted) before anything is packed or sent: a wrong password costs no upload
         from .signatures.keys import load_private_key
 
         key = load_private_key(sign_key)

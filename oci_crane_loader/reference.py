@@ -192,6 +192,17 @@ def misread(text: str) -> tuple[str, str] | None:
     return None
 
 
+def hub_hint(reference: Reference) -> str | None:
+    """For ``org/name`` typed without a registry, which Docker Hub does not know: it may be a Hugging Face id
+    written in lowercase (``qwen/qwen2-0.5b``), which is also a valid Docker Hub name. What to add to the fix."""
+    typed = str(reference)
+    if reference.registry != DEFAULT_REGISTRY or typed.count("/") != 1 or is_registry_host(typed.split("/")[0]):
+        return None
+    model = typed.split("@")[0].split(":")[0]
+    return (f"if {model} is a Hugging Face model id, vLLM serves it as it is (vllm serve {model}, without "
+            "--load-format oci-crane), or push it to your registry first (docs/from-hf.md)")
+
+
 # org/Model-Name as the Hub writes it: no registry host, one slash, and uppercase (which no registry allows).
 _HF_ID = re.compile(r"(?=[^/]*[A-Z]|[^/]*/[^/]*[A-Z])[A-Za-z0-9][\w.-]*/[\w.-]+")
 

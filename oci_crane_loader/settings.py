@@ -62,6 +62,8 @@ class Settings:
     lora_timeout: float = 300.0  # OCI_CRANE_LORA_TIMEOUT: seconds a request may wait for its adapter's download
     # OCI_CRANE_VERIFY_KEYS: public key files (':'-separated) a model must be signed with (signatures/policy.py)
     verify_keys: tuple[str, ...] = ()
+    # OCI_CRANE_HOSTS_DIR: containerd's hosts roots (registry/mirrors.py); () is /etc/containerd/certs.d
+    hosts_dirs: tuple[Path, ...] = ()
 
     @classmethod
     def from_environment(cls, env: Mapping[str, str]) -> Settings:
@@ -85,7 +87,14 @@ class Settings:
                    lora_max_bytes=_positive(env, "OCI_CRANE_LORA_MAX_BYTES", cls.lora_max_bytes, parse_bytes),
                    lora_timeout=_seconds(env, "OCI_CRANE_LORA_TIMEOUT", cls.lora_timeout),
                    verify_keys=tuple(path.strip() for path in env.get("OCI_CRANE_VERIFY_KEYS", "").split(":")
-                                     if path.strip()))
+                                     if path.strip()),
+                   hosts_dirs=parse_hosts_dirs(env.get("OCI_CRANE_HOSTS_DIR", "")))
+
+
+def parse_hosts_dirs(text: str) -> tuple[Path, ...]:
+    """``/etc/containerd/certs.d:/host/certs.d``: containerd's ``config_path`` roots, ``os.pathsep``-separated as
+    containerd splits it; empty parts are skipped, ``~`` expanded."""
+    return tuple(Path(part.strip()).expanduser() for part in text.split(os.pathsep) if part.strip())
 
 
 def parse_prefixes(text: str, name: str) -> tuple[str, ...]:
@@ -196,6 +205,8 @@ VARIABLES = {
     "OCI_CRANE_LORA_TIMEOUT": f"vLLM: seconds a request waits for its adapter's download (default "
                               f"{Settings.lora_timeout:g}); the download goes on",
     "OCI_CRANE_VERIFY_KEYS": "public key files, ':'-separated: serve only models signed with one (as --verify-key)",
+    "OCI_CRANE_HOSTS_DIR": "containerd's hosts directories for mirrors, ':'-separated (default "
+                           "/etc/containerd/certs.d; docs/mirrors.md)",
     "OCI_CRANE_BINARY": "the crane executable to run (default: the bundled copy, then PATH)",
 }
 

@@ -41,10 +41,12 @@ def check_document_size(size: int, what: str) -> None:
             "check the reference: the registry or the artifact is broken or hostile")
 
 
-def source_digest(store: Store, crane: Crane, reference: Reference) -> str | None:
+def source_digest(store: Store, crane: Crane, reference: Reference,
+                  came_from: dict[str, str] | None = None) -> str | None:
     """The digest ``reference`` names now (an index's, for a multi-platform one), its manifest in the cache
     unless the reference pinned it; None with --offline when the tag was never fetched. A tag is asked of the
-    node's mirrors that may resolve it, in order, then of the upstream (registry/sources.py)."""
+    node's mirrors that may resolve it, in order, then of the upstream (registry/sources.py); ``came_from`` gets
+    the digest -> the source whose manifest answered (fetch --json's "sources")."""
     if reference.digest:
         return reference.digest
     if crane.access.offline:
@@ -62,6 +64,8 @@ def source_digest(store: Store, crane: Crane, reference: Reference) -> str | Non
                 log.warning("%s could not resolve %s (%s); asking %s", source.name, reference, exc.cause,
                             resolvers[number].name)
                 continue
+            if isinstance(exc, (errors.NotFoundError, errors.UnauthorizedError)) and source.is_upstream:
+                _hint_hub(reference, exc)
             if not isinstance(exc, errors.NetworkError):
                 raise  # an answer (401, 403, 404, TLS) is never papered over
             cached = store.load_ref(reference) if crane.access.outage_fallback else None
@@ -74,11 +78,25 @@ def source_digest(store: Store, crane: Crane, reference: Reference) -> str | Non
         check_document_size(len(raw), f"manifest of {reference}")
         if not source.is_upstream:
             log.info("%s resolved %s", source.name, reference)
-        return store.save_manifest(raw)
+        digest = store.save_manifest(raw)
+        if came_from is not None:
+            came_from[digest] = source.name
+        return digest
     from .errors import RegistryBlockedError
 
     raise RegistryBlockedError(f"no source may resolve the tag of {reference}: its mirrors serve digests only "
                                "and the upstream is blocked", "pin the reference by digest (REF@sha256:...)")
+
+
+def _hint_hub(reference: Reference, exc: errors.OciCraneError) -> None:
+    """Docker Hub answers 401 or 404 for a repository it does not hold: a lowercase Hugging Face id gets the
+    hint an uppercase one gets before any request (reference.misread)."""
+    from .reference import hub_hint
+
+    hint = hub_hint(reference)
+    if hint is not None:
+        exc.fix = f"{exc.fix}; {hint}"
+        exc.args = (exc.one_line(),)
 
 
 def manifest_at(source: Source, tag_or_digest: str) -> bytes:
@@ -100,9 +118,10 @@ def _when(store: Store, reference: Reference) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(stamp))
 
 
-def require_digest(store: Store, crane: Crane, reference: Reference) -> str:
+def require_digest(store: Store, crane: Crane, reference: Reference,
+                   came_from: dict[str, str] | None = None) -> str:
     """``source_digest``, or the one error a tag the cache never fetched gets offline."""
-    digest = source_digest(store, crane, reference)
+    digest = source_digest(store, crane, reference, came_from)
     if digest is None:
         raise errors.OfflineError(f"{reference} is not in the cache at {store.root}")
     return digest

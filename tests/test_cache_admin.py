@@ -183,6 +183,28 @@ def test_rm_then_prune_frees_the_model_and_its_own_blobs_only(two_models, regist
     assert gone.returncode == 1 and "not in the cache" in gone.stderr
 
 
+def test_prune_drops_the_signatures_and_placement_records_nothing_uses(two_models, cache_dir, tmp_path):
+    """What a fetch keeps beside a model (its verified signatures, for --offline; what --local-dir placed where)
+    goes with the model, or with the directory, never piling up."""
+    a, b = two_models.a, two_models.b
+    store = Store(cache_dir)
+    for fetched in (a, b):
+        store.save_signatures(fetched.digest, b'{"signatures": []}')
+    kept, gone = tmp_path / "kept", tmp_path / "gone"
+    for target in (kept, gone):
+        placed = run_cli("fetch", b.reference, "--cache-dir", str(cache_dir), "--local-dir", str(target), "--quiet")
+        assert placed.returncode == 0, placed.stderr
+    subprocess.run(["rm", "-rf", str(gone)], check=True)
+    assert cache(cache_dir, "rm", a.reference).returncode == 0
+
+    pruned = cache_json(cache_dir, "prune")
+    removed = {(r["kind"], r["path"]) for r in pruned["removed"] if r["kind"] in ("signatures", "placement")}
+    assert removed == {("signatures", str(store.signatures_path(a.digest))),
+                       ("placement", str(store.placement_path(gone.resolve())))}
+    assert store.load_signatures(b.digest) is not None and store.placement_path(kept.resolve()).is_file()
+    assert cache_json(cache_dir, "prune")["removed"] == []
+
+
 def test_directories_for_a_subpath_belong_to_their_manifest(two_models, cache_dir):
     a, b = two_models.a, two_models.b
     chosen = a.path.with_name(f"{a.path.name}-0123456789ab")  # models/sha256/<manifest hex>-<subpath hash>

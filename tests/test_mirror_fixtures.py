@@ -19,7 +19,7 @@ from safetensors.numpy import save_file
 from support.models import push_model
 from support.scripted_registry import rate_limited, serve
 
-from oci_crane_loader.registry.retry_after import parse_retry_after, retry_wait
+from oci_crane_loader.registry.retry_after import parse_retry_after
 
 pytestmark = pytest.mark.slow
 PULLERS = 8
@@ -125,7 +125,6 @@ def test_a_throttling_registry_sends_retry_after_and_crane_gets_through(crane_bi
         connection.close()
         assert answer.status == 429 and body["errors"][0]["code"] == "TOOMANYREQUESTS"
         assert parse_retry_after(answer.getheader("Retry-After")) == 1.0
-        assert 1.0 <= retry_wait(answer.getheader("Retry-After"), cap=30) <= 1.2
         done = crane(crane_binary, "manifest", f"{host}/acme/big:v1")  # crane's own retries outlast one more 429
     assert done.returncode == 0, done.stderr.decode()
     assert record.statuses()[:2] == [429, 429] and 200 in record.statuses()[2:]

@@ -47,6 +47,10 @@ def test_a_fleet_fetches_through_the_pull_through_mirror(registry, pull_through,
     assert set(first["sources"].values()) == {f"mirror http://{pull_through.host}/v2/acme/fleet"}
     upstream_after_first = len(registry.blob_downloads())
     assert upstream_after_first > 0
+    assert first["digest"] in first["sources"]  # the tag's manifest, from where it was resolved, counts too
+    again = fetch_json(reference, tmp_path / "node-0", env)  # answered from the node's record
+    assert again["path"] == first["path"]
+    assert again["sources"] == {first["digest"]: f"mirror http://{pull_through.host}/v2/acme/fleet"}
 
     command = [sys.executable, "-m", "oci_crane_loader", "fetch", reference, "--json", "--cache-dir"]
     with ThreadPoolExecutor(NODES) as pool:
@@ -105,7 +109,9 @@ def test_a_digest_only_mirror_never_resolves_a_tag(registry, tmp_path, cache_dir
     assert tree_bytes(Path(result["path"])) == tree_bytes(source)
     assert not any(path.endswith("/manifests/v1") for path in asked)  # the tag went to the upstream only
     assert any("/blobs/" in path for path in asked)  # the bytes came from the mirror
-    assert set(result["sources"].values()) == {f"mirror http://{mirror.address}/v2/acme/pinned"}
+    sources = dict(result["sources"])
+    assert sources.pop(result["digest"]).startswith("upstream")  # "sources" says who resolved the tag
+    assert set(sources.values()) == {f"mirror http://{mirror.address}/v2/acme/pinned"}
 
 
 def test_a_blocked_registry_is_refused_in_one_line(registry, tmp_path, cache_dir):

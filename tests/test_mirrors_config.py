@@ -11,7 +11,10 @@ from support.commands import run_cli
 
 from oci_crane_loader.doctor import check_mirrors
 from oci_crane_loader.errors import MirrorConfigError, RegistryBlockedError
+from oci_crane_loader.registry.access import registry_access
+from oci_crane_loader.registry.mirror_files import locate
 from oci_crane_loader.registry.mirrors import load_config, plan_sources
+from oci_crane_loader.settings import Settings
 
 DIGEST = "sha256:" + "ab" * 32
 
@@ -399,9 +402,28 @@ def test_oci_crane_hosts_dir_points_elsewhere_and_lists_roots(root, tmp_path):
     hosts(root, "ghcr.io", '[host."http://ignored.internal"]\n')  # the default root is not read then
     found = plan(root, "ghcr.io/a/b:1", OCI_CRANE_HOSTS_DIR=f"{first}:{second}")
     assert found.mirrors[0].host == "10.1.1.1:30020"
-    # the same roots handed over as settings.py will parse them
-    given = plan_sources("ghcr.io/a/b:1", environ=env(root), root=root, hosts_dirs=[first, second])
+    # the same roots as settings.py parses them, handed over as a fetch does (its RegistryAccess)
+    parsed = Settings.from_environment({"OCI_CRANE_HOSTS_DIR": f"{first}:{second}:"}).hosts_dirs
+    assert parsed == (first, second)
+    given = plan_sources("ghcr.io/a/b:1", environ=env(root), root=root, hosts_dirs=parsed)
     assert given.mirrors[0].host == "10.1.1.1:30020"
+    assert registry_access(environment=Settings(hosts_dirs=parsed)).hosts_dirs == parsed
+
+
+def test_a_node_without_mirror_files_is_told_apart_without_parsing(root, tmp_path):
+    """registry/mirror_files.py: what sources.py asks before loading the parser at all."""
+    assert not locate(env(root), root).present()
+    write(root / "etc/containers/registries.conf.d/README", "not a .conf")  # only *.conf drop-ins count
+    (root / "etc/containerd/certs.d").mkdir(parents=True)  # an empty hosts root: nothing for any host
+    assert not locate(env(root), root).present()
+    drop_in(root, "10-mirror.conf", one_mirror("ghcr.io", "mirror.internal"))
+    assert locate(env(root), root).present()
+    elsewhere = tmp_path / "certs.d"
+    write(elsewhere / "ghcr.io/hosts.toml", '[host."http://10.1.1.1:30020"]\n')
+    assert locate(env(tmp_path / "empty"), tmp_path / "empty", [elsewhere]).present()
+    # a registries.conf named by the variable must exist: its absence is mirrors.py's error to report
+    assert locate({**env(tmp_path / "empty"), "CONTAINERS_REGISTRIES_CONF": str(tmp_path / "nope")},
+                  tmp_path / "empty").present()
 
 
 def test_docker_certs_d_layout_gives_the_upstream_its_ca(root):

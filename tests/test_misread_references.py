@@ -45,3 +45,19 @@ def test_lowercase_names_without_a_host_stay_docker_hub_references():
 
     assert misread("qwen/qwen2-0.5b") is None and misread("ghcr.io/Acme/x") is None
     assert parse_reference("qwen/qwen2-0.5b").registry == "index.docker.io"
+
+
+def test_a_lowercase_hugging_face_id_that_docker_hub_does_not_know_gets_the_hint(registry, tmp_path):
+    """`qwen/qwen2-0.5b` is a valid Docker Hub name, so it is asked for; when the answer is "not found", the fix
+    adds what an uppercase id is told before any request. Docker Hub is the loopback registry here, through a
+    registries.conf `location`, as a node may rewrite it."""
+    conf = tmp_path / "registries.conf"
+    conf.write_text(f'[[registry]]\nprefix = "docker.io"\nlocation = "{registry.host}"\ninsecure = true\n')
+    env = {"CONTAINERS_REGISTRIES_CONF": str(conf), "OCI_CRANE_HOSTS_DIR": str(tmp_path / "no-certs.d")}
+    line = one_error_line("fetch", "qwen/qwen2-0.5b", "--cache-dir", str(tmp_path / "cache"), cwd_env=env)
+    cause, fix = line.split(" -- fix: ")
+    assert "not found" in cause
+    assert "if qwen/qwen2-0.5b is a Hugging Face model id" in fix and "vllm serve qwen/qwen2-0.5b," in fix
+    # a name with a registry host is never taken for one
+    line = one_error_line("fetch", f"{registry.host}/qwen/qwen2-0.5b", "--cache-dir", str(tmp_path / "cache"))
+    assert "Hugging Face" not in line

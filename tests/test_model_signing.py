@@ -378,6 +378,9 @@ def test_a_bundle_attached_as_a_referrer_is_read_too(registry, tmp_path, keys):
     put_referrers(tmp_path, f"{registry.host}/acme/attached", digest, signature.read_bytes())
     path = fetched(reference, cache, "--verify-key", str(keys[1]))
     assert not (path / "model.sig").exists()
+    # `cache prune` keeps what a model the cache still names needs: the kept bundle, the directory's marker.
+    assert run_cli("cache", "prune", "--cache-dir", str(cache)).returncode == 0
+    assert len(list((cache / "records").glob("*.json"))) == 2  # the fetch's record, the marker
     assert fetched(reference, cache, "--verify-key", str(keys[1]), "--offline") == path
     _, other = key_pair(tmp_path / "other", "other")
     assert "was signed by none of the trusted keys" in fetch_refused(reference, tmp_path / "cache2", "--verify-key",

@@ -4,20 +4,17 @@ nothing with --quiet or OCI_CRANE_DISABLE_PROGRESS=1."""
 from __future__ import annotations
 
 import json
-import os
 import re
-import shlex
 import shutil
 import subprocess
 import sys
-import time
-import uuid
 from pathlib import Path
 
 import numpy as np
 import pytest
 from safetensors.numpy import save_file
 from support.commands import REPO_ROOT, run_cli
+from support.terminal import bars_on, screens_under_tmux
 from support.throttle import throttled
 
 SHARDS = ("model-00001-of-00003.safetensors", "model-00002-of-00003.safetensors", "model-00003-of-00003.safetensors")
@@ -120,37 +117,6 @@ def test_a_shard_without_a_name_is_shown_by_its_digest_and_names_cannot_drive_th
     progress.close()
     assert stream.getvalue().splitlines() == ["fetched sha256:abababababab (2.0 KiB) [1/2]",
                                               "fetched evil\\x1b[2Jname.json (10 B) [2/2]"]
-
-
-def screens_under_tmux(command: list[str], tmp_path: Path) -> list[str]:
-    """What a 150x40 terminal (tmux, a private server) showed while ``command`` ran, every 0.3 s; the last screen
-    ends with EXIT=<status>."""
-    tmux = ["tmux", "-L", f"oci-crane-test-{uuid.uuid4().hex[:8]}"]  # a private tmux server: nothing else is touched
-    script = tmp_path / "command.sh"
-    script.write_text(f"cd {shlex.quote(str(REPO_ROOT))}\n{shlex.join(command)}\necho EXIT=$?\nsleep 600\n")
-    env = {**os.environ, "TERM": "xterm-256color"}
-    env.pop("NO_COLOR", None)
-    subprocess.run([*tmux, "new-session", "-d", "-x", "150", "-y", "40", "-s", "run", f"bash {script}"],
-                   check=True, env=env)
-    screens: list[str] = []
-    try:
-        deadline = time.monotonic() + 240
-        while time.monotonic() < deadline:
-            screen = subprocess.run([*tmux, "capture-pane", "-p", "-t", "run"], capture_output=True, text=True,
-                                    check=True).stdout
-            screens.append(screen)
-            if "EXIT=" in screen:
-                break
-            time.sleep(0.3)
-    finally:
-        subprocess.run([*tmux, "kill-server"], check=False)
-    return screens
-
-
-def bars_on(screens: list[str]) -> list[str]:
-    """The screens, before the command ended, that show a bar's percent and rate."""
-    return [screen for screen in screens if "EXIT=" not in screen and re.search(r"\d+%", screen)
-            and re.search(r"[\d.]+ [kMG]?B/s", screen)]
 
 
 @pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux is not installed (apt-get install tmux)")

@@ -1,4 +1,5 @@
-"""registry/retry_after.py: Retry-After as seconds or an HTTP-date, capped, with jitter that only adds."""
+"""registry/retry_after.py reads Retry-After (seconds or an HTTP-date); pull.Backoff waits it, capped, with jitter
+that only adds."""
 
 from __future__ import annotations
 
@@ -7,8 +8,8 @@ from email.utils import format_datetime
 
 import pytest
 
-from oci_crane_loader.errors import SettingsError
-from oci_crane_loader.registry.retry_after import parse_retry_after, retry_wait
+from oci_crane_loader.pull import Backoff
+from oci_crane_loader.registry.retry_after import parse_retry_after
 
 NOW = datetime(2026, 12, 4, 6, 0, 0, tzinfo=timezone.utc).timestamp()
 
@@ -28,23 +29,17 @@ def test_parse(value, seconds):
 
 
 def test_the_wait_is_what_was_asked_plus_jitter_that_only_adds():
-    assert retry_wait("10", now=NOW, uniform=lambda: 0.0) == 10.0
-    assert retry_wait("10", now=NOW, jitter=0.2, uniform=lambda: 1.0) == pytest.approx(12.0)
-    waits = {retry_wait("10", now=NOW) for _ in range(50)}
-    assert len(waits) > 1 and all(10.0 <= w <= 12.0 for w in waits)
+    waits = {Backoff(retries=20, window=3600, kept=0).next_wait(0, asked=10.0) for _ in range(50)}
+    assert len(waits) > 1 and all(10.0 <= wait <= 12.5 for wait in waits)  # never less than asked
 
 
 def test_the_cap_bounds_a_server_that_asks_for_an_hour():
-    assert retry_wait("3600", cap=30.0, now=NOW) == 30.0
-    assert retry_wait(http_date(86400), cap=45.0, now=NOW) == 45.0
+    assert Backoff(retries=5, window=3600, kept=0).next_wait(0, asked=3600.0) == Backoff.MAX_WAIT
+    assert Backoff(retries=5, window=3600, kept=0).next_wait(0, asked=parse_retry_after(http_date(86400),
+                                                                                          now=NOW)) == Backoff.MAX_WAIT
 
 
-def test_no_usable_header_waits_the_fallback():
-    assert retry_wait(None, fallback=2.0, uniform=lambda: 0.0) == 2.0
-    assert retry_wait("garbage", fallback=3.0, now=NOW, uniform=lambda: 0.5, jitter=0.2) == pytest.approx(3.3)
-
-
-@pytest.mark.parametrize("cap", [0, -1, float("nan")])
-def test_a_cap_that_is_not_positive_is_refused(cap):
-    with pytest.raises(SettingsError, match="OCI_CRANE_MAX_RETRY_AFTER"):
-        retry_wait("1", cap=cap)
+def test_the_window_and_the_retries_bound_the_waiting():
+    assert Backoff(retries=5, window=10, kept=0).next_wait(0, asked=30.0) is None  # past the window: give up
+    backoff = Backoff(retries=1, window=3600, kept=0)
+    assert backoff.next_wait(0, asked=1.0) is not None and backoff.next_wait(0, asked=1.0) is None

@@ -65,3 +65,17 @@ def test_the_loader_honours_oci_crane_offline(monkeypatch, fresh_settings, cache
     assert puller.crane.offline is True
     with pytest.raises(errors.OfflineError, match="is not in the cache"):
         puller.prepare(UNREACHABLE)
+
+
+def test_help_lists_every_variable_the_package_reads():
+    """`oci-crane --help` (settings.VARIABLES) names every OCI_CRANE_* variable a module of the package reads."""
+    import re
+
+    from oci_crane_loader.settings import VARIABLES
+
+    package = REPO_ROOT / "oci_crane_loader"
+    read = {name for path in package.rglob("*.py")
+            for name in re.findall(r"\bOCI_CRANE_[A-Z_]*[A-Z]\b", path.read_text())}
+    prefixes = {"OCI_CRANE_LORA", "OCI_CRANE_MAX_UNPACK", "OCI_CRANE_RANGE"}  # "OCI_CRANE_RANGE_*" in prose
+    assert read - prefixes - set(VARIABLES) == set()
+    assert set(VARIABLES) - read == set()  # and none is listed that nothing reads

@@ -51,8 +51,8 @@ def key_pair(directory: Path, name: str = "key", kind: str = "ecdsa") -> tuple[P
     return secret, public
 
 
-def push(model: Path, reference: str, cache_dir: Path, *extra: str) -> str:
-    done = run_cli("push", str(model), reference, "--cache-dir", str(cache_dir), "--quiet", "--json", *extra)
+def push(model: Path, reference: str, cache_dir: Path, *extra: str, env: dict[str, str] | None = None) -> str:
+    done = run_cli("push", str(model), reference, "--cache-dir", str(cache_dir), "--quiet", "--json", *extra, env=env)
     assert done.returncode == 0, done.stderr
     return str(json.loads(done.stdout)["digest"])
 
@@ -338,13 +338,58 @@ def test_push_keeps_the_signatures_already_on_the_tag(registry, tmp_path, model)
         fetched(reference, tmp_path / f"cache-{public.stem}", "--verify-key", str(public))
 
 
-def test_an_encrypted_cosign_key_is_refused_with_the_cosign_command(tmp_path, model):
+@pytest.fixture
+def pynacl() -> None:
+    """cosign's encrypted keys are decrypted with PyNaCl (the `sign` and `test` extras)."""
+    pytest.importorskip("nacl", reason="PyNaCl is not installed: pip install -e '.[test]'")
+
+
+def encrypted_pem(document: dict[str, object]) -> str:
+    """A key in cosign's encrypted PEM wrapping, around ``document`` (which need not be one cosign would write)."""
+    body = base64.b64encode(json.dumps(document).encode()).decode()
+    return "-----BEGIN ENCRYPTED SIGSTORE PRIVATE KEY-----\n" + "\n".join(
+        body[i:i + 64] for i in range(0, len(body), 64)) + "\n-----END ENCRYPTED SIGSTORE PRIVATE KEY-----\n"
+
+
+SALT, NONCE = base64.b64encode(b"s" * 32).decode(), base64.b64encode(b"n" * 24).decode()
+
+
+@pytest.mark.parametrize(("document", "problem"), [
+    ({"kdf": {}}, "not the JSON cosign writes"),
+    ({"kdf": {"name": "pbkdf2", "params": {"N": 65536, "r": 8, "p": 1}, "salt": SALT},
+      "cipher": {"name": "nacl/secretbox", "nonce": NONCE}, "ciphertext": ""}, "cosign writes scrypt"),
+    # An edited cost would have us spend 128 GiB of memory on scrypt: refused before any is spent, as cosign does.
+    ({"kdf": {"name": "scrypt", "params": {"N": 1 << 30, "r": 8, "p": 1}, "salt": SALT},
+      "cipher": {"name": "nacl/secretbox", "nonce": NONCE}, "ciphertext": ""}, "scrypt parameters"),
+    ({"kdf": {"name": "scrypt", "params": {"N": 65536, "r": 8, "p": 1}, "salt": SALT},
+      "cipher": {"name": "nacl/secretbox", "nonce": base64.b64encode(b"short").decode()}, "ciphertext": ""},
+     "nonce or ciphertext"),
+    ({"kdf": {"name": "scrypt", "params": {"N": 65536, "r": 8, "p": 1}, "salt": SALT},
+      "cipher": {"name": "nacl/secretbox", "nonce": NONCE}, "ciphertext": ""}, "nonce or ciphertext"),
+])
+def test_a_damaged_encrypted_key_is_refused_naming_the_problem(tmp_path, model, document, problem, pynacl):
     encrypted = tmp_path / "cosign.key"
-    encrypted.write_text("-----BEGIN ENCRYPTED SIGSTORE PRIVATE KEY-----\neyJrZGYiOnt9fQ==\n"
-                         "-----END ENCRYPTED SIGSTORE PRIVATE KEY-----\n")
-    done = run_cli("push", str(model), "127.0.0.1:1/acme/x:v1", "--sign-key", str(encrypted), "--quiet")
-    assert done.returncode == EXIT_SIGNATURE
-    assert "cosign's encrypted format" in done.stderr and "cosign sign --key" in done.stderr
+    encrypted.write_text(encrypted_pem(document))
+    done = run_cli("push", str(model), "127.0.0.1:1/acme/x:v1", "--sign-key", str(encrypted), "--quiet",
+                   env={"COSIGN_PASSWORD": "x"})
+    assert done.returncode == EXIT_SIGNATURE, done.stderr
+    assert "not a readable cosign encrypted key" in done.stderr and problem in done.stderr, done.stderr
+
+
+def test_without_pynacl_an_encrypted_key_names_the_extra(tmp_path, model):
+    # The CLI as run where the `sign` extra predates PyNaCl: its import made to fail, nothing else changed.
+    import sys
+
+    encrypted = tmp_path / "cosign.key"
+    encrypted.write_text(encrypted_pem({"kdf": {"name": "scrypt", "params": {"N": 65536, "r": 8, "p": 1},
+                                                "salt": SALT}, "cipher": {"name": "nacl/secretbox", "nonce": NONCE},
+                                        "ciphertext": ""}))
+    without = "import runpy, sys; sys.modules['nacl'] = None; runpy.run_module('oci_crane_loader', run_name='__main__')"
+    done = subprocess.run([sys.executable, "-c", without, "push", str(model), "127.0.0.1:1/acme/x:v1", "--quiet",
+                           "--sign-key", str(encrypted)], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "COSIGN_PASSWORD": "x"})
+    assert done.returncode == EXIT_SIGNATURE, done.stderr
+    assert "needs the `PyNaCl` package" in done.stderr and "oci-crane-loader[sign]" in done.stderr, done.stderr
 
 
 # --- cosign itself ------------------------------------------------------------------------------------------------
@@ -389,6 +434,143 @@ def test_what_we_sign_cosign_verifies(registry, tmp_path, model, cosign, keys):
                            f"{registry.host}/acme/ours@{digest}"], env=env, capture_output=True, text=True,
                           timeout=120)
     assert done.returncode != 0
+
+
+# --- cosign's encrypted keys (cosign generate-key-pair, import-key-pair) as push --sign-key ------------------------
+
+PASSWORD = "Tr0ub4dor-&-3-unique"  # distinctive, so that a leak into any output would be found
+
+
+def cosign_key(binary: str, env: dict[str, str], directory: Path, password: str) -> tuple[Path, Path]:
+    directory.mkdir(parents=True, exist_ok=True)
+    subprocess.run([binary, "generate-key-pair"], cwd=directory, env={**env, "COSIGN_PASSWORD": password},
+                   check=True, capture_output=True, timeout=120)
+    assert (directory / "cosign.key").read_text().startswith("-----BEGIN ENCRYPTED SIGSTORE PRIVATE KEY-----")
+    return directory / "cosign.key", directory / "cosign.pub"
+
+
+def cosign_verifies(binary: str, env: dict[str, str], public: Path, pinned: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([binary, "verify", "--key", str(public), "--insecure-ignore-tlog", "--allow-http-registry",
+                           pinned], env=env, capture_output=True, text=True, timeout=120)
+
+
+@pytest.mark.parametrize("version", ["cosign", "cosign3"])
+def test_the_key_cosign_generates_signs_our_push_and_both_verify_it(registry, tmp_path, model, cosign, version, pynacl):
+    _, env = cosign
+    binary = tool(version)
+    if binary is None:
+        pytest.skip(f"{version} is not installed: run bin/install-cosign")
+    secret, public = cosign_key(binary, env, tmp_path / "keys", PASSWORD)
+    reference = f"{registry.host}/acme/generated:v1"
+    done = run_cli("push", str(model), reference, "--cache-dir", str(tmp_path / "push-cache"), "--json",
+                   "--sign-key", str(secret), env={"COSIGN_PASSWORD": PASSWORD})
+    assert done.returncode == 0, done.stderr
+    assert PASSWORD not in done.stderr + done.stdout
+    digest = json.loads(done.stdout)["digest"]
+    verified = cosign_verifies(binary, env, public, f"{registry.host}/acme/generated@{digest}")
+    assert verified.returncode == 0, verified.stderr
+    assert json.loads(verified.stdout)[0]["critical"]["image"]["docker-manifest-digest"] == digest
+    assert fetched(reference, tmp_path / "cache", "--verify-key", str(public)).is_dir()
+    # ... and the signature is by that key only: another key of cosign's is refused by both.
+    _, other = cosign_key(binary, env, tmp_path / "other", PASSWORD)
+    assert cosign_verifies(binary, env, other, f"{registry.host}/acme/generated@{digest}").returncode != 0
+    fetch_refused(reference, tmp_path / "cache2", "--verify-key", str(other))
+
+
+def test_an_empty_password_is_a_password(registry, tmp_path, model, cosign, pynacl):
+    binary, env = cosign
+    secret, public = cosign_key(binary, env, tmp_path / "keys", "")
+    reference = f"{registry.host}/acme/empty:v1"
+    push(model, reference, tmp_path / "push-cache", "--sign-key", str(secret), env={"COSIGN_PASSWORD": ""})
+    assert fetched(reference, tmp_path / "cache", "--verify-key", str(public)).is_dir()
+
+
+@pytest.fixture
+def push_env(monkeypatch):
+    """push's environment without COSIGN_PASSWORD, whatever the one running the tests has."""
+    monkeypatch.delenv("COSIGN_PASSWORD", raising=False)
+
+
+def refused_push(registry, model: Path, secret: Path, env: dict[str, str] | None, input: str | None) -> str:
+    """The one error line of a push refused for its key, having sent the registry nothing."""
+    before = len(registry.lines)
+    done = run_cli("push", str(model), f"{registry.host}/acme/refused:v1", "--sign-key", str(secret), env=env,
+                   input=input)
+    assert done.returncode == EXIT_SIGNATURE, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and " -- fix: " in lines[0], done.stderr
+    assert registry.lines[before:] == [], "a refused key must cost no upload"
+    return lines[0]
+
+
+def test_a_wrong_password_is_refused_before_anything_is_pushed(registry, tmp_path, model, cosign, push_env, pynacl):
+    binary, env = cosign
+    secret, _ = cosign_key(binary, env, tmp_path / "keys", PASSWORD)
+    for wrong in ("not-" + PASSWORD, ""):
+        line = refused_push(registry, model, secret, {"COSIGN_PASSWORD": wrong}, input=None)
+        assert "cannot decrypt the signing key" in line and "COSIGN_PASSWORD" in line, line
+        assert PASSWORD not in line  # nor the wrong one, which holds it
+
+
+def test_no_password_and_no_terminal_is_refused_naming_cosign_password(registry, tmp_path, model, cosign, push_env,
+                                                                       pynacl):
+    binary, env = cosign
+    secret, _ = cosign_key(binary, env, tmp_path / "keys", PASSWORD)
+    # cosign would read a piped password; push refuses it, so that a stray pipe does not become a password.
+    line = refused_push(registry, model, secret, None, input=PASSWORD + "\n")
+    assert "COSIGN_PASSWORD is not set" in line and "no terminal" in line, line
+    assert PASSWORD not in line
+
+
+def test_without_cosign_password_the_terminal_is_asked(registry, tmp_path, model, cosign, push_env, pynacl):
+    # As cosign: the prompt on a terminal. A pseudo-terminal as standard input, in a session of its own (no
+    # controlling terminal), so getpass reads it rather than the terminal of whoever runs the tests.
+    import pty
+    import select
+    import sys
+
+    binary, env = cosign
+    secret, public = cosign_key(binary, env, tmp_path / "keys", PASSWORD)
+    reference = f"{registry.host}/acme/typed:v1"
+    main, child = pty.openpty()
+    with os.fdopen(main, "r+b", buffering=0) as terminal:
+        process = subprocess.Popen([sys.executable, "-m", "oci_crane_loader", "push", str(model), reference,
+                                    "--quiet", "--sign-key", str(secret)], stdin=child, stdout=subprocess.PIPE,
+                                   stderr=subprocess.PIPE, start_new_session=True)
+        os.close(child)
+        try:
+            # Typed once asked: getpass flushes what the terminal holds when it turns echo off.
+            prompt = b""
+            while not prompt.endswith(b"private key: "):
+                assert select.select([process.stderr], [], [], 120)[0], f"no prompt, only {prompt!r}"
+                chunk = os.read(process.stderr.fileno(), 1)  # type: ignore[union-attr]
+                assert chunk, prompt
+                prompt += chunk
+            terminal.write(PASSWORD.encode() + b"\n")
+            out, err = process.communicate(timeout=120)
+        finally:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+    assert process.returncode == 0, err
+    assert prompt == b"Enter password for private key: " and PASSWORD.encode() not in out + err
+    assert fetched(reference, tmp_path / "cache", "--verify-key", str(public)).is_dir()
+
+
+@pytest.mark.parametrize("kind", ["rsa", "ed25519"])
+def test_keys_cosign_imports_sign_our_push(registry, tmp_path, model, cosign, kind, pynacl):
+    # generate-key-pair makes ECDSA P-256 only; import-key-pair wraps RSA and Ed25519 keys the same way.
+    binary, env = cosign
+    plain, public = key_pair(tmp_path / "plain", kind=kind)
+    subprocess.run([binary, "import-key-pair", "--key", str(plain), "--output-key-prefix", "imported"],
+                   cwd=tmp_path, env=env, check=True, capture_output=True, timeout=120)
+    assert b"ENCRYPTED SIGSTORE PRIVATE KEY" in (tmp_path / "imported.key").read_bytes()
+    reference = f"{registry.host}/acme/imported-{kind}:v1"
+    digest = push(model, reference, tmp_path / "push-cache", "--sign-key", str(tmp_path / "imported.key"),
+                  env={"COSIGN_PASSWORD": env["COSIGN_PASSWORD"]})
+    assert fetched(reference, tmp_path / "cache", "--verify-key", str(public)).is_dir()
+    verified = cosign_verifies(binary, env, tmp_path / "imported.pub", f"{registry.host}/acme/imported-{kind}@{digest}")
+    assert verified.returncode == 0, verified.stderr
 
 
 def test_payload_is_byte_for_byte_what_cosign_writes():

@@ -22,12 +22,13 @@ from .usage import freed_by, inodes_of, newest_mtime, tree_inodes
 from .verify import verify_cache
 
 TMP_MAX_AGE = 3600.0  # seconds: older tmp/ entries are leftovers of interrupted runs
-_ORDER = {"tmp": 0, "model": 1, "config": 1, "ref": 2, "manifest": 3, "blob": 4}
+_ORDER = {"tmp": 0, "model": 1, "config": 1, "ref": 2, "manifest": 3, "signatures": 3, "placement": 3,
+          "blob": 4}
 
 
 @dataclass(frozen=True)
 class Removal:
-    kind: str  # tmp, model, config, ref, manifest, blob
+    kind: str  # tmp, model, config, ref, manifest, signatures, placement, blob
     path: Path
     bytes: int  # freed on disk (a file still linked from elsewhere frees nothing)
     digest: str | None = field(default=None, compare=False)  # a blob's: prune takes its download lock
@@ -73,11 +74,23 @@ def _unreferenced(store: Store, tmp_age: float) -> list[Removal]:
     for manifest in store.manifests():
         if manifest.digest is not None and manifest.digest not in referenced:
             removals.append(Removal("manifest", manifest.path, manifest.size))
+    # The signatures kept for --offline belong to their manifest; a placement record to a --local-dir that exists.
+    removals += [Removal("signatures", kept.path, kept.size) for kept in store.signature_files()
+                 if kept.digest is not None and kept.digest not in referenced]
+    removals += [Removal("placement", record, _size(record)) for record, target in store.placement_records()
+                 if target is not None and not target.is_dir()]
     kept_blobs: set[str] = set().union(*(blobs_of(store, digest) for digest in referenced))
     for blob in store.blobs():
         if blob.digest is not None and blob.digest not in kept_blobs and not inodes_of([blob.path]) & keep_inodes:
             removals.append(Removal("blob", blob.path, blob.size, blob.digest))
     return removals
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.lstat().st_size
+    except FileNotFoundError:  # gone since it was listed
+        return 0
 
 
 def _damaged(store: Store) -> list[Removal]:

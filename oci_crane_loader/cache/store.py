@@ -14,7 +14,8 @@
                                   hash of what was asked: a cached fetch answers from it (cached.py)
     records/files/<kind>-<name>.json  the files (and sizes) a model or config directory was built with
                                   (cache/contents.py: a fetch and verify find a file missing from it)
-    records/local-dirs/<hex>.json the files the last `--local-dir` placement put in a directory (hash of its path)
+    records/local-dirs/<hex>.json the files the last `--local-dir` placement put in a directory (hash of its path),
+                                  and that path
     signatures/sha256/<hex>.json  the signatures that verified for a manifest (signatures/policy.py): --offline
                                   verifies from them again, with the keys in force then
     locks/<hex>.lock, locks/prune.lock
@@ -546,6 +547,15 @@ class Store:
             return None
         return data if len(data) <= max_size else None
 
+    def signature_files(self) -> Iterator[DigestFile]:
+        """signatures/sha256/<hex>.json, each with the digest of the manifest it vouches for (None: misnamed)."""
+        for path in _sorted_entries(self.root / "signatures" / "sha256"):
+            with contextlib.suppress(FileNotFoundError):
+                info = path.lstat()
+                hex_part = path.name.removesuffix(".json")
+                named = path.name.endswith(".json") and _HEX.fullmatch(hex_part)
+                yield DigestFile(path, f"sha256:{hex_part}" if named else None, info.st_size)
+
     # --- fetch records ------------------------------------------------------------------------------------------
     def _record_path(self, key: str) -> Path:
         return self.root / "records" / f"{hashlib.sha256(key.encode()).hexdigest()}.json"
@@ -584,6 +594,16 @@ class Store:
     def placement_path(self, target: Path) -> Path:
         """Where the files a `--local-dir` placement put in ``target`` (a resolved path) are recorded."""
         return self.root / "records" / "local-dirs" / f"{hashlib.sha256(str(target).encode()).hexdigest()}.json"
+
+    def placement_records(self) -> Iterator[tuple[Path, Path | None]]:
+        """Each `--local-dir` placement record and the directory it was made for (None: not recorded, older)."""
+        for path in _sorted_entries(self.root / "records" / "local-dirs"):
+            target = None
+            with contextlib.suppress(OSError, ValueError, AttributeError, RecursionError):
+                with open(path, "rb", opener=open_nofollow) as handle:
+                    named = json.loads(handle.read(1 << 20)).get("target")
+                target = Path(named) if isinstance(named, str) and named.startswith("/") else None
+            yield path, target
 
     def model_dir_named(self, name: object) -> Path | None:
         """models/sha256/<name> when ``name`` is a model directory's name (never a path) and it exists."""

@@ -41,6 +41,8 @@ class RegistryAccess:
     retries: int = Settings.retries  # new tries of a blob download whose stream broke
     # A tag the registry cannot be reached for is served from the cache's last fetch of it (sourcing.py).
     outage_fallback: bool = True
+    # containerd's hosts roots for mirrors (OCI_CRANE_HOSTS_DIR); () is the default, /etc/containerd/certs.d
+    hosts_dirs: tuple[Path, ...] = ()
 
     def require_network(self, what: str) -> None:
         """The one gate every registry request passes: OfflineError under --offline, naming what was refused."""
@@ -73,7 +75,7 @@ def registry_access(*, offline: bool = False, insecure: bool = False, plain_http
                     environment: Settings | None = None) -> RegistryAccess:
     """The policy from a command's options, checked once; what an option leaves out comes from ``environment``
     (the OCI_CRANE_* settings; read now when not given): OCI_CRANE_OFFLINE, _TIMEOUT, _STALL_TIMEOUT, _RETRIES,
-    _NO_OUTAGE_FALLBACK."""
+    _NO_OUTAGE_FALLBACK, _HOSTS_DIR."""
     environment = environment if environment is not None else settings()
     return RegistryAccess(
         offline=offline or environment.offline, insecure=insecure, plain_http=plain_http,
@@ -81,7 +83,7 @@ def registry_access(*, offline: bool = False, insecure: bool = False, plain_http
         authfile=check_authfile(authfile), timeout=timeout or environment.timeout,
         stall_timeout=stall_timeout or environment.stall_timeout,
         retries=environment.retries if retries is None else retries,
-        outage_fallback=not environment.no_outage_fallback)
+        outage_fallback=not environment.no_outage_fallback, hosts_dirs=environment.hosts_dirs)
 
 
 def check_connection(*, insecure: bool, plain_http: bool, ca_file: str | Path | None) -> Path | None:

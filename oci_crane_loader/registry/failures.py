@@ -20,6 +20,8 @@ CREDENTIAL_HELPER = Failure(errors.CredentialHelperError, "the docker credential
 TLS = Failure(errors.TLSError, "TLS handshake with the registry failed")
 UNAUTHORIZED = Failure(errors.UnauthorizedError, "the registry refused our credentials")
 RATE_LIMITED = Failure(errors.RateLimitedError, "the registry is rate limiting us")
+# 503 with a Retry-After: not broken, busy (RFC 9110 15.6.4); waited for as a 429 is.
+OVERLOADED = Failure(errors.RateLimitedError, "the registry is overloaded and asked us to come back later")
 NOT_FOUND = Failure(errors.NotFoundError, "not found in the registry")
 INTEGRITY = Failure(errors.CraneIntegrityError, "downloaded bytes do not match their digest")
 NETWORK = Failure(errors.NetworkError, "cannot reach the registry")
@@ -63,8 +65,9 @@ def status_error(status: int, where: str, *, from_registry: bool = True,
     that a retry waits as long as the registry asked (bounded: see pull.Backoff)."""
     from .retry_after import parse_retry_after
 
-    failure = from_status(status, from_registry=from_registry)
+    asked = parse_retry_after(retry_after) if status in (429, 503) else None
+    failure = OVERLOADED if status == 503 and asked is not None else from_status(status, from_registry=from_registry)
     words = _STATUS_WORDS.get(status, failure.what)
     error = failure.error(f"{words}: {where} answered {status}")
-    error.retry_after = parse_retry_after(retry_after) if status in (429, 503) else None
+    error.retry_after = asked
     return error

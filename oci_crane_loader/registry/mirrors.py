@@ -33,6 +33,8 @@ from urllib.parse import quote, urlsplit
 
 from ..errors import InvalidReferenceError, MirrorConfigError, RegistryBlockedError
 from ..reference import DEFAULT_REGISTRY, Reference, parse_reference
+from ..settings import parse_hosts_dirs
+from .mirror_files import locate
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -41,8 +43,7 @@ else:  # pragma: no cover - Python 3.10
 
 __all__ = ["Endpoint", "MirrorConfig", "SourcePlan", "load_config", "plan_sources"]
 
-HOSTS_DIR_VARIABLE = "OCI_CRANE_HOSTS_DIR"  # settings.py should own it once it may be edited (see docs/mirrors.md)
-DEFAULT_HOSTS_DIR = "/etc/containerd/certs.d"
+HOSTS_DIR_VARIABLE = "OCI_CRANE_HOSTS_DIR"  # parsed by settings.py (parse_hosts_dirs)
 PULL_FROM_MIRROR = ("all", "digest-only", "tag-only")
 CAPABILITIES = ("pull", "resolve", "push", "referrers")
 _DOCKER_HUB = "docker.io"  # the name containers/image and containerd give Docker Hub (ggcr's is index.docker.io)
@@ -259,20 +260,12 @@ class MirrorConfig:
 def load_config(*, environ: Mapping[str, str] = os.environ, root: Path = Path("/"),
                 hosts_dirs: Sequence[Path] | None = None) -> MirrorConfig:
     """Read registries.conf and its drop-ins as containers/image does; ``root`` stands for ``/`` (tests).
-    ``hosts_dirs``: containerd's roots as settings.py parses them, once it owns OCI_CRANE_HOSTS_DIR; None reads
-    the variable from ``environ``."""
-    home = Path(environ.get("HOME") or Path.home())
-    system_file = root / "etc/containers/registries.conf"
-    system_dir = root / "etc/containers/registries.conf.d"
-    user_file = home / ".config/containers/registries.conf"
-    user_dir = home / ".config/containers/registries.conf.d"
-    chosen = environ.get("CONTAINERS_REGISTRIES_CONF") or environ.get("REGISTRIES_CONFIG_PATH")
-    if chosen:
-        main, must_exist, dirs = Path(chosen), True, [system_dir, user_dir]
-    elif user_file.exists():
-        main, must_exist, dirs = user_file, True, [user_dir]
-    else:
-        main, must_exist, dirs = system_file, False, [system_dir, user_dir]
+    ``hosts_dirs``: containerd's roots as settings.py parses OCI_CRANE_HOSTS_DIR (the fetch passes its
+    RegistryAccess's); None parses the variable from ``environ`` the same way (doctor, tests)."""
+    if hosts_dirs is None:
+        hosts_dirs = parse_hosts_dirs(environ.get(HOSTS_DIR_VARIABLE, ""))
+    where = locate(environ, root, hosts_dirs)
+    main, must_exist, dirs = where.main, where.main_must_exist, where.drop_in_dirs
 
     merged: dict[str, _Registry] = {}
     files: list[Path] = []
@@ -292,11 +285,8 @@ def load_config(*, environ: Mapping[str, str] = os.environ, root: Path = Path("/
             for entry in _read_registries_conf(path, drop_in=True):  # a drop-in replaces the entry of its prefix
                 merged[entry.prefix] = entry
             files.append(path)
-    if hosts_dirs is None:
-        hosts_dirs = [Path(p) for p in (environ.get(HOSTS_DIR_VARIABLE) or "").split(os.pathsep) if p]
-    roots = tuple(hosts_dirs) or (root / DEFAULT_HOSTS_DIR.lstrip("/"),)
     sources = (str(main) if main.exists() or must_exist else f"{main} (none)", *map(str, dirs))
-    return MirrorConfig(tuple(merged[p] for p in sorted(merged)), tuple(files), roots, sources)
+    return MirrorConfig(tuple(merged[p] for p in sorted(merged)), tuple(files), where.hosts_roots, sources)
 
 
 def plan_sources(reference: Reference | str, *, environ: Mapping[str, str] = os.environ,

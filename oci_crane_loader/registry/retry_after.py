@@ -1,24 +1,18 @@
 """How long to wait after a registry answers 429 Too Many Requests or 503 Service Unavailable.
 
-``Retry-After`` (RFC 9110 10.2.3) is either delay-seconds (``120``) or an HTTP-date. We honour it, bounded: a
-mirror or registry asking for an hour must not hold a model load for an hour (the caller decides whether to wait
-the capped time or to try the next endpoint), and jitter spreads the fleet's retries, so that many pods throttled
-together do not return together. The cap is a parameter: ``OCI_CRANE_MAX_RETRY_AFTER`` in settings.py should
-carry it (seconds, default ``DEFAULT_CAP``). Standard library only, and errors.py.
+``Retry-After`` (RFC 9110 10.2.3) is either delay-seconds (``120``) or an HTTP-date; this reads it. The wait
+itself is pull.py's ``Backoff``: what was asked plus jitter that only adds (so that a fleet throttled together does
+not come back together), at most ``Backoff.MAX_WAIT``, within ``--retries`` and OCI_CRANE_RETRY_WINDOW: a
+registry asking for an hour does not hold a model load for an hour. Standard library only.
 """
 
 from __future__ import annotations
 
-import random
 import time
-from collections.abc import Callable
 from email.utils import parsedate_to_datetime
 
-from ..errors import SettingsError
+__all__ = ["RETRY_STATUSES", "parse_retry_after"]
 
-__all__ = ["DEFAULT_CAP", "RETRY_STATUSES", "parse_retry_after", "retry_wait"]
-
-DEFAULT_CAP = 60.0  # seconds: what OCI_CRANE_MAX_RETRY_AFTER should default to
 RETRY_STATUSES = (429, 503)
 
 
@@ -37,16 +31,3 @@ def parse_retry_after(value: str | None, *, now: float | None = None) -> float |
         return None
     current = time.time() if now is None else now
     return max(0.0, when.timestamp() - current)
-
-
-def retry_wait(value: str | None, *, cap: float = DEFAULT_CAP, fallback: float = 1.0, jitter: float = 0.2,
-               now: float | None = None, uniform: Callable[[], float] = random.random) -> float:
-    """Seconds to wait before the next try: what ``Retry-After`` asks (``fallback`` when it says nothing usable),
-    plus up to ``jitter`` of it at random, never more than ``cap``. Jitter only adds: the server asked for at
-    least that long."""
-    if not cap > 0:  # also NaN
-        raise SettingsError(f"the Retry-After cap must be a positive number of seconds, not {cap!r}",
-                            "set OCI_CRANE_MAX_RETRY_AFTER to a positive number of seconds, or unset it for 60")
-    asked = parse_retry_after(value, now=now)
-    base = fallback if asked is None else asked
-    return min(cap, max(0.0, base) * (1.0 + jitter * uniform()))

@@ -75,9 +75,16 @@ def plan(reference: Reference, crane: Crane) -> list[Source]:
     """The sources for ``reference`` in the order to ask them: mirrors, then the upstream; just the upstream when
     no configuration names a mirror for it. A configuration that cannot be used, or a registry the node blocks,
     raises its one error (MirrorConfigError, RegistryBlockedError)."""
+    import os
+
+    from .mirror_files import locate
+
+    hosts_dirs = crane.access.hosts_dirs
+    if not locate(os.environ, hosts_dirs=hosts_dirs).present():  # no mirror configuration on this node
+        return [Source(None, reference, crane)]
     from .mirrors import plan_sources
 
-    found: SourcePlan = plan_sources(reference)
+    found: SourcePlan = plan_sources(reference, hosts_dirs=hosts_dirs)
     if not found.mirrors and (found.upstream is None or _same_place(found.upstream, reference)):
         return [Source(None, reference, crane)]
     sources = []

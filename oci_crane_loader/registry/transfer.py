@@ -94,7 +94,7 @@ def _fetch(crane: Crane, routes: RegistryRoutes, reference: Reference, descripto
     if reference.registry in routes.serves_blobs_itself and not partial.data.exists() and http is None:
         raise Unsupported(f"{reference.registry} serves blobs itself, where one crane stream is faster")
     try:
-        httpx = _httpx()
+        httpx = quiet_httpx()
     except ImportError as exc:
         raise Unsupported("httpx is not installed") from exc
     session = _Session(crane, reference, httpx, http)
@@ -129,7 +129,7 @@ def probe_early(crane: Crane, routes: RegistryRoutes, reference: Reference, smal
 
     def ask() -> None:
         try:
-            session = _Session(crane, reference, _httpx())
+            session = _Session(crane, reference, quiet_httpx())
             try:
                 response = session.open(small.digest, 0, 0)
                 if session.at_registry(str(response.url)):
@@ -150,7 +150,7 @@ def get_manifest(crane: Crane, reference: Reference, tag_or_digest: str,
     """A manifest from an endpoint only the HTTP road reaches (a mirror that needs containerd's ``ns``, headers,
     or another API root); the caller checks it against its digest."""
     crane.access.require_network(f"GET the manifest of {reference.repository_name}:{tag_or_digest}")
-    session = _Session(crane, reference, _httpx(), http)
+    session = _Session(crane, reference, quiet_httpx(), http)
     try:
         return session.manifest(tag_or_digest, limit)
     finally:
@@ -161,14 +161,14 @@ def get_referrers(crane: Crane, reference: Reference, digest: str, limit: int) -
     """The OCI 1.1 referrers index of ``digest`` (GET /v2/<repo>/referrers/<digest>; crane has no command for
     it), read up to ``limit`` bytes; NotFoundError where the registry has no referrers API."""
     crane.access.require_network(f"GET the referrers of {reference.with_digest(digest)}")
-    session = _Session(crane, reference, _httpx())
+    session = _Session(crane, reference, quiet_httpx())
     try:
         return session.document(f"referrers/{digest}", limit, f"the referrers of {reference.with_digest(digest)}")
     finally:
         session.close()
 
 
-def _httpx() -> Any:
+def quiet_httpx() -> Any:
     """httpx, imported when a ranged download or a probe needs it, its loggers quieted: they log every URL (a
     presigned one's signature too) and headers."""
     import httpx
@@ -304,13 +304,13 @@ class _Session:
             if response.status_code in (200, 206):
                 return response
             response.close()
-            raise failures.status_error(response.status_code, _shown(url), from_registry=to_registry,
+            raise failures.status_error(response.status_code, shown_url(url), from_registry=to_registry,
                                         retry_after=response.headers.get("retry-after"))
-        raise errors.NetworkError(f"more than {MAX_REDIRECTS} redirects for {_shown(url)}")
+        raise errors.NetworkError(f"more than {MAX_REDIRECTS} redirects for {shown_url(url)}")
 
     def _request(self, url: str, headers: dict[str, str]) -> tuple[httpx.Response, str]:
         while True:
-            self.access.require_network(f"GET {_shown(url)}")  # every request, redirects included
+            self.access.require_network(f"GET {shown_url(url)}")  # every request, redirects included
             try:
                 return self.client.send(self.client.build_request("GET", url, headers=headers), stream=True), url
             except self.httpx.ConnectError as exc:
@@ -349,13 +349,13 @@ class _Session:
     def network_error(self, exc: BaseException, url: str) -> errors.CraneError:
         text = redact(f"{type(exc).__name__}: {exc}", self._secrets)
         if isinstance(exc, self.httpx.TimeoutException):
-            return errors.CraneTimeoutError(f"download from {_shown(url)} stalled or timed out ({text})")
+            return errors.CraneTimeoutError(f"download from {shown_url(url)} stalled or timed out ({text})")
         if re.search(r"CERTIFICATE|SSL|TLS|certificate", text):
-            return failures.TLS.error(f"TLS handshake with {_shown(url)} failed: {text}")
-        return failures.NETWORK.error(f"download from {_shown(url)} failed: {text}")
+            return failures.TLS.error(f"TLS handshake with {shown_url(url)} failed: {text}")
+        return failures.NETWORK.error(f"download from {shown_url(url)} failed: {text}")
 
 
-def _shown(url: str) -> str:
+def shown_url(url: str) -> str:
     """A URL fit for an error: no query string (presigned storage URLs carry their signature there)."""
     parts = urlsplit(url)
     return f"{parts.scheme}://{parts.netloc}{parts.path}"
@@ -444,7 +444,9 @@ class _Download:
                     self.paths.discard()  # what is on disk cannot be continued here: crane starts from zero
                     self.routes.ignores_range.add(self.session.reference.registry)
                     raise Unsupported("the registry ignores Range requests")
-                if self.session.at_registry(str(first.url)) and not self.resumed:
+                # A mirror only this road reaches (api_root set: containerd's ?ns=, headers) has no crane stream
+                # to hand over to: a blob it serves itself is read here.
+                if self.session.at_registry(str(first.url)) and not self.resumed and self.session.api_root is None:
                     first.close()
                     self.routes.serves_blobs_itself.add(self.session.reference.registry)
                     raise Unsupported("the registry serves the blob itself, where one crane stream is faster")

@@ -1,6 +1,7 @@
 """OpenSSF model signing (the `model-signing` package, `model_signing sign key DIR`): a sigstore bundle over the
-model's *files*, carried as a file of the artifact (a layer named ``model.sig``). Its DSSE envelope holds an in-toto
-statement of predicate ``https://model_signing/signature/v1.0`` listing every file (or shard) with its digest.
+model's *files*, carried as a file of the artifact (a layer named ``model.sig``) or attached to its manifest as a
+sigstore bundle referrer. Its DSSE envelope holds an in-toto statement of predicate
+``https://model_signing/signature/v1.0`` listing every file (or shard) with its digest.
 
 Where a signature policy is in force and no cosign signature vouches for the manifest (policy.py), such a bundle is
 checked in three steps:
@@ -24,14 +25,14 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from .. import errors
 from ..digests import sha256_digest
 from ..files import list_files
-from .bundles import IN_TOTO_PAYLOAD, STATEMENT_TYPE, envelope, read_bundle, referrer_manifests
+from .bundles import IN_TOTO_PAYLOAD, STATEMENT_TYPE, envelope
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -109,7 +110,8 @@ def find_bundle_layer(raw_manifest: bytes, what: str) -> tuple[str, str, int] | 
 
 
 def up_front(store: Store, crane: Crane, reference: Reference, digest: str,
-             keys: tuple[PublicKey, ...], *, cache_only: bool = False) -> tuple[FileBundle | None, list[str]]:
+             keys: tuple[PublicKey, ...], *, cache_only: bool = False,
+             referrers: Sequence[tuple[str, bytes]] = ()) -> tuple[FileBundle | None, list[str]]:
     """The model-signing bundle among ``digest``'s files that a trusted key signed (step 1 of the module's doc), or
     None and why not. Offline (or in an outage) only the cache is read: the manifest and the bundle's blob a
     fetch kept."""
@@ -127,7 +129,7 @@ def up_front(store: Store, crane: Crane, reference: Reference, digest: str,
         store.save_manifest(raw)  # the fetch reads it next
     found = find_bundle_layer(raw, f"manifest of {reference}")
     if found is None:
-        bundle, notes = _from_referrers(store, crane, reference, digest, keys, cache_only)
+        bundle, notes = _from_referrers(store, digest, keys, cache_only, referrers)
         if bundle is None and not notes:
             notes = [f"no model-signing bundle (a file {' or '.join(SIGNATURE_NAMES)}) among its files or referrers"]
         return bundle, notes
@@ -147,50 +149,46 @@ def up_front(store: Store, crane: Crane, reference: Reference, digest: str,
     return (opened, []) if isinstance(opened, FileBundle) else (None, [opened])
 
 
-def _from_referrers(store: Store, crane: Crane, reference: Reference, digest: str, keys: tuple[PublicKey, ...],
-                    cache_only: bool) -> tuple[FileBundle | None, list[str]]:
+def _from_referrers(store: Store, digest: str, keys: tuple[PublicKey, ...], cache_only: bool,
+                    referrers: Sequence[tuple[str, bytes]]) -> tuple[FileBundle | None, list[str]]:
     """A model-signing bundle among ``digest``'s sigstore bundle referrers (`oras attach --artifact-type
     application/vnd.dev.sigstore.bundle.v0.3+json REF model.sig:application/vnd.dev.sigstore.bundle.v0.3+json`),
-    read as cosign 3's are (bundles.py: at most 16, each at most 256 KiB); one that verifies is kept in the cache
-    for --offline, which verifies it again with the keys in force then."""
+    as policy.py read them with cosign 3's (``referrers``: at most 16, each at most 256 KiB); one that verifies is
+    kept in the cache (its signatures file) for --offline, which verifies it again with the keys in force then."""
     import base64
 
-    kept = json.dumps(["model-signing referrer", digest])
     if cache_only:
-        record = store.load_record(kept) or {}
         try:
+            record = json.loads(store.load_signatures(digest) or b"{}")["model_signing"]
             data, blob = base64.b64decode(str(record["bundle"]), validate=True), str(record["blob"])
-        except (KeyError, ValueError):
+        except (KeyError, ValueError, TypeError, RecursionError):
             return None, []
-        opened = open_bundle(data, REFERRER, blob, keys)
-        return (opened, []) if isinstance(opened, FileBundle) else (None, [opened])
+        referrers = [(blob, data)]
     problems: list[str] = []
-    try:
-        manifests, _ = referrer_manifests(crane, reference, digest)
-    except errors.NetworkError:
-        raise
-    except errors.OciCraneError:  # a broken referrers road: policy.py has said so already
-        return None, []
-    for manifest in manifests:
-        try:
-            data = read_bundle(crane, reference, manifest)
-        except errors.NetworkError:
-            raise
-        except errors.OciCraneError:  # one broken referrer: policy.py has said so already
-            continue
-        if not _names_model_signing(data):
-            continue  # cosign's own: judged by policy.py
+    for manifest, data in referrers:
         opened = open_bundle(data, REFERRER, manifest, keys)
         if isinstance(opened, FileBundle):
-            store.save_record(kept, {"bundle": base64.b64encode(data).decode(), "blob": manifest})
+            if not cache_only:
+                _keep(store, digest, {"bundle": base64.b64encode(data).decode(), "blob": manifest})
             return opened, []
         problems.append(opened)
     return None, problems
 
 
-def _names_model_signing(data: bytes) -> bool:
-    opened = envelope(data)
-    return not isinstance(opened, str) and PREDICATE.encode() in opened[2]
+def _keep(store: Store, digest: str, bundle: dict[str, str]) -> None:
+    """Beside the cosign signatures policy.py keeps for ``digest`` (which `cache prune` drops with the manifest)."""
+    try:
+        kept = json.loads(store.load_signatures(digest) or b"{}")
+    except (ValueError, RecursionError):
+        kept = {}
+    kept = kept if isinstance(kept, dict) else {}
+    kept = {"signatures": kept.get("signatures", []), "model_signing": bundle}
+    store.save_signatures(digest, json.dumps(kept).encode())
+
+
+def names_model_signing(statement: bytes) -> bool:
+    """Whether a bundle's (unverified) statement is model-signing's: then openssf.py judges it, not cosign's rules."""
+    return PREDICATE.encode() in statement
 
 
 def open_bundle(data: bytes, name: str, blob: str, keys: tuple[PublicKey, ...]) -> FileBundle | str:
@@ -256,7 +254,7 @@ def check_layers(bundle: FileBundle, files: Mapping[str, str], complete: bool) -
     return None
 
 
-def _marker_key(bundle: FileBundle, directory: Path) -> str:
+def _marker_key(bundle: FileBundle, directory: Path) -> str:  # dropped by `cache prune` with its directory
     return json.dumps(["model-signing", directory.name, sha256_digest(bundle.data)])
 
 
@@ -273,7 +271,7 @@ def require_files(store: Store, bundle: FileBundle, directory: Path, reference: 
     if problem is not None:
         raise errors.SignatureError(f"{reference} ({digest}) is not the model its model-signing bundle signed (key "
                                     f"{bundle.key.path}): {problem}", SIGN_FIX)
-    store.save_record(_marker_key(bundle, directory), {"files": present})
+    store.save_record(_marker_key(bundle, directory), {"dir": directory.name, "files": present})
     log.info("%s: its %d file(s) match the model-signing bundle %s signed by %s", reference, len(present),
              bundle.name, bundle.key.path)
 

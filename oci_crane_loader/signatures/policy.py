@@ -86,8 +86,9 @@ def require_signed(store: Store, crane: Crane, reference: Reference, digest: str
     if not policy.enforced:
         return None
     refused: errors.SignatureError | errors.NetworkError
+    spare: list[tuple[str, bytes]] = []  # model-signing bundles among the referrers, read once
     try:
-        _require_manifest_signature(store, crane, reference, digest, policy)
+        _require_manifest_signature(store, crane, reference, digest, policy, spare)
         return None
     except errors.SignatureError as exc:
         refused = exc
@@ -97,7 +98,8 @@ def require_signed(store: Store, crane: Crane, reference: Reference, digest: str
         refused = exc
     outage = isinstance(refused, errors.NetworkError)
     try:
-        bundle, notes = openssf.up_front(store, crane, reference, digest, policy.keys, cache_only=outage)
+        bundle, notes = openssf.up_front(store, crane, reference, digest, policy.keys, cache_only=outage,
+                                         referrers=spare)
     except errors.NetworkError:
         if not crane.access.outage_fallback:
             raise
@@ -120,7 +122,7 @@ def require_signed(store: Store, crane: Crane, reference: Reference, digest: str
 
 
 def _require_manifest_signature(store: Store, crane: Crane, reference: Reference, digest: str,
-                                policy: VerifyPolicy) -> None:
+                                policy: VerifyPolicy, spare: list[tuple[str, bytes]]) -> None:
     if crane.access.offline:
         cached = _cached(store, digest)
         if cached is None:
@@ -131,7 +133,7 @@ def _require_manifest_signature(store: Store, crane: Crane, reference: Reference
         _require(reference, digest, *_sort(reference, digest, cached, policy), policy, where="the cache")
         return
     try:
-        good, problems = _online(store, crane, reference, digest, policy)
+        good, problems = _online(store, crane, reference, digest, policy, spare)
     except errors.NetworkError as exc:
         cached = _cached(store, digest) if crane.access.outage_fallback else None
         if cached is None:
@@ -144,8 +146,8 @@ def _require_manifest_signature(store: Store, crane: Crane, reference: Reference
     store.save_signatures(digest, json.dumps({"signatures": [entry.to_json() for entry in good]}).encode())
 
 
-def _online(store: Store, crane: Crane, reference: Reference, digest: str,
-            policy: VerifyPolicy) -> tuple[list[Signature], list[str]]:
+def _online(store: Store, crane: Crane, reference: Reference, digest: str, policy: VerifyPolicy,
+            spare: list[tuple[str, bytes]]) -> tuple[list[Signature], list[str]]:
     """cosign's .sig tag first (cosign 2's default: one manifest); the referrers' bundles (cosign 3's default) only
     when that holds no valid signature."""
     found, problems = _from_sig_tag(store, crane, reference, digest)
@@ -155,7 +157,7 @@ def _online(store: Store, crane: Crane, reference: Reference, digest: str,
     if not found:
         problems.append(f"cosign's tag {signature_tag(digest)} is missing")
     try:
-        bundles, notes = _from_referrers(crane, reference, digest)
+        bundles, notes = _from_referrers(crane, reference, digest, spare)
     except errors.NetworkError:
         raise
     except errors.OciCraneError as exc:  # a broken referrers road never hides the .sig tag's answer
@@ -214,19 +216,24 @@ def _from_sig_tag(store: Store, crane: Crane, reference: Reference, digest: str)
     return found, problems
 
 
-def _from_referrers(crane: Crane, reference: Reference, digest: str) -> tuple[list[Signature], list[str]]:
+def _from_referrers(crane: Crane, reference: Reference, digest: str,
+                    spare: list[tuple[str, bytes]]) -> tuple[list[Signature], list[str]]:
+    """The key-signed bundles among the referrers; those of OpenSSF model signing go to ``spare`` (openssf.py)."""
     manifests, notes = referrer_manifests(crane, reference, digest)
     found: list[Signature] = []
     for manifest in manifests:
         try:
-            opened = envelope(read_bundle(crane, reference, manifest))
+            data = read_bundle(crane, reference, manifest)
         except errors.NetworkError:
             raise
         except errors.OciCraneError as exc:  # one broken referrer (missing, oversized) never hides the others
             notes.append(exc.cause)
             continue
+        opened = envelope(data)
         if isinstance(opened, str):
             notes.append(opened)
+        elif openssf.names_model_signing(opened[2]):
+            spare.append((manifest, data))
         else:
             found.append(Signature(*opened, kind="bundle"))
     return found, notes

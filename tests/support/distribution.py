@@ -72,26 +72,16 @@ def distribution_registry(
     if auth:
         htpasswd.write_text(_bcrypt_htpasswd(username, password))
 
-    # A free port can be taken between probing and binding, so retry on a new one.
-    for attempt in range(1, BIND_ATTEMPTS + 1):
-        port = _free_port()
-        host = f"127.0.0.1:{port}"
+    def launch(port: int) -> tuple[subprocess.Popen[bytes], Callable[[], str]]:
         config = workdir / "config.yml"
         config.write_text(_registry_config(workdir, port, tls=tls, htpasswd=htpasswd if auth else None,
                                            proxy_remote=proxy_remote))
         proc, log = _spawn(binary, config)
-        try:
-            _wait_until_up(proc, log, port, ca_file)
-        except _BindFailed:
-            _stop(proc)
-            if attempt == BIND_ATTEMPTS:
-                raise RuntimeError(f"docker-registry could not bind a port:\n{log()}") from None
-            continue
-        except BaseException:
-            _stop(proc)
-            raise
-        break
+        return proc, log
 
+    port, proc, log = start_on_a_free_port("docker-registry", launch,
+                                           lambda proc, log, port: wait_for_v2(proc, log, port, ca_file))
+    host = f"127.0.0.1:{port}"
     try:
         docker_config = workdir / "docker-config"
         docker_config.mkdir(exist_ok=True)
@@ -107,11 +97,35 @@ def distribution_registry(
             root=workdir,
         )
     finally:
-        _stop(proc)
+        stop(proc)
 
 
-class _BindFailed(Exception):
-    pass
+class BindFailed(Exception):
+    """The port was taken between probing and binding."""
+
+
+def start_on_a_free_port(
+    name: str,
+    launch: Callable[[int], tuple[subprocess.Popen[bytes], Callable[[], str]]],
+    wait_until_up: Callable[[subprocess.Popen[bytes], Callable[[], str], int], None],
+) -> tuple[int, subprocess.Popen[bytes], Callable[[], str]]:
+    """``launch`` a server on a free port and wait until it answers; a port taken between probing and binding
+    (``wait_until_up`` raises BindFailed) is retried on a new one. Returns the port, the process and its log."""
+    for attempt in range(1, BIND_ATTEMPTS + 1):
+        port = _free_port()
+        proc, log = launch(port)
+        try:
+            wait_until_up(proc, log, port)
+        except BindFailed:
+            stop(proc)
+            if attempt == BIND_ATTEMPTS:
+                raise RuntimeError(f"{name} could not bind a port:\n{log()}") from None
+            continue
+        except BaseException:
+            stop(proc)
+            raise
+        return port, proc, log
+    raise AssertionError("unreachable")
 
 
 def _run(*args: str, input: str | None = None) -> str:
@@ -193,25 +207,27 @@ def _free_port() -> int:
 def _spawn(binary: str, config: Path) -> tuple[subprocess.Popen[bytes], Callable[[], str]]:
     # REGISTRY_* variables override config.yml, so keep the caller's out.
     env = {k: v for k, v in os.environ.items() if not k.startswith("REGISTRY_")}
-    proc = subprocess.Popen(
-        [binary, "serve", str(config)],
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        env=env,
-    )
+    return spawn_logged([binary, "serve", str(config)], env=env)
+
+
+def spawn_logged(argv: list[str], env: dict[str, str] | None = None
+                 ) -> tuple[subprocess.Popen[bytes], Callable[[], str]]:
+    """Start a server whose stdout and stderr are drained into memory; returns it and a function giving what it
+    logged so far."""
+    proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            env=env)
     chunks: list[str] = []
     lock = threading.Lock()
 
     def drain() -> None:
-        # Reading continuously keeps the registry from blocking on a full pipe.
+        # Reading continuously keeps the server from blocking on a full pipe.
         assert proc.stdout is not None
         with proc.stdout:
             for line in proc.stdout:
                 with lock:
                     chunks.append(line.decode(errors="replace"))
 
-    threading.Thread(target=drain, name="docker-registry-log", daemon=True).start()
+    threading.Thread(target=drain, name=f"{Path(argv[0]).name}-log", daemon=True).start()
 
     def log() -> str:
         with lock:
@@ -220,16 +236,18 @@ def _spawn(binary: str, config: Path) -> tuple[subprocess.Popen[bytes], Callable
     return proc, log
 
 
-def _wait_until_up(proc: subprocess.Popen[bytes], log: Callable[[], str], port: int, ca_file: Path | None) -> None:
+def wait_for_v2(proc: subprocess.Popen[bytes], log: Callable[[], str], port: int, ca_file: Path | None = None,
+                name: str = "docker-registry") -> None:
+    """Until the server on ``port`` answers GET /v2/ with 200 or 401 (https when ``ca_file`` is given)."""
     context = ssl.create_default_context(cafile=str(ca_file)) if ca_file else None
     deadline = time.monotonic() + START_TIMEOUT_S
     last_error: Exception | None = None
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             time.sleep(0.1)  # let the drain thread catch the last lines
-            if "address already in use" in log():
-                raise _BindFailed()
-            raise RuntimeError(f"docker-registry exited with {proc.returncode} before serving:\n{log()}")
+            if "address already in use" in log().lower():
+                raise BindFailed()
+            raise RuntimeError(f"{name} exited with {proc.returncode} before serving:\n{log()}")
         if context is not None:
             conn: http.client.HTTPConnection = http.client.HTTPSConnection(
                 "127.0.0.1", port, timeout=2, context=context
@@ -248,12 +266,13 @@ def _wait_until_up(proc: subprocess.Popen[bytes], log: Callable[[], str], port: 
             conn.close()
         time.sleep(0.1)
     raise RuntimeError(
-        f"docker-registry did not answer https://127.0.0.1:{port}/v2/ within {START_TIMEOUT_S:.0f}s "
+        f"{name} did not answer {'https' if ca_file else 'http'}://127.0.0.1:{port}/v2/ within {START_TIMEOUT_S:.0f}s "
         f"(last error: {last_error!r}):\n{log()}"
     )
 
 
-def _stop(proc: subprocess.Popen[bytes]) -> None:
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    """SIGTERM (nginx's master stops its workers with it), SIGKILL if it is still there after STOP_TIMEOUT_S."""
     if proc.poll() is None:
         proc.terminate()
         try:

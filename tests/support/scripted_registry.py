@@ -64,18 +64,21 @@ class Throttle:
         return [status for _, _, status in self.requests]
 
 
-def rate_limited(upstream: str, first: int, retry_after: str = "1", status: int = 429,
+def rate_limited(upstream: str, first: int, retry_after: str = "1", status: int = 429, only: str = "",
                  ) -> tuple[type[ScriptedRegistry], Throttle]:
     """A handler that answers the first ``first`` requests ``status`` (429, or 503) with ``Retry-After:
     retry_after`` and a registry error body, then forwards every request to ``upstream`` (host:port, plain http,
-    e.g. `crane registry serve`) unchanged. Serve it with ``serve(handler)``; the Throttle records what happened."""
+    e.g. `crane registry serve`) unchanged. ``only``: refuse only GETs whose path contains it (``/blobs/``),
+    counting those alone. Serve it with ``serve(handler)``; the Throttle records what happened."""
     record = Throttle()
     lock = threading.Lock()
 
     class RateLimited(ScriptedRegistry):
         def do_GET(self) -> None:
             with lock:
-                refuse = len(record.requests) < first
+                refused = sum(1 for entry in record.requests if entry[2] == status)
+                limited = not only or (self.command == "GET" and only in self.path)
+                refuse = limited and refused < first
                 if refuse:
                     record.requests.append((self.command, self.path, status))
             if refuse:
