@@ -7,7 +7,8 @@ like everything else), and only when it holds no valid one, the sigstore bundles
 referrers (bundles.py: cosign 3's default); those that verify are kept in the cache, and --offline (or a
 registry outage, where the cache serves the tag) verifies those again, with the keys in force then. A model
 whose signatures were never cached is refused offline. Without keys nothing here runs: no request, no import of
-`cryptography`.
+`cryptography`. Where no cosign signature vouches for the manifest, an OpenSSF model-signing bundle a trusted key
+signed may (openssf.py): require_signed then returns it, and the model's files are held to it.
 """
 
 from __future__ import annotations
