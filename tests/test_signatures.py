@@ -167,6 +167,20 @@ def test_a_cached_model_is_held_to_the_policy_too(registry, tmp_path, model, key
     fetch_refused(reference, tmp_path / "cache", "--verify-key", str(public), "--offline")
 
 
+def test_a_warm_fetch_asks_for_the_signature_manifest_only(registry, tmp_path, model, keys):
+    """The payloads verified before are kept: a warm fetch under a policy asks the registry for the .sig manifest
+    (a withdrawn signature must still stop counting) and no blob at all."""
+    secret, public = keys
+    reference = f"{registry.host}/acme/warm:v1"
+    digest = push(model, reference, tmp_path / "push-cache", "--sign-key", str(secret))
+    fetched(reference, tmp_path / "cache", "--verify-key", str(public))
+    before, blobs = len(registry.lines), len(registry.blob_downloads())
+    fetched(reference, tmp_path / "cache", "--verify-key", str(public))
+    asked = "\n".join(registry.lines[before:])
+    assert f"/manifests/{signature_tag(digest)}" in asked
+    assert len(registry.blob_downloads()) == blobs, asked  # neither the payload nor anything of the model
+
+
 def test_the_environment_sets_the_policy_for_every_door(registry, tmp_path, model, keys):
     _, public = keys
     reference = f"{registry.host}/acme/unsigned:v1"

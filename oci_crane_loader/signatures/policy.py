@@ -210,9 +210,15 @@ def _from_sig_tag(store: Store, crane: Crane, reference: Reference, digest: str)
         return [], []
     check_document_size(len(raw), f"signature manifest of {reference}")
     layers, problems = signature_layers(raw)
+    # Payloads verified before are kept in the cache: one with the layer's digest is those very bytes, so a warm
+    # fetch asks the registry for the .sig manifest only (a withdrawn signature still stops counting at once).
+    from ..digests import sha256_digest
+
+    kept = {sha256_digest(entry.signed): entry.signed for entry in _cached(store, digest) or []
+            if entry.kind == "cosign"}
     found = []
     for layer in layers:
-        payload = _payload(store, crane, reference, layer)
+        payload = kept.get(layer.digest) or _payload(store, crane, reference, layer)
         found.append(Signature(payload, layer.signature, payload))
     return found, problems
 
