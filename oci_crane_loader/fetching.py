@@ -17,8 +17,6 @@ from .cached import Recorded, find_recorded, record_key, save_record
 from .files import list_files
 from .options import FetchOptions, open_crane
 from .reference import Reference, parse_reference
-from .signatures.openssf import require_files
-from .signatures.policy import require_signed
 from .sourcing import require_digest, source_digest
 
 if TYPE_CHECKING:
@@ -26,6 +24,7 @@ if TYPE_CHECKING:
     from .progress import Progress
     from .pull import Puller, Resolved
     from .registry.crane import Crane
+    from .registry.sources import Source
     from .signatures.openssf import FileBundle
 
 log = logging.getLogger(__name__)
@@ -65,11 +64,12 @@ def fetch(options: FetchOptions, text: str, progress: Progress | None = None) ->
     store = open_store(options)
     crane = open_crane(options)
     came_from: dict[str, str] = {}  # what was downloaded, from where: the tag's manifest here, then the Puller's
-    top = source_digest(store, crane, reference, came_from)
+    sources = _sources(options, crane, reference)  # the node's mirror files read once for the whole fetch
+    top = source_digest(store, crane, reference, came_from, sources)
     signed: FileBundle | None = None
     if top is not None:
         # Before the record's shortcut and before any download: a policy holds for cached models too.
-        signed = require_signed(store, crane, reference, top, options.verify)
+        signed = _require_signed(store, crane, reference, top, options)
         key = _key(top, options)
         with store.fetching(top):  # as the full path does: a prune running now keeps what this fetch hands out
             recorded = find_recorded(store, top, key)
@@ -78,9 +78,12 @@ def fetch(options: FetchOptions, text: str, progress: Progress | None = None) ->
                 recorded = None  # the full path refuses a part of a model its model-signing bundle covers whole
             if recorded is not None:
                 if signed is not None:  # cheap when this directory was checked against this bundle before
+                    from .signatures.openssf import require_files
+
                     require_files(store, signed, recorded.path, reference, recorded.digest)
                 _save_ref(store, reference, top, options)
-                return _result(reference, recorded, came_from if _mirrored(options, crane, reference) else None)
+                mirrored = any(source.endpoint is not None for source in sources or ())
+                return _result(reference, recorded, came_from if mirrored else None)
     from .pull import open_puller
 
     # The Puller says why when `top` is None (a tag offline that the cache never fetched).
@@ -100,16 +103,28 @@ def prepare(options: FetchOptions, text: str) -> tuple[Puller, Resolved, Plan, P
     reference = parse_reference(text)
     puller = open_puller(options)
     digest = require_digest(puller.store, puller.crane, reference, puller.came_from)  # the vLLM log's sources
-    signed = require_signed(puller.store, puller.crane, reference, digest, options.verify)
+    signed = _require_signed(puller.store, puller.crane, reference, digest, options)
     resolved, plan, path = puller.prepare(reference, digest, signed)
     return puller, resolved, plan, path
 
 
-def _mirrored(options: FetchOptions, crane: Crane, reference: Reference) -> bool:
-    """Whether the node configures a mirror for ``reference`` (then a result says where its bytes came from)."""
+def _sources(options: FetchOptions, crane: Crane, reference: Reference) -> list[Source] | None:
+    """Where ``reference`` may come from (mirrors, upstream); None offline, where nothing is asked."""
+    if options.offline:
+        return None
     from .registry.sources import plan
 
-    return not options.offline and any(source.endpoint is not None for source in plan(reference, crane))
+    return plan(reference, crane)
+
+
+def _require_signed(store: Store, crane: Crane, reference: Reference, digest: str,
+                    options: FetchOptions) -> FileBundle | None:
+    """The signature policy's verdict (signatures/policy.py, imported only when keys are in force)."""
+    if not options.verify.enforced:
+        return None
+    from .signatures.policy import require_signed
+
+    return require_signed(store, crane, reference, digest, options.verify)
 
 
 def _key(top: str, options: FetchOptions) -> str:

@@ -16,7 +16,7 @@ from .paths import safe_relative_path
 from .registry.access import RegistryAccess, registry_access
 from .registry.crane import Crane
 from .settings import Settings, parse_retries, settings
-from .signatures.policy import VerifyPolicy, verify_policy
+from .signatures import VerifyPolicy, verify_policy
 
 MAX_JOBS = 64  # concurrent crane processes; more only thrashes the registry and the disk
 LOCAL_DIR_MODES = ("copy", "link")  # how --local-dir gets each file (local_dir.py); the first is the default

@@ -38,8 +38,9 @@ from .registry.crane import Crane
 from .registry.sources import Source
 from .registry.sources import plan as plan_sources
 from .settings import Settings, UnpackLimits
+from .signatures import VerifyPolicy
 from .signatures.openssf import SIGN_FIX, SIGNATURE_NAMES, FileBundle, check_layers, require_files
-from .signatures.policy import VerifyPolicy, require_signed
+from .signatures.policy import require_signed
 from .sourcing import check_document_size, manifest_at, require_digest
 
 log = logging.getLogger(__name__)

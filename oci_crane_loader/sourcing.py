@@ -41,20 +41,22 @@ def check_document_size(size: int, what: str) -> None:
             "check the reference: the registry or the artifact is broken or hostile")
 
 
-def source_digest(store: Store, crane: Crane, reference: Reference,
-                  came_from: dict[str, str] | None = None) -> str | None:
+def source_digest(store: Store, crane: Crane, reference: Reference, came_from: dict[str, str] | None = None,
+                  sources: list[Source] | None = None) -> str | None:
     """The digest ``reference`` names now (an index's, for a multi-platform one), its manifest in the cache
     unless the reference pinned it; None with --offline when the tag was never fetched. A tag is asked of the
     node's mirrors that may resolve it, in order, then of the upstream (registry/sources.py); ``came_from`` gets
-    the digest -> the source whose manifest answered (fetch --json's "sources")."""
+    the digest -> the source whose manifest answered (fetch --json's "sources"). ``sources``: the plan for
+    ``reference`` when the caller has it already (registry/sources.py's ``plan``)."""
     if reference.digest:
         return reference.digest
     if crane.access.offline:
         return store.load_ref(reference)
-    from .registry.sources import plan
+    if sources is None:
+        from .registry.sources import plan
 
-    resolvers = [source for source in plan(reference, crane)
-                 if source.endpoint is None or source.endpoint.can_resolve_tags]
+        sources = plan(reference, crane)
+    resolvers = [source for source in sources if source.endpoint is None or source.endpoint.can_resolve_tags]
     assert reference.tag is not None  # a reference without a digest has a tag
     for number, source in enumerate(resolvers, 1):
         try:

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 from support.commands import run_cli, tool
 from support.models import write_model
+from support.scripted_registry import referrers_api, serve
 
 from oci_crane_loader import errors
 from oci_crane_loader.cache.store import Store
@@ -651,6 +652,24 @@ def test_a_bundle_referrer_signed_with_the_key_is_served_and_kept_for_offline(re
     assert fetched(reference, tmp_path / "cache", "--verify-key", str(public), "--offline").is_dir()
     _, other = key_pair(tmp_path / "other", "other")
     assert "none of the trusted keys" in fetch_refused(reference, tmp_path / "cache2", "--verify-key", str(other))
+
+
+def test_a_registry_with_the_referrers_api_is_asked_through_it(registry, tmp_path, model, keys):
+    """Where the registry has the OCI 1.1 referrers API, the bundles are found through
+    /v2/<name>/referrers/<digest> (the tag schema answers 404 there, so nothing else could find them)."""
+    secret, public = keys
+    digest = push(model, f"{registry.host}/acme/api:v1", tmp_path / "push-cache")
+    put_referrers(tmp_path, f"{registry.host}/acme/api", digest, dsse_bundle(secret, digest))
+    handler, record = referrers_api(registry.host)
+    with serve(handler) as host:
+        assert fetched(f"{host}/acme/api:v1", tmp_path / "cache", "--verify-key", str(public)).is_dir()
+        _, other = key_pair(tmp_path / "other", "other")
+        assert "none of the trusted keys" in fetch_refused(f"{host}/acme/api:v1", tmp_path / "cache2",
+                                                           "--verify-key", str(other))
+    asked = [(path, status) for _, path, status in record.requests]
+    assert (f"/v2/acme/api/referrers/{digest}", 200) in asked, asked
+    assert not any(path.endswith(f"/manifests/{digest.replace(':', '-')}") and status == 200
+                   for path, status in asked)  # the tag schema was never what answered
 
 
 def test_a_bundle_for_another_digest_or_predicate_is_refused(registry, tmp_path, model, keys):

@@ -12,16 +12,19 @@ from __future__ import annotations
 
 import functools
 import os
-import ssl
 import sys
 import threading
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 from .. import errors
 from ..reference import may_fall_back_to_http
 from ..settings import Settings, settings
+
+if TYPE_CHECKING:  # ssl is imported when a TLS context is made: most fetches never make one
+    import ssl
 
 DEFAULT_PORTS = {"http": 80, "https": 443}
 
@@ -122,6 +125,8 @@ def check_authfile(authfile: str | Path | None) -> Path | None:
 def _context(ca_file: str | None, *_environment: str | None) -> ssl.SSLContext:
     """Loading the trust store takes a good part of a second: once per setting (the environment is in the key).
     --ca-file adds to the system store, as it does for crane (SSL_CERT_DIR): storage hosts keep their public CAs."""
+    import ssl
+
     context = ssl.create_default_context()
     if ca_file is not None:
         context.load_verify_locations(cafile=ca_file)

@@ -16,13 +16,11 @@ from __future__ import annotations
 import base64
 import json
 import logging
-from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .. import errors
-from . import openssf
+from . import VerifyPolicy, openssf
 from .bundles import envelope, read_bundle, referrer_manifests, statement_problem
 from .cosign import MAX_SIGNATURES, Layer, payload_problem, signature_layers, signature_tag
 
@@ -30,33 +28,9 @@ if TYPE_CHECKING:
     from ..cache.store import Store
     from ..reference import Reference
     from ..registry.crane import Crane
-    from .keys import PublicKey
     from .openssf import FileBundle
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class VerifyPolicy:
-    """The trusted keys; none: no policy (the default)."""
-
-    keys: tuple[PublicKey, ...] = ()
-
-    @property
-    def enforced(self) -> bool:
-        return bool(self.keys)
-
-    def names(self) -> str:
-        return ", ".join(key.path for key in self.keys)
-
-
-def verify_policy(paths: Sequence[str | Path]) -> VerifyPolicy:
-    """The keys at ``paths``, each read and checked now: a bad key file is refused before any work."""
-    if not paths:
-        return VerifyPolicy()
-    from .keys import load_public_key
-
-    return VerifyPolicy(tuple(load_public_key(path) for path in dict.fromkeys(str(path) for path in paths)))
 
 
 @dataclass(frozen=True)

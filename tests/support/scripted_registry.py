@@ -111,3 +111,55 @@ def rate_limited(upstream: str, first: int, retry_after: str = "1", status: int 
                 self.wfile.write(body)
 
     return RateLimited, record
+
+
+def referrers_api(upstream: str) -> tuple[type[ScriptedRegistry], Throttle]:
+    """A registry with the OCI 1.1 referrers API in front of one without it (``upstream``, host:port, plain http):
+    ``GET /v2/<name>/referrers/<digest>`` answers the index the upstream holds under the tag schema
+    (``sha256-<hex>``; an empty index when none), and that tag itself answers 404, so a client can only find the
+    referrers through the API. Everything else is forwarded unchanged."""
+    record = Throttle()
+    lock = threading.Lock()
+    index_type = "application/vnd.oci.image.index.v1+json"
+
+    class Referrers(ScriptedRegistry):
+        def do_GET(self) -> None:
+            name, _, rest = self.path.removeprefix("/v2/").partition("/referrers/")
+            if rest.startswith("sha256:"):
+                tag = rest.split("?")[0].replace(":", "-")
+                status, body, _ = _forward(upstream, "GET", f"/v2/{name}/manifests/{tag}", {"Accept": index_type})
+                if status != 200:
+                    body = json.dumps({"schemaVersion": 2, "mediaType": index_type, "manifests": []}).encode()
+                self._answer(200, body, [("Content-Type", index_type)])
+            elif "/manifests/sha256-" in self.path:
+                self._answer(404, b'{"errors": [{"code": "MANIFEST_UNKNOWN", "message": "no such tag"}]}',
+                             [("Content-Type", "application/json")])
+            else:
+                status, body, headers = _forward(upstream, self.command, self.path, dict(self.headers.items()))
+                self._answer(status, body, headers)
+
+        def _answer(self, status: int, body: bytes, headers: list[tuple[str, str]]) -> None:
+            with lock:
+                record.requests.append((self.command, self.path, status))
+            self.send_response(status)
+            for name, value in headers:
+                if name.lower() not in ("connection", "transfer-encoding", "content-length"):
+                    self.send_header(name, value)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            if self.command == "GET":
+                self.wfile.write(body)
+
+    return Referrers, record
+
+
+def _forward(upstream: str, method: str, path: str,
+             headers: dict[str, str]) -> tuple[int, bytes, list[tuple[str, str]]]:
+    connection = http.client.HTTPConnection(upstream, timeout=30)
+    try:
+        connection.request(method, path, headers={k: v for k, v in headers.items()
+                                                  if k.lower() not in ("host", "connection")})
+        answer = connection.getresponse()
+        return answer.status, answer.read(), answer.getheaders()
+    finally:
+        connection.close()
