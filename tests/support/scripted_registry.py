@@ -36,6 +36,17 @@ class ScriptedRegistry(BaseHTTPRequestHandler):
     def do_HEAD(self) -> None:
         self.do_GET()
 
+    def send_answer(self, status: int, body: bytes, headers: list[tuple[str, str]]) -> None:
+        """``status`` with ``body`` and the upstream's ``headers`` (but its framing: ours is Content-Length)."""
+        self.send_response(status)
+        for name, value in headers:
+            if name.lower() not in ("connection", "transfer-encoding", "content-length"):
+                self.send_header(name, value)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        if self.command == "GET":
+            self.wfile.write(body)
+
 
 @contextlib.contextmanager
 def serve(handler: type[ScriptedRegistry], before_stop: threading.Event | None = None) -> Iterator[str]:
@@ -91,24 +102,10 @@ def rate_limited(upstream: str, first: int, retry_after: str = "1", status: int 
                 if self.command == "GET":
                     self.wfile.write(body)
                 return
-            connection = http.client.HTTPConnection(upstream, timeout=30)
-            try:
-                headers = {k: v for k, v in self.headers.items() if k.lower() not in ("host", "connection")}
-                connection.request(self.command, self.path, headers=headers)
-                answer = connection.getresponse()
-                body = answer.read()
-            finally:
-                connection.close()
+            answer_status, body, headers = _forward(upstream, self.command, self.path, dict(self.headers.items()))
             with lock:
-                record.requests.append((self.command, self.path, answer.status))
-            self.send_response(answer.status)
-            for name, value in answer.getheaders():
-                if name.lower() not in ("connection", "transfer-encoding", "content-length"):
-                    self.send_header(name, value)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            if self.command == "GET":
-                self.wfile.write(body)
+                record.requests.append((self.command, self.path, answer_status))
+            self.send_answer(answer_status, body, headers)
 
     return RateLimited, record
 
@@ -141,14 +138,7 @@ def referrers_api(upstream: str) -> tuple[type[ScriptedRegistry], Throttle]:
         def _answer(self, status: int, body: bytes, headers: list[tuple[str, str]]) -> None:
             with lock:
                 record.requests.append((self.command, self.path, status))
-            self.send_response(status)
-            for name, value in headers:
-                if name.lower() not in ("connection", "transfer-encoding", "content-length"):
-                    self.send_header(name, value)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            if self.command == "GET":
-                self.wfile.write(body)
+            self.send_answer(status, body, headers)
 
     return Referrers, record
 
