@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import time
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from . import errors
@@ -88,6 +89,62 @@ def source_digest(store: Store, crane: Crane, reference: Reference, came_from: d
 
     raise RegistryBlockedError(f"no source may resolve the tag of {reference}: its mirrors serve digests only "
                                "and the upstream is blocked", "pin the reference by digest (REF@sha256:...)")
+
+
+def tag_manifest(crane: Crane, reference: Reference, tag: str) -> bytes | None:
+    """The manifest another tag of ``reference``'s repository names (cosign's ``sha256-<hex>.sig``), asked as the
+    reference's own tag is: of the mirrors that may resolve tags, then the upstream, never a blocked one. None
+    when the upstream has no such tag (a mirror's "not found" only passes to the next source: a peer may lack what
+    the upstream holds). What a mirror serves is not trusted: the caller verifies it (a signature)."""
+    from .registry.sources import plan
+
+    resolvers = [source for source in plan(reference, crane)
+                 if source.endpoint is None or source.endpoint.can_resolve_tags]
+    failure: errors.OciCraneError | None = None
+    for source in resolvers:
+        try:
+            raw = manifest_at(source, tag)
+        except errors.NotFoundError:
+            if source.is_upstream:
+                return None
+            continue
+        except errors.OfflineError:
+            raise
+        except errors.OciCraneError as exc:
+            log.warning("%s could not serve %s:%s (%s)", source.name, reference.repository_name, tag, exc.cause)
+            failure = exc
+            continue
+        check_document_size(len(raw), f"manifest {tag} of {reference.repository_name}")
+        return raw
+    if failure is not None:
+        raise failure
+    return None
+
+
+def small_blob(crane: Crane, reference: Reference, digest: str, size: int, temp: Path) -> bytes:
+    """A small blob of ``reference``'s repository (a signature payload) from the first source that serves it with
+    this digest: the mirrors crane can reach, then the upstream."""
+    from .digests import sha256_digest
+    from .registry.sources import plan
+
+    sources = [source for source in plan(reference, crane) if source.http is None
+               and (source.endpoint is None or source.endpoint.can_pull)]
+    failure: errors.OciCraneError | None = None
+    for source in sources:
+        try:
+            source.crane.blob(source.at(digest).name, temp, size=size)
+            data = temp.read_bytes()
+        except errors.OfflineError:
+            raise
+        except errors.OciCraneError as exc:
+            failure = exc
+            continue
+        finally:
+            temp.unlink(missing_ok=True)
+        if sha256_digest(data) == digest:  # crane checks it too; a lying mirror costs the next source
+            return data
+        failure = errors.IntegrityError(f"blob {digest} of {reference} from {source.name} does not match its digest")
+    raise failure or errors.NotFoundError(f"no source may serve blob {digest} of {reference}")
 
 
 def _hint_hub(reference: Reference, exc: errors.OciCraneError) -> None:

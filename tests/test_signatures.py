@@ -182,6 +182,30 @@ def test_a_warm_fetch_asks_for_the_signature_manifest_only(registry, tmp_path, m
     assert len(registry.blob_downloads()) == blobs, asked  # neither the payload nor anything of the model
 
 
+def test_signatures_come_through_the_nodes_mirror_and_never_from_a_blocked_upstream(registry, tmp_path, model,
+                                                                                   keys):
+    """The .sig manifest and its payload are asked as the model is: of the node's mirror (registries.conf), never
+    of an upstream the node blocks; what the mirror serves is verified, so another key is still refused."""
+    from support.storage_proxy import StorageProxy
+
+    secret, public = keys
+    reference = f"{registry.host}/acme/mirrored:v1"
+    digest = push(model, reference, tmp_path / "push-cache", "--sign-key", str(secret))
+    with StorageProxy(registry.host, redirect_blobs=False) as mirror:
+        conf = tmp_path / "registries.conf"
+        conf.write_text(f'[[registry]]\nprefix = "{registry.host}"\nlocation = "{registry.host}"\ninsecure = true\n'
+                        f'blocked = true\n[[registry.mirror]]\nlocation = "{mirror.address}"\ninsecure = true\n')
+        env = {"CONTAINERS_REGISTRIES_CONF": str(conf), "OCI_CRANE_HOSTS_DIR": str(tmp_path / "no-certs.d")}
+        assert fetched(reference, tmp_path / "cache", "--verify-key", str(public), env=env).is_dir()
+        asked = [path for method, path, _, _ in mirror.front_requests if method == "GET"]
+        _, other = key_pair(tmp_path / "other", "other")
+        done = run_cli("fetch", reference, "--cache-dir", str(tmp_path / "cache2"), "--quiet", "--verify-key",
+                       str(other), env=env)
+    assert any(path.endswith(f"/manifests/{signature_tag(digest)}") for path in asked), asked
+    assert any("/blobs/" in path for path in asked), asked  # the payload (and the model) from the mirror
+    assert done.returncode == 3 and "none of the trusted keys" in done.stderr, done.stderr
+
+
 def test_the_environment_sets_the_policy_for_every_door(registry, tmp_path, model, keys):
     _, public = keys
     reference = f"{registry.host}/acme/unsigned:v1"

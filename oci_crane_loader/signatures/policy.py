@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from .. import errors
+from ..sourcing import small_blob, tag_manifest
 from . import VerifyPolicy, openssf
 from .bundles import envelope, read_bundle, referrer_manifests, statement_problem
 from .cosign import MAX_SIGNATURES, Layer, payload_problem, signature_layers, signature_tag
@@ -176,13 +177,9 @@ def _require(reference: Reference, digest: str, good: list[Signature], problems:
 def _from_sig_tag(store: Store, crane: Crane, reference: Reference, digest: str) -> tuple[list[Signature],
                                                                                          list[str]]:
     """The signatures stored beside ``digest`` (cosign's .sig tag): [] when there is none."""
-    from ..sourcing import check_document_size
-
-    try:
-        raw = crane.manifest(f"{reference.repository_name}:{signature_tag(digest)}")
-    except errors.NotFoundError:
+    raw = tag_manifest(crane, reference, signature_tag(digest))  # through the node's mirrors, as the model comes
+    if raw is None:
         return [], []
-    check_document_size(len(raw), f"signature manifest of {reference}")
     layers, problems = signature_layers(raw)
     # Payloads verified before are kept in the cache: one with the layer's digest is those very bytes, so a warm
     # fetch asks the registry for the .sig manifest only (a withdrawn signature still stops counting at once).
@@ -221,17 +218,8 @@ def _from_referrers(crane: Crane, reference: Reference, digest: str,
 
 
 def _payload(store: Store, crane: Crane, reference: Reference, layer: Layer) -> bytes:
-    from ..digests import sha256_digest
-
-    temp = store.temp_path("signature-payload")
-    try:
-        crane.blob(reference.with_digest(layer.digest), temp, size=layer.size)
-        payload = temp.read_bytes()
-    finally:
-        temp.unlink(missing_ok=True)
-    if sha256_digest(payload) != layer.digest:  # crane checks it too; a payload is what the signature covers
-        raise errors.IntegrityError(f"signature payload {layer.digest} of {reference} does not match its digest")
-    return payload
+    """The bytes a signature covers, checked against the layer's digest (by whichever source sent them)."""
+    return small_blob(crane, reference, layer.digest, layer.size, store.temp_path("signature-payload"))
 
 
 def _cached(store: Store, digest: str) -> list[Signature] | None:
