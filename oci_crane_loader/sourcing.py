@@ -121,30 +121,69 @@ def tag_manifest(crane: Crane, reference: Reference, tag: str) -> bytes | None:
     return None
 
 
-def small_blob(crane: Crane, reference: Reference, digest: str, size: int, temp: Path) -> bytes:
-    """A small blob of ``reference``'s repository (a signature payload) from the first source that serves it with
-    this digest: the mirrors crane can reach, then the upstream."""
+def small_blob(crane: Crane, reference: Reference, digest: str, size: int, temp: Path | None = None) -> bytes:
+    """A small blob of ``reference``'s repository (a signature payload, a bundle) from the first source that serves
+    it with this digest: the mirrors crane can reach, then the upstream (never a blocked one). Written to
+    ``temp`` (crane stops at ``size``) and read back, or read from crane's output when no ``temp`` is given."""
     from .digests import sha256_digest
-    from .registry.sources import plan
 
-    sources = [source for source in plan(reference, crane) if source.http is None
-               and (source.endpoint is None or source.endpoint.can_pull)]
     failure: errors.OciCraneError | None = None
-    for source in sources:
+    for source in _pullers(crane, reference):
+        name = source.at(digest).name
         try:
-            source.crane.blob(source.at(digest).name, temp, size=size)
-            data = temp.read_bytes()
+            if temp is None:
+                data = source.crane.run("blob", name)
+            else:
+                try:
+                    source.crane.blob(name, temp, size=size)
+                    data = temp.read_bytes()
+                finally:
+                    temp.unlink(missing_ok=True)
         except errors.OfflineError:
             raise
         except errors.OciCraneError as exc:
             failure = exc
             continue
-        finally:
-            temp.unlink(missing_ok=True)
-        if sha256_digest(data) == digest:  # crane checks it too; a lying mirror costs the next source
+        if len(data) == size and sha256_digest(data) == digest:  # a lying mirror costs the next source
             return data
         failure = errors.IntegrityError(f"blob {digest} of {reference} from {source.name} does not match its digest")
     raise failure or errors.NotFoundError(f"no source may serve blob {digest} of {reference}")
+
+
+def digest_manifest(crane: Crane, reference: Reference, digest: str) -> bytes:
+    """The manifest ``digest`` of ``reference``'s repository from the first source that serves exactly it (the
+    mirrors that may pull, then the upstream, never a blocked one)."""
+    from .digests import sha256_digest
+
+    failure: errors.OciCraneError | None = None
+    for source in _pullers(crane, reference, crane_only=False):
+        try:
+            raw = manifest_at(source, digest)
+        except errors.OfflineError:
+            raise
+        except errors.OciCraneError as exc:
+            failure = exc
+            continue
+        check_document_size(len(raw), f"manifest {digest} of {reference.repository_name}")
+        if sha256_digest(raw) == digest:
+            return raw
+        failure = errors.IntegrityError(f"manifest of {reference.with_digest(digest)} from {source.name} has "
+                                        f"digest {sha256_digest(raw)}")
+    raise failure or errors.NotFoundError(f"no source may serve manifest {digest} of {reference}")
+
+
+def upstream_allowed(crane: Crane, reference: Reference) -> bool:
+    """Whether the node lets ``reference``'s own registry be asked (registries.conf may block it)."""
+    from .registry.sources import plan
+
+    return any(source.is_upstream for source in plan(reference, crane))
+
+
+def _pullers(crane: Crane, reference: Reference, *, crane_only: bool = True) -> list[Source]:
+    from .registry.sources import plan
+
+    return [source for source in plan(reference, crane) if (source.endpoint is None or source.endpoint.can_pull)
+            and not (crane_only and source.http is not None)]
 
 
 def _hint_hub(reference: Reference, exc: errors.OciCraneError) -> None:

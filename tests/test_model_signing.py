@@ -6,6 +6,7 @@ are exactly the files it signed; on a real `crane registry serve`, with the host
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import os
 import shutil
@@ -78,6 +79,27 @@ def test_a_model_signed_with_model_signing_is_served_under_its_key(registry, tmp
     _, other = key_pair(tmp_path / "other", "other")
     line = fetch_refused(reference, tmp_path / "cache", "--verify-key", str(other))
     assert "model.sig was signed by none of the trusted keys" in line
+
+
+def test_a_model_signed_with_model_signing_comes_through_the_nodes_mirror(registry, tmp_path, signed_model, keys):
+    """The manifest and the model.sig blob the policy reads come from the node's mirror, as the model does, when the
+    node blocks the upstream (registries.conf)."""
+    from support.storage_proxy import StorageProxy
+
+    reference = f"{registry.host}/acme/msign-mirrored:v1"
+    push(signed_model, reference, tmp_path / "push-cache")
+    with StorageProxy(registry.host, redirect_blobs=False) as mirror:
+        conf = tmp_path / "registries.conf"
+        conf.write_text(f'[[registry]]\nprefix = "{registry.host}"\nlocation = "{registry.host}"\ninsecure = true\n'
+                        f'blocked = true\n[[registry.mirror]]\nlocation = "{mirror.address}"\ninsecure = true\n')
+        env = {"CONTAINERS_REGISTRIES_CONF": str(conf), "OCI_CRANE_HOSTS_DIR": str(tmp_path / "no-certs.d")}
+        path = fetched(reference, tmp_path / "cache", "--verify-key", str(keys[1]), env=env)
+        asked = [path for method, path, _, _ in mirror.front_requests if method == "GET"]
+    assert (path / "model.sig").is_file()
+    sig = "sha256:" + hashlib.sha256((signed_model / "model.sig").read_bytes()).hexdigest()
+    through_mirror = sum(1 for p in asked if p.endswith(f"/blobs/{sig}"))
+    # The mirror forwards to the upstream: every upstream read of model.sig was one of the mirror's.
+    assert through_mirror >= 1 and registry.blob_downloads().count(sig) == through_mirror, asked
 
 
 def test_another_key_is_refused_before_any_weight(registry, tmp_path, signed_model):

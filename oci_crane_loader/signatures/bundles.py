@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import json
 from typing import TYPE_CHECKING
 
@@ -40,14 +41,17 @@ def pae(payload_type: str, body: bytes) -> bytes:
 def referrer_manifests(crane: Crane, reference: Reference, digest: str) -> tuple[list[str], list[str]]:
     """The digests of up to MAX_BUNDLES bundle referrers of ``digest`` (API, else the tag schema), and notes."""
     from ..registry import transfer
+    from ..sourcing import tag_manifest, upstream_allowed
 
-    try:
-        raw = transfer.get_referrers(crane, reference, digest, MAX_INDEX)
-    except errors.NotFoundError:  # no referrers API: the tag schema's index, if any
-        try:
-            raw = crane.manifest(f"{reference.repository_name}:{digest.replace(':', '-')}")
-        except errors.NotFoundError:
+    found: bytes | None = None
+    if upstream_allowed(crane, reference):  # the API at the registry itself; never one the node blocks
+        with contextlib.suppress(errors.NotFoundError):  # no referrers API: the tag schema's index, if any
+            found = transfer.get_referrers(crane, reference, digest, MAX_INDEX)
+    if found is None:
+        found = tag_manifest(crane, reference, digest.replace(":", "-"))  # through the mirrors too
+        if found is None:
             return [], []
+    raw = found
     try:
         manifests = json.loads(raw).get("manifests") or []
     except (ValueError, RecursionError, AttributeError):
@@ -60,7 +64,9 @@ def referrer_manifests(crane: Crane, reference: Reference, digest: str) -> tuple
 
 def read_bundle(crane: Crane, reference: Reference, manifest_digest: str) -> bytes:
     """The bundle blob of one referrer manifest, size-capped; InvalidDocumentError when it is not one."""
-    raw = crane.manifest(reference.with_digest(manifest_digest))
+    from ..sourcing import digest_manifest, small_blob
+
+    raw = digest_manifest(crane, reference, manifest_digest)
     if sha256_digest(raw) != manifest_digest or len(raw) > MAX_INDEX:
         raise errors.InvalidDocumentError(f"referrer {manifest_digest} of {reference} does not match its digest")
     try:
@@ -72,7 +78,7 @@ def read_bundle(crane: Crane, reference: Reference, manifest_digest: str) -> byt
     if isinstance(size, bool) or not isinstance(size, int) or not 0 < size <= MAX_BUNDLE:
         raise errors.InvalidDocumentError(f"the bundle of referrer {manifest_digest} is {size!r} bytes (at most "
                                           f"{MAX_BUNDLE})")
-    data = crane.run("blob", reference.with_digest(blob))
+    data = small_blob(crane, reference, blob, size)
     if len(data) > MAX_BUNDLE or sha256_digest(data) != blob:
         raise errors.InvalidDocumentError(f"the bundle of referrer {manifest_digest} does not match its descriptor")
     return data

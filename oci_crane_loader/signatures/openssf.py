@@ -120,12 +120,9 @@ def up_front(store: Store, crane: Crane, reference: Reference, digest: str,
     if raw is None:
         if cache_only:
             return None, [f"{UNCACHED} manifest to look for a model-signing bundle in"]
-        from ..sourcing import check_document_size
+        from ..sourcing import digest_manifest
 
-        raw = crane.manifest(reference.with_digest(digest))
-        check_document_size(len(raw), f"manifest of {reference}")
-        if sha256_digest(raw) != digest:
-            raise errors.IntegrityError(f"manifest of {reference.with_digest(digest)} has digest {sha256_digest(raw)}")
+        raw = digest_manifest(crane, reference, digest)  # through the node's mirrors, checked against the digest
         store.save_manifest(raw)  # the fetch reads it next
     found = find_bundle_layer(raw, f"manifest of {reference}")
     if found is None:
@@ -142,7 +139,9 @@ def up_front(store: Store, crane: Crane, reference: Reference, digest: str,
     elif cache_only:
         return None, [f"{UNCACHED} model-signing bundle {name} ({blob})"]
     else:
-        data = crane.run("blob", reference.with_digest(blob))
+        from ..sourcing import small_blob
+
+        data = small_blob(crane, reference, blob, size)
     if len(data) != size or sha256_digest(data) != blob:
         raise errors.IntegrityError(f"{name} ({blob}) of {reference} does not match its digest")
     opened = open_bundle(data, name, blob, keys)
