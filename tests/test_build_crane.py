@@ -101,8 +101,11 @@ def test_a_build_leaves_no_go_caches_behind(tmp_path):
                                     check=True).stdout.strip()) / "cache" / "download"
     cached = (downloads / "github.com" / "google" / "go-containerregistry" / "@v"
               / f"{build_crane.CRANE_VERSION}.zip").is_file()
-    # From this machine's module cache when it holds crane's modules, else from the Go module proxy.
-    proxy = {"GOPROXY": f"file://{downloads}", "GOSUMDB": "off"} if cached else {}
+    # From this machine's module cache where it holds crane's modules, the Go module proxy for any it lacks (a
+    # cache that another build filled may hold crane's own module but not all of its dependencies' zips).
+    upstream = subprocess.run([GO, "env", "GOPROXY"], capture_output=True, text=True, check=True).stdout.strip()
+    proxy = {"GOPROXY": f"file://{downloads},{upstream or 'https://proxy.golang.org'}", "GOSUMDB": "off"} \
+        if cached else {}
     done = run_build(tmp_path, path_dirs=go_dirs(), use_installed=False, **proxy)
     assert done.returncode == 0, done.stderr
     assert subprocess.run([str(tmp_path / "out" / "crane"), "version"], capture_output=True, text=True,
