@@ -65,6 +65,8 @@ def fetch(options: FetchOptions, text: str, progress: Progress | None = None) ->
     crane = open_crane(options)
     came_from: dict[str, str] = {}  # what was downloaded, from where: the tag's manifest here, then the Puller's
     sources = _sources(options, crane, reference)  # the node's mirror files read once for the whole fetch
+    # Only a node with a mirror for the reference gets "sources" in the result: a plain fetch's JSON is as it was.
+    mirrored = any(source.endpoint is not None for source in sources or ())
     top = source_digest(store, crane, reference, came_from, sources)
     signed: FileBundle | None = None
     if top is not None:
@@ -82,7 +84,6 @@ def fetch(options: FetchOptions, text: str, progress: Progress | None = None) ->
 
                     require_files(store, signed, recorded.path, reference, recorded.digest)
                 _save_ref(store, reference, top, options)
-                mirrored = any(source.endpoint is not None for source in sources or ())
                 return _result(reference, recorded, came_from if mirrored else None)
     from .pull import open_puller
 
@@ -91,7 +92,6 @@ def fetch(options: FetchOptions, text: str, progress: Progress | None = None) ->
     made, linked = puller.fetch(reference, top, signed)
     # The next fetch of the same thing answers from this record, without parsing anything.
     save_record(store, _key(made.index_digest or made.digest, options), made, linked)
-    mirrored = not options.offline and any(source.endpoint is not None for source in puller.sources(reference))
     return _result(reference, made, {**came_from, **puller.came_from} if mirrored else None)
 
 

@@ -57,7 +57,7 @@ def source_digest(store: Store, crane: Crane, reference: Reference, came_from: d
         from .registry.sources import plan
 
         sources = plan(reference, crane)
-    resolvers = [source for source in sources if source.endpoint is None or source.endpoint.can_resolve_tags]
+    resolvers = _resolvers(sources)
     assert reference.tag is not None  # a reference without a digest has a tag
     for number, source in enumerate(resolvers, 1):
         try:
@@ -98,10 +98,8 @@ def tag_manifest(crane: Crane, reference: Reference, tag: str) -> bytes | None:
     the upstream holds). What a mirror serves is not trusted: the caller verifies it (a signature)."""
     from .registry.sources import plan
 
-    resolvers = [source for source in plan(reference, crane)
-                 if source.endpoint is None or source.endpoint.can_resolve_tags]
     failure: errors.OciCraneError | None = None
-    for source in resolvers:
+    for source in _resolvers(plan(reference, crane)):
         try:
             raw = manifest_at(source, tag)
         except errors.NotFoundError:
@@ -177,6 +175,11 @@ def upstream_allowed(crane: Crane, reference: Reference) -> bool:
     from .registry.sources import plan
 
     return any(source.is_upstream for source in plan(reference, crane))
+
+
+def _resolvers(sources: list[Source]) -> list[Source]:
+    """The sources a tag may be asked of: the upstream, and the mirrors the configuration lets resolve tags."""
+    return [source for source in sources if source.endpoint is None or source.endpoint.can_resolve_tags]
 
 
 def _pullers(crane: Crane, reference: Reference, *, crane_only: bool = True) -> list[Source]:

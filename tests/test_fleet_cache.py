@@ -23,6 +23,7 @@ import numpy as np
 import pytest
 from safetensors.numpy import save_file
 from support.commands import REPO_ROOT
+from support.mirror_config import registries_conf
 from support.models import push_model, tree_bytes
 from support.nginx_mirror import binary_path, nginx_mirror
 from support.storage_proxy import StorageProxy
@@ -101,12 +102,6 @@ def slow_upstream(registry, tmp_path):
     push_model(source, reference, tmp_path)
     with throttled(registry.host, RATE) as slow:
         yield source, reference, slow
-
-
-def registries_conf(path: Path, upstream: str, mirror: str) -> dict[str, str]:
-    path.write_text(f'[[registry]]\nprefix = "{upstream}"\nlocation = "{upstream}"\ninsecure = true\n'
-                    f'[[registry.mirror]]\nlocation = "{mirror}"\ninsecure = true\n')
-    return {"CONTAINERS_REGISTRIES_CONF": str(path), "OCI_CRANE_HOSTS_DIR": str(path.parent / "no-certs.d")}
 
 
 def hosts_toml(directory: Path, upstream: str, mirror: str) -> dict[str, str]:

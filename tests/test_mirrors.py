@@ -13,20 +13,11 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from support.commands import REPO_ROOT, run_cli
+from support.mirror_config import registries_conf
 from support.models import push_model, tree_bytes, write_model
 from support.storage_proxy import StorageProxy
 
 NODES = 8
-
-
-def registries_conf(path: Path, upstream: str, mirror: str | None, *, pull_from_mirror: str = "all",
-                    blocked: bool = False) -> dict[str, str]:
-    """A registries.conf naming ``mirror`` for ``upstream``; the environment that makes it the one read."""
-    mirror_table = (f'[[registry.mirror]]\nlocation = "{mirror}"\ninsecure = true\n'
-                    f'pull-from-mirror = "{pull_from_mirror}"\n') if mirror else ""
-    path.write_text(f'[[registry]]\nprefix = "{upstream}"\nlocation = "{upstream}"\ninsecure = true\n'
-                    f'blocked = {"true" if blocked else "false"}\n{mirror_table}')
-    return {"CONTAINERS_REGISTRIES_CONF": str(path), "OCI_CRANE_HOSTS_DIR": str(path.parent / "no-certs.d")}
 
 
 def fetch_json(reference: str, cache_dir: Path, env: dict[str, str]) -> dict[str, object]:

@@ -84,15 +84,13 @@ def test_a_model_signed_with_model_signing_is_served_under_its_key(registry, tmp
 def test_a_model_signed_with_model_signing_comes_through_the_nodes_mirror(registry, tmp_path, signed_model, keys):
     """The manifest and the model.sig blob the policy reads come from the node's mirror, as the model does, when the
     node blocks the upstream (registries.conf)."""
+    from support.mirror_config import registries_conf
     from support.storage_proxy import StorageProxy
 
     reference = f"{registry.host}/acme/msign-mirrored:v1"
     push(signed_model, reference, tmp_path / "push-cache")
     with StorageProxy(registry.host, redirect_blobs=False) as mirror:
-        conf = tmp_path / "registries.conf"
-        conf.write_text(f'[[registry]]\nprefix = "{registry.host}"\nlocation = "{registry.host}"\ninsecure = true\n'
-                        f'blocked = true\n[[registry.mirror]]\nlocation = "{mirror.address}"\ninsecure = true\n')
-        env = {"CONTAINERS_REGISTRIES_CONF": str(conf), "OCI_CRANE_HOSTS_DIR": str(tmp_path / "no-certs.d")}
+        env = registries_conf(tmp_path / "registries.conf", registry.host, mirror.address, blocked=True)
         path = fetched(reference, tmp_path / "cache", "--verify-key", str(keys[1]), env=env)
         asked = [path for method, path, _, _ in mirror.front_requests if method == "GET"]
     assert (path / "model.sig").is_file()

@@ -186,16 +186,14 @@ def test_signatures_come_through_the_nodes_mirror_and_never_from_a_blocked_upstr
                                                                                    keys):
     """The .sig manifest and its payload are asked as the model is: of the node's mirror (registries.conf), never
     of an upstream the node blocks; what the mirror serves is verified, so another key is still refused."""
+    from support.mirror_config import registries_conf
     from support.storage_proxy import StorageProxy
 
     secret, public = keys
     reference = f"{registry.host}/acme/mirrored:v1"
     digest = push(model, reference, tmp_path / "push-cache", "--sign-key", str(secret))
     with StorageProxy(registry.host, redirect_blobs=False) as mirror:
-        conf = tmp_path / "registries.conf"
-        conf.write_text(f'[[registry]]\nprefix = "{registry.host}"\nlocation = "{registry.host}"\ninsecure = true\n'
-                        f'blocked = true\n[[registry.mirror]]\nlocation = "{mirror.address}"\ninsecure = true\n')
-        env = {"CONTAINERS_REGISTRIES_CONF": str(conf), "OCI_CRANE_HOSTS_DIR": str(tmp_path / "no-certs.d")}
+        env = registries_conf(tmp_path / "registries.conf", registry.host, mirror.address, blocked=True)
         assert fetched(reference, tmp_path / "cache", "--verify-key", str(public), env=env).is_dir()
         asked = [path for method, path, _, _ in mirror.front_requests if method == "GET"]
         _, other = key_pair(tmp_path / "other", "other")

@@ -63,9 +63,9 @@ def status_error(status: int, where: str, *, from_registry: bool = True,
     """The typed error for an HTTP ``status``; ``where`` says which URL answered (no query string).
     ``retry_after``: the answer's Retry-After header, kept on the error (``retry_after`` seconds, or None) so
     that a retry waits as long as the registry asked (bounded: see pull.Backoff)."""
-    from .retry_after import parse_retry_after
+    from .retry_after import RETRY_STATUSES, parse_retry_after
 
-    asked = parse_retry_after(retry_after) if status in (429, 503) else None
+    asked = parse_retry_after(retry_after) if status in RETRY_STATUSES else None
     failure = OVERLOADED if status == 503 and asked is not None else from_status(status, from_registry=from_registry)
     words = _STATUS_WORDS.get(status, failure.what)
     error = failure.error(f"{words}: {where} answered {status}")
